@@ -1,0 +1,45 @@
+"""The ``trialsync`` command."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from trialsync import logs
+from trialsync.settings import ConfigError, parse, unknown_env
+
+USAGE = "usage: trialsync sync --root DIR --upload-dir URI [options]   (trialsync sync --help)"
+# Set by the project's own tooling, not settings of the sidecar.
+_NOT_SETTINGS = {"TRIALSYNC_CACHE", "TRIALSYNC_TOOLS_BIN", "TRIALSYNC_KUBECONFIG"}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0 if args else 2
+    if args[0] != "sync":
+        print(f"trialsync: unknown command {args[0]!r}\n{USAGE}", file=sys.stderr)
+        return 2
+    try:
+        settings = parse(args[1:], os.environ)
+    except ConfigError as exc:
+        print(f"trialsync: configuration error: {exc}", file=sys.stderr)
+        return 2
+    logs.setup(settings.log_level)
+    for name in unknown_env(os.environ, _NOT_SETTINGS):
+        logging.getLogger("trialsync").warning("unknown setting %s ignored", name)
+    from trialsync import sidecar  # imported late: keeps --help and config errors fast
+
+    try:
+        return asyncio.run(sidecar.run(settings))
+    except ValueError as exc:  # a custom syncer that cannot be loaded or refuses the URI
+        print(f"trialsync: configuration error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

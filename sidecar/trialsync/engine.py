@@ -1,0 +1,314 @@
+"""The sync engine: decides what to upload and uploads it, at a cost of O(changes).
+
+The engine is fed changed paths by a change journal and keeps three pieces of state: the
+ledger (what is uploaded), the dirty set (experiment and artifact files changed since their
+last upload) and the activity map (checkpoint dirs not yet published, with the loop time of
+their last change). It never walks the tree or lists the remote on a steady-state sync.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import os
+import time
+from collections.abc import Collection, Iterable
+
+from trialsync import scanner
+from trialsync.layout import MANIFEST_NAME, Kind, Layout
+from trialsync.ledger import Ledger, RemoteObject, Stat
+from trialsync.metrics import Metrics
+from trialsync.store import Store
+
+log = logging.getLogger(__name__)
+
+MANIFEST_VERSION = 1
+# Files at or above this size use multipart uploads; fewer of them run at once so the
+# sidecar's memory stays bounded.
+LARGE_FILE = 32 * 2**20
+
+
+class PublishError(RuntimeError):
+    """A checkpoint could not be verified after upload; it stays unpublished."""
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineOptions:
+    root: str
+    sync_artifacts: bool = True
+    layout: Layout = dataclasses.field(default_factory=Layout)
+    files_in_flight: int = 32
+    large_files_in_flight: int = 4
+    mirror_deletes: bool = False
+
+
+@dataclasses.dataclass
+class Round:
+    """The work of one sync run."""
+
+    checkpoints: list[str] = dataclasses.field(default_factory=list)
+    kinds: frozenset[Kind] = frozenset()
+    full: bool = False
+
+    def __bool__(self) -> bool:
+        return bool(self.checkpoints or self.kinds or self.full)
+
+
+class SyncEngine:
+    def __init__(self, options: EngineOptions, store: Store, metrics: Metrics) -> None:
+        self.options = options
+        self.store = store
+        self.metrics = metrics
+        self.layout = options.layout
+        self.ledger = Ledger()
+        self.dirty: set[str] = set()
+        self.activity: dict[str, float] = {}
+        self.deleted_checkpoints: set[str] = set()
+        self.rescan_needed = False
+        self._small = asyncio.Semaphore(options.files_in_flight)
+        self._large = asyncio.Semaphore(options.large_files_in_flight)
+
+    # -- fed by the change journal -------------------------------------------------------
+
+    def note_change(self, rel: str, is_dir: bool, removed: bool) -> None:
+        """Record that ``rel`` changed; cheap, called for every inotify event."""
+        if is_dir:
+            checkpoint = self.layout.checkpoint_dir(rel)
+            if checkpoint is None:
+                return
+            if removed:
+                self.activity.pop(checkpoint, None)
+                if self.options.mirror_deletes and checkpoint in self.ledger.published:
+                    self.deleted_checkpoints.add(checkpoint)
+            else:
+                self.activity[checkpoint] = _now()
+            return
+        placement = self.layout.place(rel)
+        if placement is None:
+            return
+        if placement.kind is Kind.CHECKPOINT:
+            assert placement.checkpoint is not None
+            if not removed or placement.checkpoint in self.activity:
+                self.activity[placement.checkpoint] = _now()
+        else:
+            self.dirty.add(rel)
+
+    def note_overflow(self) -> None:
+        self.rescan_needed = True
+
+    # -- what is due -----------------------------------------------------------------------
+
+    def settled_checkpoints(self, now: float, settle: float) -> list[str]:
+        return sorted(c for c, last in self.activity.items() if now - last >= settle)
+
+    def next_settle_deadline(self, settle: float) -> float | None:
+        return min(self.activity.values()) + settle if self.activity else None
+
+    def has_dirty(self, kinds: Collection[Kind]) -> bool:
+        return any(self._kind(rel) in kinds for rel in self.dirty)
+
+    def _kind(self, rel: str) -> Kind | None:
+        placement = self.layout.place(rel)
+        return placement.kind if placement else None
+
+    # -- start-up and reconcile ------------------------------------------------------------
+
+    async def recover(self, settle: float) -> None:
+        """Rebuild the ledger from one remote listing and one local walk."""
+        remote = await self.store.list()
+        local = await asyncio.to_thread(scanner.scan, self.options.root)
+        published = {rel.rsplit("/", 1)[0] for rel in remote if rel.endswith("/" + MANIFEST_NAME)}
+        in_scope = {rel: st for rel, st in local.items() if self.layout.place(rel) is not None}
+        self.ledger = Ledger.rebuild(in_scope, remote, published)
+        self._absorb_scan(in_scope, settle)
+        log.info(
+            "ledger rebuilt",
+            extra={
+                "local_files": len(in_scope),
+                "remote_objects": len(remote),
+                "uploaded": len(self.ledger),
+                "published_checkpoints": len(published),
+                "pending_files": len(self.dirty),
+                "pending_checkpoints": len(self.activity),
+            },
+        )
+
+    def _absorb_scan(self, local: dict[str, Stat], settle: float) -> None:
+        """Mark what a local walk found that the ledger does not have as due."""
+        now_loop, now_wall = _now(), time.time()
+        newest: dict[str, int] = {}
+        for rel, st in local.items():
+            if self.ledger.is_current(rel, st):
+                continue
+            placement = self.layout.place(rel)
+            if placement is None:
+                continue
+            if placement.kind is Kind.CHECKPOINT:
+                assert placement.checkpoint is not None
+                newest[placement.checkpoint] = max(newest.get(placement.checkpoint, 0), st[1])
+            else:
+                self.dirty.add(rel)
+        for checkpoint, mtime_ns in newest.items():
+            # A checkpoint untouched for the settle window is complete already.
+            age = now_wall - mtime_ns / 1e9
+            self.activity[checkpoint] = now_loop - min(max(age, 0.0), settle)
+        for checkpoint in self._local_checkpoint_dirs(local):
+            if checkpoint not in self.ledger.published and checkpoint not in newest:
+                self.activity.setdefault(checkpoint, now_loop - settle)
+
+    def _local_checkpoint_dirs(self, local: Iterable[str]) -> set[str]:
+        found = set()
+        for rel in local:
+            placement = self.layout.place(rel)
+            if placement is not None and placement.checkpoint is not None:
+                found.add(placement.checkpoint)
+        return found
+
+    # -- running a round -------------------------------------------------------------------
+
+    async def run(self, work: Round, settle: float) -> None:
+        """Do one round; on failure or cancellation, everything not done stays pending."""
+        if work.full or self.rescan_needed:
+            self.rescan_needed = False
+            local = await asyncio.to_thread(scanner.scan, self.options.root)
+            self._absorb_scan(local, settle)
+        checkpoints = sorted(self.activity) if work.full else work.checkpoints
+        kinds = set(work.kinds)
+        if work.full:
+            kinds.add(Kind.EXPERIMENT)
+            if self.options.sync_artifacts:
+                kinds.add(Kind.ARTIFACT)
+        if self.deleted_checkpoints:
+            await self._mirror_deletes()
+        for checkpoint in checkpoints:
+            await self.publish(checkpoint)
+        if kinds:
+            await self.sync_files(kinds)
+        self._update_gauges()
+
+    async def sync_files(self, kinds: Collection[Kind]) -> None:
+        """Upload dirty files of the given kinds that differ from the ledger."""
+        batch = {rel for rel in self.dirty if self._kind(rel) in kinds}
+        self.dirty -= batch
+        done: set[str] = set()
+        try:
+            todo: dict[str, Stat] = {}
+            for rel in batch:
+                st = scanner.stat_file(self.options.root, rel)
+                if st is None or self.ledger.is_current(rel, st):
+                    done.add(rel)
+                else:
+                    todo[rel] = st
+            await self._upload(todo, done)
+        finally:
+            self.dirty |= batch - done
+
+    async def publish(self, checkpoint: str) -> None:
+        """Upload a checkpoint dir, verify it, then write its manifest (marker-last)."""
+        local = await asyncio.to_thread(scanner.scan, self.options.root, checkpoint)
+        files = {rel: st for rel, st in local.items() if self.layout.place(rel) is not None}
+        if not files:
+            if not await asyncio.to_thread(os.path.isdir, self._local(checkpoint)):
+                self.activity.pop(checkpoint, None)
+            return  # an empty dir is not a checkpoint yet; keep waiting for files
+        manifest_rel = f"{checkpoint}/{MANIFEST_NAME}"
+        todo = {rel: st for rel, st in files.items() if not self.ledger.is_current(rel, st)}
+        if checkpoint in self.ledger.published:
+            if not todo:
+                self.activity.pop(checkpoint, None)
+                return
+            # Changed after publishing: withdraw the marker first so no reader trusts a mix.
+            await self.store.delete([manifest_rel])
+            self.ledger.published.discard(checkpoint)
+        started = _now()
+        await self._upload(todo, set())
+        remote = await self.store.list(checkpoint) if self.store.verifiable else {}
+        entries = {}
+        for rel, st in files.items():
+            obj = remote.get(rel) if self.store.verifiable else RemoteObject(st[0])
+            if obj is None or obj.size != st[0]:
+                got = "missing" if obj is None else f"{obj.size} bytes"
+                raise PublishError(
+                    f"{self.store.url(rel)}: expected {st[0]} bytes after upload, found {got}"
+                )
+            entries[rel[len(checkpoint) + 1 :]] = {
+                "size": st[0],
+                "mtime_ns": st[1],
+                "checksum": obj.checksum,
+            }
+        if self.activity.get(checkpoint, started) > started:
+            log.info(
+                "checkpoint changed while uploading; publishing later", extra={"path": checkpoint}
+            )
+            return
+        manifest = {
+            "version": MANIFEST_VERSION,
+            "checkpoint": checkpoint,
+            "published_at": time.time(),
+            "total_bytes": sum(st[0] for st in files.values()),
+            "files": entries,
+        }
+        await self.store.put_bytes(manifest_rel, json.dumps(manifest, sort_keys=True).encode())
+        self.ledger.published.add(checkpoint)
+        self.activity.pop(checkpoint, None)
+        self.metrics.checkpoints_published.inc()
+        log.info(
+            "checkpoint published",
+            extra={
+                "path": checkpoint,
+                "url": self.store.url(checkpoint),
+                "files": len(files),
+                "bytes": manifest["total_bytes"],
+                "seconds": round(_now() - started, 3),
+            },
+        )
+
+    async def _upload(self, todo: dict[str, Stat], done: set[str]) -> None:
+        """Upload every file in ``todo`` concurrently; record each in the ledger when done."""
+        if not todo:
+            return
+
+        async def one(rel: str, st: Stat) -> None:
+            gate = self._large if st[0] >= LARGE_FILE else self._small
+            async with gate:
+                await self.store.put_file(self._local(rel), rel)
+            self.ledger.record(rel, st)
+            done.add(rel)
+            kind = self._kind(rel)
+            label = kind.value if kind else "other"
+            self.metrics.bytes_uploaded.labels(label).inc(st[0])
+            self.metrics.files_uploaded.labels(label).inc()
+
+        # Largest first: long transfers start early and small files fill the gaps.
+        ordered = sorted(todo.items(), key=lambda item: -item[1][0])
+        async with asyncio.TaskGroup() as group:
+            for rel, st in ordered:
+                group.create_task(one(rel, st))
+
+    async def _mirror_deletes(self) -> None:
+        for checkpoint in sorted(self.deleted_checkpoints):
+            remote = await self.store.list(checkpoint)
+            manifest_rel = f"{checkpoint}/{MANIFEST_NAME}"
+            # Marker first, so a reader never sees a published checkpoint losing files.
+            if manifest_rel in remote:
+                await self.store.delete([manifest_rel])
+            await self.store.delete([rel for rel in remote if rel != manifest_rel])
+            self.ledger.forget_under(checkpoint)
+            self.deleted_checkpoints.discard(checkpoint)
+            log.info("checkpoint deletion mirrored", extra={"path": checkpoint})
+
+    def _local(self, rel: str) -> str:
+        return os.path.join(self.options.root, rel)
+
+    def _update_gauges(self) -> None:
+        self.metrics.pending_files.set(len(self.dirty))
+        self.metrics.pending_checkpoints.set(len(self.activity))
+
+
+def _now() -> float:
+    try:
+        return asyncio.get_running_loop().time()
+    except RuntimeError:
+        return time.monotonic()

@@ -1,0 +1,57 @@
+"""Prometheus metrics of one sidecar, in a registry of its own."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.bytes_uploaded = Counter(
+            "trialsync_uploaded_bytes",
+            "Bytes uploaded, by kind of file.",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.files_uploaded = Counter(
+            "trialsync_uploaded_files",
+            "Files uploaded, by kind of file.",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.checkpoints_published = Counter(
+            "trialsync_checkpoints_published",
+            "Checkpoints published with their manifest.",
+            registry=self.registry,
+        )
+        self.syncs = Counter(
+            "trialsync_syncs", "Sync runs, by outcome.", ["outcome"], registry=self.registry
+        )
+        self.failures = Counter(
+            "trialsync_sync_failures",
+            "Failed sync runs, by reason (timeout or error).",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.duration = Histogram(
+            "trialsync_sync_duration_seconds",
+            "Duration of sync runs.",
+            buckets=(0.005, 0.05, 0.25, 1, 5, 15, 60, 300, 1800),
+            registry=self.registry,
+        )
+        self.last_success = Gauge(
+            "trialsync_last_success_timestamp_seconds",
+            "Unix time of the last successful sync run.",
+            registry=self.registry,
+        )
+        self.pending_files = Gauge(
+            "trialsync_pending_files",
+            "Changed files not yet uploaded.",
+            registry=self.registry,
+        )
+        self.pending_checkpoints = Gauge(
+            "trialsync_pending_checkpoints",
+            "Checkpoints seen but not yet published.",
+            registry=self.registry,
+        )

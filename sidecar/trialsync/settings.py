@@ -1,0 +1,232 @@
+"""The one place where the sidecar's configuration is parsed and validated.
+
+Every flag has an environment fallback: ``--sync-period`` reads ``TRIALSYNC_SYNC_PERIOD``.
+A flag on the command line wins over the environment. A misspelled flag is fatal, and a
+bad value is a configuration error before anything runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from trialsync.config import SyncConfig
+from trialsync.layout import DEFAULT_CHECKPOINT_PATTERN, Layout
+
+ENV_PREFIX = "TRIALSYNC_"
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message says what to fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    root: str
+    config: SyncConfig
+    role: str = "worker"
+    head_url: str | None = None
+    layout: Layout = dataclasses.field(default_factory=Layout)
+    checkpoint_settle: float = 3.0
+    once: bool = False
+    final_sync_timeout: float = 25.0
+    mirror_deletes: bool = False
+    storage_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    http_addr: str = "0.0.0.0:9746"
+    files_in_flight: int = 32
+    part_size: int = 16 * 2**20
+    reconcile_interval: float = 3600.0
+    poll_interval: float = 10.0
+    max_backoff: float = 60.0
+    log_level: str = "info"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="trialsync sync",
+        description="Sync a Ray storage path (<experiment>/<trial>/checkpoint_N/) to storage.",
+        allow_abbrev=False,
+    )
+    a = p.add_argument
+    a("--root", help="local dir holding <experiment>/<trial>/... (required)")
+    a("--upload-dir", help="URI to mirror the root under: s3://, gs://, hdfs://, file://, ...")
+    a("--head-url", help="head-node service URL (worker-to-head sync, no upload dir)")
+    a("--role", choices=["worker", "head"], help="worker (default) or head")
+    a("--sync-period", type=float, help="seconds between periodic syncs (default 300)")
+    a("--sync-timeout", type=float, help="seconds before a sync is cancelled (default 1800)")
+    a("--sync-artifacts", action=argparse.BooleanOptionalAction, help="default true")
+    a("--sync-on-checkpoint", action=argparse.BooleanOptionalAction, help="default true")
+    a("--syncer", help="auto (default), none, or package.module:Class")
+    a(
+        "--checkpoint-pattern",
+        help=f"glob for checkpoint dirs (default {DEFAULT_CHECKPOINT_PATTERN})",
+    )
+    a("--exclude", action="append", help="glob of root-relative paths to skip (repeatable)")
+    a("--checkpoint-settle", type=float, help="seconds without change = complete (default 3)")
+    a("--once", action=argparse.BooleanOptionalAction, help="sync everything once, then exit")
+    a("--final-sync-timeout", type=float, help="bound on the SIGTERM final sync (default 25)")
+    a("--mirror-deletes", action=argparse.BooleanOptionalAction, help="delete remote copies")
+    a("--storage-option", action="append", help="KEY=VALUE for the fsspec backend (repeatable)")
+    a("--http-addr", help="host:port for /healthz, /readyz, /metrics, POST /sync")
+    a("--files-in-flight", type=int, help="concurrent file uploads (default 32)")
+    a("--part-size", type=int, help="multipart part size in bytes (default 16 MiB)")
+    a("--reconcile-interval", type=float, help="seconds between ledger rebuilds (default 3600)")
+    a("--poll-interval", type=float, help="seconds between scans without inotify (default 10)")
+    a("--max-backoff", type=float, help="cap on the retry backoff in seconds (default 60)")
+    a("--log-level", choices=["debug", "info", "warning", "error"], help="default info")
+    return p
+
+
+def known_env_names() -> set[str]:
+    return {ENV_PREFIX + name.upper() for name in _flag_names()} | {ENV_PREFIX + "STORAGE_OPTIONS"}
+
+
+def _flag_names() -> list[str]:
+    return [a.dest for a in _parser()._actions if a.dest != "help"]
+
+
+def parse(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
+    """Build Settings from flags, then ``TRIALSYNC_*`` env vars, then defaults."""
+    args = vars(_parser().parse_args(list(argv)))
+    values: dict[str, Any] = {}
+    for dest, given in args.items():
+        if given is not None:
+            values[dest] = given
+            continue
+        raw = environ.get(ENV_PREFIX + dest.upper())
+        if raw is not None and raw != "":
+            values[dest] = _from_env(dest, raw)
+    return _build(values, environ)
+
+
+def _from_env(dest: str, raw: str) -> Any:
+    name = ENV_PREFIX + dest.upper()
+    action = next(a for a in _parser()._actions if a.dest == dest)
+    if isinstance(action, argparse.BooleanOptionalAction):
+        lowered = raw.strip().lower()
+        if lowered in _TRUE:
+            return True
+        if lowered in _FALSE:
+            return False
+        raise ConfigError(f"{name}={raw!r}: expected true or false")
+    if action.type in (float, int):
+        try:
+            return action.type(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{name}={raw!r}: expected a number") from exc
+    if action.choices is not None and raw not in action.choices:
+        raise ConfigError(f"{name}={raw!r}: expected one of {', '.join(action.choices)}")
+    if dest in ("exclude", "storage_option"):
+        return [part for part in raw.split(",") if part]
+    return raw
+
+
+def _storage_options(pairs: Sequence[str], environ: Mapping[str, str]) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    raw = environ.get(ENV_PREFIX + "STORAGE_OPTIONS")
+    if raw:
+        try:
+            loaded = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"TRIALSYNC_STORAGE_OPTIONS is not JSON: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise ConfigError("TRIALSYNC_STORAGE_OPTIONS must be a JSON object")
+        options.update(loaded)
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--storage-option {pair!r}: expected KEY=VALUE")
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    return options
+
+
+def _build(values: dict[str, Any], environ: Mapping[str, str]) -> Settings:
+    root = values.get("root")
+    if not root:
+        raise ConfigError("--root (or TRIALSYNC_ROOT) is required: the trial data directory")
+    if not os.path.isdir(root):
+        raise ConfigError(f"--root {root!r} is not a directory")
+    syncer: str | None = values.get("syncer", "auto")
+    if syncer == "none":
+        syncer = None
+    upload_dir = values.get("upload_dir") or None
+    head_url = values.get("head_url") or None
+    if upload_dir and head_url:
+        raise ConfigError("give --upload-dir or --head-url, not both")
+    config = SyncConfig(
+        upload_dir=upload_dir,
+        syncer=syncer,
+        sync_period=values.get("sync_period", SyncConfig.sync_period),
+        sync_timeout=values.get("sync_timeout", SyncConfig.sync_timeout),
+        sync_artifacts=values.get("sync_artifacts", True),
+        sync_on_checkpoint=values.get("sync_on_checkpoint", True),
+    )
+    try:
+        config.validate_upload_dir()
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    role = values.get("role", "worker")
+    if not upload_dir and syncer is not None:
+        if role == "head" or not head_url:
+            raise ConfigError(
+                "no --upload-dir: worker-to-head-node syncing needs the head-node service, "
+                "which this version does not ship yet; give --upload-dir, or --syncer none "
+                "to disable syncing"
+            )
+        raise ConfigError(
+            "--head-url is not supported yet (the head-node service is not shipped in this "
+            "version); give --upload-dir instead"
+        )
+    for name in ("checkpoint_settle", "final_sync_timeout", "poll_interval", "max_backoff"):
+        if name in values and not values[name] > 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be positive")
+    for name in ("files_in_flight", "part_size"):
+        if name in values and values[name] < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
+    if values.get("part_size", 5 * 2**20) < 5 * 2**20:
+        raise ConfigError("--part-size must be at least 5 MiB (the S3 minimum part size)")
+    layout = Layout(
+        checkpoint_pattern=values.get("checkpoint_pattern", DEFAULT_CHECKPOINT_PATTERN),
+        excludes=tuple(values.get("exclude", ())),
+    )
+    kwargs = {
+        k: values[k]
+        for k in (
+            "checkpoint_settle",
+            "once",
+            "final_sync_timeout",
+            "mirror_deletes",
+            "http_addr",
+            "files_in_flight",
+            "part_size",
+            "reconcile_interval",
+            "poll_interval",
+            "max_backoff",
+            "log_level",
+        )
+        if k in values
+    }
+    return Settings(
+        root=os.path.abspath(root),
+        config=config,
+        role=role,
+        head_url=head_url,
+        layout=layout,
+        storage_options=_storage_options(values.get("storage_option", []), environ),
+        **kwargs,
+    )
+
+
+def unknown_env(environ: Mapping[str, str], also_known: set[str]) -> list[str]:
+    """``TRIALSYNC_*`` variables that match no setting: likely typos."""
+    known = known_env_names() | also_known
+    return sorted(k for k in environ if k.startswith(ENV_PREFIX) and k not in known)

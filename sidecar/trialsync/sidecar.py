@@ -1,0 +1,140 @@
+"""The sidecar process: wires store, engine, journal, scheduler and HTTP together."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+
+from trialsync import status_server
+from trialsync.engine import EngineOptions, SyncEngine
+from trialsync.layout import Kind
+from trialsync.metrics import Metrics
+from trialsync.scheduler import Plan, Scheduler
+from trialsync.settings import Settings
+from trialsync.store import RemoteStore, Store
+from trialsync.syncer import load_syncer
+from trialsync.syncer_store import SyncerStore
+from trialsync.watcher import open_journal
+
+log = logging.getLogger(__name__)
+
+
+def build_store(settings: Settings) -> Store:
+    config = settings.config
+    assert config.upload_dir is not None
+    if isinstance(config.syncer, str) and config.syncer != "auto":
+        syncer = load_syncer(config.syncer, config.sync_period, config.sync_timeout)
+        syncer.validate_upload_dir(config.upload_dir)
+        return SyncerStore(syncer, config.upload_dir)
+    return RemoteStore(config.upload_dir, settings.storage_options, part_size=settings.part_size)
+
+
+def build_plan(settings: Settings) -> Plan:
+    """The seed's scenarios for this role: see DESIGN's table."""
+    config = settings.config
+    artifacts = frozenset({Kind.ARTIFACT}) if config.sync_artifacts else frozenset()
+    periodic: frozenset[Kind] = frozenset()
+    if settings.role == "head":
+        periodic = frozenset({Kind.EXPERIMENT}) | artifacts  # scenario 1
+    return Plan(
+        period=config.sync_period,
+        timeout=config.sync_timeout,
+        settle=settings.checkpoint_settle,
+        periodic_kinds=periodic,
+        checkpoint_kinds=artifacts,  # scenario 4 rides with scenario 2
+        backoff_max=settings.max_backoff,
+        reconcile_interval=settings.reconcile_interval,
+    )
+
+
+async def run(settings: Settings) -> int:
+    """Run until SIGTERM (then a final sync), or once with ``--once``; the exit code."""
+    config = settings.config
+    metrics = Metrics()
+    if config.upload_dir is None:
+        log.info("syncing disabled (syncer=none and no upload dir); idling")
+        await _serve_idle(settings, metrics)
+        return 0
+    store = build_store(settings)
+    engine = SyncEngine(
+        EngineOptions(
+            root=settings.root,
+            sync_artifacts=config.sync_artifacts,
+            layout=settings.layout,
+            files_in_flight=settings.files_in_flight,
+            mirror_deletes=settings.mirror_deletes,
+        ),
+        store,
+        metrics,
+    )
+    scheduler = Scheduler(engine, build_plan(settings), metrics)
+    try:
+        if settings.once:
+            ok = await scheduler.final_sync(config.sync_timeout)
+            log.info("sync once finished", extra={"durable": ok})
+            return 0 if ok else 1
+        return await _serve(settings, engine, scheduler, metrics)
+    finally:
+        await store.close()
+
+
+async def _serve(
+    settings: Settings, engine: SyncEngine, scheduler: Scheduler, metrics: Metrics
+) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGUSR1, scheduler.request_sync)
+    runner, port = await status_server.start(
+        settings.http_addr, metrics, scheduler.ready.is_set, scheduler.request_sync
+    )
+    journal = open_journal(settings.root, settings.poll_interval)
+
+    def on_change(rel: str, is_dir: bool, removed: bool) -> None:
+        engine.note_change(rel, is_dir, removed)
+        scheduler.wake()
+
+    def on_overflow() -> None:
+        engine.note_overflow()
+        scheduler.wake()
+
+    journal.start(on_change, on_overflow)
+    log.info(
+        "sidecar started",
+        extra={
+            "root": settings.root,
+            "upload_dir": settings.config.upload_dir,
+            "role": settings.role,
+            "http_port": port,
+            "sync_period": settings.config.sync_period,
+            "sync_timeout": settings.config.sync_timeout,
+        },
+    )
+    task = loop.create_task(scheduler.run())
+    stopped = loop.create_task(stop.wait())
+    await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    if task.done():
+        stopped.cancel()
+        task.result()  # the scheduler never returns on its own; surface its error
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    journal.close()
+    log.info("SIGTERM: final sync of everything", extra={"within": settings.final_sync_timeout})
+    ok = await scheduler.final_sync(settings.final_sync_timeout)
+    log.info("final sync finished", extra={"durable": ok})
+    await runner.cleanup()
+    return 0 if ok else 1
+
+
+async def _serve_idle(settings: Settings, metrics: Metrics) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    runner, _ = await status_server.start(settings.http_addr, metrics, lambda: True, lambda: None)
+    await stop.wait()
+    await runner.cleanup()

@@ -1,0 +1,56 @@
+"""HTTP endpoints of the sidecar: health, readiness, metrics and an explicit sync trigger."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from trialsync.metrics import Metrics
+
+
+async def start(
+    addr: str, metrics: Metrics, is_ready: Callable[[], bool], request_sync: Callable[[], None]
+) -> tuple[web.AppRunner, int]:
+    """Serve on ``host:port`` (port 0 picks one); returns the runner and the bound port.
+
+    ``GET /healthz``: 200 while the process serves. ``GET /readyz``: 200 after the first
+    successful sync, 503 before. ``GET /metrics``: Prometheus text. ``POST /sync``: 202,
+    a checkpoint is complete, sync now.
+    """
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def readyz(_: web.Request) -> web.Response:
+        if is_ready():
+            return web.Response(text="ok\n")
+        return web.Response(status=503, text="no successful sync yet\n")
+
+    async def metrics_text(_: web.Request) -> web.Response:
+        body = generate_latest(metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def sync(_: web.Request) -> web.Response:
+        request_sync()
+        return web.Response(status=202, text="sync requested\n")
+
+    app = web.Application()
+    app.add_routes(
+        [
+            web.get("/healthz", healthz),
+            web.get("/readyz", readyz),
+            web.get("/metrics", metrics_text),
+            web.post("/sync", sync),
+        ]
+    )
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    host, _, port = addr.rpartition(":")
+    site = web.TCPSite(runner, host or "0.0.0.0", int(port))
+    await site.start()
+    server = site._server
+    sockets = getattr(server, "sockets", None) or []
+    bound = sockets[0].getsockname()[1] if sockets else int(port)
+    return runner, int(bound)

@@ -1,0 +1,200 @@
+"""The remote side: an fsspec filesystem rooted at the upload dir, used asynchronously.
+
+Async backends (s3fs, gcsfs) are driven on the caller's event loop so a sync can be
+cancelled at its timeout; blocking backends (local files, HDFS) run in worker threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+import posixpath
+from collections.abc import Iterable, Mapping
+from typing import Any, Protocol
+
+import fsspec
+from fsspec.core import split_protocol
+
+from trialsync import credentials
+from trialsync.ledger import RemoteObject
+
+log = logging.getLogger(__name__)
+
+# Multipart part size and parts in flight per file: bounds the sidecar's memory to about
+# part_size * part_concurrency for each large file in flight.
+DEFAULT_PART_SIZE = 16 * 2**20
+DEFAULT_PART_CONCURRENCY = 4
+
+
+class Store(Protocol):
+    """What the engine needs of the remote side. ``verifiable``: ``list`` reports sizes."""
+
+    verifiable: bool
+
+    def url(self, rel: str) -> str: ...
+
+    async def put_file(self, local_path: str, rel: str) -> None: ...
+
+    async def put_bytes(self, rel: str, data: bytes) -> None: ...
+
+    async def list(self, rel_prefix: str = "") -> dict[str, RemoteObject]: ...
+
+    async def delete(self, rels: Iterable[str]) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class RemoteStore:
+    """Files under ``upload_dir``, addressed by root-relative POSIX paths."""
+
+    verifiable = True
+
+    def __init__(
+        self,
+        upload_dir: str,
+        storage_options: Mapping[str, Any] | None = None,
+        part_size: int = DEFAULT_PART_SIZE,
+        part_concurrency: int = DEFAULT_PART_CONCURRENCY,
+        credential_files: tuple[str, ...] = (),
+    ) -> None:
+        self.upload_dir = upload_dir.rstrip("/")
+        protocol, _ = split_protocol(self.upload_dir)
+        self.protocol = (protocol or "file").lower()
+        self._options = dict(storage_options or {})
+        self._part_size = part_size
+        self._part_concurrency = part_concurrency
+        self._credential_files = credential_files
+        self._fs: Any = None
+        self._root = ""
+        self._fingerprint = ""
+        self.is_async = bool(
+            getattr(fsspec.get_filesystem_class(self.protocol), "async_impl", False)
+        )
+
+    async def _filesystem(self) -> Any:
+        """The filesystem, rebuilt whenever the credentials it was built with changed."""
+        current = credentials.fingerprint(self._credential_files)
+        if self._fs is not None and current == self._fingerprint:
+            return self._fs
+        if self._fs is not None:
+            log.info("credentials changed; rebuilding the %s client", self.protocol)
+            await self.close()
+        options = dict(self._options)
+        options["skip_instance_cache"] = True
+        if self.is_async:
+            options["asynchronous"] = True
+            options["loop"] = asyncio.get_running_loop()
+        fs, root = fsspec.core.url_to_fs(self.upload_dir, **options)
+        if self.is_async and hasattr(fs, "set_session"):
+            await fs.set_session()
+        self._fs, self._root, self._fingerprint = fs, root.rstrip("/"), current
+        return fs
+
+    def path(self, rel: str) -> str:
+        return posixpath.join(self._root, rel) if rel else self._root
+
+    def url(self, rel: str) -> str:
+        return f"{self.upload_dir}/{rel}" if rel else self.upload_dir
+
+    def _transfer_options(self) -> dict[str, Any]:
+        if self.protocol in ("s3", "s3a"):
+            return {"chunksize": self._part_size, "max_concurrency": self._part_concurrency}
+        if self.protocol in ("gs", "gcs"):
+            return {"chunksize": self._part_size}
+        return {}
+
+    async def put_file(self, local_path: str, rel: str) -> None:
+        fs = await self._filesystem()
+        target = self.path(rel)
+        if self.is_async:
+            await fs._put_file(local_path, target, **self._transfer_options())
+        else:
+            await asyncio.to_thread(_put_blocking, fs, local_path, target)
+
+    async def put_bytes(self, rel: str, data: bytes) -> None:
+        fs = await self._filesystem()
+        target = self.path(rel)
+        if self.is_async:
+            await fs._pipe_file(target, data)
+        else:
+            await asyncio.to_thread(_pipe_blocking, fs, target, data)
+
+    async def read_bytes(self, rel: str) -> bytes:
+        fs = await self._filesystem()
+        if self.is_async:
+            data: bytes = await fs._cat_file(self.path(rel))
+            return data
+        return bytes(await asyncio.to_thread(fs.cat_file, self.path(rel)))
+
+    async def list(self, rel_prefix: str = "") -> dict[str, RemoteObject]:
+        """Every object below ``rel_prefix``, keyed by root-relative path; {} if none."""
+        fs = await self._filesystem()
+        base = self.path(rel_prefix)
+        try:
+            if self.is_async:
+                fs.invalidate_cache(base)
+                found = await fs._find(base, detail=True, withdirs=False)
+            else:
+                found = await asyncio.to_thread(fs.find, base, detail=True, withdirs=False)
+        except FileNotFoundError:
+            return {}
+        strip = len(self._root) + 1 if self._root else 0
+        listing: dict[str, RemoteObject] = {}
+        for name, info in found.items():
+            if info.get("type", "file") != "file":
+                continue
+            rel = fs._strip_protocol(name)[strip:]
+            listing[rel] = _remote_object(info)
+        return listing
+
+    async def delete(self, rels: Iterable[str]) -> None:
+        fs = await self._filesystem()
+        paths = [self.path(rel) for rel in rels]
+        if not paths:
+            return
+        if self.is_async:
+            await fs._rm(paths)
+        else:
+            await asyncio.to_thread(fs.rm, paths)
+
+    async def close(self) -> None:
+        fs, self._fs = self._fs, None
+        if fs is None or not self.is_async:
+            return
+        session = getattr(fs, "_s3", None) or getattr(fs, "_session", None)
+        closer = getattr(session, "close", None)
+        if closer is None:
+            return
+        try:
+            result = closer()
+            if asyncio.iscoroutine(result):
+                await result
+        except Exception as exc:  # closing is best effort; the process may be ending
+            log.debug("closing the %s client failed: %s", self.protocol, exc)
+
+
+def _put_blocking(fs: Any, local_path: str, target: str) -> None:
+    fs.makedirs(posixpath.dirname(target), exist_ok=True)
+    fs.put_file(local_path, target)
+
+
+def _pipe_blocking(fs: Any, target: str, data: bytes) -> None:
+    fs.makedirs(posixpath.dirname(target), exist_ok=True)
+    fs.pipe_file(target, data)
+
+
+def _remote_object(info: Mapping[str, Any]) -> RemoteObject:
+    mtime = info.get("LastModified") or info.get("mtime") or info.get("updated")
+    if isinstance(mtime, datetime.datetime):
+        stamp: float | None = mtime.timestamp()
+    elif isinstance(mtime, int | float):
+        stamp = float(mtime)
+    else:
+        stamp = None
+    checksum = info.get("ETag") or info.get("md5Hash") or info.get("crc32c")
+    return RemoteObject(
+        size=int(info.get("size", 0)),
+        mtime=stamp,
+        checksum=str(checksum).strip('"') if checksum else None,
+    )
