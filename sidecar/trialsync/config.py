@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import re
 from typing import TYPE_CHECKING, Union
 
@@ -21,7 +22,15 @@ DEFAULT_SYNC_TIMEOUT = 1800
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$")
 _BUCKET_SCHEMES = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "oss", "r2"}
 # The install hint for the backends users ask for most.
-_EXTRA_FOR = {"s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "hdfs": "pyarrow"}
+_EXTRA_FOR = {
+    "s3": "s3fs",
+    "s3a": "s3fs",
+    "gs": "gcsfs",
+    "gcs": "gcsfs",
+    "hdfs": "pyarrow",
+    "abfs": "adlfs",
+    "az": "adlfs",
+}
 
 
 @dataclasses.dataclass
@@ -77,9 +86,9 @@ def validate_uri(uri: str) -> None:
     if not isinstance(uri, str) or uri != uri.strip() or not uri:
         raise ValueError(f"upload_dir must be a non-empty URI without spaces, got {uri!r}")
     scheme, sep, rest = uri.partition("://")
-    if not sep or not scheme:
+    if not sep or not scheme or "/" in scheme:
         raise ValueError(
-            f"upload_dir {uri!r} has no scheme: use a URI such as s3://bucket/prefix, "
+            f"upload_dir {uri!r} has no scheme (scheme://...): use s3://bucket/prefix, "
             "gs://bucket/prefix, hdfs://namenode/path or file:///absolute/path"
         )
     scheme = scheme.lower()
@@ -101,10 +110,14 @@ def validate_uri(uri: str) -> None:
         raise ValueError(f"upload_dir {uri!r} names no path: hdfs://namenode:8020/path")
     if "//" in rest.lstrip("/"):
         raise ValueError(f"upload_dir {uri!r} has an empty path segment ('//')")
+    package = _EXTRA_FOR.get(scheme)
     try:
         fsspec.get_filesystem_class(scheme)
+        # Some fsspec classes import their client only when instantiated (HDFS: pyarrow).
+        if package and importlib.util.find_spec(package) is None:
+            raise ImportError(f"No module named {package!r}")
     except ImportError as exc:
-        package = _EXTRA_FOR.get(scheme, "the fsspec backend for it")
         raise ValueError(
-            f"upload_dir {uri!r} needs {package}, which is not installed ({exc})"
+            f"upload_dir {uri!r} needs {package or 'the fsspec backend for ' + scheme}, "
+            f"which is not installed ({exc})"
         ) from exc

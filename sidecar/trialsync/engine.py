@@ -210,9 +210,11 @@ class SyncEngine:
         local = await asyncio.to_thread(scanner.scan, self.options.root, checkpoint)
         files = {rel: st for rel, st in local.items() if self.layout.place(rel) is not None}
         if not files:
-            if not await asyncio.to_thread(os.path.isdir, self._local(checkpoint)):
+            if await asyncio.to_thread(os.path.isdir, self._local(checkpoint)):
+                self.activity[checkpoint] = _now()  # empty: look again a settle window later
+            else:
                 self.activity.pop(checkpoint, None)
-            return  # an empty dir is not a checkpoint yet; keep waiting for files
+            return
         manifest_rel = f"{checkpoint}/{MANIFEST_NAME}"
         todo = {rel: st for rel, st in files.items() if not self.ledger.is_current(rel, st)}
         if checkpoint in self.ledger.published:

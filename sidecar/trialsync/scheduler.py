@@ -28,6 +28,8 @@ class Plan:
 
     ``periodic_kinds``: file kinds synced every sync_period (scenario 1 on the head).
     ``checkpoint_kinds``: file kinds synced together with each checkpoint (scenario 4).
+    ``defer_checkpoints``: completed checkpoints wait for the next periodic sync instead of
+    forcing one (worker-to-head syncing with sync_on_checkpoint off, scenario 3).
     """
 
     period: float
@@ -35,6 +37,7 @@ class Plan:
     settle: float
     periodic_kinds: frozenset[Kind] = frozenset()
     checkpoint_kinds: frozenset[Kind] = frozenset()
+    defer_checkpoints: bool = False
     backoff_base: float = 1.0
     backoff_max: float = 60.0
     reconcile_interval: float | None = None
@@ -88,14 +91,17 @@ class Scheduler:
 
     def _due(self, now: float) -> Round:
         explicit, self._explicit = self._explicit, False
+        periodic = bool(self.plan.periodic_kinds) and (now >= self._next_periodic or explicit)
         if explicit:
             checkpoints = sorted(self.engine.activity)
+        elif self.plan.defer_checkpoints and not periodic:
+            checkpoints = []
         else:
             checkpoints = self.engine.settled_checkpoints(now, self.plan.settle)
         kinds = set(self._owed)
         if checkpoints or explicit:
             kinds |= self.plan.checkpoint_kinds
-        if self.plan.periodic_kinds and (now >= self._next_periodic or explicit):
+        if periodic:
             # sync_period is the minimum time between the starts of two periodic syncs.
             self._next_periodic = now + self.plan.period
             kinds |= self.plan.periodic_kinds
@@ -110,7 +116,7 @@ class Scheduler:
             if self.plan.periodic_kinds:
                 deadlines.append(self._next_periodic)
             settle = self.engine.next_settle_deadline(self.plan.settle)
-            if settle is not None:
+            if settle is not None and not self.plan.defer_checkpoints:
                 deadlines.append(settle)
             if self._next_reconcile is not None:
                 deadlines.append(self._next_reconcile)

@@ -1,0 +1,66 @@
+"""Where files belong, and when the ledger trusts a remote copy."""
+
+from __future__ import annotations
+
+from trialsync.layout import MANIFEST_NAME, Kind, Layout, Placement
+from trialsync.ledger import Ledger, RemoteObject
+
+
+def test_files_are_placed_as_the_seed_scenarios_need() -> None:
+    layout = Layout()
+    assert layout.place("exp/experiment_state-2024.json") == Placement(Kind.EXPERIMENT)
+    assert layout.place("exp/trial_1/result.json") == Placement(Kind.ARTIFACT)
+    assert layout.place("exp/trial_1/media/plot.png") == Placement(Kind.ARTIFACT)
+    assert layout.place("exp/trial_1/checkpoint_000003/model.pt") == Placement(
+        Kind.CHECKPOINT, "exp/trial_1/checkpoint_000003"
+    )
+    assert layout.place("exp/trial_1/checkpoint_000003/sub/dir/w.bin") == Placement(
+        Kind.CHECKPOINT, "exp/trial_1/checkpoint_000003"
+    )
+
+
+def test_temp_checkpoint_dirs_and_manifests_are_not_checkpoint_files() -> None:
+    layout = Layout()
+    assert layout.place("exp/t/checkpoint_tmp123/model.pt") == Placement(Kind.ARTIFACT)
+    assert layout.place(f"exp/t/checkpoint_000001/{MANIFEST_NAME}") is None
+
+
+def test_excludes_and_custom_checkpoint_pattern_apply() -> None:
+    layout = Layout(checkpoint_pattern="ckpt-*", excludes=("*.tmp", "exp/t/scratch/*"))
+    assert layout.place("exp/t/ckpt-7/w.bin") == Placement(Kind.CHECKPOINT, "exp/t/ckpt-7")
+    assert layout.place("exp/t/checkpoint_000001/w.bin") == Placement(Kind.ARTIFACT)
+    assert layout.place("exp/t/result.json.tmp") is None
+    assert layout.place("exp/t/scratch/big.bin") is None
+    assert layout.checkpoint_dir("exp/t/ckpt-7") == "exp/t/ckpt-7"
+    assert layout.checkpoint_dir("exp/t") is None
+
+
+def test_rebuild_trusts_a_remote_copy_of_same_size_not_older_than_local() -> None:
+    mtime = 1_700_000_000
+    local = {
+        "same": (10, mtime * 10**9),
+        "resized": (10, mtime * 10**9),
+        "newer_locally": (10, (mtime + 60) * 10**9),
+        "missing": (10, mtime * 10**9),
+        "no_mtime": (10, mtime * 10**9),
+    }
+    remote = {
+        "same": RemoteObject(10, mtime + 5.0),
+        "resized": RemoteObject(11, mtime + 5.0),
+        "newer_locally": RemoteObject(10, mtime + 5.0),
+        "no_mtime": RemoteObject(10, None),
+    }
+    ledger = Ledger.rebuild(local, remote, published={"exp/t/checkpoint_000001"})
+    assert {rel for rel in local if ledger.is_current(rel, local[rel])} == {"same", "no_mtime"}
+    assert ledger.published == {"exp/t/checkpoint_000001"}
+
+
+def test_forgetting_a_checkpoint_drops_its_files_and_its_publication() -> None:
+    ledger = Ledger()
+    ledger.record("e/t/checkpoint_1/a", (1, 1))
+    ledger.record("e/t/checkpoint_10/a", (1, 1))
+    ledger.published.add("e/t/checkpoint_1")
+    ledger.forget_under("e/t/checkpoint_1")
+    assert not ledger.is_current("e/t/checkpoint_1/a", (1, 1))
+    assert ledger.is_current("e/t/checkpoint_10/a", (1, 1))
+    assert ledger.published == set()

@@ -1,0 +1,99 @@
+"""Sidecar configuration: flags, their TRIALSYNC_* fallbacks, and clear errors."""
+
+from __future__ import annotations
+
+import pathlib
+
+import pytest
+
+from trialsync import cli
+from trialsync.settings import ConfigError, parse, unknown_env
+
+
+def test_every_flag_falls_back_to_its_environment_variable(tmp_path: pathlib.Path) -> None:
+    env = {
+        "TRIALSYNC_ROOT": str(tmp_path),
+        "TRIALSYNC_UPLOAD_DIR": "s3://bucket/exp",
+        "TRIALSYNC_ROLE": "head",
+        "TRIALSYNC_SYNC_PERIOD": "60",
+        "TRIALSYNC_SYNC_TIMEOUT": "90",
+        "TRIALSYNC_SYNC_ARTIFACTS": "false",
+        "TRIALSYNC_SYNC_ON_CHECKPOINT": "no",
+        "TRIALSYNC_EXCLUDE": "*.tmp,*.lock",
+        "TRIALSYNC_STORAGE_OPTIONS": '{"client_kwargs": {"region_name": "eu-west-1"}}',
+    }
+    settings = parse([], env)
+    assert settings.root == str(tmp_path)
+    assert settings.role == "head"
+    assert settings.config.upload_dir == "s3://bucket/exp"
+    assert (settings.config.sync_period, settings.config.sync_timeout) == (60, 90)
+    assert settings.config.sync_artifacts is False
+    assert settings.config.sync_on_checkpoint is False
+    assert settings.layout.excludes == ("*.tmp", "*.lock")
+    assert settings.storage_options == {"client_kwargs": {"region_name": "eu-west-1"}}
+
+
+def test_a_flag_wins_over_the_environment(tmp_path: pathlib.Path) -> None:
+    env = {"TRIALSYNC_SYNC_PERIOD": "60", "TRIALSYNC_UPLOAD_DIR": "s3://bucket/b"}
+    settings = parse(["--root", str(tmp_path), "--sync-period", "5"], env)
+    assert settings.config.sync_period == 5
+
+
+def test_seed_defaults_apply_when_nothing_is_given(tmp_path: pathlib.Path) -> None:
+    settings = parse(["--root", str(tmp_path), "--upload-dir", "gs://bucket/x"], {})
+    assert settings.config.sync_period == 300
+    assert settings.config.sync_timeout == 1800
+    assert settings.config.sync_artifacts is True
+    assert settings.config.sync_on_checkpoint is True
+    assert settings.config.syncer == "auto"
+
+
+@pytest.mark.parametrize(
+    ("env", "says"),
+    [
+        ({"TRIALSYNC_SYNC_PERIOD": "soon"}, "TRIALSYNC_SYNC_PERIOD='soon': expected a number"),
+        ({"TRIALSYNC_SYNC_ARTIFACTS": "maybe"}, "expected true or false"),
+        ({"TRIALSYNC_ROLE": "driver"}, "expected one of worker, head"),
+        ({"TRIALSYNC_STORAGE_OPTIONS": "{nope"}, "TRIALSYNC_STORAGE_OPTIONS is not JSON"),
+        ({"TRIALSYNC_SYNC_TIMEOUT": "-1"}, "sync_timeout must be a positive number"),
+        ({"TRIALSYNC_UPLOAD_DIR": "ftp:/x"}, "has no scheme"),
+    ],
+)
+def test_bad_values_are_configuration_errors(
+    tmp_path: pathlib.Path, env: dict[str, str], says: str
+) -> None:
+    env = {"TRIALSYNC_UPLOAD_DIR": "s3://bucket/x", **env}
+    with pytest.raises(ConfigError) as info:
+        parse(["--root", str(tmp_path)], env)
+    assert says in str(info.value)
+
+
+def test_missing_root_says_it_is_required() -> None:
+    with pytest.raises(ConfigError, match=r"--root \(or TRIALSYNC_ROOT\) is required"):
+        parse(["--upload-dir", "s3://bucket/x"], {})
+
+
+def test_cli_exits_2_with_the_error_and_runs_nothing(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = cli.main(
+        ["sync", "--root", str(tmp_path), "--upload-dir", "s3://b/x", "--syncer", "none"]
+    )
+    assert code == 2
+    assert "syncer=None disables syncing" in capsys.readouterr().err
+
+
+def test_a_misspelled_flag_is_fatal(tmp_path: pathlib.Path) -> None:
+    with pytest.raises(SystemExit) as info:
+        cli.main(["sync", "--root", str(tmp_path), "--sync-perod", "3"])
+    assert info.value.code == 2
+
+
+def test_unknown_trialsync_variables_are_reported() -> None:
+    env = {"TRIALSYNC_SYNC_PERIOD": "3", "TRIALSYNC_SYNC_PERIDO": "3", "OTHER": "x"}
+    assert unknown_env(env, set()) == ["TRIALSYNC_SYNC_PERIDO"]
+
+
+def test_head_url_is_refused_until_the_head_service_ships(tmp_path: pathlib.Path) -> None:
+    with pytest.raises(ConfigError, match="head-node"):
+        parse(["--root", str(tmp_path), "--head-url", "http://head:9747"], {})
