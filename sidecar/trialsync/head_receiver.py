@@ -24,6 +24,7 @@ import hmac
 import logging
 import os
 import secrets
+import stat
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -48,7 +49,11 @@ _TOKEN_KEY = web.AppKey("token", bytes)
 _IDLE_KEY = web.AppKey("idle_timeout", float)
 
 
-class PathError(ValueError):
+class BadRequest(ValueError):
+    """A request the receiver refuses with 400; the message names what is wrong."""
+
+
+class PathError(BadRequest):
     """A request path that is malformed or could reach outside the root."""
 
 
@@ -78,9 +83,7 @@ def resolve(root: str, rel: str, *, allow_root: bool = False) -> str:
     return candidate
 
 
-def make_app(
-    root: str, token: str, idle_timeout: float = DEFAULT_IDLE_TIMEOUT
-) -> web.Application:
+def make_app(root: str, token: str, idle_timeout: float = DEFAULT_IDLE_TIMEOUT) -> web.Application:
     """The receiver for files under ``root``; ValueError if ``token`` is empty."""
     if not token:
         raise ValueError("the head receiver needs a non-empty token")
@@ -124,12 +127,17 @@ def _error(status: int, message: str, **headers: str) -> web.Response:
     return web.json_response({"error": message}, status=status, headers=headers)
 
 
+def _closing(response: web.Response) -> web.Response:
+    response.force_close()
+    return response
+
+
 @web.middleware
 async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
-    except PathError as exc:
-        log.warning("path refused", extra={"method": request.method, "reason": str(exc)})
+    except BadRequest as exc:
+        log.warning("bad request", extra={"method": request.method, "reason": str(exc)})
         return _error(400, str(exc))
 
 
@@ -164,10 +172,11 @@ async def _put(request: web.Request) -> web.Response:
     target = resolve(request.app[_ROOT_KEY], rel)
     mtime_ns = _mtime_header(request)
     expected = request.content_length
-    upload = await _TempFile.create(target)
+    upload: _TempFile | None = None
     committed = False
     size = 0
     try:
+        upload = await _TempFile.create(target)
         buffer = bytearray()
         while True:
             async with asyncio.timeout(request.app[_IDLE_KEY]):
@@ -181,20 +190,25 @@ async def _put(request: web.Request) -> web.Response:
                 buffer.clear()
         if expected is not None and size != expected:
             log.warning("short upload discarded", extra={"path": rel, "bytes": size})
-            return _error(400, f"{rel}: got {size} bytes, Content-Length said {expected}")
+            return _closing(_error(400, f"{rel}: got {size} bytes, Content-Length said {expected}"))
         if buffer:
             await upload.write(bytes(buffer))
         await upload.commit(mtime_ns)
         committed = True
+    except ConnectionResetError:
+        # The client went away mid-body (aiohttp reports both a reset and an early EOF so).
+        log.warning("interrupted upload discarded", extra={"path": rel, "bytes": size})
+        return _closing(_error(400, f"{rel}: connection lost after {size} bytes"))
     except TimeoutError:
         log.warning("stalled upload discarded", extra={"path": rel, "bytes": size})
-        return _error(408, f"{rel}: no data for {request.app[_IDLE_KEY]} s")
+        # Close: the rest of the body may never come, so the connection cannot be reused.
+        return _closing(_error(408, f"{rel}: no data for {request.app[_IDLE_KEY]} s"))
     except OSError as exc:
         if exc.errno in (errno.EISDIR, errno.ENOTDIR, errno.EEXIST, errno.ENOTEMPTY):
             return _error(409, f"{rel}: conflicts with an existing file or directory")
         raise
     finally:
-        if not committed:
+        if upload is not None and not committed:
             upload.discard()
     log.debug("object stored", extra={"path": rel, "bytes": size})
     return web.json_response({"size": size}, status=201)
@@ -236,7 +250,7 @@ def _mtime_header(request: web.Request) -> int | None:
     except ValueError:
         value = -1
     if value < 0:
-        raise PathError(f"{MTIME_HEADER}: {raw!r} is not a non-negative integer")
+        raise BadRequest(f"{MTIME_HEADER}: {raw!r} is not a non-negative integer")
     return value
 
 
@@ -269,8 +283,8 @@ class _TempFile:
         await self._run(_write_all, self.fd, data)
 
     async def commit(self, mtime_ns: int | None) -> None:
-        await self._run(_commit, self.fd, self.path, self.target, mtime_ns)
-        self.fd = -1
+        fd, self.fd = self.fd, -1  # _commit closes it, whatever happens
+        await self._run(_commit, fd, self.path, self.target, mtime_ns)
 
     def discard(self) -> None:
         if self._busy is not None and not self._busy.done():
@@ -334,11 +348,12 @@ def _walk(base: str, prefix: str) -> dict[str, dict[str, float]]:
     """Regular files at or below ``base``, keyed ``prefix``-relative; symlinks skipped."""
     found: dict[str, dict[str, float]] = {}
     try:
-        st = os.stat(base, follow_symlinks=False)
+        st = os.lstat(base)
     except (FileNotFoundError, NotADirectoryError):
         return found
-    if os.path.isfile(base) and not os.path.islink(base):
-        found[prefix] = {"size": st.st_size, "mtime": st.st_mtime}
+    if stat.S_ISREG(st.st_mode):
+        if TEMP_MARKER not in os.path.basename(base):
+            found[prefix] = {"size": st.st_size, "mtime": st.st_mtime}
         return found
     stack = [(base, prefix)]
     while stack:
@@ -362,7 +377,7 @@ def _walk(base: str, prefix: str) -> dict[str, dict[str, float]]:
 
 def _remove(root: str, target: str) -> None:
     """Unlink ``target`` if present, then prune directories it leaves empty (not ``root``)."""
-    with contextlib.suppress(FileNotFoundError):
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
         os.unlink(target)
     # Empty dirs would look like checkpoints with no files to a restoring trainer.
     directory = os.path.dirname(target)

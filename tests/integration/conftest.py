@@ -1,0 +1,62 @@
+"""Backends for the conformance suite: the same behaviour proven on every store."""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import uuid
+from typing import Any
+
+import fsspec
+import pytest
+
+
+@dataclasses.dataclass
+class Backend:
+    """An upload dir on a real store, with a separate client to inspect what landed."""
+
+    name: str
+    url: str
+    storage_options: dict[str, Any]
+    env: dict[str, str]
+
+    def reader(self) -> Any:
+        fs, _ = fsspec.core.url_to_fs(self.url, skip_instance_cache=True, **self.storage_options)
+        return fs
+
+    def _root(self) -> str:
+        return str(fsspec.core.url_to_fs(self.url, **self.storage_options)[1]).rstrip("/")
+
+    def listing(self) -> dict[str, int]:
+        """{root-relative path: size} of every object under the upload dir."""
+        fs = self.reader()
+        root = self._root()
+        try:
+            found = fs.find(root, detail=True)
+        except FileNotFoundError:
+            return {}
+        return {
+            fs._strip_protocol(name)[len(root) + 1 :]: int(info["size"])
+            for name, info in found.items()
+            if info.get("type", "file") == "file"
+        }
+
+    def read(self, rel: str) -> bytes:
+        data: bytes = self.reader().cat_file(f"{self._root()}/{rel}")
+        return data
+
+
+@pytest.fixture(params=["s3", "gs", "file"])
+def backend(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> Backend:
+    run = uuid.uuid4().hex[:8]
+    if request.param == "s3":
+        server = request.getfixturevalue("seaweedfs")
+        bucket = server.make_bucket()
+        return Backend("s3", f"s3://{bucket}/run-{run}", server.storage_options(), server.env())
+    if request.param == "gs":
+        server = request.getfixturevalue("fake_gcs")
+        bucket = server.make_bucket()
+        return Backend("gs", f"gs://{bucket}/run-{run}", server.storage_options(), server.env())
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    return Backend("file", f"file://{remote}", {}, {})

@@ -1,0 +1,183 @@
+"""The sync contract on every backend: first upload, no-op, change, publish, restart."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import pathlib
+from collections.abc import AsyncIterator
+
+from tests.integration.conftest import Backend
+from tests.support import trials
+from trialsync.engine import EngineOptions, Round, SyncEngine
+from trialsync.layout import MANIFEST_NAME, Kind
+from trialsync.metrics import Metrics
+from trialsync.store import RemoteStore
+from trialsync.watcher import InotifyJournal
+
+ALL = frozenset({Kind.EXPERIMENT, Kind.ARTIFACT})
+
+
+class SpyStore(RemoteStore):
+    """The real store, recording each remote operation in order."""
+
+    def __init__(self, backend: Backend) -> None:
+        super().__init__(backend.url, backend.storage_options)
+        self.calls: list[tuple[str, str]] = []
+
+    async def put_file(self, local_path: str, rel: str) -> None:
+        await super().put_file(local_path, rel)
+        self.calls.append(("put", rel))
+
+    async def put_bytes(self, rel: str, data: bytes) -> None:
+        await super().put_bytes(rel, data)
+        self.calls.append(("put_bytes", rel))
+
+    async def list(self, rel_prefix: str = "") -> dict[str, object]:  # type: ignore[override]
+        self.calls.append(("list", rel_prefix))
+        return await super().list(rel_prefix)  # type: ignore[return-value]
+
+
+@contextlib.asynccontextmanager
+async def engine_on(backend: Backend, root: pathlib.Path) -> AsyncIterator[SyncEngine]:
+    """A real engine on the backend, fed by a real inotify journal of ``root``."""
+    store = SpyStore(backend)
+    engine = SyncEngine(EngineOptions(root=str(root)), store, Metrics())
+    journal = InotifyJournal(str(root))
+    journal.start(engine.note_change, engine.note_overflow)
+    try:
+        yield engine
+    finally:
+        journal.close()
+        await store.close()
+
+
+def spy(engine: SyncEngine) -> SpyStore:
+    assert isinstance(engine.store, SpyStore)
+    return engine.store
+
+
+async def settle_events() -> None:
+    await asyncio.sleep(0.2)  # let the loop read the inotify events
+
+
+def make_tree(root: pathlib.Path) -> None:
+    exp = trials.experiment(root)
+    trial = trials.trial(exp)
+    trials.checkpoint(trial, 1, {"model.pt": 300_000, "optimizer.pt": 1_000})
+    trials.checkpoint(trial, 2, {"model.pt": 300_000})
+
+
+async def test_first_sync_mirrors_the_local_layout(
+    backend: Backend, tmp_path: pathlib.Path
+) -> None:
+    root = tmp_path / "root"
+    make_tree(root)
+    async with engine_on(backend, root) as engine:
+        await engine.recover(settle=0)
+        await engine.run(Round(full=True), settle=0)
+    local = trials.relative_files(root)
+    remote = backend.listing()
+    assert {rel: len(data) for rel, data in local.items()}.items() <= remote.items()
+    for rel, data in local.items():
+        assert backend.read(rel) == data
+    manifests = {rel for rel in remote if rel.endswith(MANIFEST_NAME)}
+    assert manifests == {f"exp/trial_00000/checkpoint_00000{i}/{MANIFEST_NAME}" for i in (1, 2)}
+    assert set(remote) == set(local) | manifests  # nothing else, no directory markers
+
+
+async def test_no_op_sync_uploads_and_lists_nothing(
+    backend: Backend, tmp_path: pathlib.Path
+) -> None:
+    root = tmp_path / "root"
+    make_tree(root)
+    async with engine_on(backend, root) as engine:
+        await engine.recover(settle=0)
+        await engine.run(Round(full=True), settle=0)
+        spy(engine).calls.clear()
+        for _ in range(3):
+            await engine.run(Round(kinds=ALL), settle=0)
+        assert spy(engine).calls == []
+
+
+async def test_a_change_uploads_only_the_changed_file(
+    backend: Backend, tmp_path: pathlib.Path
+) -> None:
+    root = tmp_path / "root"
+    make_tree(root)
+    async with engine_on(backend, root) as engine:
+        await engine.recover(settle=0)
+        await engine.run(Round(full=True), settle=0)
+        spy(engine).calls.clear()
+        result = root / "exp/trial_00000/result.json"
+        result.write_bytes(b'{"loss": 0.5}\n')
+        await settle_events()
+        await engine.run(Round(kinds=ALL), settle=0)
+        assert spy(engine).calls == [("put", "exp/trial_00000/result.json")]
+    assert backend.read("exp/trial_00000/result.json") == b'{"loss": 0.5}\n'
+
+
+async def test_checkpoint_is_published_marker_last(
+    backend: Backend, tmp_path: pathlib.Path
+) -> None:
+    root = tmp_path / "root"
+    trial = trials.trial(trials.experiment(root))
+    async with engine_on(backend, root) as engine:
+        await engine.recover(settle=0)
+        await engine.run(Round(full=True), settle=0)
+        spy(engine).calls.clear()
+        files = {"model.pt": 2_000_000, "rng.pkl": 10, "extra/state.bin": 50_000}
+        trials.checkpoint(trial, 3, files)
+        await settle_events()
+        loop_now = asyncio.get_running_loop().time()
+        checkpoint = "exp/trial_00000/checkpoint_000003"
+        assert engine.settled_checkpoints(loop_now + 10, settle=5) == [checkpoint]
+        await engine.run(Round(checkpoints=[checkpoint]), settle=5)
+        calls = spy(engine).calls
+    manifest_rel = f"{checkpoint}/{MANIFEST_NAME}"
+    assert calls[-1] == ("put_bytes", manifest_rel)  # the marker is the last write
+    assert sorted(rel for op, rel in calls if op == "put") == sorted(
+        f"{checkpoint}/{name}" for name in files
+    )
+    assert ("list", checkpoint) in calls  # verified against the store before the marker
+    manifest = json.loads(backend.read(manifest_rel))
+    assert {name: entry["size"] for name, entry in manifest["files"].items()} == files
+    assert manifest["total_bytes"] == sum(files.values())
+
+
+async def test_restart_rebuilds_the_ledger_from_one_listing(
+    backend: Backend, tmp_path: pathlib.Path
+) -> None:
+    root = tmp_path / "root"
+    make_tree(root)
+    async with engine_on(backend, root) as engine:
+        await engine.recover(settle=0)
+        await engine.run(Round(full=True), settle=0)
+    # A new process: nothing in memory, everything already remote.
+    async with engine_on(backend, root) as engine:
+        await engine.recover(settle=0)
+        await engine.run(Round(full=True), settle=0)
+        calls = spy(engine).calls
+        published = engine.ledger.published
+    assert calls == [("list", "")]
+    assert published == {f"exp/trial_00000/checkpoint_00000{i}" for i in (1, 2)}
+
+
+async def test_a_checkpoint_without_manifest_is_completed_after_restart(
+    backend: Backend, tmp_path: pathlib.Path
+) -> None:
+    root = tmp_path / "root"
+    make_tree(root)
+    async with engine_on(backend, root) as engine:
+        await engine.recover(settle=0)
+        await engine.run(Round(full=True), settle=0)
+    # Simulate a crash between the last file and the marker.
+    manifest_rel = f"exp/trial_00000/checkpoint_000002/{MANIFEST_NAME}"
+    backend.reader().rm(f"{backend._root()}/{manifest_rel}")
+    async with engine_on(backend, root) as engine:
+        await engine.recover(settle=0)
+        await engine.run(Round(full=True), settle=0)
+        calls = spy(engine).calls
+    assert [c for c in calls if c[0] != "list"] == [("put_bytes", manifest_rel)]
+    assert manifest_rel in backend.listing()

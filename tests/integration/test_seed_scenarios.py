@@ -1,0 +1,285 @@
+"""Each seed parameter proven on the real sidecar process against a real S3 server."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import pathlib
+import shutil
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from tests.integration.conftest import Backend
+from tests.support import trials
+from tests.support.sidecar_process import Sidecar, run_once, wait_for
+from trialsync.layout import MANIFEST_NAME
+
+CKPT = "exp/trial_00000/checkpoint_000001"
+MANIFEST = f"{CKPT}/{MANIFEST_NAME}"
+
+
+@pytest.fixture
+def s3(seaweedfs: object) -> Backend:
+    server = seaweedfs
+    bucket = server.make_bucket()  # type: ignore[attr-defined]
+    return Backend(
+        "s3",
+        f"s3://{bucket}/run-{uuid.uuid4().hex[:8]}",
+        server.storage_options(),  # type: ignore[attr-defined]
+        server.env(),  # type: ignore[attr-defined]
+    )
+
+
+@pytest.fixture
+def root(tmp_path: pathlib.Path) -> pathlib.Path:
+    path = tmp_path / "root"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def sidecars(tmp_path: pathlib.Path) -> Iterator[list[Sidecar]]:
+    started: list[Sidecar] = []
+    yield started
+    for sidecar in started:
+        sidecar.stop()
+
+
+def start(
+    sidecars: list[Sidecar],
+    tmp_path: pathlib.Path,
+    root: pathlib.Path,
+    backend: Backend,
+    *flags: str,
+    env: dict[str, str] | None = None,
+) -> Sidecar:
+    log = str(tmp_path / f"sidecar-{len(sidecars)}.log")
+    args = ["--root", str(root), "--upload-dir", backend.url, "--log-level", "debug", *flags]
+    sidecar = Sidecar.start(args, {**backend.env, **(env or {})}, log)
+    sidecars.append(sidecar)
+    wait_for(lambda: sidecar.get("/readyz")[0] == 200, 30, what="first successful sync")
+    return sidecar
+
+
+def test_head_syncs_experiment_state_once_per_period(
+    s3: Backend, root: pathlib.Path, tmp_path: pathlib.Path, sidecars: list[Sidecar]
+) -> None:
+    period = 1.0
+    exp = trials.experiment(root)
+    state = exp / "experiment_state-2026-01-01.json"
+    start(sidecars, tmp_path, root, s3, "--role", "head", "--sync-period", str(period))
+    stop = threading.Event()
+
+    def trainer() -> None:  # the driver rewrites its state far more often than the period
+        n = 0
+        while not stop.is_set():
+            n += 1
+            state.write_text(json.dumps({"step": n}))
+            time.sleep(0.02)
+
+    writer = threading.Thread(target=trainer)
+    writer.start()
+    seen: list[tuple[float, bytes]] = []
+    fs = s3.reader()
+    path = f"{s3._root()}/exp/{state.name}"
+    try:
+        deadline = time.monotonic() + 6.5
+        while time.monotonic() < deadline:
+            data = fs.cat_file(path)
+            if not seen or data != seen[-1][1]:
+                seen.append((time.monotonic(), data))
+            time.sleep(0.02)
+    finally:
+        stop.set()
+        writer.join()
+    gaps = [b[0] - a[0] for a, b in itertools.pairwise(seen)]
+    assert len(gaps) >= 4, f"expected a sync every {period}s, saw {len(seen)} versions"
+    assert min(gaps) >= period * 0.8, f"synced more often than the period: {gaps}"
+    assert max(gaps) <= period * 1.5, f"synced later than the period: {gaps}"
+
+
+def test_checkpoint_and_its_artifacts_upload_as_soon_as_it_is_complete(
+    s3: Backend, root: pathlib.Path, tmp_path: pathlib.Path, sidecars: list[Sidecar]
+) -> None:
+    start(sidecars, tmp_path, root, s3, "--checkpoint-settle", "0.5", "--sync-period", "3600")
+    trial = trials.trial(trials.experiment(root))
+    time.sleep(1.5)
+    # A worker has no timer (scenario 2 and 4 ride on checkpoints): artifacts wait.
+    assert "exp/trial_00000/params.json" not in s3.listing()
+    written = time.monotonic()
+    trials.checkpoint(trial, 1, {"model.pt": 1_000_000})
+    wait_for(lambda: MANIFEST in s3.listing(), 10, what="the checkpoint's manifest")
+    assert time.monotonic() - written < 5  # settle window + upload, not the 3600 s period
+    remote = s3.listing()
+    assert remote[f"{CKPT}/model.pt"] == 1_000_000
+    assert {"exp/trial_00000/params.json", "exp/trial_00000/result.json"} <= remote.keys()
+    assert "exp/experiment_state-2026-01-01.json" not in remote  # the head's job
+
+
+def test_artifacts_stay_local_without_sync_artifacts(
+    s3: Backend, root: pathlib.Path, tmp_path: pathlib.Path, sidecars: list[Sidecar]
+) -> None:
+    sidecar = start(
+        sidecars, tmp_path, root, s3, "--checkpoint-settle", "0.3", "--no-sync-artifacts"
+    )
+    trial = trials.trial(trials.experiment(root))
+    trials.checkpoint(trial, 1, {"model.pt": 1000})
+    wait_for(lambda: MANIFEST in s3.listing(), 10, what="the checkpoint's manifest")
+    assert sidecar.stop() == 0  # the final sync also leaves artifacts alone
+    assert set(s3.listing()) == {f"{CKPT}/model.pt", MANIFEST}
+
+
+def test_hung_upload_is_cancelled_at_sync_timeout_and_retried(
+    s3: Backend,
+    root: pathlib.Path,
+    tmp_path: pathlib.Path,
+    sidecars: list[Sidecar],
+    seaweedfs: object,
+    stall_proxy_factory: object,
+) -> None:
+    endpoint = s3.env["AWS_ENDPOINT_URL"]
+    host, port = endpoint.rsplit("//", 1)[1].split(":")
+    proxy = stall_proxy_factory(host, int(port))  # type: ignore[operator]
+    sidecar = start(
+        sidecars,
+        tmp_path,
+        root,
+        s3,
+        *("--sync-timeout", "2", "--checkpoint-settle", "0.2", "--max-backoff", "1"),
+        env={"AWS_ENDPOINT_URL": proxy.endpoint_url},
+    )
+    trial = trials.trial(trials.experiment(root))
+    proxy.stall()
+    written = time.monotonic()
+    trials.checkpoint(trial, 1, {"model.pt": 3_000_000})
+    wait_for(
+        lambda: sidecar.metric('trialsync_sync_failures_total{reason="timeout"}') >= 1,
+        15,
+        what="a sync cancelled at sync_timeout",
+    )
+    took = time.monotonic() - written
+    assert 2.0 <= took <= 6.0, f"cancelled after {took:.1f}s, sync_timeout is 2s"
+    assert MANIFEST not in s3.listing()
+    proxy.resume()
+    wait_for(lambda: MANIFEST in s3.listing(), 15, what="the retried publish")
+    assert s3.read(f"{CKPT}/model.pt") == (root / CKPT / "model.pt").read_bytes()
+
+
+def test_sigterm_runs_a_final_sync_of_everything(
+    s3: Backend, root: pathlib.Path, tmp_path: pathlib.Path, sidecars: list[Sidecar]
+) -> None:
+    sidecar = start(sidecars, tmp_path, root, s3, "--checkpoint-settle", "600")
+    trial = trials.trial(trials.experiment(root))
+    trials.checkpoint(trial, 1, {"model.pt": 200_000, "opt.pt": 1_000})
+    time.sleep(1.0)
+    assert MANIFEST not in s3.listing()  # not settled: nothing published yet
+    assert sidecar.stop() == 0
+    local = trials.relative_files(root)
+    remote = s3.listing()
+    assert {rel: len(data) for rel, data in local.items()}.items() <= remote.items()
+    assert MANIFEST in remote
+
+
+def test_reader_never_sees_a_checkpoint_without_its_manifest(
+    s3: Backend, root: pathlib.Path, tmp_path: pathlib.Path, sidecars: list[Sidecar]
+) -> None:
+    start(sidecars, tmp_path, root, s3, "--checkpoint-settle", "0.3", "--files-in-flight", "2")
+    trial = trials.trial(trials.experiment(root))
+    files = {f"shard_{i:03d}.bin": 2_000 + i for i in range(200)} | {"model.pt": 4_000_000}
+    trials.checkpoint(trial, 1, files)
+    partial_views = 0
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        listing = s3.listing()
+        in_checkpoint = {k: v for k, v in listing.items() if k.startswith(CKPT + "/")}
+        if MANIFEST in listing:
+            manifest = json.loads(s3.read(MANIFEST))
+            for name, entry in manifest["files"].items():
+                assert listing[f"{CKPT}/{name}"] == entry["size"]
+            assert {name: e["size"] for name, e in manifest["files"].items()} == files
+            break
+        if in_checkpoint:
+            partial_views += 1
+    else:
+        pytest.fail("the checkpoint was never published")
+    assert partial_views >= 1, "the reader never saw the upload in progress"
+
+
+@pytest.mark.parametrize("trigger", ["http", "signal"])
+def test_explicit_trigger_publishes_a_checkpoint_at_once(
+    trigger: str, s3: Backend, root: pathlib.Path, tmp_path: pathlib.Path, sidecars: list[Sidecar]
+) -> None:
+    sidecar = start(sidecars, tmp_path, root, s3, "--checkpoint-settle", "600")
+    trials.checkpoint(trials.trial(trials.experiment(root)), 1, {"model.pt": 10_000})
+    time.sleep(0.3)
+    if trigger == "http":
+        assert sidecar.post("/sync") == 202
+    else:
+        sidecar.proc.send_signal(10)  # SIGUSR1
+    wait_for(lambda: MANIFEST in s3.listing(), 5, what="the triggered publish")
+
+
+def test_once_exits_zero_only_when_everything_is_durable(
+    s3: Backend, root: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
+    trials.checkpoint(trials.trial(trials.experiment(root)), 1, {"model.pt": 5_000})
+    code, out = run_once(["--root", str(root), "--upload-dir", s3.url], s3.env)
+    assert code == 0, out
+    assert MANIFEST in s3.listing()
+    unreachable = {**s3.env, "AWS_ENDPOINT_URL": "http://127.0.0.1:9"}
+    started = time.monotonic()
+    code, out = run_once(
+        ["--root", str(root), "--upload-dir", s3.url, "--sync-timeout", "4"], unreachable
+    )
+    assert code == 1
+    assert time.monotonic() - started < 30
+    assert "sync failed" in out
+
+
+def test_mirrored_checkpoint_deletion_removes_the_marker_and_files(
+    s3: Backend, root: pathlib.Path, tmp_path: pathlib.Path, sidecars: list[Sidecar]
+) -> None:
+    start(sidecars, tmp_path, root, s3, "--checkpoint-settle", "0.2", "--mirror-deletes")
+    trial = trials.trial(trials.experiment(root))
+    trials.checkpoint(trial, 1, {"model.pt": 1000})
+    trials.checkpoint(trial, 2, {"model.pt": 1000})
+    ckpt2 = "exp/trial_00000/checkpoint_000002"
+    wait_for(lambda: f"{ckpt2}/{MANIFEST_NAME}" in s3.listing(), 10, what="checkpoint 2")
+    wait_for(lambda: MANIFEST in s3.listing(), 10, what="checkpoint 1")
+    shutil.rmtree(root / CKPT)  # Ray's num_to_keep removes old checkpoints
+    wait_for(lambda: not any(k.startswith(CKPT) for k in s3.listing()), 10, what="deletion")
+    assert f"{ckpt2}/model.pt" in s3.listing()
+
+
+def test_without_mirroring_a_local_deletion_keeps_the_remote_copy(
+    s3: Backend, root: pathlib.Path, tmp_path: pathlib.Path, sidecars: list[Sidecar]
+) -> None:
+    sidecar = start(sidecars, tmp_path, root, s3, "--checkpoint-settle", "0.2")
+    trials.checkpoint(trials.trial(trials.experiment(root)), 1, {"model.pt": 1000})
+    wait_for(lambda: MANIFEST in s3.listing(), 10, what="the checkpoint")
+    shutil.rmtree(root / CKPT)
+    assert sidecar.stop() == 0
+    assert {f"{CKPT}/model.pt", MANIFEST} <= s3.listing().keys()
+
+
+def test_custom_syncer_publishes_through_the_syncer_interface(
+    root: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
+    target = tmp_path / "copied"
+    trials.checkpoint(trials.trial(trials.experiment(root)), 1, {"model.pt": 2_000})
+    repo = str(pathlib.Path(__file__).resolve().parents[2])
+    code, out = run_once(
+        [
+            *("--root", str(root), "--upload-dir", f"file://{target}"),
+            *("--syncer", "tests.support.copy_syncer:CopySyncer"),
+        ],
+        {"PYTHONPATH": repo},
+    )
+    assert code == 0, out
+    assert (target / CKPT / "model.pt").read_bytes() == (root / CKPT / "model.pt").read_bytes()
+    assert (target / MANIFEST).exists()
+    assert (target / "exp/trial_00000/params.json").exists()

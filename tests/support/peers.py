@@ -1,0 +1,139 @@
+"""Command lines for the peer uploaders the benchmarks compare against (s5cmd, rclone, aws).
+
+Each builder returns ``(argv, env)`` for ``subprocess.run(argv, env=env)``: a recursive
+upload of ``src_dir``'s contents to ``dest_url`` (``s3://bucket/prefix``), so that
+``src_dir/a/b`` lands at ``prefix/a/b`` for every tool, tuned for throughput. ``env`` is the
+full environment (``os.environ`` plus the server's settings), so credentials and endpoint
+never come from a developer's ~/.aws or ~/.config/rclone.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from tests.support.object_stores import S3Server
+
+_VENV_BIN = Path(__file__).resolve().parents[2] / ".venv" / "bin"
+#: rclone remote name defined purely through RCLONE_CONFIG_<NAME>_* env vars.
+RCLONE_REMOTE = "trialsync"
+
+Command = tuple[list[str], dict[str, str]]
+
+
+def tool(name: str) -> str:
+    """Absolute path of ``name``: the venv's copy (pinned by pyproject) first, then PATH."""
+    candidate = _VENV_BIN / name
+    if candidate.is_file():
+        return str(candidate)
+    found = shutil.which(name)
+    if found is None:
+        raise FileNotFoundError(f"{name} not found in {_VENV_BIN} or on PATH")
+    return found
+
+
+def _split(dest_url: str) -> tuple[str, str]:
+    if not dest_url.startswith("s3://"):
+        raise ValueError(f"expected s3://bucket[/prefix], got {dest_url!r}")
+    bucket, _, prefix = dest_url[len("s3://") :].partition("/")
+    return bucket, prefix.strip("/")
+
+
+def _env(server: S3Server) -> dict[str, str]:
+    return {**os.environ, **server.env()}
+
+
+def s5cmd_cp(server: S3Server, src_dir: Path, dest_url: str) -> Command:
+    """``s5cmd cp 'src_dir/*' dest_url/`` with s5cmd's default worker pool (256)."""
+    bucket, prefix = _split(dest_url)
+    dest = f"s3://{bucket}/{prefix}/" if prefix else f"s3://{bucket}/"
+    argv = [
+        tool("s5cmd"),
+        "--endpoint-url",
+        server.endpoint_url,
+        "--log",
+        "error",
+        "cp",
+        # The wildcard (expanded by s5cmd, not a shell) keeps keys relative to src_dir.
+        f"{Path(src_dir)}/*",
+        dest,
+    ]
+    return argv, _env(server)
+
+
+def rclone_copy(server: S3Server, src_dir: Path, dest_url: str) -> Command:
+    """``rclone copy src_dir remote:bucket/prefix`` with 32 transfers and checkers."""
+    bucket, prefix = _split(dest_url)
+    name = RCLONE_REMOTE.upper()
+    env = _env(server)
+    env.update(
+        {
+            f"RCLONE_CONFIG_{name}_TYPE": "s3",
+            f"RCLONE_CONFIG_{name}_PROVIDER": "SeaweedFS",
+            f"RCLONE_CONFIG_{name}_ENDPOINT": server.endpoint_url,
+            f"RCLONE_CONFIG_{name}_ACCESS_KEY_ID": server.access_key,
+            f"RCLONE_CONFIG_{name}_SECRET_ACCESS_KEY": server.secret_key,
+            f"RCLONE_CONFIG_{name}_REGION": server.region,
+            f"RCLONE_CONFIG_{name}_FORCE_PATH_STYLE": "true",
+            # No config file: an rclone.conf on the host must not add or override remotes.
+            "RCLONE_CONFIG": "/dev/null",
+        }
+    )
+    argv = [
+        tool("rclone"),
+        "copy",
+        str(src_dir),
+        f"{RCLONE_REMOTE}:{bucket}/{prefix}" if prefix else f"{RCLONE_REMOTE}:{bucket}",
+        "--transfers",
+        "32",
+        "--checkers",
+        "32",
+        "--s3-upload-concurrency",
+        "8",
+        "--s3-chunk-size",
+        "8M",
+        # Fresh prefix: skip the per-object HEAD that only helps incremental syncs.
+        "--no-check-dest",
+        "--no-update-modtime",
+        "--retries",
+        "1",
+        "--stats",
+        "0",
+        "--log-level",
+        "ERROR",
+    ]
+    return argv, env
+
+
+def aws_s3_cp(server: S3Server, src_dir: Path, dest_url: str, *, config_dir: Path) -> Command:
+    """``aws s3 cp --recursive``, with concurrency set in ``config_dir/aws-config``.
+
+    The aws CLI takes transfer concurrency only from its config file, so one is written.
+    """
+    config = Path(config_dir) / "aws-config"
+    config.write_text(
+        "[default]\n"
+        f"region = {server.region}\n"
+        "s3 =\n"
+        "  max_concurrent_requests = 64\n"
+        "  max_queue_size = 10000\n"
+        "  multipart_threshold = 8MB\n"
+        "  multipart_chunksize = 8MB\n"
+        "  addressing_style = path\n"
+    )
+    env = _env(server)
+    env["AWS_CONFIG_FILE"] = str(config)
+    argv = [
+        tool("aws"),
+        "s3",
+        "cp",
+        "--recursive",
+        "--only-show-errors",
+        "--no-progress",
+        "--endpoint-url",
+        server.endpoint_url,
+        str(src_dir),
+        dest_url,
+    ]
+    return argv, env

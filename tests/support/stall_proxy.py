@@ -1,0 +1,203 @@
+"""A loopback TCP proxy that can be told to stop forwarding, for timeout tests.
+
+:class:`StallProxy` listens on 127.0.0.1 (free port), forwards bytes both ways to a target,
+and runs its own asyncio loop in a daemon thread, so it works under sync and async tests.
+:meth:`StallProxy.stall` freezes it: connections are still accepted and held open, but no
+byte moves in either direction (existing connections included) until :meth:`resume`. A
+client therefore sees a silent, open peer, which is what a hung object store looks like.
+
+The ``stall_proxy_factory`` fixture creates proxies and closes them at teardown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import Callable, Iterator
+from types import TracebackType
+from typing import Any
+
+import pytest
+
+HOST = "127.0.0.1"
+_CHUNK = 64 * 1024
+
+
+class StallProxy:
+    """Forward 127.0.0.1:``port`` to ``target_host:target_port``; stall/resume on demand.
+
+    Counters (``connections_accepted``, ``bytes_forwarded``) are updated on the proxy thread
+    and may be read from any thread. Not restartable once stopped.
+    """
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self.target_host = target_host
+        self.target_port = target_port
+        self.port = 0
+        self.connections_accepted = 0
+        self.bytes_forwarded = 0
+        self._stalled = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._server: asyncio.Server | None = None
+        self._flowing: asyncio.Event | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def endpoint_url(self) -> str:
+        """``http://127.0.0.1:<port>``, for clients that take an endpoint URL."""
+        return f"http://{HOST}:{self.port}"
+
+    @property
+    def stalled(self) -> bool:
+        return self._stalled
+
+    def start(self) -> StallProxy:
+        """Bind the listening socket and start forwarding; returns self."""
+        if self._thread is not None:
+            raise RuntimeError("StallProxy already started")
+        loop = asyncio.new_event_loop()
+        ready = threading.Event()
+        error: list[BaseException] = []
+
+        def run() -> None:
+            asyncio.set_event_loop(loop)
+            try:
+                loop.run_until_complete(self._open())
+            except BaseException as e:
+                error.append(e)
+                ready.set()
+                return
+            ready.set()
+            loop.run_forever()
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+
+        self._loop = loop
+        self._thread = threading.Thread(target=run, name=f"stall-proxy-{id(self):x}", daemon=True)
+        self._thread.start()
+        ready.wait()
+        if error:
+            raise error[0]
+        return self
+
+    def stop(self) -> None:
+        """Close the listener and every connection, and join the thread; idempotent."""
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None or not thread.is_alive():
+            return
+        asyncio.run_coroutine_threadsafe(self._close(), loop).result(timeout=10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+
+    def stall(self) -> None:
+        """Stop forwarding bytes (new and existing connections) until :meth:`resume`."""
+        self._stalled = True
+        self._call(lambda ev: ev.clear())
+
+    def resume(self) -> None:
+        """Forward again; data held during the stall is delivered, nothing is dropped."""
+        self._stalled = False
+        self._call(lambda ev: ev.set())
+
+    def __enter__(self) -> StallProxy:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------ internals
+
+    def _call(self, fn: Callable[[asyncio.Event], None]) -> None:
+        if self._loop is None or self._flowing is None:
+            raise RuntimeError("StallProxy not started")
+        # Run on the proxy loop and wait, so the state has changed when this returns.
+        done = threading.Event()
+        flowing = self._flowing
+
+        def apply() -> None:
+            fn(flowing)
+            done.set()
+
+        self._loop.call_soon_threadsafe(apply)
+        done.wait(timeout=10)
+
+    async def _open(self) -> None:
+        self._flowing = asyncio.Event()
+        self._flowing.set()
+        self._server = await asyncio.start_server(self._handle, HOST, 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    async def _handle(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        self.connections_accepted += 1
+        upstream_w: asyncio.StreamWriter | None = None
+        try:
+            assert self._flowing is not None
+            # Do not even dial the target while stalled: the client just waits.
+            await self._flowing.wait()
+            upstream_r, upstream_w = await asyncio.open_connection(
+                self.target_host, self.target_port
+            )
+            await asyncio.gather(self._pump(client_r, upstream_w), self._pump(upstream_r, client_w))
+        except (OSError, asyncio.IncompleteReadError):
+            pass  # a side went away; closing both below is all there is to do
+        finally:
+            for w in (client_w, upstream_w):
+                if w is not None:
+                    w.close()
+                    with contextlib.suppress(Exception):
+                        await w.wait_closed()
+            self._tasks.discard(task)
+
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        assert self._flowing is not None
+        while True:
+            # Gate before reading (bytes stay in the kernel buffer) and again before
+            # writing (a stall that began mid-read still holds this chunk back).
+            await self._flowing.wait()
+            data = await reader.read(_CHUNK)
+            if not data:
+                # Half-close: pass EOF on so request/response framing still works.
+                with contextlib.suppress(OSError):
+                    if writer.can_write_eof():
+                        writer.write_eof()
+                return
+            await self._flowing.wait()
+            writer.write(data)
+            await writer.drain()
+            self.bytes_forwarded += len(data)
+
+
+@pytest.fixture
+def stall_proxy_factory() -> Iterator[Callable[[str, int], StallProxy]]:
+    """Return ``make(target_host, target_port) -> StallProxy`` (started); all closed after."""
+    proxies: list[StallProxy] = []
+
+    def make(target_host: str, target_port: int) -> StallProxy:
+        proxy = StallProxy(target_host, target_port).start()
+        proxies.append(proxy)
+        return proxy
+
+    yield make
+    for proxy in proxies:
+        proxy.stop()
