@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from trialsync import logs
 from trialsync.settings import ConfigError, parse, unknown_env
+from trialsync.store import use_plain_gcs_client_for_emulators
 
 USAGE = "usage: trialsync sync --root DIR --upload-dir URI [options]   (trialsync sync --help)"
 # Set by the project's own tooling, not settings of the sidecar.
@@ -24,6 +25,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args[0] != "sync":
         print(f"trialsync: unknown command {args[0]!r}\n{USAGE}", file=sys.stderr)
         return 2
+    use_plain_gcs_client_for_emulators()
     try:
         settings = parse(args[1:], os.environ)
     except ConfigError as exc:

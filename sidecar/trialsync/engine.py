@@ -38,6 +38,7 @@ class PublishError(RuntimeError):
 class EngineOptions:
     root: str
     sync_artifacts: bool = True
+    sync_experiment: bool = True  # experiment state is the head's (seed scenario 1)
     layout: Layout = dataclasses.field(default_factory=Layout)
     files_in_flight: int = 32
     large_files_in_flight: int = 4
@@ -51,9 +52,10 @@ class Round:
     checkpoints: list[str] = dataclasses.field(default_factory=list)
     kinds: frozenset[Kind] = frozenset()
     full: bool = False
+    deletions: bool = False
 
     def __bool__(self) -> bool:
-        return bool(self.checkpoints or self.kinds or self.full)
+        return bool(self.checkpoints or self.kinds or self.full or self.deletions)
 
 
 class SyncEngine:
@@ -177,7 +179,8 @@ class SyncEngine:
         checkpoints = sorted(self.activity) if work.full else work.checkpoints
         kinds = set(work.kinds)
         if work.full:
-            kinds.add(Kind.EXPERIMENT)
+            if self.options.sync_experiment:
+                kinds.add(Kind.EXPERIMENT)
             if self.options.sync_artifacts:
                 kinds.add(Kind.ARTIFACT)
         if self.deleted_checkpoints:

@@ -87,6 +87,7 @@ class Scheduler:
                     )
                     continue
                 self._retry_at = None
+                self.ready.set()  # recovered and nothing is due: in sync
             await self._sleep_until_due()
 
     def _due(self, now: float) -> Round:
@@ -105,7 +106,8 @@ class Scheduler:
             # sync_period is the minimum time between the starts of two periodic syncs.
             self._next_periodic = now + self.plan.period
             kinds |= self.plan.periodic_kinds
-        return Round(checkpoints=checkpoints, kinds=frozenset(kinds))
+        deletions = bool(self.engine.deleted_checkpoints)
+        return Round(checkpoints=checkpoints, kinds=frozenset(kinds), deletions=deletions)
 
     async def _sleep_until_due(self) -> None:
         """Sleep until the next deadline, or until woken by a change or a trigger."""
@@ -155,7 +157,8 @@ class Scheduler:
         self.metrics.syncs.labels("success").inc()
         self.metrics.duration.observe(elapsed)
         self.metrics.last_success.set(time.time())
-        self.ready.set()
+        if work is not None:
+            self.ready.set()
         return True
 
     def _failed(self, reason: str, message: str, work: Round | None) -> None:

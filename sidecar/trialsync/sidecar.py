@@ -62,6 +62,7 @@ async def run(settings: Settings) -> int:
         EngineOptions(
             root=settings.root,
             sync_artifacts=config.sync_artifacts,
+            sync_experiment=settings.role == "head",
             layout=settings.layout,
             files_in_flight=settings.files_in_flight,
             mirror_deletes=settings.mirror_deletes,

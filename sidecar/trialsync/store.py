@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
+import os
 import posixpath
 from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
@@ -25,6 +26,17 @@ log = logging.getLogger(__name__)
 # part_size * part_concurrency for each large file in flight.
 DEFAULT_PART_SIZE = 16 * 2**20
 DEFAULT_PART_CONCURRENCY = 4
+
+
+def use_plain_gcs_client_for_emulators() -> None:
+    """Against a GCS emulator (STORAGE_EMULATOR_HOST), use gcsfs's plain HTTP client.
+
+    gcsfs 2026.x first asks a gRPC API for each bucket's type; emulators do not serve it,
+    so every bucket stalls for about a minute. The flag is read when gcsfs is imported, so
+    this must run before anything imports it.
+    """
+    if os.environ.get("STORAGE_EMULATOR_HOST"):
+        os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 
 
 class Store(Protocol):

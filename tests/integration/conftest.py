@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import pathlib
 import uuid
 from typing import Any
@@ -20,9 +21,15 @@ class Backend:
     storage_options: dict[str, Any]
     env: dict[str, str]
 
-    def reader(self) -> Any:
+    @functools.cached_property
+    def _reader(self) -> Any:
         fs, _ = fsspec.core.url_to_fs(self.url, skip_instance_cache=True, **self.storage_options)
         return fs
+
+    def reader(self) -> Any:
+        """One client for the test's own reads, with nothing cached from earlier reads."""
+        self._reader.invalidate_cache()
+        return self._reader
 
     def _root(self) -> str:
         return str(fsspec.core.url_to_fs(self.url, **self.storage_options)[1]).rstrip("/")
