@@ -32,6 +32,8 @@ class Settings:
     config: SyncConfig
     role: str = "worker"
     head_url: str | None = None
+    head_token: str = ""
+    receiver_addr: str = "0.0.0.0:9747"
     layout: Layout = dataclasses.field(default_factory=Layout)
     checkpoint_settle: float = 3.0
     once: bool = False
@@ -57,6 +59,11 @@ def _parser() -> argparse.ArgumentParser:
     a("--root", help="local dir holding <experiment>/<trial>/... (required)")
     a("--upload-dir", help="URI to mirror the root under: s3://, gs://, hdfs://, file://, ...")
     a("--head-url", help="head-node service URL (worker-to-head sync, no upload dir)")
+    a(
+        "--head-token-file",
+        help="file holding the head-node service token (or TRIALSYNC_HEAD_TOKEN)",
+    )
+    a("--receiver-addr", help="host:port the head serves workers on (default 0.0.0.0:9747)")
     a("--role", choices=["worker", "head"], help="worker (default) or head")
     a("--sync-period", type=float, help="seconds between periodic syncs (default 300)")
     a("--sync-timeout", type=float, help="seconds before a sync is cancelled (default 1800)")
@@ -84,7 +91,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def known_env_names() -> set[str]:
-    return {ENV_PREFIX + name.upper() for name in _flag_names()} | {ENV_PREFIX + "STORAGE_OPTIONS"}
+    extra = {ENV_PREFIX + "STORAGE_OPTIONS", ENV_PREFIX + "HEAD_TOKEN"}
+    return {ENV_PREFIX + name.upper() for name in _flag_names()} | extra
 
 
 def _flag_names() -> list[str]:
@@ -175,17 +183,16 @@ def _build(values: dict[str, Any], environ: Mapping[str, str]) -> Settings:
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
     role = values.get("role", "worker")
-    if not upload_dir and syncer is not None:
-        if role == "head" or not head_url:
-            raise ConfigError(
-                "no --upload-dir: worker-to-head-node syncing needs the head-node service, "
-                "which this version does not ship yet; give --upload-dir, or --syncer none "
-                "to disable syncing"
-            )
+    head_token = ""
+    if head_url and role == "head":
+        raise ConfigError("--head-url is for workers; the head serves on --receiver-addr")
+    if not upload_dir and syncer is not None and role == "worker" and not head_url:
         raise ConfigError(
-            "--head-url is not supported yet (the head-node service is not shipped in this "
-            "version); give --upload-dir instead"
+            "a worker needs --upload-dir (cloud syncing) or --head-url (syncing to the head "
+            "node's service); --syncer none disables syncing"
         )
+    if not upload_dir and syncer is not None:
+        head_token = _head_token(values.get("head_token_file"), environ)
     for name in ("checkpoint_settle", "final_sync_timeout", "poll_interval", "max_backoff"):
         if name in values and not values[name] > 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be positive")
@@ -212,6 +219,7 @@ def _build(values: dict[str, Any], environ: Mapping[str, str]) -> Settings:
             "poll_interval",
             "max_backoff",
             "log_level",
+            "receiver_addr",
         )
         if k in values
     }
@@ -220,10 +228,28 @@ def _build(values: dict[str, Any], environ: Mapping[str, str]) -> Settings:
         config=config,
         role=role,
         head_url=head_url,
+        head_token=head_token,
         layout=layout,
         storage_options=_storage_options(values.get("storage_option", []), environ),
         **kwargs,
     )
+
+
+def _head_token(path: str | None, environ: Mapping[str, str]) -> str:
+    """The shared token of the head-node service: from a file (a mounted Secret) or env."""
+    if path:
+        try:
+            with open(path, encoding="utf-8") as handle:
+                token = handle.read().strip()
+        except OSError as exc:
+            raise ConfigError(f"--head-token-file {path!r}: {exc.strerror}") from exc
+    else:
+        token = environ.get(ENV_PREFIX + "HEAD_TOKEN", "").strip()
+    if not token:
+        raise ConfigError(
+            "syncing with the head node needs a token: --head-token-file or TRIALSYNC_HEAD_TOKEN"
+        )
+    return token
 
 
 def unknown_env(environ: Mapping[str, str], also_known: set[str]) -> list[str]:

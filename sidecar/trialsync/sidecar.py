@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import signal
 
-from trialsync import status_server
+from trialsync import head_receiver, status_server
 from trialsync.engine import EngineOptions, SyncEngine
+from trialsync.head_store import HeadStore
 from trialsync.layout import Kind
 from trialsync.metrics import Metrics
 from trialsync.scheduler import Plan, Scheduler
@@ -23,7 +25,9 @@ log = logging.getLogger(__name__)
 
 def build_store(settings: Settings) -> Store:
     config = settings.config
-    assert config.upload_dir is not None
+    if config.upload_dir is None:
+        assert settings.head_url is not None
+        return HeadStore(settings.head_url, settings.head_token)
     if isinstance(config.syncer, str) and config.syncer != "auto":
         syncer = load_syncer(config.syncer, config.sync_period, config.sync_timeout)
         syncer.validate_upload_dir(config.upload_dir)
@@ -34,34 +38,42 @@ def build_store(settings: Settings) -> Store:
 def build_plan(settings: Settings) -> Plan:
     """The seed's scenarios for this role: see DESIGN's table."""
     config = settings.config
+    base = Plan(
+        period=config.sync_period,
+        timeout=config.sync_timeout,
+        settle=settings.checkpoint_settle,
+        backoff_max=settings.max_backoff,
+        reconcile_interval=settings.reconcile_interval,
+    )
+    if config.upload_dir is None:  # scenario 3: the whole trial dir goes to the head node
+        trial_dir = frozenset({Kind.ARTIFACT})
+        return dataclasses.replace(
+            base,
+            periodic_kinds=trial_dir,
+            checkpoint_kinds=trial_dir,
+            defer_checkpoints=not config.sync_on_checkpoint,
+        )
     artifacts = frozenset({Kind.ARTIFACT}) if config.sync_artifacts else frozenset()
     periodic: frozenset[Kind] = frozenset()
     if settings.role == "head":
         periodic = frozenset({Kind.EXPERIMENT}) | artifacts  # scenario 1
-    return Plan(
-        period=config.sync_period,
-        timeout=config.sync_timeout,
-        settle=settings.checkpoint_settle,
-        periodic_kinds=periodic,
-        checkpoint_kinds=artifacts,  # scenario 4 rides with scenario 2
-        backoff_max=settings.max_backoff,
-        reconcile_interval=settings.reconcile_interval,
-    )
+    # Scenario 2 publishes each checkpoint when complete; scenario 4 rides with it.
+    return dataclasses.replace(base, periodic_kinds=periodic, checkpoint_kinds=artifacts)
 
 
 async def run(settings: Settings) -> int:
     """Run until SIGTERM (then a final sync), or once with ``--once``; the exit code."""
     config = settings.config
     metrics = Metrics()
-    if config.upload_dir is None:
-        log.info("syncing disabled (syncer=none and no upload dir); idling")
-        await _serve_idle(settings, metrics)
+    if config.upload_dir is None and (config.syncer is None or settings.role == "head"):
+        await _serve_without_syncing(settings, metrics)
         return 0
     store = build_store(settings)
     engine = SyncEngine(
         EngineOptions(
             root=settings.root,
-            sync_artifacts=config.sync_artifacts,
+            # Syncing to the head node carries the whole trial dir (scenario 3).
+            sync_artifacts=config.sync_artifacts or config.upload_dir is None,
             sync_experiment=settings.role == "head",
             layout=settings.layout,
             files_in_flight=settings.files_in_flight,
@@ -131,11 +143,22 @@ async def _serve(
     return 0 if ok else 1
 
 
-async def _serve_idle(settings: Settings, metrics: Metrics) -> None:
+async def _serve_without_syncing(settings: Settings, metrics: Metrics) -> None:
+    """The head without an upload dir receives workers' trial dirs; syncer=none idles."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     runner, _ = await status_server.start(settings.http_addr, metrics, lambda: True, lambda: None)
+    receiver = None
+    if settings.config.syncer is None:
+        log.info("syncing disabled (syncer=none and no upload dir); idling")
+    else:
+        receiver, port = await head_receiver.start(
+            settings.root, settings.receiver_addr, settings.head_token
+        )
+        log.info("head-node service started", extra={"root": settings.root, "port": port})
     await stop.wait()
+    if receiver is not None:
+        await receiver.cleanup()
     await runner.cleanup()

@@ -94,6 +94,18 @@ def test_unknown_trialsync_variables_are_reported() -> None:
     assert unknown_env(env, set()) == ["TRIALSYNC_SYNC_PERIDO"]
 
 
-def test_head_url_is_refused_until_the_head_service_ships(tmp_path: pathlib.Path) -> None:
-    with pytest.raises(ConfigError, match="head-node"):
+def test_a_worker_needs_an_upload_dir_or_the_head_url(tmp_path: pathlib.Path) -> None:
+    with pytest.raises(ConfigError, match=r"a worker needs --upload-dir \(cloud syncing\) or --head-url"):
+        parse(["--root", str(tmp_path)], {})
+
+
+def test_syncing_with_the_head_node_needs_a_token(tmp_path: pathlib.Path) -> None:
+    with pytest.raises(ConfigError, match="needs a token"):
         parse(["--root", str(tmp_path), "--head-url", "http://head:9747"], {})
+    token_file = tmp_path / "token"
+    token_file.write_text("s3cret\n")
+    settings = parse(
+        ["--root", str(tmp_path), "--head-url", "http://head:9747"],
+        {"TRIALSYNC_HEAD_TOKEN_FILE": str(token_file)},
+    )
+    assert settings.head_token == "s3cret"
