@@ -95,7 +95,7 @@ def test_unknown_trialsync_variables_are_reported() -> None:
 
 
 def test_a_worker_needs_an_upload_dir_or_the_head_url(tmp_path: pathlib.Path) -> None:
-    with pytest.raises(ConfigError, match=r"a worker needs --upload-dir \(cloud syncing\) or --head-url"):
+    with pytest.raises(ConfigError, match=r"a worker needs --upload-dir \(cloud syncing\)"):
         parse(["--root", str(tmp_path)], {})
 
 
