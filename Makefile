@@ -29,8 +29,8 @@ tools:
 	@bash tools/build.sh
 
 lint: $(STAMP)
-	$(BIN)/ruff check sidecar tests bench
-	$(BIN)/ruff format --check sidecar tests bench
+	$(BIN)/ruff check sidecar tests bench demo
+	$(BIN)/ruff format --check sidecar tests bench demo
 	$(BIN)/mypy
 
 test: $(STAMP) tools lint
@@ -40,10 +40,10 @@ test-unit: $(STAMP)
 	$(BIN)/pytest -ra tests/unit
 
 demo: $(STAMP) tools
-	$(BIN)/python -m trialsync.demo
+	PYTHONPATH=. $(BIN)/python demo/demo.py
 
 bench: $(STAMP)
-	$(BIN)/python bench/run.py
+	PYTHONPATH=. $(BIN)/python bench/run.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
