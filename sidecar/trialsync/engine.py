@@ -16,7 +16,7 @@ import os
 import time
 from collections.abc import Collection, Iterable
 
-from trialsync import scanner
+from trialsync import scanner, transfer
 from trialsync.layout import MANIFEST_NAME, Kind, Layout
 from trialsync.ledger import Ledger, RemoteObject, Stat
 from trialsync.metrics import Metrics
@@ -25,9 +25,6 @@ from trialsync.store import Store
 log = logging.getLogger(__name__)
 
 MANIFEST_VERSION = 1
-# Files at or above this size use multipart uploads; fewer of them run at once so the
-# sidecar's memory stays bounded.
-LARGE_FILE = 32 * 2**20
 
 
 class PublishError(RuntimeError):
@@ -69,8 +66,7 @@ class SyncEngine:
         self.activity: dict[str, float] = {}
         self.deleted_checkpoints: set[str] = set()
         self.rescan_needed = False
-        self._small = asyncio.Semaphore(options.files_in_flight)
-        self._large = asyncio.Semaphore(options.large_files_in_flight)
+        self._gates = transfer.Gates(options.files_in_flight, options.large_files_in_flight)
 
     # -- fed by the change journal -------------------------------------------------------
 
@@ -271,14 +267,9 @@ class SyncEngine:
         )
 
     async def _upload(self, todo: dict[str, Stat], done: set[str]) -> None:
-        """Upload every file in ``todo`` concurrently; record each in the ledger when done."""
-        if not todo:
-            return
+        """Upload ``todo``; record each file in the ledger and ``done`` as it lands."""
 
-        async def one(rel: str, st: Stat) -> None:
-            gate = self._large if st[0] >= LARGE_FILE else self._small
-            async with gate:
-                await self.store.put_file(self._local(rel), rel)
+        def uploaded(rel: str, st: Stat) -> None:
             self.ledger.record(rel, st)
             done.add(rel)
             kind = self._kind(rel)
@@ -286,11 +277,7 @@ class SyncEngine:
             self.metrics.bytes_uploaded.labels(label).inc(st[0])
             self.metrics.files_uploaded.labels(label).inc()
 
-        # Largest first: long transfers start early and small files fill the gaps.
-        ordered = sorted(todo.items(), key=lambda item: -item[1][0])
-        async with asyncio.TaskGroup() as group:
-            for rel, st in ordered:
-                group.create_task(one(rel, st))
+        await transfer.upload_files(self.store, self.options.root, todo, self._gates, uploaded)
 
     async def _mirror_deletes(self) -> None:
         for checkpoint in sorted(self.deleted_checkpoints):

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from trialsync import scanner
+from trialsync import scanner, transfer
 from trialsync.config import DEFAULT_SYNC_PERIOD, DEFAULT_SYNC_TIMEOUT, validate_uri
 from trialsync.ledger import Ledger
 from trialsync.store import RemoteStore
@@ -197,7 +197,6 @@ class FsspecSyncer(Syncer):
         return self._stores[remote_dir]
 
     async def _sync_up(self, local_dir: str, remote_dir: str, exclude: list[str]) -> None:
-        store = self._store(remote_dir)
         ledger = self._ledgers.setdefault((local_dir, remote_dir), Ledger())
         local = await asyncio.to_thread(scanner.scan, local_dir)
         todo = {
@@ -205,20 +204,8 @@ class FsspecSyncer(Syncer):
             for rel, st in local.items()
             if not _excluded(rel, exclude) and not ledger.is_current(rel, st)
         }
-
-        async def one(rel: str) -> None:
-            await store.put_file(os.path.join(local_dir, rel), rel)
-            ledger.record(rel, todo[rel])
-
-        gate = asyncio.Semaphore(32)
-
-        async def gated(rel: str) -> None:
-            async with gate:
-                await one(rel)
-
-        async with asyncio.TaskGroup() as group:
-            for rel in todo:
-                group.create_task(gated(rel))
+        store = self._store(remote_dir)
+        await transfer.upload_files(store, local_dir, todo, transfer.Gates(), ledger.record)
 
     async def _sync_down(self, remote_dir: str, local_dir: str, exclude: list[str]) -> None:
         store = self._store(remote_dir)

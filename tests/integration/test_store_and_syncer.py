@@ -1,0 +1,131 @@
+"""The fsspec store and the Ray-style FsspecSyncer against a real S3 server."""
+
+from __future__ import annotations
+
+import pathlib
+import time
+import uuid
+from typing import Any
+
+import pytest
+
+from tests.support import trials
+from trialsync import FsspecSyncer, SyncError
+from trialsync.store import RemoteStore
+
+
+@pytest.fixture
+def bucket_url(seaweedfs: Any) -> str:
+    return f"s3://{seaweedfs.make_bucket()}/run-{uuid.uuid4().hex[:8]}"
+
+
+def _credentials(path: pathlib.Path, key: str, secret: str) -> None:
+    path.write_text(f"[default]\naws_access_key_id = {key}\naws_secret_access_key = {secret}\n")
+
+
+async def test_rotated_credentials_file_rebuilds_the_client(
+    seaweedfs: Any, bucket_url: str, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    creds = tmp_path / "credentials"
+    _credentials(creds, seaweedfs.access_key, "not-the-secret")
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(creds))
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/dev/null")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    options = {
+        "endpoint_url": seaweedfs.endpoint_url,
+        "client_kwargs": {"region_name": seaweedfs.region},
+        "config_kwargs": {"s3": {"addressing_style": "path"}},
+    }
+    store = RemoteStore(bucket_url, options)
+    try:
+        with pytest.raises(PermissionError):
+            await store.put_bytes("probe", b"1")
+        # The Secret is rotated: the file now holds the right secret.
+        _credentials(creds, seaweedfs.access_key, seaweedfs.secret_key)
+        await store.put_bytes("probe", b"2")
+        assert (await store.list())["probe"].size == 1
+    finally:
+        await store.close()
+
+
+def test_fsspec_syncer_uploads_changes_downloads_and_deletes(
+    seaweedfs: Any, bucket_url: str, tmp_path: pathlib.Path
+) -> None:
+    local = tmp_path / "exp"
+    trials.trial(local)
+    trials.checkpoint(local / "trial_00000", 1, {"model.pt": 100_000})
+    syncer = FsspecSyncer(sync_timeout=30, storage_options=seaweedfs.storage_options())
+    fs = seaweedfs.filesystem()
+    remote = bucket_url.removeprefix("s3://")
+    try:
+        assert syncer.sync_up(str(local), bucket_url, exclude=["*.csv"])
+        syncer.wait()
+        landed = {p.removeprefix(remote + "/") for p in fs.find(remote)}
+        assert landed == {
+            "trial_00000/params.json",
+            "trial_00000/result.json",
+            "trial_00000/checkpoint_000001/model.pt",
+        }
+        before = fs.info(f"{remote}/trial_00000/params.json")["LastModified"]
+        time.sleep(1.1)  # S3 timestamps have one-second resolution
+        (local / "trial_00000/result.json").write_bytes(b'{"loss": 0.2}\n')
+        assert syncer.sync_up(str(local), bucket_url, exclude=["*.csv"])
+        syncer.wait()
+        fs.invalidate_cache()
+        assert fs.cat_file(f"{remote}/trial_00000/result.json") == b'{"loss": 0.2}\n'
+        assert fs.info(f"{remote}/trial_00000/params.json")["LastModified"] == before
+
+        restored = tmp_path / "restored"
+        assert syncer.sync_down(bucket_url, str(restored))
+        syncer.wait()
+        assert trials.relative_files(restored) == {
+            rel: data for rel, data in trials.relative_files(local).items() if rel in landed
+        }
+
+        assert syncer.delete(bucket_url)
+        syncer.wait()
+        fs.invalidate_cache()
+        objects = [p for p, info in fs.find(remote, detail=True).items() if info["type"] == "file"]
+        assert objects == []
+    finally:
+        syncer.close()
+
+
+def test_fsspec_syncer_wait_cancels_a_hung_sync_and_retry_succeeds(
+    seaweedfs: Any, bucket_url: str, tmp_path: pathlib.Path, stall_proxy_factory: Any
+) -> None:
+    host, port = seaweedfs.endpoint_url.rsplit("//", 1)[1].split(":")
+    proxy = stall_proxy_factory(host, int(port))
+    options = {**seaweedfs.storage_options(), "endpoint_url": proxy.endpoint_url}
+    local = tmp_path / "exp"
+    trials.trial(local)
+    syncer = FsspecSyncer(sync_timeout=1.5, storage_options=options)
+    try:
+        proxy.stall()
+        assert syncer.sync_up(str(local), bucket_url)
+        assert not syncer.sync_up(str(local), bucket_url)  # one operation at a time
+        started = time.monotonic()
+        with pytest.raises(TimeoutError, match=r"sync_timeout=1\.5s"):
+            syncer.wait()
+        assert 1.4 <= time.monotonic() - started < 4
+        proxy.resume()
+        syncer.retry()
+        syncer.wait()
+        assert len(seaweedfs.filesystem().find(bucket_url)) == 3
+    finally:
+        syncer.close()
+
+
+def test_fsspec_syncer_reports_a_failing_store(tmp_path: pathlib.Path) -> None:
+    local = tmp_path / "exp"
+    trials.trial(local)
+    options = {"key": "k", "secret": "s", "endpoint_url": "http://127.0.0.1:9"}
+    syncer = FsspecSyncer(sync_timeout=20, storage_options=options)
+    try:
+        syncer.sync_up(str(local), "s3://nobucket/x")
+        with pytest.raises(SyncError, match=r"Could not connect to the endpoint URL"):
+            syncer.wait()
+    finally:
+        syncer.close()
