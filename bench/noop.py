@@ -22,6 +22,7 @@ import os
 import re
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +60,8 @@ def make_tree(root: Path, files: int) -> tuple[int, int]:
     artifacts = max(1, per_trial // 10)
     per_ckpt = (per_trial - artifacts) // CHECKPOINTS_PER_TRIAL
     artifacts = per_trial - per_ckpt * CHECKPOINTS_PER_TRIAL
-    paths = [root / "exp" / "experiment_state.json", root / "exp" / "basic-variant-state.json"]
+    # No experiment-level files: those are the head's (role=head), and this is a worker.
+    paths: list[Path] = []
     for t in range(trials):
         trial = root / "exp" / f"trial_{t:05d}"
         paths += [trial / "result.json", trial / "params.json"]
@@ -104,8 +106,14 @@ def _ms(seconds: list[float]) -> dict[str, float]:
 
 
 async def measure_engine(
-    server: S3Server, root: Path, url: str, files: int, args: argparse.Namespace
+    server: S3Server,
+    root: Path,
+    url: str,
+    files: int,
+    args: argparse.Namespace,
+    before_changes: Callable[[], Any],
 ) -> dict[str, Any]:
+    """Time the engine; ``before_changes`` runs before any file is changed (the peers)."""
     options = server.storage_options()
     recovers = []
     for _ in range(args.recovers):
@@ -145,6 +153,7 @@ async def measure_engine(
             rescans.append(time.perf_counter() - started)
         if store.calls:
             raise RuntimeError(f"a no-op round made {store.calls} remote calls")
+        peer = before_changes()
         changed = []
         target = root / "exp" / "trial_00000" / "result.json"
         for i in range(20):
@@ -165,6 +174,7 @@ async def measure_engine(
         "one_change": {"rounds": len(changed), **_ms(changed)},
         "full_rescan": {"rounds": len(rescans), **_ms(rescans)},
         "recover_s": {"median": common.median(recovers), "runs": recovers},
+        "peers": peer,
     }
 
 
@@ -244,16 +254,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 f"{got.manifests} checkpoints published",
                 flush=True,
             )
-            engine = asyncio.run(measure_engine(server, root, url, files, args))
-            peer = {} if args.no_peers else peers_noop(server, root, bucket, "noop", work)
+            argv, env = peers.s5cmd_cp(server, root, f"s3://{bucket}/s5cmd")
+            s5cmd_s, _ = common.timed(argv, env)
+            print(f"  first upload (s5cmd cp, for comparison): {s5cmd_s:.1f} s", flush=True)
+
+            def run_peers() -> Any:
+                return {} if args.no_peers else peers_noop(server, root, bucket, "noop", work)
+
+            engine = asyncio.run(measure_engine(server, root, url, files, args, run_peers))
     return {
         "files": files,
         "bytes": size,
         "first_upload_s": seed_s,
         "first_upload_files_per_s": files / seed_s,
         "checkpoints": got.manifests,
+        "first_upload_s5cmd_s": s5cmd_s,
         **engine,
-        "peers": peer,
     }
 
 
@@ -291,7 +307,7 @@ def report(results: dict[str, Any]) -> str:
             f"No-op sync over {results['files']} files "
             f"({results['inotify_watched_dirs']} dirs watched; first upload by trialsync "
             f"{results['first_upload_s']:.1f} s = {results['first_upload_files_per_s']:.0f} "
-            "files/s)",
+            f"files/s; s5cmd cp of the same tree {results['first_upload_s5cmd_s']:.1f} s)",
             common.table(["what", "median", "p99/max", "unit"], rows),
         ]
     )

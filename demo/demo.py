@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from tests.support.object_stores import S3Server, start_seaweedfs
-from tests.support.sidecar_process import free_port, wait_for
+from tests.support.processes import free_port
+from tests.support.sidecar_process import wait_for
 
 MANIFEST = ".trialsync-manifest.json"
 CHECKPOINTS = 3

@@ -6,10 +6,13 @@ import dataclasses
 import functools
 import pathlib
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import fsspec
 import pytest
+
+from tests.support.sidecar_process import Sidecar
 
 
 @dataclasses.dataclass
@@ -51,6 +54,23 @@ class Backend:
     def read(self, rel: str) -> bytes:
         data: bytes = self.reader().cat_file(f"{self._root()}/{rel}")
         return data
+
+
+@pytest.fixture
+def root(tmp_path: pathlib.Path) -> pathlib.Path:
+    """An empty local root, the trial volume a sidecar watches."""
+    path = tmp_path / "root"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def sidecars() -> Iterator[list[Sidecar]]:
+    """Sidecar processes a test starts; each is stopped (SIGTERM) at teardown."""
+    started: list[Sidecar] = []
+    yield started
+    for sidecar in started:
+        sidecar.stop()
 
 
 @pytest.fixture(params=["s3", "gs", "file"])

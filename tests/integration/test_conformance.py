@@ -58,6 +58,13 @@ def spy(engine: SyncEngine) -> SpyStore:
     return engine.store
 
 
+async def synced(engine: SyncEngine) -> None:
+    """Rebuild the ledger and sync everything once, then forget the calls it made."""
+    await engine.recover(settle=0)
+    await engine.run(Round(full=True), settle=0)
+    spy(engine).calls.clear()
+
+
 async def settle_events() -> None:
     await asyncio.sleep(0.2)  # let the loop read the inotify events
 
@@ -69,10 +76,7 @@ def make_tree(root: pathlib.Path) -> None:
     trials.checkpoint(trial, 2, {"model.pt": 300_000})
 
 
-async def test_first_sync_mirrors_the_local_layout(
-    backend: Backend, tmp_path: pathlib.Path
-) -> None:
-    root = tmp_path / "root"
+async def test_first_sync_mirrors_the_local_layout(backend: Backend, root: pathlib.Path) -> None:
     make_tree(root)
     async with engine_on(backend, root) as engine:
         await engine.recover(settle=0)
@@ -87,29 +91,19 @@ async def test_first_sync_mirrors_the_local_layout(
     assert set(remote) == set(local) | manifests  # nothing else, no directory markers
 
 
-async def test_no_op_sync_uploads_and_lists_nothing(
-    backend: Backend, tmp_path: pathlib.Path
-) -> None:
-    root = tmp_path / "root"
+async def test_no_op_sync_uploads_and_lists_nothing(backend: Backend, root: pathlib.Path) -> None:
     make_tree(root)
     async with engine_on(backend, root) as engine:
-        await engine.recover(settle=0)
-        await engine.run(Round(full=True), settle=0)
-        spy(engine).calls.clear()
+        await synced(engine)
         for _ in range(3):
             await engine.run(Round(kinds=ALL), settle=0)
         assert spy(engine).calls == []
 
 
-async def test_a_change_uploads_only_the_changed_file(
-    backend: Backend, tmp_path: pathlib.Path
-) -> None:
-    root = tmp_path / "root"
+async def test_a_change_uploads_only_the_changed_file(backend: Backend, root: pathlib.Path) -> None:
     make_tree(root)
     async with engine_on(backend, root) as engine:
-        await engine.recover(settle=0)
-        await engine.run(Round(full=True), settle=0)
-        spy(engine).calls.clear()
+        await synced(engine)
         result = root / "exp/trial_00000/result.json"
         result.write_bytes(b'{"loss": 0.5}\n')
         await settle_events()
@@ -118,15 +112,10 @@ async def test_a_change_uploads_only_the_changed_file(
     assert backend.read("exp/trial_00000/result.json") == b'{"loss": 0.5}\n'
 
 
-async def test_checkpoint_is_published_marker_last(
-    backend: Backend, tmp_path: pathlib.Path
-) -> None:
-    root = tmp_path / "root"
+async def test_checkpoint_is_published_marker_last(backend: Backend, root: pathlib.Path) -> None:
     trial = trials.trial(trials.experiment(root))
     async with engine_on(backend, root) as engine:
-        await engine.recover(settle=0)
-        await engine.run(Round(full=True), settle=0)
-        spy(engine).calls.clear()
+        await synced(engine)
         files = {"model.pt": 2_000_000, "rng.pkl": 10, "extra/state.bin": 50_000}
         trials.checkpoint(trial, 3, files)
         await settle_events()
@@ -147,13 +136,11 @@ async def test_checkpoint_is_published_marker_last(
 
 
 async def test_restart_rebuilds_the_ledger_from_one_listing(
-    backend: Backend, tmp_path: pathlib.Path
+    backend: Backend, root: pathlib.Path
 ) -> None:
-    root = tmp_path / "root"
     make_tree(root)
     async with engine_on(backend, root) as engine:
-        await engine.recover(settle=0)
-        await engine.run(Round(full=True), settle=0)
+        await synced(engine)
     # A new process: nothing in memory, everything already remote.
     async with engine_on(backend, root) as engine:
         await engine.recover(settle=0)
@@ -165,13 +152,11 @@ async def test_restart_rebuilds_the_ledger_from_one_listing(
 
 
 async def test_a_checkpoint_without_manifest_is_completed_after_restart(
-    backend: Backend, tmp_path: pathlib.Path
+    backend: Backend, root: pathlib.Path
 ) -> None:
-    root = tmp_path / "root"
     make_tree(root)
     async with engine_on(backend, root) as engine:
-        await engine.recover(settle=0)
-        await engine.run(Round(full=True), settle=0)
+        await synced(engine)
     # Simulate a crash between the last file and the marker.
     manifest_rel = f"exp/trial_00000/checkpoint_000002/{MANIFEST_NAME}"
     backend.reader().rm(f"{backend._root()}/{manifest_rel}")

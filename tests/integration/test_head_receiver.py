@@ -26,13 +26,6 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 @pytest.fixture
-def root(tmp_path: pathlib.Path) -> pathlib.Path:
-    path = tmp_path / "root"
-    path.mkdir()
-    return path
-
-
-@pytest.fixture
 def outside(tmp_path: pathlib.Path) -> pathlib.Path:
     """A sibling of the root holding a file no request may touch."""
     path = tmp_path / "outside"

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pathlib
 import time
-from collections.abc import Iterator
 
 import pytest
 
 from tests.support import trials
-from tests.support.sidecar_process import Sidecar, free_port, wait_for
+from tests.support.sidecar_process import Sidecar, wait_for
+from tests.support.processes import free_port
 from trialsync.layout import MANIFEST_NAME
 
 TOKEN = "test-token-1234"
@@ -18,43 +18,35 @@ CKPT = f"{TRIAL}/checkpoint_000001"
 
 
 @pytest.fixture
-def processes() -> Iterator[list[Sidecar]]:
-    started: list[Sidecar] = []
-    yield started
-    for sidecar in started:
-        sidecar.stop()
-
-
-@pytest.fixture
-def head(tmp_path: pathlib.Path, processes: list[Sidecar]) -> tuple[str, pathlib.Path]:
+def head(tmp_path: pathlib.Path, sidecars: list[Sidecar]) -> tuple[str, pathlib.Path]:
     """A head sidecar with no upload dir: it serves the head-node service."""
     root = tmp_path / "head"
     root.mkdir()
     port = free_port()
     args = ["--role", "head", "--root", str(root), "--receiver-addr", f"127.0.0.1:{port}"]
     sidecar = Sidecar.start(args, {"TRIALSYNC_HEAD_TOKEN": TOKEN}, str(tmp_path / "head.log"))
-    processes.append(sidecar)
+    sidecars.append(sidecar)
     url = f"http://127.0.0.1:{port}"
     return url, root
 
 
 def worker(
-    tmp_path: pathlib.Path, processes: list[Sidecar], head_url: str, *flags: str
+    tmp_path: pathlib.Path, sidecars: list[Sidecar], head_url: str, *flags: str
 ) -> tuple[Sidecar, pathlib.Path]:
     root = tmp_path / "worker"
     root.mkdir(exist_ok=True)
     args = ["--root", str(root), "--head-url", head_url, "--checkpoint-settle", "0.3", *flags]
     sidecar = Sidecar.start(args, {"TRIALSYNC_HEAD_TOKEN": TOKEN}, str(tmp_path / "worker.log"))
-    processes.append(sidecar)
+    sidecars.append(sidecar)
     wait_for(lambda: sidecar.get("/readyz")[0] == 200, 20, what="the worker's first sync")
     return sidecar, root
 
 
 def test_worker_syncs_its_trial_dir_to_the_head_every_period(
-    tmp_path: pathlib.Path, processes: list[Sidecar], head: tuple[str, pathlib.Path]
+    tmp_path: pathlib.Path, sidecars: list[Sidecar], head: tuple[str, pathlib.Path]
 ) -> None:
     head_url, head_root = head
-    _, root = worker(tmp_path, processes, head_url, "--sync-period", "1")
+    _, root = worker(tmp_path, sidecars, head_url, "--sync-period", "1")
     trial = trials.trial(root / "exp")
     wait_for(lambda: (head_root / TRIAL / "params.json").exists(), 5, what="the trial dir")
     (trial / "result.json").write_bytes(b'{"loss": 0.1}\n')
@@ -66,10 +58,10 @@ def test_worker_syncs_its_trial_dir_to_the_head_every_period(
 
 
 def test_sync_on_checkpoint_forces_a_sync_to_the_head(
-    tmp_path: pathlib.Path, processes: list[Sidecar], head: tuple[str, pathlib.Path]
+    tmp_path: pathlib.Path, sidecars: list[Sidecar], head: tuple[str, pathlib.Path]
 ) -> None:
     head_url, head_root = head
-    _, root = worker(tmp_path, processes, head_url, "--sync-period", "3600")
+    _, root = worker(tmp_path, sidecars, head_url, "--sync-period", "3600")
     trial = trials.trial(root / "exp")
     written = time.monotonic()
     trials.checkpoint(trial, 1, {"model.pt": 500_000})
@@ -80,11 +72,11 @@ def test_sync_on_checkpoint_forces_a_sync_to_the_head(
 
 
 def test_without_sync_on_checkpoint_a_checkpoint_waits_for_the_period(
-    tmp_path: pathlib.Path, processes: list[Sidecar], head: tuple[str, pathlib.Path]
+    tmp_path: pathlib.Path, sidecars: list[Sidecar], head: tuple[str, pathlib.Path]
 ) -> None:
     head_url, head_root = head
     sidecar, root = worker(
-        tmp_path, processes, head_url, "--sync-period", "4", "--no-sync-on-checkpoint"
+        tmp_path, sidecars, head_url, "--sync-period", "4", "--no-sync-on-checkpoint"
     )
     trial = trials.trial(root / "exp")
     trials.checkpoint(trial, 1, {"model.pt": 1_000})
@@ -96,14 +88,14 @@ def test_without_sync_on_checkpoint_a_checkpoint_waits_for_the_period(
 
 
 def test_a_worker_with_the_wrong_token_reports_failures_and_writes_nothing(
-    tmp_path: pathlib.Path, processes: list[Sidecar], head: tuple[str, pathlib.Path]
+    tmp_path: pathlib.Path, sidecars: list[Sidecar], head: tuple[str, pathlib.Path]
 ) -> None:
     head_url, head_root = head
     root = tmp_path / "worker"
     trials.trial(root / "exp")
     args = ["--root", str(root), "--head-url", head_url, "--sync-period", "1"]
     sidecar = Sidecar.start(args, {"TRIALSYNC_HEAD_TOKEN": "wrong"}, str(tmp_path / "w.log"))
-    processes.append(sidecar)
+    sidecars.append(sidecar)
     wait_for(lambda: sidecar.metric("trialsync_sync_failures_total") >= 1, 10, what="a failure")
     assert sidecar.get("/readyz")[0] == 503
     assert "401" in sidecar.log()

@@ -9,7 +9,6 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 
 import pytest
 
@@ -32,21 +31,6 @@ def s3(seaweedfs: object) -> Backend:
         server.storage_options(),  # type: ignore[attr-defined]
         server.env(),  # type: ignore[attr-defined]
     )
-
-
-@pytest.fixture
-def root(tmp_path: pathlib.Path) -> pathlib.Path:
-    path = tmp_path / "root"
-    path.mkdir()
-    return path
-
-
-@pytest.fixture
-def sidecars(tmp_path: pathlib.Path) -> Iterator[list[Sidecar]]:
-    started: list[Sidecar] = []
-    yield started
-    for sidecar in started:
-        sidecar.stop()
 
 
 def endpoint(url: str) -> dict[str, str]:

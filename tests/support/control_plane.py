@@ -29,7 +29,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -52,6 +51,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from kubernetes.client import ApiClient
 from kubernetes.config import new_client_from_config
+
+from tests.support.processes import free_port, stop, tail
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 #: Loopback only: nothing here may listen on another address.
@@ -240,20 +241,6 @@ def write_kubeconfig(
 # --------------------------------------------------------------------------- processes
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
-def _tail(path: Path, lines: int = 40) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
-
-
 def _die_with_parent() -> None:
     """Runs in the child before exec: if pytest itself is killed (a CI timeout, SIGKILL),
     the kernel kills etcd and kube-apiserver too instead of leaving them running."""
@@ -271,17 +258,6 @@ def _spawn(args: list[str], log: Path, cwd: Path) -> subprocess.Popen[bytes]:
             cwd=cwd,
             preexec_fn=_die_with_parent if sys.platform == "linux" else None,
         )
-
-
-def _stop(proc: subprocess.Popen[bytes] | None, timeout: float = 10.0) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 @dataclass
@@ -395,7 +371,7 @@ class Kube:
     def stop(self) -> None:
         """Stop the processes this handle started (apiserver first, then etcd)."""
         for proc in reversed(self._procs):
-            _stop(proc)
+            stop(proc)
         self._procs.clear()
 
 
@@ -547,7 +523,7 @@ def _wait_ready(kube: Kube, client_cert: tuple[Path, Path], api_log: Path, etcd_
             if proc.poll() is not None:
                 raise ControlPlaneError(
                     f"{name} exited with code {proc.returncode} during start-up; "
-                    f"last lines of {log}:\n{_tail(log)}"
+                    f"last lines of {log}:\n{tail(log)}"
                 )
         try:
             with opener.open(f"{kube.server}/readyz", timeout=5) as r:
@@ -561,7 +537,7 @@ def _wait_ready(kube: Kube, client_cert: tuple[Path, Path], api_log: Path, etcd_
         time.sleep(0.25)
     raise ControlPlaneError(
         f"kube-apiserver not ready at {kube.server}/readyz after {READY_TIMEOUT_S:.0f}s "
-        f"(last: {last}); last lines of {api_log}:\n{_tail(api_log)}"
+        f"(last: {last}); last lines of {api_log}:\n{tail(api_log)}"
     )
 
 

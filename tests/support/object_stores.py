@@ -24,7 +24,6 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -38,6 +37,7 @@ from typing import Any
 
 import pytest
 
+from tests.support.processes import free_ports, stop, tail
 from tests.support.stall_proxy import stall_proxy_factory
 
 __all__ = [
@@ -73,34 +73,6 @@ class ObjectStoreError(RuntimeError):
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _free_ports(n: int) -> list[int]:
-    """Return ``n`` distinct free loopback ports (all bound at once, so no duplicates)."""
-    with contextlib.ExitStack() as stack:
-        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
-        for s in socks:
-            s.bind((HOST, 0))
-        return [s.getsockname()[1] for s in socks]
-
-
-def _tail(path: Path, lines: int = 40) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError as e:
-        return f"<no log: {e}>"
-
-
-def _stop(proc: subprocess.Popen[bytes] | None, timeout: float = STOP_TIMEOUT_S) -> None:
-    """Terminate ``proc``; kill it if it is still alive after ``timeout`` seconds."""
-    if proc is None or proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout)
 
 
 def _unique_bucket() -> str:
@@ -210,7 +182,7 @@ class S3Server:
         """Stop the server and delete its data; idempotent."""
         # The data is throwaway, and a graceful stop takes 15 s (the filer's gRPC server
         # waits out its streaming subscribers), so give it a moment and then kill.
-        _stop(self.process, timeout=SEAWEEDFS_STOP_GRACE_S)
+        stop(self.process, timeout=SEAWEEDFS_STOP_GRACE_S)
         self.process = None
         for path in self.stray_files:
             path.unlink(missing_ok=True)
@@ -277,7 +249,7 @@ def start_seaweedfs(workdir: Path | None = None) -> S3Server:
             }
         )
     )
-    ports = _free_ports(8)
+    ports = free_ports(8)
     log_path = workdir / "weed.log"
     started = time.monotonic()
     with log_path.open("wb") as log:
@@ -326,7 +298,7 @@ def _wait_seaweedfs(server: S3Server, proc: subprocess.Popen[bytes], log_path: P
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 raise ObjectStoreError(
-                    f"weed server exited with {proc.returncode}; log tail:\n{_tail(log_path)}"
+                    f"weed server exited with {proc.returncode}; log tail:\n{tail(log_path)}"
                 )
             try:
                 with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
@@ -342,7 +314,7 @@ def _wait_seaweedfs(server: S3Server, proc: subprocess.Popen[bytes], log_path: P
         client.close()
     raise ObjectStoreError(
         f"SeaweedFS S3 at {server.endpoint_url} not ready within "
-        f"{SEAWEEDFS_READY_TIMEOUT_S:.0f}s (last error: {last!r}); log tail:\n{_tail(log_path)}"
+        f"{SEAWEEDFS_READY_TIMEOUT_S:.0f}s (last error: {last!r}); log tail:\n{tail(log_path)}"
     )
 
 
@@ -400,7 +372,7 @@ class GcsServer:
 
     def stop(self) -> None:
         """Stop the server and delete its temp dir; idempotent."""
-        _stop(self.process)
+        stop(self.process, timeout=STOP_TIMEOUT_S)
         self.process = None
         if self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)
@@ -425,7 +397,7 @@ def start_fake_gcs(workdir: Path | None = None) -> GcsServer:
     binary = fake_gcs_binary()
     own_dir = workdir is None
     workdir = Path(tempfile.mkdtemp(prefix="fake-gcs-")) if workdir is None else workdir
-    (port,) = _free_ports(1)
+    (port,) = free_ports(1)
     address = f"{HOST}:{port}"
     log_path = workdir / "fake-gcs.log"
     started = time.monotonic()
@@ -460,7 +432,7 @@ def start_fake_gcs(workdir: Path | None = None) -> GcsServer:
         while True:
             if proc.poll() is not None:
                 raise ObjectStoreError(
-                    f"fake-gcs-server exited with {proc.returncode}; log tail:\n{_tail(log_path)}"
+                    f"fake-gcs-server exited with {proc.returncode}; log tail:\n{tail(log_path)}"
                 )
             try:
                 with urllib.request.urlopen(f"{server.endpoint_url}/storage/v1/b", timeout=2):
@@ -471,7 +443,7 @@ def start_fake_gcs(workdir: Path | None = None) -> GcsServer:
                 raise ObjectStoreError(
                     f"fake-gcs-server at {server.endpoint_url} not ready within "
                     f"{FAKE_GCS_READY_TIMEOUT_S:.0f}s (last error: {last!r}); "
-                    f"log tail:\n{_tail(log_path)}"
+                    f"log tail:\n{tail(log_path)}"
                 )
             time.sleep(0.02)
     except BaseException:
