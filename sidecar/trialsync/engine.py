@@ -181,10 +181,12 @@ class SyncEngine:
                 kinds.add(Kind.ARTIFACT)
         if self.deleted_checkpoints:
             await self._mirror_deletes()
-        for checkpoint in checkpoints:
-            await self.publish(checkpoint)
+        # Artifacts first: once a checkpoint's manifest is visible, so are the results
+        # (result.json, progress.csv) the trial wrote up to it.
         if kinds:
             await self.sync_files(kinds)
+        for checkpoint in checkpoints:
+            await self.publish(checkpoint)
         self._update_gauges()
 
     async def sync_files(self, kinds: Collection[Kind]) -> None:

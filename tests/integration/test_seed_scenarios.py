@@ -106,6 +106,7 @@ def test_checkpoint_and_its_artifacts_upload_as_soon_as_it_is_complete(
     assert time.monotonic() - written < 5  # settle window + upload, not the 3600 s period
     remote = s3.listing()
     assert remote[f"{CKPT}/model.pt"] == 1_000_000
+    # The artifacts went up with the checkpoint, before its manifest.
     assert {"exp/trial_00000/params.json", "exp/trial_00000/result.json"} <= remote.keys()
     assert "exp/experiment_state-2026-01-01.json" not in remote  # the head's job
 
