@@ -38,7 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return asyncio.run(sidecar.run(settings))
-    except ValueError as exc:  # a custom syncer that cannot be loaded or refuses the URI
+    except ConfigError as exc:
         print(f"trialsync: configuration error: {exc}", file=sys.stderr)
         return 2
 

@@ -18,9 +18,9 @@ from collections.abc import Collection, Iterable
 
 from trialsync import scanner, transfer
 from trialsync.layout import MANIFEST_NAME, Kind, Layout
-from trialsync.ledger import Ledger, RemoteObject, Stat
+from trialsync.ledger import Ledger, Stat
 from trialsync.metrics import Metrics
-from trialsync.store import Store
+from trialsync.store import DEFAULT_PART_SIZE, Store
 
 log = logging.getLogger(__name__)
 
@@ -38,21 +38,29 @@ class EngineOptions:
     sync_experiment: bool = True  # experiment state is the head's (seed scenario 1)
     layout: Layout = dataclasses.field(default_factory=Layout)
     files_in_flight: int = 32
-    large_files_in_flight: int = 4
+    upload_memory: int = transfer.DEFAULT_MEMORY
+    part_size: int = DEFAULT_PART_SIZE
     mirror_deletes: bool = False
 
 
 @dataclasses.dataclass
 class Round:
-    """The work of one sync run."""
+    """The work of one sync run.
+
+    ``checkpoints`` are published (they settled, or ``explicit``: a trigger said they are
+    complete). ``full`` syncs everything: settled checkpoints are published, the files of
+    unsettled ones are uploaded without their manifest. ``maintenance``: mirrored
+    deletions or a rescan are pending.
+    """
 
     checkpoints: list[str] = dataclasses.field(default_factory=list)
     kinds: frozenset[Kind] = frozenset()
     full: bool = False
-    deletions: bool = False
+    explicit: bool = False
+    maintenance: bool = False
 
     def __bool__(self) -> bool:
-        return bool(self.checkpoints or self.kinds or self.full or self.deletions)
+        return bool(self.checkpoints or self.kinds or self.full or self.maintenance)
 
 
 class SyncEngine:
@@ -66,7 +74,9 @@ class SyncEngine:
         self.activity: dict[str, float] = {}
         self.deleted_checkpoints: set[str] = set()
         self.rescan_needed = False
-        self._gates = transfer.Gates(options.files_in_flight, options.large_files_in_flight)
+        self._gates = transfer.Gates(
+            options.files_in_flight, options.upload_memory, options.part_size
+        )
 
     # -- fed by the change journal -------------------------------------------------------
 
@@ -104,8 +114,9 @@ class SyncEngine:
     def next_settle_deadline(self, settle: float) -> float | None:
         return min(self.activity.values()) + settle if self.activity else None
 
-    def has_dirty(self, kinds: Collection[Kind]) -> bool:
-        return any(self._kind(rel) in kinds for rel in self.dirty)
+    @property
+    def maintenance_due(self) -> bool:
+        return self.rescan_needed or bool(self.deleted_checkpoints)
 
     def _kind(self, rel: str) -> Kind | None:
         placement = self.layout.place(rel)
@@ -119,7 +130,12 @@ class SyncEngine:
         local = await asyncio.to_thread(scanner.scan, self.options.root)
         published = {rel.rsplit("/", 1)[0] for rel in remote if rel.endswith("/" + MANIFEST_NAME)}
         in_scope = {rel: st for rel, st in local.items() if self.layout.place(rel) is not None}
-        self.ledger = Ledger.rebuild(in_scope, remote, published)
+        ledger = Ledger.rebuild(in_scope, remote, published)
+        # What the journal saw change is not current, whatever the listing suggests (S3
+        # timestamps have one-second resolution).
+        ledger.forget(self.dirty)
+        ledger.forget(rel for rel in in_scope if self._checkpoint_of(rel) in self.activity)
+        self.ledger = ledger
         self._absorb_scan(in_scope, settle)
         log.info(
             "ledger rebuilt",
@@ -149,30 +165,36 @@ class SyncEngine:
             else:
                 self.dirty.add(rel)
         for checkpoint, mtime_ns in newest.items():
-            # A checkpoint untouched for the settle window is complete already.
+            # A checkpoint untouched for the settle window is complete already; a change
+            # the journal saw later than the file times wins.
             age = now_wall - mtime_ns / 1e9
-            self.activity[checkpoint] = now_loop - min(max(age, 0.0), settle)
+            seen = now_loop - min(max(age, 0.0), settle)
+            self.activity[checkpoint] = max(self.activity.get(checkpoint, seen), seen)
         for checkpoint in self._local_checkpoint_dirs(local):
             if checkpoint not in self.ledger.published and checkpoint not in newest:
                 self.activity.setdefault(checkpoint, now_loop - settle)
 
     def _local_checkpoint_dirs(self, local: Iterable[str]) -> set[str]:
-        found = set()
-        for rel in local:
-            placement = self.layout.place(rel)
-            if placement is not None and placement.checkpoint is not None:
-                found.add(placement.checkpoint)
-        return found
+        return {c for c in map(self._checkpoint_of, local) if c is not None}
+
+    def _checkpoint_of(self, rel: str) -> str | None:
+        placement = self.layout.place(rel)
+        return placement.checkpoint if placement else None
 
     # -- running a round -------------------------------------------------------------------
 
     async def run(self, work: Round, settle: float) -> None:
         """Do one round; on failure or cancellation, everything not done stays pending."""
+        checkpoints = work.checkpoints
         if work.full or self.rescan_needed:
             self.rescan_needed = False
             local = await asyncio.to_thread(scanner.scan, self.options.root)
             self._absorb_scan(local, settle)
-        checkpoints = sorted(self.activity) if work.full else work.checkpoints
+            if work.full:
+                checkpoints = sorted(self.activity)
+            elif not work.explicit:  # the rescan may have found more, or newer, changes
+                checkpoints = self.settled_checkpoints(_now(), settle)
+        now = _now()
         kinds = set(work.kinds)
         if work.full:
             if self.options.sync_experiment:
@@ -186,7 +208,8 @@ class SyncEngine:
         if kinds:
             await self.sync_files(kinds)
         for checkpoint in checkpoints:
-            await self.publish(checkpoint)
+            settled = now - self.activity.get(checkpoint, now - settle) >= settle
+            await self.publish(checkpoint, complete=work.explicit or settled)
         self._update_gauges()
 
     async def sync_files(self, kinds: Collection[Kind]) -> None:
@@ -206,8 +229,14 @@ class SyncEngine:
         finally:
             self.dirty |= batch - done
 
-    async def publish(self, checkpoint: str) -> None:
-        """Upload a checkpoint dir, verify it, then write its manifest (marker-last)."""
+    async def publish(self, checkpoint: str, complete: bool = True) -> None:
+        """Upload a checkpoint dir, verify it, then write its manifest (marker-last).
+
+        With ``complete`` False only the files go up: they are safe, and the manifest
+        waits until the checkpoint settles. A change seen during the upload postpones the
+        manifest to a later run.
+        """
+        started = _now()
         local = await asyncio.to_thread(scanner.scan, self.options.root, checkpoint)
         files = {rel: st for rel, st in local.items() if self.layout.place(rel) is not None}
         if not files:
@@ -225,27 +254,15 @@ class SyncEngine:
             # Changed after publishing: withdraw the marker first so no reader trusts a mix.
             await self.store.delete([manifest_rel])
             self.ledger.published.discard(checkpoint)
-        started = _now()
         await self._upload(todo, set())
-        remote = await self.store.list(checkpoint) if self.store.verifiable else {}
-        entries = {}
-        for rel, st in files.items():
-            obj = remote.get(rel) if self.store.verifiable else RemoteObject(st[0])
-            if obj is None or obj.size != st[0]:
-                got = "missing" if obj is None else f"{obj.size} bytes"
-                raise PublishError(
-                    f"{self.store.url(rel)}: expected {st[0]} bytes after upload, found {got}"
-                )
-            entries[rel[len(checkpoint) + 1 :]] = {
-                "size": st[0],
-                "mtime_ns": st[1],
-                "checksum": obj.checksum,
-            }
+        if not complete:
+            return
         if self.activity.get(checkpoint, started) > started:
             log.info(
-                "checkpoint changed while uploading; publishing later", extra={"path": checkpoint}
+                "checkpoint changed during upload; publishing later", extra={"path": checkpoint}
             )
             return
+        entries = await self._verify(checkpoint, files, manifest_rel)
         manifest = {
             "version": MANIFEST_VERSION,
             "checkpoint": checkpoint,
@@ -267,6 +284,41 @@ class SyncEngine:
                 "seconds": round(_now() - started, 3),
             },
         )
+
+    async def _verify(
+        self, checkpoint: str, files: dict[str, Stat], manifest_rel: str
+    ) -> dict[str, dict[str, object]]:
+        """Check every file against one listing; drop remote files the checkpoint lost.
+
+        Returns the manifest's file entries. Raises PublishError on a missing or
+        wrong-sized object.
+        """
+        if not self.store.verifiable:
+            return {
+                rel[len(checkpoint) + 1 :]: {"size": st[0], "mtime_ns": st[1]}
+                for rel, st in files.items()
+            }
+        remote = await self.store.list(checkpoint)
+        # A checkpoint dir deleted and written again under the same name must not keep
+        # files of its earlier life: Ray restores a checkpoint by downloading its prefix.
+        inside = checkpoint + "/"
+        stale = [r for r in remote if r.startswith(inside) and r not in files and r != manifest_rel]
+        if stale:
+            await self.store.delete(stale)
+        entries: dict[str, dict[str, object]] = {}
+        for rel, st in files.items():
+            obj = remote.get(rel)
+            if obj is None or obj.size != st[0]:
+                got = "missing" if obj is None else f"{obj.size} bytes"
+                raise PublishError(
+                    f"{self.store.url(rel)}: expected {st[0]} bytes after upload, found {got}"
+                )
+            entries[rel[len(checkpoint) + 1 :]] = {
+                "size": st[0],
+                "mtime_ns": st[1],
+                "checksum": obj.checksum,
+            }
+        return entries
 
     async def _upload(self, todo: dict[str, Stat], done: set[str]) -> None:
         """Upload ``todo``; record each file in the ledger and ``done`` as it lands."""

@@ -35,6 +35,10 @@ class Ledger:
     def record(self, rel: str, stat: Stat) -> None:
         self._uploaded[rel] = stat
 
+    def forget(self, rels: Iterable[str]) -> None:
+        for rel in rels:
+            self._uploaded.pop(rel, None)
+
     def forget_under(self, prefix: str) -> None:
         """Drop every entry at or below ``prefix`` (a checkpoint that is re-published)."""
         cut = prefix + "/"

@@ -106,8 +106,12 @@ class Scheduler:
             # sync_period is the minimum time between the starts of two periodic syncs.
             self._next_periodic = now + self.plan.period
             kinds |= self.plan.periodic_kinds
-        deletions = bool(self.engine.deleted_checkpoints)
-        return Round(checkpoints=checkpoints, kinds=frozenset(kinds), deletions=deletions)
+        return Round(
+            checkpoints=checkpoints,
+            kinds=frozenset(kinds),
+            explicit=explicit,
+            maintenance=self.engine.maintenance_due,
+        )
 
     async def _sleep_until_due(self) -> None:
         """Sleep until the next deadline, or until woken by a change or a trigger."""
@@ -185,6 +189,9 @@ class Scheduler:
     async def final_sync(self, within: float) -> bool:
         """Sync everything once (SIGTERM, --once) in ``within`` seconds; True if all is durable.
 
+        Checkpoints still changing are uploaded at once and published when they settle,
+        if that happens in time; one that does not settle keeps its files remote but gets
+        no manifest, so no reader mistakes a half-written checkpoint for a complete one.
         Failed attempts are retried with backoff while the time allows.
         """
         loop = asyncio.get_running_loop()
@@ -205,7 +212,16 @@ class Scheduler:
                     return False
                 await asyncio.sleep(self.backoff())
                 continue
-            self.metrics.syncs.labels("success").inc()
-            self.metrics.last_success.set(time.time())
-            self.ready.set()
-            return True
+            settles_at = self.engine.next_settle_deadline(self.plan.settle)
+            if settles_at is None:
+                self.metrics.syncs.labels("success").inc()
+                self.metrics.last_success.set(time.time())
+                self.ready.set()
+                return True
+            if settles_at >= deadline:
+                log.warning(
+                    "checkpoints still changing at the final sync: uploaded, not published",
+                    extra={"checkpoints": sorted(self.engine.activity)},
+                )
+                return False
+            await asyncio.sleep(max(0.0, settles_at - loop.time()))

@@ -43,6 +43,7 @@ class Settings:
     http_addr: str = "0.0.0.0:9746"
     files_in_flight: int = 32
     part_size: int = 16 * 2**20
+    upload_memory: int = 256 * 2**20
     reconcile_interval: float = 3600.0
     poll_interval: float = 10.0
     max_backoff: float = 60.0
@@ -83,7 +84,8 @@ def _parser() -> argparse.ArgumentParser:
     a("--http-addr", help="host:port for /healthz, /readyz, /metrics, POST /sync")
     a("--files-in-flight", type=int, help="concurrent file uploads (default 32)")
     a("--part-size", type=int, help="multipart part size in bytes (default 16 MiB)")
-    a("--reconcile-interval", type=float, help="seconds between ledger rebuilds (default 3600)")
+    a("--upload-memory", type=int, help="bytes of upload buffers at most (default 256 MiB)")
+    a("--reconcile-interval", type=float, help="seconds between ledger rebuilds, 0 = never")
     a("--poll-interval", type=float, help="seconds between scans without inotify (default 10)")
     a("--max-backoff", type=float, help="cap on the retry backoff in seconds (default 60)")
     a("--log-level", choices=["debug", "info", "warning", "error"], help="default info")
@@ -196,7 +198,14 @@ def _build(values: dict[str, Any], environ: Mapping[str, str]) -> Settings:
     for name in ("checkpoint_settle", "final_sync_timeout", "poll_interval", "max_backoff"):
         if name in values and not values[name] > 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be positive")
-    for name in ("files_in_flight", "part_size"):
+    if values.get("reconcile_interval", 0) < 0:
+        raise ConfigError("--reconcile-interval must be positive, or 0 to never reconcile")
+    for name in ("http_addr", "receiver_addr"):
+        if name in values:
+            _check_addr(f"--{name.replace('_', '-')}", values[name])
+    if values.get("mirror_deletes") and syncer not in (None, "auto"):
+        raise ConfigError("--mirror-deletes needs the default syncer: a Syncer cannot list")
+    for name in ("files_in_flight", "part_size", "upload_memory"):
         if name in values and values[name] < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
     if values.get("part_size", 5 * 2**20) < 5 * 2**20:
@@ -215,6 +224,7 @@ def _build(values: dict[str, Any], environ: Mapping[str, str]) -> Settings:
             "http_addr",
             "files_in_flight",
             "part_size",
+            "upload_memory",
             "reconcile_interval",
             "poll_interval",
             "max_backoff",
@@ -233,6 +243,12 @@ def _build(values: dict[str, Any], environ: Mapping[str, str]) -> Settings:
         storage_options=_storage_options(values.get("storage_option", []), environ),
         **kwargs,
     )
+
+
+def _check_addr(flag: str, addr: str) -> None:
+    _host, sep, port = addr.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{flag} {addr!r}: expected HOST:PORT, e.g. 0.0.0.0:9746")
 
 
 def _head_token(path: str | None, environ: Mapping[str, str]) -> str:

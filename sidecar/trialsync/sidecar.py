@@ -14,11 +14,11 @@ from trialsync.head_store import HeadStore
 from trialsync.layout import Kind
 from trialsync.metrics import Metrics
 from trialsync.scheduler import Plan, Scheduler
-from trialsync.settings import Settings
+from trialsync.settings import ConfigError, Settings
 from trialsync.store import RemoteStore, Store
 from trialsync.syncer import load_syncer
 from trialsync.syncer_store import SyncerStore
-from trialsync.watcher import open_journal
+from trialsync.watcher import start_journal
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ def build_plan(settings: Settings) -> Plan:
         timeout=config.sync_timeout,
         settle=settings.checkpoint_settle,
         backoff_max=settings.max_backoff,
-        reconcile_interval=settings.reconcile_interval,
+        reconcile_interval=settings.reconcile_interval or None,
     )
     if config.upload_dir is None:  # scenario 3: the whole trial dir goes to the head node
         trial_dir = frozenset({Kind.ARTIFACT})
@@ -68,7 +68,10 @@ async def run(settings: Settings) -> int:
     if config.upload_dir is None and (config.syncer is None or settings.role == "head"):
         await _serve_without_syncing(settings, metrics)
         return 0
-    store = build_store(settings)
+    try:
+        store = build_store(settings)
+    except ValueError as exc:  # a custom syncer that cannot be loaded or refuses the URI
+        raise ConfigError(str(exc)) from exc
     engine = SyncEngine(
         EngineOptions(
             root=settings.root,
@@ -77,6 +80,8 @@ async def run(settings: Settings) -> int:
             sync_experiment=settings.role == "head",
             layout=settings.layout,
             files_in_flight=settings.files_in_flight,
+            upload_memory=settings.upload_memory,
+            part_size=settings.part_size,
             mirror_deletes=settings.mirror_deletes,
         ),
         store,
@@ -104,7 +109,6 @@ async def _serve(
     runner, port = await status_server.start(
         settings.http_addr, metrics, scheduler.ready.is_set, scheduler.request_sync
     )
-    journal = open_journal(settings.root, settings.poll_interval)
 
     def on_change(rel: str, is_dir: bool, removed: bool) -> None:
         engine.note_change(rel, is_dir, removed)
@@ -114,7 +118,7 @@ async def _serve(
         engine.note_overflow()
         scheduler.wake()
 
-    journal.start(on_change, on_overflow)
+    journal = start_journal(settings.root, settings.poll_interval, on_change, on_overflow)
     log.info(
         "sidecar started",
         extra={

@@ -16,8 +16,8 @@ async def start(
     """Serve on ``host:port`` (port 0 picks one); returns the runner and the bound port.
 
     ``GET /healthz``: 200 while the process serves. ``GET /readyz``: 200 after the first
-    successful sync, 503 before. ``GET /metrics``: Prometheus text. ``POST /sync``: 202,
-    a checkpoint is complete, sync now.
+    successful sync, 503 before. ``GET /metrics``: Prometheus text. ``POST /sync`` (from
+    localhost only): 202, pending checkpoints are complete, sync now.
     """
 
     async def healthz(_: web.Request) -> web.Response:
@@ -32,7 +32,11 @@ async def start(
         body = generate_latest(metrics.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    async def sync(_: web.Request) -> web.Response:
+    async def sync(request: web.Request) -> web.Response:
+        # Only the pod itself (the trainer shares its network namespace) may declare its
+        # checkpoints complete; anyone else could get half-written ones published.
+        if request.remote not in ("127.0.0.1", "::1"):
+            return web.Response(status=403, text="POST /sync is accepted from localhost only\n")
         request_sync()
         return web.Response(status=202, text="sync requested\n")
 

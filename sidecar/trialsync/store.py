@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 # part_size * part_concurrency for each large file in flight.
 DEFAULT_PART_SIZE = 16 * 2**20
 DEFAULT_PART_CONCURRENCY = 4
+MAX_PARTS = 10_000
+_background: set[asyncio.Task[None]] = set()
 
 
 def use_plain_gcs_client_for_emulators() -> None:
@@ -80,6 +82,10 @@ class RemoteStore:
         self._fs: Any = None
         self._root = ""
         self._fingerprint = ""
+        self._rebuild = asyncio.Lock()
+        # Clients replaced after a credential change; closed with the store, since uploads
+        # that started on them may still be running.
+        self._retired: list[Any] = []
         self.is_async = bool(
             getattr(fsspec.get_filesystem_class(self.protocol), "async_impl", False)
         )
@@ -89,9 +95,15 @@ class RemoteStore:
         current = credentials.fingerprint(self._credential_files)
         if self._fs is not None and current == self._fingerprint:
             return self._fs
-        if self._fs is not None:
-            log.info("credentials changed; rebuilding the %s client", self.protocol)
-            await self.close()
+        async with self._rebuild:
+            if self._fs is not None and current == self._fingerprint:
+                return self._fs
+            if self._fs is not None:
+                log.info("credentials changed; rebuilding the %s client", self.protocol)
+                self._retired.append(self._fs)
+            return await self._build(current)
+
+    async def _build(self, fingerprint: str) -> Any:
         options = dict(self._options)
         options["skip_instance_cache"] = True
         if self.is_async:
@@ -100,7 +112,7 @@ class RemoteStore:
         fs, root = fsspec.core.url_to_fs(self.upload_dir, **options)
         if self.is_async and hasattr(fs, "set_session"):
             await fs.set_session()
-        self._fs, self._root, self._fingerprint = fs, root.rstrip("/"), current
+        self._fs, self._root, self._fingerprint = fs, root.rstrip("/"), fingerprint
         return fs
 
     def path(self, rel: str) -> str:
@@ -109,20 +121,34 @@ class RemoteStore:
     def url(self, rel: str) -> str:
         return f"{self.upload_dir}/{rel}" if rel else self.upload_dir
 
-    def _transfer_options(self) -> dict[str, Any]:
+    def _transfer_options(self, size: int) -> dict[str, Any]:
+        # S3 allows 10,000 parts: a huge file needs parts larger than the default.
+        part = max(self._part_size, -(-size // MAX_PARTS))
         if self.protocol in ("s3", "s3a"):
-            return {"chunksize": self._part_size, "max_concurrency": self._part_concurrency}
+            return {"chunksize": part, "max_concurrency": self._part_concurrency}
         if self.protocol in ("gs", "gcs"):
-            return {"chunksize": self._part_size}
+            return {"chunksize": part}
         return {}
 
     async def put_file(self, local_path: str, rel: str) -> None:
         fs = await self._filesystem()
         target = self.path(rel)
-        if self.is_async:
-            await fs._put_file(local_path, target, **self._transfer_options())
-        else:
+        if not self.is_async:
+            # A blocking backend runs in a thread that a timeout cannot stop; the retry
+            # rewrites the same content, so an abandoned copy does no harm.
             await asyncio.to_thread(_put_blocking, fs, local_path, target)
+            return
+        size = os.path.getsize(local_path)  # noqa: ASYNC240 - one stat; s3fs does it too
+        try:
+            await fs._put_file(local_path, target, **self._transfer_options(size))
+        except asyncio.CancelledError:
+            if self.protocol in ("s3", "s3a") and size >= 2 * self._part_size:
+                # s3fs aborts its multipart upload only on Exception, not on cancellation;
+                # abort it here so a timed-out upload leaves no parts billed in the bucket.
+                task = asyncio.get_running_loop().create_task(_abort_uploads(fs, target))
+                _background.add(task)
+                task.add_done_callback(_background.discard)
+            raise
 
     async def put_bytes(self, rel: str, data: bytes) -> None:
         fs = await self._filesystem()
@@ -171,19 +197,36 @@ class RemoteStore:
             await asyncio.to_thread(fs.rm, paths)
 
     async def close(self) -> None:
-        fs, self._fs = self._fs, None
-        if fs is None or not self.is_async:
-            return
-        session = getattr(fs, "_s3", None) or getattr(fs, "_session", None)
-        closer = getattr(session, "close", None)
-        if closer is None:
-            return
-        try:
-            result = closer()
-            if asyncio.iscoroutine(result):
-                await result
-        except Exception as exc:  # closing is best effort; the process may be ending
-            log.debug("closing the %s client failed: %s", self.protocol, exc)
+        clients = [*self._retired, self._fs]
+        self._fs, self._retired = None, []
+        for fs in clients:
+            if fs is not None and self.is_async:
+                await _close_client(fs, self.protocol)
+
+
+async def _close_client(fs: Any, protocol: str) -> None:
+    session = getattr(fs, "_s3", None) or getattr(fs, "_session", None)
+    closer = getattr(session, "close", None)
+    if closer is None:
+        return
+    try:
+        result = closer()
+        if asyncio.iscoroutine(result):
+            await result
+    except Exception as exc:  # closing is best effort; the process may be ending
+        log.debug("closing the %s client failed: %s", protocol, exc)
+
+
+async def _abort_uploads(fs: Any, target: str) -> None:
+    """Abort the incomplete multipart uploads of ``target`` (best effort)."""
+    bucket, key, _ = fs.split_path(target)
+    try:
+        found = await fs._call_s3("list_multipart_uploads", Bucket=bucket, Prefix=key)
+        for upload in found.get("Uploads", []):
+            if upload.get("Key") == key:
+                await fs._abort_mpu(bucket, key, upload["UploadId"])
+    except Exception as exc:
+        log.warning("could not abort the multipart upload of %s: %s", target, exc)
 
 
 def _put_blocking(fs: Any, local_path: str, target: str) -> None:

@@ -16,7 +16,7 @@ import errno
 import logging
 import os
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from trialsync import scanner
@@ -66,8 +66,10 @@ class InotifyUnavailable(OSError):
 class InotifyJournal:
     """Recursive inotify watch of ``root``; must be started inside a running event loop."""
 
-    def __init__(self, root: str) -> None:
+    def __init__(self, root: str, poll_interval: float = 10.0) -> None:
         self._root = root
+        self._poll_interval = poll_interval
+        self._fallback: PollingJournal | None = None
         libc_name = ctypes.util.find_library("c")
         self._libc = ctypes.CDLL(libc_name, use_errno=True)
         fd = self._libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
@@ -88,6 +90,8 @@ class InotifyJournal:
         asyncio.get_running_loop().add_reader(self._fd, self._read)
 
     def close(self) -> None:
+        if self._fallback is not None:
+            self._fallback.close()
         if self._fd >= 0:
             with contextlib.suppress(RuntimeError):
                 asyncio.get_running_loop().remove_reader(self._fd)
@@ -136,7 +140,10 @@ class InotifyJournal:
 
     def _handle(self, wd: int, mask: int, name: str) -> None:
         if mask & _IN_Q_OVERFLOW:
-            log.warning("inotify queue overflowed; the next sync rescans the tree")
+            # Events were lost, among them maybe the creation of directories: watch every
+            # directory again (adding an existing watch is a no-op), then rescan.
+            log.warning("inotify queue overflowed; rewatching and rescanning the tree")
+            self._watch_or_poll("")
             self._on_overflow()
             return
         if mask & _IN_IGNORED:
@@ -149,13 +156,26 @@ class InotifyJournal:
         is_dir = bool(mask & _IN_ISDIR)
         removed = bool(mask & (_IN_DELETE | _IN_MOVED_FROM))
         if is_dir and mask & (_IN_CREATE | _IN_MOVED_TO):
-            try:
-                self._watch_tree(rel, announce=True)
-            except InotifyUnavailable as exc:
-                log.warning("cannot watch %s (%s); the next sync rescans the tree", rel, exc)
-                self._on_overflow()
+            self._watch_or_poll(rel, announce=True)
             return
         self._on_change(rel, is_dir, removed)
+
+    def _watch_or_poll(self, rel: str, announce: bool = False) -> None:
+        """Watch a subtree; out of watches, add polling so nothing goes unseen."""
+        try:
+            self._watch_tree(rel, announce=announce)
+        except InotifyUnavailable as exc:
+            if self._fallback is None:
+                log.warning(
+                    "cannot watch %s (%s): also polling every %ss; raise the node's "
+                    "fs.inotify.max_user_watches",
+                    rel or "the root",
+                    exc,
+                    self._poll_interval,
+                )
+                self._fallback = PollingJournal(self._root, self._poll_interval)
+                self._fallback.start(self._on_change, self._on_overflow)
+            self._on_overflow()
 
 
 class PollingJournal:
@@ -175,24 +195,56 @@ class PollingJournal:
 
     async def _poll(self, on_change: OnChange) -> None:
         previous = await asyncio.to_thread(scanner.scan, self._root)
+        previous_dirs = _dirs_of(previous)
         while True:
             await asyncio.sleep(self._interval)
             current = await asyncio.to_thread(scanner.scan, self._root)
+            current_dirs = _dirs_of(current)
+            for rel in current_dirs - previous_dirs:
+                on_change(rel, True, False)
             for rel, stat in current.items():
                 if previous.get(rel) != stat:
                     on_change(rel, False, False)
             for rel in previous.keys() - current.keys():
                 on_change(rel, False, True)
-            previous = current
+            for rel in previous_dirs - current_dirs:
+                on_change(rel, True, True)
+            previous, previous_dirs = current, current_dirs
 
 
-def open_journal(root: str, poll_interval: float) -> ChangeJournal:
-    """inotify where the kernel gives it, else polling."""
+def start_journal(
+    root: str, poll_interval: float, on_change: OnChange, on_overflow: OnOverflow
+) -> ChangeJournal:
+    """Start inotify where the kernel gives it (and watches suffice), else polling."""
     try:
-        return InotifyJournal(root)
+        inotify = InotifyJournal(root, poll_interval)
+        try:
+            inotify.start(on_change, on_overflow)
+            return inotify
+        except InotifyUnavailable:
+            inotify.close()
+            raise
     except (OSError, AttributeError) as exc:
-        log.warning("inotify unavailable (%s); polling every %ss", exc, poll_interval)
-        return PollingJournal(root, poll_interval)
+        log.warning(
+            "inotify unavailable (%s); polling every %ss instead (for inotify, raise the "
+            "node's fs.inotify.max_user_watches and max_user_instances)",
+            exc,
+            poll_interval,
+        )
+    polling = PollingJournal(root, poll_interval)
+    polling.start(on_change, on_overflow)
+    return polling
+
+
+def _dirs_of(files: Iterable[str]) -> set[str]:
+    """Every directory (root-relative) that holds at least one of ``files``."""
+    dirs: set[str] = set()
+    for rel in files:
+        parent = rel.rpartition("/")[0]
+        while parent and parent not in dirs:
+            dirs.add(parent)
+            parent = parent.rpartition("/")[0]
+    return dirs
 
 
 def _ignore_change(rel: str, is_dir: bool, removed: bool) -> None:

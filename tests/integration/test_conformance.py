@@ -122,7 +122,7 @@ async def test_checkpoint_is_published_marker_last(backend: Backend, root: pathl
         loop_now = asyncio.get_running_loop().time()
         checkpoint = "exp/trial_00000/checkpoint_000003"
         assert engine.settled_checkpoints(loop_now + 10, settle=5) == [checkpoint]
-        await engine.run(Round(checkpoints=[checkpoint]), settle=5)
+        await engine.run(Round(checkpoints=[checkpoint], explicit=True), settle=5)
         calls = spy(engine).calls
     manifest_rel = f"{checkpoint}/{MANIFEST_NAME}"
     assert calls[-1] == ("put_bytes", manifest_rel)  # the marker is the last write

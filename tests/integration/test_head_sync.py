@@ -8,8 +8,8 @@ import time
 import pytest
 
 from tests.support import trials
-from tests.support.sidecar_process import Sidecar, wait_for
 from tests.support.processes import free_port
+from tests.support.sidecar_process import Sidecar, wait_for
 from trialsync.layout import MANIFEST_NAME
 
 TOKEN = "test-token-1234"

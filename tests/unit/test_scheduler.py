@@ -21,7 +21,7 @@ class FakeEngine:
 
     def __init__(self) -> None:
         self.activity: dict[str, float] = {}
-        self.deleted_checkpoints: set[str] = set()
+        self.maintenance_due = False
         self.runs: list[tuple[float, Round]] = []
         self.cancelled: list[float] = []
         self.hang_next = 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pathlib
+import re
 
 import pytest
 
@@ -109,3 +110,17 @@ def test_syncing_with_the_head_node_needs_a_token(tmp_path: pathlib.Path) -> Non
         {"TRIALSYNC_HEAD_TOKEN_FILE": str(token_file)},
     )
     assert settings.head_token == "s3cret"
+
+
+@pytest.mark.parametrize(
+    ("flags", "says"),
+    [
+        (["--reconcile-interval", "-1"], "--reconcile-interval must be positive, or 0"),
+        (["--http-addr", "localhost"], "--http-addr 'localhost': expected HOST:PORT"),
+        (["--part-size", "1024"], "at least 5 MiB"),
+        (["--mirror-deletes", "--syncer", "pkg.mod:Cls"], "--mirror-deletes needs the default"),
+    ],
+)
+def test_bad_flags_say_what_to_fix(tmp_path: pathlib.Path, flags: list[str], says: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(says)):
+        parse(["--root", str(tmp_path), "--upload-dir", "s3://bucket/x", *flags], {})
