@@ -25,6 +25,7 @@ from trialsync.store import DEFAULT_PART_SIZE, Store
 log = logging.getLogger(__name__)
 
 MANIFEST_VERSION = 1
+CHECKPOINTS_IN_FLIGHT = 8
 
 
 class PublishError(RuntimeError):
@@ -207,9 +208,16 @@ class SyncEngine:
         # (result.json, progress.csv) the trial wrote up to it.
         if kinds:
             await self.sync_files(kinds)
-        for checkpoint in checkpoints:
+        gate = asyncio.Semaphore(CHECKPOINTS_IN_FLIGHT)
+
+        async def publish(checkpoint: str) -> None:
             settled = now - self.activity.get(checkpoint, now - settle) >= settle
-            await self.publish(checkpoint, complete=work.explicit or settled)
+            async with gate:
+                await self.publish(checkpoint, complete=work.explicit or settled)
+
+        # Several at once: one checkpoint's verify listing and manifest write overlap
+        # with the next one's uploads (the upload gates still bound the transfers).
+        await transfer.run_all([publish(c) for c in checkpoints])
         self._update_gauges()
 
     async def sync_files(self, kinds: Collection[Kind]) -> None:

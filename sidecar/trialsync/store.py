@@ -169,6 +169,8 @@ class RemoteStore:
         """Every object below ``rel_prefix``, keyed by root-relative path; {} if none."""
         fs = await self._filesystem()
         base = self.path(rel_prefix)
+        if self.protocol in ("s3", "s3a"):
+            return await self._list_s3(fs, base)
         try:
             if self.is_async:
                 fs.invalidate_cache(base)
@@ -184,6 +186,21 @@ class RemoteStore:
                 continue
             rel = fs._strip_protocol(name)[strip:]
             listing[rel] = _remote_object(info)
+        return listing
+
+    async def _list_s3(self, fs: Any, base: str) -> dict[str, RemoteObject]:
+        """Page through ListObjectsV2 directly: s3fs's find would also fill its directory
+        cache with every entry, which costs seconds and memory at 100,000 objects."""
+        bucket, key, _ = fs.split_path(base)
+        strip = len(self._root) + 1 if self._root else 0
+        listing: dict[str, RemoteObject] = {}
+        try:
+            pages = fs._iterdir(bucket, delimiter="", prefix=f"{key}/" if key else "")
+            async for info in pages:
+                if info.get("type") == "file":
+                    listing[info["name"][strip:]] = _remote_object(info)  # bucket/key
+        except FileNotFoundError:
+            return {}
         return listing
 
     async def delete(self, rels: Iterable[str]) -> None:

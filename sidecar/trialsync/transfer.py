@@ -6,7 +6,8 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any
 
 from trialsync.ledger import Stat
 from trialsync.store import DEFAULT_PART_CONCURRENCY, DEFAULT_PART_SIZE, Store
@@ -84,12 +85,22 @@ async def upload_files(
             return
         on_uploaded(rel, st)
 
+    ordered = sorted(todo.items(), key=lambda item: -item[1][0])
+    await run_all([one(rel, st) for rel, st in ordered])
+
+
+async def run_all(coros: list[Coroutine[Any, Any, None]]) -> None:
+    """Run ``coros`` concurrently; on the first failure cancel the rest and raise it.
+
+    The failure is raised as itself, not as an ExceptionGroup, so logs and callers see
+    the real error, with a note of how many others failed.
+    """
     try:
         async with asyncio.TaskGroup() as group:
-            for rel, st in sorted(todo.items(), key=lambda item: -item[1][0]):
-                group.create_task(one(rel, st))
+            for coro in coros:
+                group.create_task(coro)
     except ExceptionGroup as failed:
         first = failed.exceptions[0]
         if len(failed.exceptions) > 1:
-            first.add_note(f"{len(failed.exceptions) - 1} more uploads failed")
+            first.add_note(f"{len(failed.exceptions) - 1} more operations failed")
         raise first from None
