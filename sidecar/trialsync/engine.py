@@ -16,7 +16,7 @@ import os
 import time
 from collections.abc import Collection, Iterable
 
-from trialsync import scanner, transfer
+from trialsync import scanner, tasks, transfer
 from trialsync.layout import MANIFEST_NAME, Kind, Layout
 from trialsync.ledger import Ledger, Stat
 from trialsync.metrics import Metrics
@@ -217,7 +217,7 @@ class SyncEngine:
 
         # Several at once: one checkpoint's verify listing and manifest write overlap
         # with the next one's uploads (the upload gates still bound the transfers).
-        await transfer.run_all([publish(c) for c in checkpoints])
+        await tasks.run_all([publish(c) for c in checkpoints])
         self._update_gauges()
 
     async def sync_files(self, kinds: Collection[Kind]) -> None:

@@ -31,6 +31,8 @@ from typing import Any
 
 from aiohttp import web
 
+from trialsync import status_server
+
 log = logging.getLogger(__name__)
 
 MTIME_HEADER = "X-Trialsync-Mtime-Ns"
@@ -107,13 +109,7 @@ def make_app(root: str, token: str, idle_timeout: float = DEFAULT_IDLE_TIMEOUT) 
 async def start(root: str, addr: str, token: str) -> tuple[web.AppRunner, int]:
     """Serve ``root`` on ``host:port`` (port 0 picks one); returns the runner and the port."""
     app = make_app(root, token)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    host, _, port = addr.rpartition(":")
-    site = web.TCPSite(runner, host or "0.0.0.0", int(port))
-    await site.start()
-    sockets = getattr(site._server, "sockets", None) or []
-    bound = int(sockets[0].getsockname()[1]) if sockets else int(port)
+    runner, bound = await status_server.serve(app, addr)
     log.info("head receiver listening", extra={"root": app[_ROOT_KEY], "port": bound})
     return runner, bound
 

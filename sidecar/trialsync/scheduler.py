@@ -54,6 +54,7 @@ class Scheduler:
         self._explicit = False
         self._recovered = False
         self._owed: frozenset[Kind] = frozenset()  # kinds of a failed run, retried next
+        self._owed_explicit = False  # a failed run was triggered: its retry is too
         self._retry_at: float | None = None
         self._next_periodic = 0.0
         self._next_reconcile: float | None = None
@@ -91,7 +92,8 @@ class Scheduler:
             await self._sleep_until_due()
 
     def _due(self, now: float) -> Round:
-        explicit, self._explicit = self._explicit, False
+        explicit = self._explicit or self._owed_explicit
+        self._explicit = False
         periodic = bool(self.plan.periodic_kinds) and (now >= self._next_periodic or explicit)
         if explicit:
             checkpoints = sorted(self.engine.activity)
@@ -158,6 +160,7 @@ class Scheduler:
         self.failures = 0
         self._retry_at = None
         self._owed = frozenset()
+        self._owed_explicit = False
         self.metrics.syncs.labels("success").inc()
         self.metrics.duration.observe(elapsed)
         self.metrics.last_success.set(time.time())
@@ -171,6 +174,7 @@ class Scheduler:
         self._retry_at = asyncio.get_running_loop().time() + delay
         if work is not None:
             self._owed = work.kinds
+            self._owed_explicit = work.explicit
         self.metrics.syncs.labels("failure").inc()
         self.metrics.failures.labels(reason).inc()
         log.error(

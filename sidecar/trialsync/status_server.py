@@ -49,12 +49,13 @@ async def start(
             web.post("/sync", sync),
         ]
     )
+    return await serve(app, addr)
+
+
+async def serve(app: web.Application, addr: str) -> tuple[web.AppRunner, int]:
+    """Serve ``app`` on ``host:port`` (port 0 picks one); returns the runner and the port."""
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     host, _, port = addr.rpartition(":")
-    site = web.TCPSite(runner, host or "0.0.0.0", int(port))
-    await site.start()
-    server = site._server
-    sockets = getattr(server, "sockets", None) or []
-    bound = sockets[0].getsockname()[1] if sockets else int(port)
-    return runner, int(bound)
+    await web.TCPSite(runner, host or "0.0.0.0", int(port)).start()
+    return runner, int(runner.addresses[0][1])

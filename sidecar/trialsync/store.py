@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import fsspec
 from fsspec.core import split_protocol
 
-from trialsync import credentials
+from trialsync import credentials, s3_upload
 from trialsync.ledger import RemoteObject
 
 log = logging.getLogger(__name__)
@@ -26,8 +26,6 @@ log = logging.getLogger(__name__)
 # part_size * part_concurrency for each large file in flight.
 DEFAULT_PART_SIZE = 16 * 2**20
 DEFAULT_PART_CONCURRENCY = 4
-MAX_PARTS = 10_000
-_background: set[asyncio.Task[None]] = set()
 
 
 def use_plain_gcs_client_for_emulators() -> None:
@@ -121,13 +119,9 @@ class RemoteStore:
     def url(self, rel: str) -> str:
         return f"{self.upload_dir}/{rel}" if rel else self.upload_dir
 
-    def _transfer_options(self, size: int) -> dict[str, Any]:
-        # S3 allows 10,000 parts: a huge file needs parts larger than the default.
-        part = max(self._part_size, -(-size // MAX_PARTS))
-        if self.protocol in ("s3", "s3a"):
-            return {"chunksize": part, "max_concurrency": self._part_concurrency}
+    def _transfer_options(self) -> dict[str, Any]:
         if self.protocol in ("gs", "gcs"):
-            return {"chunksize": part}
+            return {"chunksize": self._part_size}
         return {}
 
     async def put_file(self, local_path: str, rel: str) -> None:
@@ -138,17 +132,13 @@ class RemoteStore:
             # rewrites the same content, so an abandoned copy does no harm.
             await asyncio.to_thread(_put_blocking, fs, local_path, target)
             return
-        size = os.path.getsize(local_path)  # noqa: ASYNC240 - one stat; s3fs does it too
-        try:
-            await fs._put_file(local_path, target, **self._transfer_options(size))
-        except asyncio.CancelledError:
-            if self.protocol in ("s3", "s3a") and size >= 2 * self._part_size:
-                # s3fs aborts its multipart upload only on Exception, not on cancellation;
-                # abort it here so a timed-out upload leaves no parts billed in the bucket.
-                task = asyncio.get_running_loop().create_task(_abort_uploads(fs, target))
-                _background.add(task)
-                task.add_done_callback(_background.discard)
-            raise
+        if self.protocol in ("s3", "s3a"):
+            size = os.path.getsize(local_path)  # noqa: ASYNC240 - one stat
+            await s3_upload.put_file(
+                fs, local_path, target, size, self._part_size, self._part_concurrency
+            )
+            return
+        await fs._put_file(local_path, target, **self._transfer_options())
 
     async def put_bytes(self, rel: str, data: bytes) -> None:
         fs = await self._filesystem()
@@ -232,18 +222,6 @@ async def _close_client(fs: Any, protocol: str) -> None:
             await result
     except Exception as exc:  # closing is best effort; the process may be ending
         log.debug("closing the %s client failed: %s", protocol, exc)
-
-
-async def _abort_uploads(fs: Any, target: str) -> None:
-    """Abort the incomplete multipart uploads of ``target`` (best effort)."""
-    bucket, key, _ = fs.split_path(target)
-    try:
-        found = await fs._call_s3("list_multipart_uploads", Bucket=bucket, Prefix=key)
-        for upload in found.get("Uploads", []):
-            if upload.get("Key") == key:
-                await fs._abort_mpu(bucket, key, upload["UploadId"])
-    except Exception as exc:
-        log.warning("could not abort the multipart upload of %s: %s", target, exc)
 
 
 def _put_blocking(fs: Any, local_path: str, target: str) -> None:

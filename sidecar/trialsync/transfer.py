@@ -6,9 +6,9 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator, Callable, Coroutine
-from typing import Any
+from collections.abc import AsyncIterator, Callable
 
+from trialsync import s3_upload, tasks
 from trialsync.ledger import Stat
 from trialsync.store import DEFAULT_PART_CONCURRENCY, DEFAULT_PART_SIZE, Store
 
@@ -20,7 +20,7 @@ DEFAULT_MEMORY = 256 * 2**20
 class Gates:
     """Bounds the files in flight and the memory their uploads hold.
 
-    s3fs reads a file smaller than two parts into memory whole, and a larger one
+    A file smaller than two parts is read into memory whole, a larger one
     ``part_concurrency`` parts at a time; each upload reserves that much of ``memory``
     before it starts, so the sidecar's buffers never exceed it (one file larger than the
     whole budget still goes, alone).
@@ -37,11 +37,12 @@ class Gates:
         self._memory = memory
         self._free = memory
         self._freed = asyncio.Condition()
-        self._multipart_cost = part_size * part_concurrency
-        self._single_put_limit = 2 * part_size
+        self._part_size = part_size
+        self._part_concurrency = part_concurrency
 
     def cost(self, size: int) -> int:
-        held = size if size < self._single_put_limit else self._multipart_cost
+        part = s3_upload.part_size_for(size, self._part_size)
+        held = size if size < 2 * part else part * self._part_concurrency
         return min(held, self._memory)
 
     @contextlib.asynccontextmanager
@@ -86,21 +87,4 @@ async def upload_files(
         on_uploaded(rel, st)
 
     ordered = sorted(todo.items(), key=lambda item: -item[1][0])
-    await run_all([one(rel, st) for rel, st in ordered])
-
-
-async def run_all(coros: list[Coroutine[Any, Any, None]]) -> None:
-    """Run ``coros`` concurrently; on the first failure cancel the rest and raise it.
-
-    The failure is raised as itself, not as an ExceptionGroup, so logs and callers see
-    the real error, with a note of how many others failed.
-    """
-    try:
-        async with asyncio.TaskGroup() as group:
-            for coro in coros:
-                group.create_task(coro)
-    except ExceptionGroup as failed:
-        first = failed.exceptions[0]
-        if len(failed.exceptions) > 1:
-            first.add_note(f"{len(failed.exceptions) - 1} more operations failed")
-        raise first from None
+    await tasks.run_all([one(rel, st) for rel, st in ordered])

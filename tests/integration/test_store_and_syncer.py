@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 import pathlib
 import time
 import uuid
@@ -10,6 +12,7 @@ from typing import Any
 import pytest
 
 from tests.support import trials
+from tests.support.sidecar_process import wait_for
 from trialsync import FsspecSyncer, SyncError
 from trialsync.store import RemoteStore
 
@@ -129,3 +132,56 @@ def test_fsspec_syncer_reports_a_failing_store(tmp_path: pathlib.Path) -> None:
             syncer.wait()
     finally:
         syncer.close()
+
+
+async def test_a_large_file_goes_up_in_parts(
+    seaweedfs: Any, bucket_url: str, tmp_path: pathlib.Path
+) -> None:
+    big = tmp_path / "model.pt"
+    big.write_bytes(os.urandom(12 * 2**20 + 123))
+    store = RemoteStore(bucket_url, seaweedfs.storage_options(), part_size=5 * 2**20)
+    try:
+        await store.put_file(str(big), "exp/model.pt")
+        listed = (await store.list())["exp/model.pt"]
+    finally:
+        await store.close()
+    assert listed.size == big.stat().st_size
+    assert str(listed.checksum).endswith("-3")  # a multipart ETag: three parts
+    fs = seaweedfs.filesystem()
+    assert fs.cat_file(f"{bucket_url.removeprefix('s3://')}/exp/model.pt") == big.read_bytes()
+
+
+async def test_a_cancelled_multipart_upload_is_aborted(
+    seaweedfs: Any, bucket_url: str, tmp_path: pathlib.Path
+) -> None:
+    big = tmp_path / "model.pt"
+    big.write_bytes(os.urandom(80 * 2**20))
+    store = RemoteStore(
+        bucket_url, seaweedfs.storage_options(), part_size=5 * 2**20, part_concurrency=1
+    )
+    bucket, _, prefix = bucket_url.removeprefix("s3://").partition("/")
+    client = seaweedfs.client()
+    try:
+        upload = asyncio.create_task(store.put_file(str(big), "exp/model.pt"))
+        started = await asyncio.to_thread(
+            wait_for,
+            lambda: client.list_multipart_uploads(Bucket=bucket).get("Uploads"),
+            10,
+            0.01,
+            "the multipart upload to start",
+        )
+        assert started[0]["Key"] == f"{prefix}/exp/model.pt"
+        upload.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await upload
+        await asyncio.to_thread(
+            wait_for,
+            lambda: not client.list_multipart_uploads(Bucket=bucket).get("Uploads"),
+            10,
+            0.05,
+            "the abort",
+        )
+    finally:
+        await store.close()
+        client.close()
+    assert "exp/model.pt" not in await RemoteStore(bucket_url, seaweedfs.storage_options()).list()

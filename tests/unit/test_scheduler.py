@@ -183,3 +183,16 @@ async def test_deferred_checkpoints_wait_for_the_period_without_sync_on_checkpoi
         await asyncio.sleep(150)
     assert times(engine) == [0, 100]
     assert engine.runs[1][1].checkpoints == ["exp/t/checkpoint_000003"]
+
+
+async def test_a_triggered_sync_that_fails_is_retried_as_triggered() -> None:
+    engine = FakeEngine()
+    engine.fail_next = 1
+    async with running(engine, periodic_plan(periodic_kinds=frozenset())) as scheduler:
+        await asyncio.sleep(10)
+        engine.activity["exp/t/checkpoint_000004"] = asyncio.get_running_loop().time()
+        scheduler.request_sync()
+        await asyncio.sleep(1.5)  # the retry comes after 1 s, long before the 3 s settle
+    assert times(engine) == [10, 11]
+    assert [work.explicit for _, work in engine.runs] == [True, True]
+    assert engine.runs[1][1].checkpoints == ["exp/t/checkpoint_000004"]
