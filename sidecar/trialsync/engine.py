@@ -226,9 +226,9 @@ class SyncEngine:
         self.dirty -= batch
         done: set[str] = set()
         try:
+            stats = await asyncio.to_thread(scanner.stat_files, self.options.root, batch)
             todo: dict[str, Stat] = {}
-            for rel in batch:
-                st = scanner.stat_file(self.options.root, rel)
+            for rel, st in stats.items():
                 if st is None or self.ledger.is_current(rel, st):
                     done.add(rel)
                 else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat as stat_mod
+from collections.abc import Iterable
 
 from trialsync.ledger import Stat
 
@@ -45,3 +46,8 @@ def stat_file(root: str, rel: str) -> Stat | None:
     if not stat_mod.S_ISREG(st.st_mode):
         return None
     return (st.st_size, st.st_mtime_ns)
+
+
+def stat_files(root: str, rels: Iterable[str]) -> dict[str, Stat | None]:
+    """``stat_file`` of each path: one call to run in a worker thread."""
+    return {rel: stat_file(root, rel) for rel in rels}
