@@ -223,6 +223,8 @@ class SyncEngine:
     async def sync_files(self, kinds: Collection[Kind]) -> None:
         """Upload dirty files of the given kinds that differ from the ledger."""
         batch = {rel for rel in self.dirty if self._kind(rel) in kinds}
+        if not batch:
+            return  # the steady state: no thread hop, no remote call
         self.dirty -= batch
         done: set[str] = set()
         try:

@@ -19,6 +19,7 @@ from trialsync import tasks
 log = logging.getLogger(__name__)
 
 MAX_PARTS = 10_000
+INLINE_READ = 2**20
 _aborts: set[asyncio.Task[None]] = set()
 
 
@@ -34,7 +35,9 @@ async def put_file(
     bucket, key, _ = fs.split_path(target)
     part_size = part_size_for(size, part_size)
     if size < 2 * part_size:
-        data = await asyncio.to_thread(_read_all, local_path)
+        # A small read costs less than a hop to a worker thread and back.
+        small = size <= INLINE_READ
+        data = _read_all(local_path) if small else await asyncio.to_thread(_read_all, local_path)
         await fs._call_s3("put_object", Bucket=bucket, Key=key, Body=data)
         return
     upload = await fs._call_s3("create_multipart_upload", Bucket=bucket, Key=key)
