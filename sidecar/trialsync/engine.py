@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Collection, Iterable
+from collections.abc import Collection
 
 from trialsync import scanner, tasks, transfer
 from trialsync.layout import MANIFEST_NAME, Kind, Layout
@@ -135,7 +135,8 @@ class SyncEngine:
         # What the journal saw change is not current, whatever the listing suggests (S3
         # timestamps have one-second resolution).
         ledger.forget(self.dirty)
-        ledger.forget(rel for rel in in_scope if self._checkpoint_of(rel) in self.activity)
+        if self.activity:
+            ledger.forget(rel for rel in in_scope if self._checkpoint_of(rel) in self.activity)
         self.ledger = ledger
         self._absorb_scan(in_scope, settle)
         log.info(
@@ -151,19 +152,20 @@ class SyncEngine:
         )
 
     def _absorb_scan(self, local: dict[str, Stat], settle: float) -> None:
-        """Mark what a local walk found that the ledger does not have as due."""
+        """Mark what a local walk found that the ledger does not have as due (one pass)."""
         now_loop, now_wall = _now(), time.time()
-        newest: dict[str, int] = {}
+        newest: dict[str, int] = {}  # checkpoint dir -> newest mtime among changed files
+        checkpoints: set[str] = set()
         for rel, st in local.items():
-            if self.ledger.is_current(rel, st):
-                continue
             placement = self.layout.place(rel)
             if placement is None:
                 continue
-            if placement.kind is Kind.CHECKPOINT:
-                assert placement.checkpoint is not None
-                newest[placement.checkpoint] = max(newest.get(placement.checkpoint, 0), st[1])
-            else:
+            current = self.ledger.is_current(rel, st)
+            if placement.checkpoint is not None:
+                checkpoints.add(placement.checkpoint)
+                if not current:
+                    newest[placement.checkpoint] = max(newest.get(placement.checkpoint, 0), st[1])
+            elif not current:
                 self.dirty.add(rel)
         for checkpoint, mtime_ns in newest.items():
             # A checkpoint untouched for the settle window is complete already; a change
@@ -171,12 +173,8 @@ class SyncEngine:
             age = now_wall - mtime_ns / 1e9
             seen = now_loop - min(max(age, 0.0), settle)
             self.activity[checkpoint] = max(self.activity.get(checkpoint, seen), seen)
-        for checkpoint in self._local_checkpoint_dirs(local):
-            if checkpoint not in self.ledger.published and checkpoint not in newest:
-                self.activity.setdefault(checkpoint, now_loop - settle)
-
-    def _local_checkpoint_dirs(self, local: Iterable[str]) -> set[str]:
-        return {c for c in map(self._checkpoint_of, local) if c is not None}
+        for checkpoint in checkpoints - newest.keys() - self.ledger.published:
+            self.activity.setdefault(checkpoint, now_loop - settle)
 
     def _checkpoint_of(self, rel: str) -> str | None:
         placement = self.layout.place(rel)

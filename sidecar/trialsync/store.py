@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 # part_size * part_concurrency for each large file in flight.
 DEFAULT_PART_SIZE = 16 * 2**20
 DEFAULT_PART_CONCURRENCY = 4
+CREDENTIAL_CHECK_INTERVAL = 1.0  # seconds
 
 
 def use_plain_gcs_client_for_emulators() -> None:
@@ -80,6 +81,7 @@ class RemoteStore:
         self._fs: Any = None
         self._root = ""
         self._fingerprint = ""
+        self._checked_at = float("-inf")
         self._rebuild = asyncio.Lock()
         # Clients replaced after a credential change; closed with the store, since uploads
         # that started on them may still be running.
@@ -89,7 +91,14 @@ class RemoteStore:
         )
 
     async def _filesystem(self) -> Any:
-        """The filesystem, rebuilt whenever the credentials it was built with changed."""
+        """The filesystem, rebuilt when the credentials it was built with changed.
+
+        They are checked at most once a second: this runs for every upload.
+        """
+        now = asyncio.get_running_loop().time()
+        if self._fs is not None and now - self._checked_at < CREDENTIAL_CHECK_INTERVAL:
+            return self._fs
+        self._checked_at = now
         current = credentials.fingerprint(self._credential_files)
         if self._fs is not None and current == self._fingerprint:
             return self._fs
@@ -119,11 +128,6 @@ class RemoteStore:
     def url(self, rel: str) -> str:
         return f"{self.upload_dir}/{rel}" if rel else self.upload_dir
 
-    def _transfer_options(self) -> dict[str, Any]:
-        if self.protocol in ("gs", "gcs"):
-            return {"chunksize": self._part_size}
-        return {}
-
     async def put_file(self, local_path: str, rel: str) -> None:
         fs = await self._filesystem()
         target = self.path(rel)
@@ -138,7 +142,8 @@ class RemoteStore:
                 fs, local_path, target, size, self._part_size, self._part_concurrency
             )
             return
-        await fs._put_file(local_path, target, **self._transfer_options())
+        chunks = {"chunksize": self._part_size} if self.protocol in ("gs", "gcs") else {}
+        await fs._put_file(local_path, target, **chunks)
 
     async def put_bytes(self, rel: str, data: bytes) -> None:
         fs = await self._filesystem()

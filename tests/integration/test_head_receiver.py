@@ -67,6 +67,16 @@ async def raw_request(
     return int(status_line.split()[1]), rest.partition(b"\r\n\r\n")[2]
 
 
+async def short_put(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A PUT that declares 100 bytes and sends 10, on a raw connection left open."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        f"PUT /v1/objects/exp/x HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+        "Content-Length: 100\r\n\r\n0123456789".encode()
+    )
+    return reader, writer
+
+
 def tree(path: pathlib.Path) -> dict[str, bytes]:
     """Every regular file below ``path`` (hidden ones included) with its content."""
     return {
@@ -225,11 +235,7 @@ async def test_upload_cut_short_by_a_disconnect_leaves_no_file_and_no_temp_file(
 async def test_upload_with_content_length_larger_than_the_body_is_discarded(
     root: pathlib.Path, port: int
 ) -> None:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(
-        f"PUT /v1/objects/exp/x HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
-        "Content-Length: 100\r\n\r\n0123456789".encode()
-    )
+    reader, writer = await short_put(port)
     writer.write_eof()  # the client says it is done after 10 of 100 bytes
     await asyncio.wait_for(reader.read(), 5)
     writer.close()
@@ -239,11 +245,7 @@ async def test_upload_with_content_length_larger_than_the_body_is_discarded(
 async def test_stalled_upload_times_out_with_408_and_leaves_nothing(
     root: pathlib.Path, port: int
 ) -> None:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(
-        f"PUT /v1/objects/exp/x HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
-        "Content-Length: 100\r\n\r\n0123456789".encode()
-    )
+    reader, writer = await short_put(port)
     status_line = await asyncio.wait_for(reader.readline(), 5)  # idle timeout is 1 s
     writer.close()
     assert status_line.startswith(b"HTTP/1.1 408")

@@ -14,7 +14,7 @@ import pytest
 from tests.support import trials
 from tests.support.sidecar_process import wait_for
 from trialsync import FsspecSyncer, SyncError
-from trialsync.store import RemoteStore
+from trialsync.store import CREDENTIAL_CHECK_INTERVAL, RemoteStore
 
 
 @pytest.fixture
@@ -45,8 +45,10 @@ async def test_rotated_credentials_file_rebuilds_the_client(
     try:
         with pytest.raises(PermissionError):
             await store.put_bytes("probe", b"1")
-        # The Secret is rotated: the file now holds the right secret.
+        # The Secret is rotated: the file now holds the right secret. Credentials are
+        # checked at most once per CREDENTIAL_CHECK_INTERVAL.
         _credentials(creds, seaweedfs.access_key, seaweedfs.secret_key)
+        await asyncio.sleep(CREDENTIAL_CHECK_INTERVAL)
         await store.put_bytes("probe", b"2")
         assert (await store.list())["probe"].size == 1
     finally:
