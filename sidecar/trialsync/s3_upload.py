@@ -4,7 +4,9 @@ s3fs reads a batch of parts on the event loop and waits for the whole batch befo
 reads the next, so one slow part stalls the rest; and it aborts a multipart upload on
 errors but not on cancellation. Here each part is read in a worker thread when a slot in
 the window frees up, any failure or cancellation aborts the upload, and memory is bounded
-by ``part_size * window``.
+by ``part_size * window``. The requests go through an ``S3Api``: the lean
+``trialsync.s3_client.S3Client``, or ``BotocoreApi`` over s3fs where storage options need
+botocore.
 """
 
 from __future__ import annotations
@@ -12,9 +14,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from typing import Any
+from collections.abc import AsyncIterator, Mapping
+from typing import Any, Protocol
 
 from trialsync import tasks
+from trialsync.s3_client import Listed
 
 log = logging.getLogger(__name__)
 
@@ -23,46 +27,117 @@ INLINE_READ = 2**20
 _aborts: set[asyncio.Task[None]] = set()
 
 
+class S3Api(Protocol):
+    async def put_object(self, bucket: str, key: str, body: bytes) -> str: ...
+
+    async def create_multipart_upload(self, bucket: str, key: str) -> str: ...
+
+    async def upload_part(
+        self, bucket: str, key: str, upload_id: str, number: int, body: bytes
+    ) -> str: ...
+
+    async def complete_multipart_upload(
+        self, bucket: str, key: str, upload_id: str, etags: Mapping[int, str]
+    ) -> None: ...
+
+    async def abort_multipart_upload(self, bucket: str, key: str, upload_id: str) -> None: ...
+
+    def list_objects(self, bucket: str, prefix: str) -> AsyncIterator[Listed]: ...
+
+
+class BotocoreApi:
+    """``S3Api`` through an s3fs filesystem's botocore client."""
+
+    def __init__(self, fs: Any) -> None:
+        self._fs = fs
+
+    async def put_object(self, bucket: str, key: str, body: bytes) -> str:
+        out = await self._fs._call_s3("put_object", Bucket=bucket, Key=key, Body=body)
+        return str(out.get("ETag", ""))
+
+    async def create_multipart_upload(self, bucket: str, key: str) -> str:
+        out = await self._fs._call_s3("create_multipart_upload", Bucket=bucket, Key=key)
+        return str(out["UploadId"])
+
+    async def upload_part(
+        self, bucket: str, key: str, upload_id: str, number: int, body: bytes
+    ) -> str:
+        out = await self._fs._call_s3(
+            "upload_part", Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=body
+        )
+        return str(out["ETag"])
+
+    async def complete_multipart_upload(
+        self, bucket: str, key: str, upload_id: str, etags: Mapping[int, str]
+    ) -> None:
+        parts = [{"PartNumber": n, "ETag": etag} for n, etag in sorted(etags.items())]
+        await self._fs._call_s3(
+            "complete_multipart_upload",
+            Bucket=bucket,
+            Key=key,
+            UploadId=upload_id,
+            MultipartUpload={"Parts": parts},
+        )
+
+    async def abort_multipart_upload(self, bucket: str, key: str, upload_id: str) -> None:
+        await self._fs._call_s3(
+            "abort_multipart_upload", Bucket=bucket, Key=key, UploadId=upload_id
+        )
+
+    async def list_objects(self, bucket: str, prefix: str) -> AsyncIterator[Listed]:
+        # s3fs's find would also fill its directory cache with every entry, which costs
+        # seconds and memory at 100,000 objects: page through the listing directly.
+        async for info in self._fs._iterdir(bucket, delimiter="", prefix=prefix):
+            if info.get("type") != "file":
+                continue
+            modified = info.get("LastModified")
+            etag = info.get("ETag")
+            yield Listed(
+                key=info["name"].partition("/")[2],  # "bucket/key"
+                size=int(info.get("size", 0)),
+                mtime=modified.timestamp() if modified is not None else None,
+                etag=str(etag).strip('"') if etag else None,
+            )
+
+
 def part_size_for(size: int, part_size: int) -> int:
     """The part size to use: S3 allows 10,000 parts, so a huge file needs larger ones."""
     return max(part_size, -(-size // MAX_PARTS))
 
 
 async def put_file(
-    fs: Any, local_path: str, target: str, size: int, part_size: int, window: int
+    api: S3Api,
+    local_path: str,
+    bucket: str,
+    key: str,
+    size: int,
+    part_size: int,
+    window: int,
 ) -> None:
-    """Upload ``local_path`` to ``target`` (``bucket/key``) through the s3fs client ``fs``."""
-    bucket, key, _ = fs.split_path(target)
+    """Upload ``local_path`` (``size`` bytes) to ``bucket``/``key``."""
     part_size = part_size_for(size, part_size)
     if size < 2 * part_size:
         # A small read costs less than a hop to a worker thread and back.
         small = size <= INLINE_READ
         data = _read_all(local_path) if small else await asyncio.to_thread(_read_all, local_path)
-        await fs._call_s3("put_object", Bucket=bucket, Key=key, Body=data)
+        await api.put_object(bucket, key, data)
         return
-    upload = await fs._call_s3("create_multipart_upload", Bucket=bucket, Key=key)
-    upload_id = upload["UploadId"]
+    upload_id = await api.create_multipart_upload(bucket, key)
     try:
-        etags = await _upload_parts(fs, bucket, key, upload_id, local_path, size, part_size, window)
-        await fs._call_s3(
-            "complete_multipart_upload",
-            Bucket=bucket,
-            Key=key,
-            UploadId=upload_id,
-            MultipartUpload={
-                "Parts": [{"PartNumber": n, "ETag": etag} for n, etag in sorted(etags.items())]
-            },
+        etags = await _upload_parts(
+            api, bucket, key, upload_id, local_path, size, part_size, window
         )
+        await api.complete_multipart_upload(bucket, key, upload_id, etags)
     except BaseException:
         # Also on cancellation (a sync past its timeout): parts left behind are billed.
-        task = asyncio.get_running_loop().create_task(_abort(fs, bucket, key, upload_id))
+        task = asyncio.get_running_loop().create_task(_abort(api, bucket, key, upload_id))
         _aborts.add(task)
         task.add_done_callback(_aborts.discard)
         raise
 
 
 async def _upload_parts(
-    fs: Any,
+    api: S3Api,
     bucket: str,
     key: str,
     upload_id: str,
@@ -82,15 +157,7 @@ async def _upload_parts(
                 data = await asyncio.to_thread(os.pread, fd, length, offset)
                 if len(data) != length:
                     raise OSError(f"{local_path} shrank while uploading")
-                out = await fs._call_s3(
-                    "upload_part",
-                    Bucket=bucket,
-                    Key=key,
-                    UploadId=upload_id,
-                    PartNumber=number,
-                    Body=data,
-                )
-                etags[number] = out["ETag"]
+                etags[number] = await api.upload_part(bucket, key, upload_id, number, data)
 
         offsets = range(0, size, part_size)
         await tasks.run_all([part(n, offset) for n, offset in enumerate(offsets, start=1)])
@@ -99,9 +166,9 @@ async def _upload_parts(
     return etags
 
 
-async def _abort(fs: Any, bucket: str, key: str, upload_id: str) -> None:
+async def _abort(api: S3Api, bucket: str, key: str, upload_id: str) -> None:
     try:
-        await fs._call_s3("abort_multipart_upload", Bucket=bucket, Key=key, UploadId=upload_id)
+        await api.abort_multipart_upload(bucket, key, upload_id)
     except Exception as exc:
         log.warning("could not abort the multipart upload of %s/%s: %s", bucket, key, exc)
 

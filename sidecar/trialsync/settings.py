@@ -40,6 +40,7 @@ class Settings:
     final_sync_timeout: float = 25.0
     mirror_deletes: bool = False
     storage_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    s3_client: str = "auto"
     http_addr: str = "0.0.0.0:9746"
     files_in_flight: int = 32
     part_size: int = 16 * 2**20
@@ -81,6 +82,12 @@ def _parser() -> argparse.ArgumentParser:
     a("--final-sync-timeout", type=float, help="bound on the SIGTERM final sync (default 25)")
     a("--mirror-deletes", action=argparse.BooleanOptionalAction, help="delete remote copies")
     a("--storage-option", action="append", help="KEY=VALUE for the fsspec backend (repeatable)")
+    a(
+        "--s3-client",
+        choices=["auto", "botocore"],
+        help="auto (default): trialsync's lean S3 client unless a storage option needs "
+        "botocore; botocore: always s3fs/botocore",
+    )
     a("--http-addr", help="host:port for /healthz, /readyz, /metrics, POST /sync")
     a("--files-in-flight", type=int, help="concurrent file uploads (default 32)")
     a("--part-size", type=int, help="multipart part size in bytes (default 16 MiB)")
@@ -230,6 +237,7 @@ def _build(values: dict[str, Any], environ: Mapping[str, str]) -> Settings:
             "max_backoff",
             "log_level",
             "receiver_addr",
+            "s3_client",
         )
         if k in values
     }

@@ -32,7 +32,12 @@ def build_store(settings: Settings) -> Store:
         syncer = load_syncer(config.syncer, config.sync_period, config.sync_timeout)
         syncer.validate_upload_dir(config.upload_dir)
         return SyncerStore(syncer, config.upload_dir)
-    return RemoteStore(config.upload_dir, settings.storage_options, part_size=settings.part_size)
+    return RemoteStore(
+        config.upload_dir,
+        settings.storage_options,
+        part_size=settings.part_size,
+        s3_botocore=settings.s3_client == "botocore",
+    )
 
 
 def build_plan(settings: Settings) -> Plan:

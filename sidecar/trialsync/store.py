@@ -7,6 +7,7 @@ cancelled at its timeout; blocking backends (local files, HDFS) run in worker th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import logging
 import os
@@ -17,7 +18,7 @@ from typing import Any, Protocol
 import fsspec
 from fsspec.core import split_protocol
 
-from trialsync import credentials, s3_upload
+from trialsync import credentials, s3_client, s3_upload
 from trialsync.ledger import RemoteObject
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,7 @@ class RemoteStore:
         part_size: int = DEFAULT_PART_SIZE,
         part_concurrency: int = DEFAULT_PART_CONCURRENCY,
         credential_files: tuple[str, ...] = (),
+        s3_botocore: bool = False,
     ) -> None:
         self.upload_dir = upload_dir.rstrip("/")
         protocol, _ = split_protocol(self.upload_dir)
@@ -79,6 +81,9 @@ class RemoteStore:
         self._part_concurrency = part_concurrency
         self._credential_files = credential_files
         self._fs: Any = None
+        self._s3: s3_upload.S3Api | None = None
+        # The lean client unless asked for botocore or the options need it.
+        self._lean_s3 = not s3_botocore and s3_client.supports(self._options)
         self._root = ""
         self._fingerprint = ""
         self._checked_at = float("-inf")
@@ -107,7 +112,7 @@ class RemoteStore:
                 return self._fs
             if self._fs is not None:
                 log.info("credentials changed; rebuilding the %s client", self.protocol)
-                self._retired.append(self._fs)
+                self._retired.extend([self._s3, self._fs])
             return await self._build(current)
 
     async def _build(self, fingerprint: str) -> Any:
@@ -119,6 +124,11 @@ class RemoteStore:
         fs, root = fsspec.core.url_to_fs(self.upload_dir, **options)
         if self.is_async and hasattr(fs, "set_session"):
             await fs.set_session()
+        if self.protocol in ("s3", "s3a"):
+            lean = self._lean_s3
+            self._s3 = (
+                s3_client.S3Client.from_botocore(fs.s3) if lean else s3_upload.BotocoreApi(fs)
+            )
         self._fs, self._root, self._fingerprint = fs, root.rstrip("/"), fingerprint
         return fs
 
@@ -136,10 +146,11 @@ class RemoteStore:
             # rewrites the same content, so an abandoned copy does no harm.
             await asyncio.to_thread(_put_blocking, fs, local_path, target)
             return
-        if self.protocol in ("s3", "s3a"):
+        if self._s3 is not None:
             size = os.path.getsize(local_path)  # noqa: ASYNC240 - one stat
+            bucket, key, _ = fs.split_path(target)
             await s3_upload.put_file(
-                fs, local_path, target, size, self._part_size, self._part_concurrency
+                self._s3, local_path, bucket, key, size, self._part_size, self._part_concurrency
             )
             return
         chunks = {"chunksize": self._part_size} if self.protocol in ("gs", "gcs") else {}
@@ -153,19 +164,28 @@ class RemoteStore:
         else:
             await asyncio.to_thread(_pipe_blocking, fs, target, data)
 
-    async def read_bytes(self, rel: str) -> bytes:
+    async def get_file(self, rel: str, local_path: str) -> None:
+        """Download ``rel`` to ``local_path``: streamed to a temp file, then renamed."""
         fs = await self._filesystem()
-        if self.is_async:
-            data: bytes = await fs._cat_file(self.path(rel))
-            return data
-        return bytes(await asyncio.to_thread(fs.cat_file, self.path(rel)))
+        temp = f"{local_path}.trialsync-tmp"
+        try:
+            if self.is_async:
+                await fs._get_file(self.path(rel), temp)
+            else:
+                await asyncio.to_thread(fs.get_file, self.path(rel), temp)
+            os.replace(temp, local_path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp)
+            raise
 
     async def list(self, rel_prefix: str = "") -> dict[str, RemoteObject]:
         """Every object below ``rel_prefix``, keyed by root-relative path; {} if none."""
         fs = await self._filesystem()
         base = self.path(rel_prefix)
-        if self.protocol in ("s3", "s3a"):
-            return await self._list_s3(fs, base)
+        if self._s3 is not None:
+            bucket, key, _ = fs.split_path(base)
+            return await self._list_s3(self._s3, bucket, key)
         try:
             if self.is_async:
                 fs.invalidate_cache(base)
@@ -183,17 +203,15 @@ class RemoteStore:
             listing[rel] = _remote_object(info)
         return listing
 
-    async def _list_s3(self, fs: Any, base: str) -> dict[str, RemoteObject]:
-        """Page through ListObjectsV2 directly: s3fs's find would also fill its directory
-        cache with every entry, which costs seconds and memory at 100,000 objects."""
-        bucket, key, _ = fs.split_path(base)
-        strip = len(self._root) + 1 if self._root else 0
+    async def _list_s3(
+        self, api: s3_upload.S3Api, bucket: str, key: str
+    ) -> dict[str, RemoteObject]:
+        # Keys are relative to the bucket; strip the root's "prefix/" as well.
+        strip = len(self._root) - len(bucket) if "/" in self._root else 0
         listing: dict[str, RemoteObject] = {}
         try:
-            pages = fs._iterdir(bucket, delimiter="", prefix=f"{key}/" if key else "")
-            async for info in pages:
-                if info.get("type") == "file":
-                    listing[info["name"][strip:]] = _remote_object(info)  # bucket/key
+            async for item in api.list_objects(bucket, f"{key}/" if key else ""):
+                listing[item.key[strip:]] = RemoteObject(item.size, item.mtime, item.etag)
         except FileNotFoundError:
             return {}
         return listing
@@ -209,11 +227,13 @@ class RemoteStore:
             await asyncio.to_thread(fs.rm, paths)
 
     async def close(self) -> None:
-        clients = [*self._retired, self._fs]
-        self._fs, self._retired = None, []
-        for fs in clients:
-            if fs is not None and self.is_async:
-                await _close_client(fs, self.protocol)
+        clients = [*self._retired, self._s3, self._fs]
+        self._fs, self._s3, self._retired = None, None, []
+        for client in clients:
+            if isinstance(client, s3_client.S3Client):
+                await client.close()
+            elif client is not None and self.is_async and hasattr(client, "split_path"):
+                await _close_client(client, self.protocol)
 
 
 async def _close_client(fs: Any, protocol: str) -> None:

@@ -21,10 +21,12 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from trialsync import scanner, transfer
+from trialsync import scanner, tasks, transfer
 from trialsync.config import DEFAULT_SYNC_PERIOD, DEFAULT_SYNC_TIMEOUT, validate_uri
 from trialsync.ledger import Ledger
 from trialsync.store import RemoteStore
+
+DOWNLOADS_IN_FLIGHT = 16
 
 log = logging.getLogger(__name__)
 
@@ -208,27 +210,25 @@ class FsspecSyncer(Syncer):
         await transfer.upload_files(store, local_dir, todo, transfer.Gates(), ledger.record)
 
     async def _sync_down(self, remote_dir: str, local_dir: str, exclude: list[str]) -> None:
+        """Every remote file into ``local_dir``, streamed (never held whole in memory), each
+        written to a temp file and renamed into place, ``DOWNLOADS_IN_FLIGHT`` at a time."""
         store = self._store(remote_dir)
-        for rel in await store.list():
-            if _excluded(rel, exclude):
-                continue
+        slots = asyncio.Semaphore(DOWNLOADS_IN_FLIGHT)
+
+        async def one(rel: str) -> None:
             target = os.path.join(local_dir, rel)
-            await asyncio.to_thread(os.makedirs, os.path.dirname(target), exist_ok=True)
-            data = await store.read_bytes(rel)
-            temp = f"{target}.trialsync-tmp"
-            await asyncio.to_thread(_write_atomically, temp, target, data)
+            async with slots:
+                await asyncio.to_thread(os.makedirs, os.path.dirname(target), exist_ok=True)
+                await store.get_file(rel, target)
+
+        rels = [rel for rel in await store.list() if not _excluded(rel, exclude)]
+        await tasks.run_all([one(rel) for rel in rels])
 
     async def _delete(self, remote_dir: str) -> None:
         store = self._store(remote_dir)
         await store.delete(list(await store.list()))
         for key in [k for k in self._ledgers if k[1] == remote_dir]:
             del self._ledgers[key]
-
-
-def _write_atomically(temp: str, target: str, data: bytes) -> None:
-    with open(temp, "wb") as handle:
-        handle.write(data)
-    os.replace(temp, target)
 
 
 def _excluded(rel: str, patterns: list[str]) -> bool:

@@ -23,6 +23,8 @@ class Backend:
     url: str
     storage_options: dict[str, Any]
     env: dict[str, str]
+    # RemoteStore keywords: "s3-botocore" runs the suite on the botocore fallback path.
+    store_options: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @functools.cached_property
     def _reader(self) -> Any:
@@ -73,13 +75,20 @@ def sidecars() -> Iterator[list[Sidecar]]:
         sidecar.stop()
 
 
-@pytest.fixture(params=["s3", "gs", "file"])
+@pytest.fixture(params=["s3", "s3-botocore", "gs", "file"])
 def backend(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> Backend:
     run = uuid.uuid4().hex[:8]
-    if request.param == "s3":
+    if request.param in ("s3", "s3-botocore"):
         server = request.getfixturevalue("seaweedfs")
         bucket = server.make_bucket()
-        return Backend("s3", f"s3://{bucket}/run-{run}", server.storage_options(), server.env())
+        botocore = request.param == "s3-botocore"
+        return Backend(
+            request.param,
+            f"s3://{bucket}/run-{run}",
+            server.storage_options(),
+            {**server.env(), "TRIALSYNC_S3_CLIENT": "botocore" if botocore else "auto"},
+            {"s3_botocore": botocore},
+        )
     if request.param == "gs":
         server = request.getfixturevalue("fake_gcs")
         bucket = server.make_bucket()

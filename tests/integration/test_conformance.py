@@ -23,7 +23,7 @@ class SpyStore(RemoteStore):
     """The real store, recording each remote operation in order."""
 
     def __init__(self, backend: Backend) -> None:
-        super().__init__(backend.url, backend.storage_options)
+        super().__init__(backend.url, backend.storage_options, **backend.store_options)
         self.calls: list[tuple[str, str]] = []
 
     async def put_file(self, local_path: str, rel: str) -> None:

@@ -37,6 +37,8 @@ class StallProxy:
         self.port = 0
         self.connections_accepted = 0
         self.bytes_forwarded = 0
+        self.throttled = 0
+        self._throttle = 0
         self._stalled = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -103,6 +105,11 @@ class StallProxy:
         self._stalled = False
         self._call(lambda ev: ev.set())
 
+    def throttle(self, connections: int) -> None:
+        """Answer the first request of each of the next ``connections`` new connections
+        with S3's ``503 SlowDown`` (then close it) instead of forwarding it."""
+        self._throttle = connections
+
     def __enter__(self) -> StallProxy:
         return self.start()
 
@@ -155,6 +162,11 @@ class StallProxy:
             assert self._flowing is not None
             # Do not even dial the target while stalled: the client just waits.
             await self._flowing.wait()
+            if self._throttle > 0:
+                self._throttle -= 1
+                await _answer_slow_down(client_r, client_w)
+                self.throttled += 1
+                return
             upstream_r, upstream_w = await asyncio.open_connection(
                 self.target_host, self.target_port
             )
@@ -186,6 +198,29 @@ class StallProxy:
             writer.write(data)
             await writer.drain()
             self.bytes_forwarded += len(data)
+
+
+SLOW_DOWN = (
+    b"<?xml version='1.0' encoding='UTF-8'?>"
+    b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
+)
+
+
+async def _answer_slow_down(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Read one HTTP request (head and Content-Length body) and answer 503 SlowDown."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value.strip())
+    await reader.readexactly(length)
+    writer.write(
+        b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/xml\r\n"
+        + f"Content-Length: {len(SLOW_DOWN)}\r\nConnection: close\r\n\r\n".encode()
+        + SLOW_DOWN
+    )
+    await writer.drain()
 
 
 @pytest.fixture

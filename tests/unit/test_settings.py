@@ -124,3 +124,11 @@ def test_syncing_with_the_head_node_needs_a_token(tmp_path: pathlib.Path) -> Non
 def test_bad_flags_say_what_to_fix(tmp_path: pathlib.Path, flags: list[str], says: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(says)):
         parse(["--root", str(tmp_path), "--upload-dir", "s3://bucket/x", *flags], {})
+
+
+def test_the_s3_client_can_be_pinned_to_botocore(tmp_path: pathlib.Path) -> None:
+    args = ["--root", str(tmp_path), "--upload-dir", "s3://bucket/x"]
+    assert parse(args, {}).s3_client == "auto"
+    assert parse(args, {"TRIALSYNC_S3_CLIENT": "botocore"}).s3_client == "botocore"
+    with pytest.raises(ConfigError, match="TRIALSYNC_S3_CLIENT='boto': expected one of auto"):
+        parse(args, {"TRIALSYNC_S3_CLIENT": "boto"})

@@ -1,0 +1,148 @@
+"""The lean S3 client against a real S3 server (SeaweedFS): signing, listing, errors, retries."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+from botocore.credentials import Credentials
+
+from tests.support.stall_proxy import StallProxy
+from trialsync import s3_client
+from trialsync.s3_client import S3Client, S3Error
+
+
+@pytest.fixture
+async def client(seaweedfs: Any) -> AsyncIterator[S3Client]:
+    made = S3Client(
+        seaweedfs.endpoint_url,
+        "us-east-1",
+        Credentials(seaweedfs.access_key, seaweedfs.secret_key),
+        path_style=True,
+    )
+    yield made
+    await made.close()
+
+
+@pytest.fixture
+def proxied(
+    seaweedfs: Any, stall_proxy_factory: Callable[[str, int], StallProxy]
+) -> tuple[StallProxy, S3Client]:
+    host, port = seaweedfs.endpoint_url.rsplit("//", 1)[1].split(":")
+    proxy = stall_proxy_factory(host, int(port))
+    credentials = Credentials(seaweedfs.access_key, seaweedfs.secret_key)
+    return proxy, S3Client(proxy.endpoint_url, "us-east-1", credentials, path_style=True)
+
+
+async def test_objects_land_and_list_page_by_page(seaweedfs: Any, client: S3Client) -> None:
+    bucket = seaweedfs.make_bucket()
+    keys = {"p/a.txt": b"a", "p/b c+d=e,f.bin": b"bb", "p/sub/ü.txt": b"ccc", "q/other": b"x"}
+    for key, body in keys.items():
+        etag = await client.put_object(bucket, key, body)
+        assert etag.strip('"')
+    listed = [item async for item in client.list_objects(bucket, "p/", page_size=2)]
+    assert {item.key: item.size for item in listed} == {
+        key: len(body) for key, body in keys.items() if key.startswith("p/")
+    }
+    assert all(item.mtime and item.etag for item in listed)
+    landed = seaweedfs.client().get_object(Bucket=bucket, Key="p/b c+d=e,f.bin")["Body"].read()
+    assert landed == b"bb"
+
+
+async def test_multipart_upload_assembles_the_parts(seaweedfs: Any, client: S3Client) -> None:
+    bucket = seaweedfs.make_bucket()
+    parts = [bytes([n]) * (5 * 2**20) for n in range(2)] + [b"tail"]
+    upload_id = await client.create_multipart_upload(bucket, "big.bin")
+    etags = {
+        n: await client.upload_part(bucket, "big.bin", upload_id, n, body)
+        for n, body in enumerate(parts, start=1)
+    }
+    await client.complete_multipart_upload(bucket, "big.bin", upload_id, etags)
+    body = seaweedfs.client().get_object(Bucket=bucket, Key="big.bin")["Body"].read()
+    assert body == b"".join(parts)
+
+
+async def test_an_aborted_upload_cannot_be_completed(seaweedfs: Any, client: S3Client) -> None:
+    bucket = seaweedfs.make_bucket()
+    upload_id = await client.create_multipart_upload(bucket, "gone.bin")
+    etag = await client.upload_part(bucket, "gone.bin", upload_id, 1, b"x")
+    await client.abort_multipart_upload(bucket, "gone.bin", upload_id)
+    with pytest.raises(FileNotFoundError, match="NoSuchUpload"):
+        await client.complete_multipart_upload(bucket, "gone.bin", upload_id, {1: etag})
+
+
+async def test_a_missing_bucket_is_file_not_found(client: S3Client) -> None:
+    # A listing: SeaweedFS creates a missing bucket on PUT.
+    with pytest.raises(FileNotFoundError, match="GET s3://no-such-bucket-here/: HTTP 404 No"):
+        _ = [item async for item in client.list_objects("no-such-bucket-here", "")]
+
+
+async def test_a_wrong_secret_is_a_permission_error(seaweedfs: Any) -> None:
+    bucket = seaweedfs.make_bucket()
+    wrong = S3Client(
+        seaweedfs.endpoint_url, "us-east-1", Credentials(seaweedfs.access_key, "wrong"), True
+    )
+    try:
+        with pytest.raises(PermissionError, match="HTTP 403 SignatureDoesNotMatch"):
+            await wrong.put_object(bucket, "k", b"x")
+    finally:
+        await wrong.close()
+
+
+async def test_throttled_requests_are_retried(
+    seaweedfs: Any, proxied: tuple[StallProxy, S3Client]
+) -> None:
+    proxy, client = proxied
+    bucket = seaweedfs.make_bucket()
+    proxy.throttle(2)
+    try:
+        await client.put_object(bucket, "k", b"survived")
+    finally:
+        await client.close()
+    assert proxy.throttled == 2
+    assert seaweedfs.client().get_object(Bucket=bucket, Key="k")["Body"].read() == b"survived"
+
+
+async def test_throttling_that_persists_is_reported(
+    seaweedfs: Any, proxied: tuple[StallProxy, S3Client]
+) -> None:
+    proxy, client = proxied
+    bucket = seaweedfs.make_bucket()
+    proxy.throttle(100)
+    try:
+        with pytest.raises(S3Error, match="HTTP 503 SlowDown: Please reduce") as caught:
+            await client.put_object(bucket, "k", b"x")
+    finally:
+        await client.close()
+    assert caught.value.status == 503
+    assert proxy.throttled == s3_client.ATTEMPTS
+
+
+async def test_requests_that_are_not_idempotent_are_not_retried(
+    seaweedfs: Any, proxied: tuple[StallProxy, S3Client]
+) -> None:
+    proxy, client = proxied
+    bucket = seaweedfs.make_bucket()
+    proxy.throttle(1)
+    try:
+        with pytest.raises(S3Error, match="SlowDown"):
+            await client.create_multipart_upload(bucket, "k")
+    finally:
+        await client.close()
+    assert proxy.throttled == 1
+
+
+async def test_a_stalled_request_is_cancellable(
+    seaweedfs: Any, proxied: tuple[StallProxy, S3Client]
+) -> None:
+    proxy, client = proxied
+    bucket = seaweedfs.make_bucket()
+    proxy.stall()
+    try:
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(client.put_object(bucket, "k", b"x"), timeout=0.5)
+    finally:
+        proxy.resume()
+        await client.close()

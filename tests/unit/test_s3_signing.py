@@ -1,0 +1,103 @@
+"""SigV4 signing of the lean S3 client: AWS's published example, and botocore's answer."""
+
+from __future__ import annotations
+
+import datetime
+
+import pytest
+from botocore.auth import S3SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials as BotoCredentials
+
+from trialsync import s3_client
+from trialsync.s3_client import EMPTY_SHA256, UNSIGNED_PAYLOAD, Credentials
+
+# The "GET Object" example of AWS's "Signature Calculations for the Authorization Header"
+# page (Amazon S3 API reference, sigv4-header-based-auth).
+EXAMPLE = Credentials("AKIAIOSFODNN7EXAMPLE", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY")
+WHEN = datetime.datetime(2013, 5, 24, tzinfo=datetime.UTC)
+
+
+def test_aws_documented_get_object_example() -> None:
+    headers = s3_client.sign(
+        "GET",
+        "examplebucket.s3.amazonaws.com",
+        "/test.txt",
+        {},
+        {"Range": "bytes=0-9"},
+        EXAMPLE,
+        "us-east-1",
+        WHEN,
+        EMPTY_SHA256,
+    )
+    assert headers["Authorization"] == (
+        "AWS4-HMAC-SHA256 Credential=AKIAIOSFODNN7EXAMPLE/20130524/us-east-1/s3/aws4_request, "
+        "SignedHeaders=host;range;x-amz-content-sha256;x-amz-date, "
+        "Signature=f0e8bdb87c964420e857bd35b5d6ed310bd44f0170aba48dd91039c6036bdb41"
+    )
+    assert headers["x-amz-date"] == "20130524T000000Z"
+
+
+def _botocore_signature(
+    method: str, url: str, credentials: Credentials, region: str, payload: str
+) -> str:
+    request = AWSRequest(method=method, url=url, headers={"X-Amz-Content-SHA256": payload})
+    request.context["timestamp"] = WHEN.strftime("%Y%m%dT%H%M%SZ")
+    boto = BotoCredentials(credentials.access_key, credentials.secret_key, credentials.token)
+    auth = S3SigV4Auth(boto, "s3", region)
+    request.headers["X-Amz-Date"] = request.context["timestamp"]
+    if credentials.token:
+        request.headers["X-Amz-Security-Token"] = credentials.token
+    canonical = auth.canonical_request(request)
+    return str(auth.signature(auth.string_to_sign(request, canonical), request))
+
+
+@pytest.mark.parametrize(
+    ("method", "key", "query", "token"),
+    [
+        ("PUT", "exp/trial_0/checkpoint_000001/model.pt", {}, None),
+        ("PUT", "exp/a b+c=d,e/f~g.bin", {"partNumber": "3", "uploadId": "u/1+2=3"}, "tok/en="),
+        ("GET", "", {"list-type": "2", "prefix": "exp/a b/", "encoding-type": "url"}, None),
+        ("POST", "exp/model.pt", {"uploads": ""}, "session"),
+    ],
+)
+def test_signature_matches_botocore(
+    method: str, key: str, query: dict[str, str], token: str | None
+) -> None:
+    credentials = Credentials("AKIDEXAMPLE", "secret/with+chars", token)
+    path = "/bucket/" + s3_client.quote(key, safe="/~") if key else "/bucket"
+    ours = s3_client.sign(method, "127.0.0.1:8333", path, query, {}, credentials, "eu-west-1", WHEN)
+    qs = s3_client.canonical_query(query)
+    url = f"http://127.0.0.1:8333{path}" + (f"?{qs}" if qs else "")
+    theirs = _botocore_signature(method, url, credentials, "eu-west-1", UNSIGNED_PAYLOAD)
+    assert ours["Authorization"].endswith(f"Signature={theirs}")
+    assert ("x-amz-security-token" in ours) == bool(token)
+
+
+def test_signing_keys_are_cached_per_day_and_region() -> None:
+    cache: dict[tuple[str, str, str], bytes] = {}
+    s3_client.sign("GET", "h", "/b", {}, {}, EXAMPLE, "us-east-1", WHEN, key_cache=cache)
+    s3_client.sign("GET", "h", "/b", {}, {}, EXAMPLE, "us-east-1", WHEN, key_cache=cache)
+    assert list(cache) == [(EXAMPLE.secret_key, "20130524", "us-east-1")]
+    later = WHEN + datetime.timedelta(days=1)
+    s3_client.sign("GET", "h", "/b", {}, {}, EXAMPLE, "us-east-1", later, key_cache=cache)
+    assert list(cache) == [(EXAMPLE.secret_key, "20130525", "us-east-1")]
+
+
+@pytest.mark.parametrize(
+    ("options", "lean"),
+    [
+        ({}, True),
+        ({"endpoint_url": "http://s3:8333", "key": "k", "secret": "s"}, True),
+        ({"client_kwargs": {"region_name": "eu-west-1"}}, True),
+        ({"config_kwargs": {"s3": {"addressing_style": "path"}}}, True),
+        ({"s3_additional_kwargs": {"ServerSideEncryption": "aws:kms"}}, False),
+        ({"requester_pays": True}, False),
+        ({"client_kwargs": {"aws_account_id": "1"}}, False),
+        ({"config_kwargs": {"s3": {"use_accelerate_endpoint": True}}}, False),
+    ],
+)
+def test_options_that_need_botocore_keep_the_store_on_s3fs(
+    options: dict[str, object], lean: bool
+) -> None:
+    assert s3_client.supports(options) is lean
