@@ -18,7 +18,7 @@ from collections.abc import Collection
 
 from trialsync import scanner, tasks, transfer
 from trialsync.layout import MANIFEST_NAME, Kind, Layout
-from trialsync.ledger import Ledger, Stat
+from trialsync.ledger import Ledger, RemoteObject, Stat
 from trialsync.metrics import Metrics
 from trialsync.store import DEFAULT_PART_SIZE, Store
 
@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 
 MANIFEST_VERSION = 1
 CHECKPOINTS_IN_FLIGHT = 8
+# Past this many local trial dirs, recover() lists the whole upload dir once instead.
+SCOPED_LISTINGS_MAX = 32
+LISTINGS_IN_FLIGHT = 8
 
 
 class PublishError(RuntimeError):
@@ -126,9 +129,14 @@ class SyncEngine:
     # -- start-up and reconcile ------------------------------------------------------------
 
     async def recover(self, settle: float) -> None:
-        """Rebuild the ledger from one remote listing and one local walk."""
-        remote = await self.store.list()
+        """Rebuild the ledger from one local walk and a listing of what the walk found.
+
+        Only the trial dirs present here are listed (see ``listing_scopes``), so a worker
+        among hundreds does not page through every other worker's objects.
+        """
         local = await asyncio.to_thread(scanner.scan, self.options.root)
+        scopes = listing_scopes(local, SCOPED_LISTINGS_MAX)
+        remote = await self._list_scopes(scopes)
         published = {rel.rsplit("/", 1)[0] for rel in remote if rel.endswith("/" + MANIFEST_NAME)}
         in_scope = {rel: st for rel, st in local.items() if self.layout.place(rel) is not None}
         ledger = Ledger.rebuild(in_scope, remote, published)
@@ -143,6 +151,7 @@ class SyncEngine:
             "ledger rebuilt",
             extra={
                 "local_files": len(in_scope),
+                "listed_prefixes": len(scopes),
                 "remote_objects": len(remote),
                 "uploaded": len(self.ledger),
                 "published_checkpoints": len(published),
@@ -150,6 +159,17 @@ class SyncEngine:
                 "pending_checkpoints": len(self.activity),
             },
         )
+
+    async def _list_scopes(self, scopes: list[str]) -> dict[str, RemoteObject]:
+        remote: dict[str, RemoteObject] = {}
+        gate = asyncio.Semaphore(LISTINGS_IN_FLIGHT)
+
+        async def one(prefix: str) -> None:
+            async with gate:
+                remote.update(await self.store.list(prefix))
+
+        await tasks.run_all([one(prefix) for prefix in scopes])
+        return remote
 
     def _absorb_scan(self, local: dict[str, Stat], settle: float) -> None:
         """Mark what a local walk found that the ledger does not have as due (one pass)."""
@@ -359,6 +379,25 @@ class SyncEngine:
     def _update_gauges(self) -> None:
         self.metrics.pending_files.set(len(self.dirty))
         self.metrics.pending_checkpoints.set(len(self.activity))
+
+
+def listing_scopes(local: Collection[str], limit: int) -> list[str]:
+    """The remote prefixes whose listing covers every path in ``local``.
+
+    A file in a trial dir needs ``<experiment>/<trial>``, one directly in an experiment
+    dir needs ``<experiment>``, one directly in the root needs everything (``""``). A
+    prefix inside another listed one is dropped; more than ``limit`` prefixes become one
+    listing of everything.
+    """
+    wanted: set[str] = set()
+    for rel in local:
+        parts = rel.split("/")
+        wanted.add("/".join(parts[:2]) if len(parts) > 2 else "/".join(parts[:-1]))
+    if "" in wanted:
+        return [""]
+    experiments = {prefix for prefix in wanted if "/" not in prefix}
+    scopes = sorted(p for p in wanted if p in experiments or p.split("/")[0] not in experiments)
+    return scopes if len(scopes) <= limit else [""]
 
 
 def _now() -> float:

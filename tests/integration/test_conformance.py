@@ -147,8 +147,25 @@ async def test_restart_rebuilds_the_ledger_from_one_listing(
         await engine.run(Round(full=True), settle=0)
         calls = spy(engine).calls
         published = engine.ledger.published
-    assert calls == [("list", "")]
+    assert calls == [("list", "exp")]  # the experiment dir holds local state files
     assert published == {f"exp/trial_00000/checkpoint_00000{i}" for i in (1, 2)}
+
+
+async def test_a_worker_lists_only_its_own_trials(backend: Backend, tmp_path: pathlib.Path) -> None:
+    first, second = tmp_path / "worker-0", tmp_path / "worker-1"
+    for root, name in ((first, "trial_00000"), (second, "trial_00001")):
+        trials.checkpoint(trials.trial(root / "exp", name), 1, {"model.pt": 1_000})
+        async with engine_on(backend, root) as engine:
+            await synced(engine)
+    # The second worker restarts: it lists its own trial, not the first worker's.
+    async with engine_on(backend, second) as engine:
+        await engine.recover(settle=0)
+        await engine.run(Round(full=True), settle=0)
+        calls = spy(engine).calls
+        published = engine.ledger.published
+    assert calls == [("list", "exp/trial_00001")]
+    assert published == {"exp/trial_00001/checkpoint_000001"}
+    assert len(backend.listing()) == 2 * 5  # 3 artifacts, a checkpoint file, its manifest
 
 
 async def test_a_checkpoint_without_manifest_is_completed_after_restart(

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
+
+from trialsync.engine import listing_scopes
 from trialsync.layout import MANIFEST_NAME, Kind, Layout, Placement
 from trialsync.ledger import Ledger, RemoteObject
 
@@ -64,3 +67,18 @@ def test_forgetting_a_checkpoint_drops_its_files_and_its_publication() -> None:
     assert not ledger.is_current("e/t/checkpoint_1/a", (1, 1))
     assert ledger.is_current("e/t/checkpoint_10/a", (1, 1))
     assert ledger.published == set()
+
+
+@pytest.mark.parametrize(
+    ("local", "scopes"),
+    [
+        ([], []),
+        (["exp/t1/params.json", "exp/t1/checkpoint_000001/model.pt"], ["exp/t1"]),
+        (["exp/t1/a", "exp/t2/b", "other/t9/c"], ["exp/t1", "exp/t2", "other/t9"]),
+        (["exp/state.json", "exp/t1/a", "other/t9/c"], ["exp", "other/t9"]),
+        (["loose-file", "exp/t1/a"], [""]),
+        ([f"exp/t{i}/a" for i in range(5)], [""]),  # more than the limit: list everything
+    ],
+)
+def test_listing_scopes_cover_every_local_file(local: list[str], scopes: list[str]) -> None:
+    assert listing_scopes(local, limit=4) == scopes
