@@ -7,6 +7,7 @@ import json
 import math
 import os
 import random
+import resource
 import shutil
 import statistics
 import subprocess
@@ -16,7 +17,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from tests.support.object_stores import S3Server, start_seaweedfs
 
@@ -77,15 +78,24 @@ def trialsync_once(root: Path, url: str, extra: Sequence[str] = ()) -> list[str]
     ]
 
 
-def timed(argv: Sequence[str], env: dict[str, str], timeout: float = 3600) -> tuple[float, str]:
-    """Run ``argv``; return (wall seconds, combined output). Fails on a non-zero exit."""
+class Run(NamedTuple):
+    seconds: float  # wall time
+    output: str  # stdout + stderr
+    cpu: float  # user + system CPU seconds of the command and its children
+
+
+def timed(argv: Sequence[str], env: dict[str, str], timeout: float = 3600) -> Run:
+    """Run ``argv``; its wall time, combined output and CPU time. Fails on a non-zero exit."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     done = subprocess.run(list(argv), env=env, capture_output=True, timeout=timeout, check=False)
     elapsed = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     output = (done.stdout + done.stderr).decode(errors="replace")
     if done.returncode != 0:
         raise RuntimeError(f"{argv[0]} exited with {done.returncode}:\n{output[-3000:]}")
-    return elapsed, output
+    cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+    return Run(elapsed, output, cpu)
 
 
 @dataclass(frozen=True)

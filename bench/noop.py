@@ -75,7 +75,7 @@ def make_tree(root: Path, files: int) -> tuple[int, int]:
 
 def seed(server: S3Server, root: Path, url: str) -> float:
     """The first upload, by trialsync itself; wall seconds."""
-    seconds, _ = common.timed(common.trialsync_once(root, url), common.trialsync_env(server))
+    seconds = common.timed(common.trialsync_once(root, url), common.trialsync_env(server)).seconds
     return seconds
 
 
@@ -226,7 +226,7 @@ def peers_noop(server: S3Server, root: Path, bucket: str, prefix: str, work: Pat
     }
     results = {}
     for name, (argv, env, uploaded) in runs.items():
-        seconds, output = common.timed(argv, env)
+        seconds, output, _ = common.timed(argv, env)
         results[name] = {"seconds": seconds, "uploaded": _count(uploaded, output)}
         print(f"  {name}: {seconds:.2f} s, uploaded {results[name]['uploaded']}", flush=True)
     return results
@@ -255,7 +255,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 flush=True,
             )
             argv, env = peers.s5cmd_cp(server, root, f"s3://{bucket}/s5cmd")
-            s5cmd_s, _ = common.timed(argv, env)
+            s5cmd_s = common.timed(argv, env).seconds
             print(f"  first upload (s5cmd cp, for comparison): {s5cmd_s:.1f} s", flush=True)
 
             def run_peers() -> Any:

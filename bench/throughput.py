@@ -98,16 +98,16 @@ def upload_once(
     work: Path,
     expect: tuple[int, int],
     manifest: bool,
-) -> float:
+) -> common.Run:
     argv, env = build(server, src, f"s3://{bucket}/{prefix}", work)
-    seconds, _ = common.timed(argv, env)
+    run = common.timed(argv, env)
     got = common.landed(server, bucket, prefix)
     if (got.objects, got.bytes) != expect or (manifest and got.manifests != 1):
         raise RuntimeError(
             f"{prefix}: expected {expect[0]} objects / {expect[1]} bytes, landed "
             f"{got.objects} / {got.bytes} (manifests: {got.manifests})"
         )
-    return seconds
+    return run
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -120,12 +120,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             bucket = server.make_bucket()
             common.warm(src)
             times: dict[str, list[float]] = {name: [] for name in TOOLS}
+            cpus: dict[str, list[float]] = {name: [] for name in TOOLS}
             names = list(TOOLS)
             for i in range(args.repeat):
                 order = names[i % len(names) :] + names[: i % len(names)]
                 for name in order:
                     prefix = f"run{i}-{name.split()[0]}"
-                    secs = upload_once(
+                    run = upload_once(
                         server,
                         bucket,
                         prefix,
@@ -135,9 +136,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         (files, size),
                         name == "trialsync",
                     )
-                    times[name].append(secs)
+                    times[name].append(run.seconds)
+                    cpus[name].append(run.cpu)
                     print(
-                        f"  {name:12s} run {i}: {secs:6.2f} s  {mib / secs:7.1f} MiB/s", flush=True
+                        f"  {name:12s} run {i}: {run.seconds:6.2f} s  "
+                        f"{mib / run.seconds:7.1f} MiB/s  client CPU {run.cpu:5.2f} s",
+                        flush=True,
                     )
             tuning: dict[str, list[float]] = {}
             if not args.no_tuning:
@@ -151,15 +155,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         work,
                         (files, size),
                         True,
-                    )
+                    ).seconds
                     tuning[label] = [secs]
                     print(
                         f"  trialsync {label}: {secs:6.2f} s  {mib / secs:7.1f} MiB/s", flush=True
                     )
-            startup, _ = common.timed(
+            startup = common.timed(
                 [sys.executable, "-c", "import trialsync.sidecar, s3fs"],
                 common.trialsync_env(server),
-            )
+            ).seconds
     medians = {name: common.median(t) for name, t in times.items()}
     fastest_peer = min((n for n in medians if n != "trialsync"), key=lambda n: medians[n])
     rows = {
@@ -167,6 +171,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "median_s": medians[name],
             "mib_per_s": mib / medians[name],
             "runs_s": times[name],
+            "client_cpu_s": common.median(cpus[name]),
+            "client_cpu_runs_s": cpus[name],
             "ratio_to_trialsync": medians[name] / medians["trialsync"],
         }
         for name in TOOLS
@@ -193,13 +199,14 @@ def report(results: dict[str, Any]) -> str:
             row["median_s"],
             row["mib_per_s"],
             row["median_s"] / results["tools"]["trialsync"]["median_s"],
+            row["client_cpu_s"],
         ]
         for name, row in results["tools"].items()
     ]
     text = [
         f"Throughput: {results['files']} files, {results['bytes'] / common.MIB:.0f} MiB, "
         f"median of {results['repeat']}",
-        common.table(["tool", "median s", "MiB/s", "time / trialsync"], rows),
+        common.table(["tool", "median s", "MiB/s", "time / trialsync", "client CPU s"], rows),
         f"trialsync time / fastest peer ({results['fastest_peer']}): "
         f"{results['trialsync_time_over_fastest_peer']:.2f}x "
         f"(includes {results['trialsync_import_s']:.2f} s interpreter start + imports)",

@@ -13,8 +13,8 @@ understand (server-side encryption, requester pays, ...) keep the store on s3fs:
 ``supports()`` says which.
 
 Errors: 404 ``NoSuchBucket``/``NoSuchKey`` raise FileNotFoundError, 403 PermissionError,
-anything else ``S3Error`` (an OSError) with the status, S3 code and message. Idempotent
-requests are retried a few times on throttling, 5xx and connection errors.
+anything else ``S3Error`` (an OSError) with the status, S3 code and message. Requests are
+retried a few times on throttling, 5xx and connection errors, as botocore retries them.
 """
 
 from __future__ import annotations
@@ -232,6 +232,8 @@ class S3Client:
     def from_botocore(cls, client: Any, connections: int = 64) -> S3Client:
         """A client with the endpoint, region, addressing style, TLS settings and
         credentials of the botocore (or aiobotocore) S3 ``client``."""
+        from botocore import UNSIGNED  # the s3 extra: only needed with s3fs
+
         meta = client.meta
         s3_config = (meta.config.s3 or {}) if meta.config is not None else {}
         endpoint = meta.endpoint_url
@@ -246,7 +248,7 @@ class S3Client:
         elif isinstance(verify, str):
             context = ssl.create_default_context(cafile=verify)
         credentials = getattr(client._request_signer, "_credentials", None)
-        if getattr(client._request_signer, "_signature_version", "") == "unsigned":
+        if getattr(meta.config, "signature_version", None) is UNSIGNED:
             credentials = None
         return cls(
             endpoint,
@@ -281,7 +283,7 @@ class S3Client:
 
     async def put_object(self, bucket: str, key: str, body: bytes | memoryview) -> str:
         """Store ``body`` at ``key``; the ETag."""
-        headers, _ = await self._request("PUT", bucket, key, {}, body, idempotent=True)
+        headers, _ = await self._request("PUT", bucket, key, {}, body)
         return headers.get("ETag", "")
 
     async def create_multipart_upload(self, bucket: str, key: str) -> str:
@@ -295,7 +297,7 @@ class S3Client:
         self, bucket: str, key: str, upload_id: str, number: int, body: bytes | memoryview
     ) -> str:
         query = {"partNumber": str(number), "uploadId": upload_id}
-        headers, _ = await self._request("PUT", bucket, key, query, body, idempotent=True)
+        headers, _ = await self._request("PUT", bucket, key, query, body)
         etag = headers.get("ETag")
         if not etag:
             raise S3Error(f"s3://{bucket}/{key}: part {number} has no ETag", 200, "")
@@ -309,15 +311,13 @@ class S3Client:
             for n, etag in sorted(etags.items())
         )
         body = f"<CompleteMultipartUpload>{parts}</CompleteMultipartUpload>".encode()
-        _, data = await self._request(
-            "POST", bucket, key, {"uploadId": upload_id}, body, sha256_body=True
-        )
+        _, data = await self._request("POST", bucket, key, {"uploadId": upload_id}, body)
         # S3 may answer 200 with an error document once it has started streaming.
         if data and ET.fromstring(data).tag in ("Error", f"{_NS}Error"):
             raise _error(200, data, f"s3://{bucket}/{key}")
 
     async def abort_multipart_upload(self, bucket: str, key: str, upload_id: str) -> None:
-        await self._request("DELETE", bucket, key, {"uploadId": upload_id}, b"", idempotent=True)
+        await self._request("DELETE", bucket, key, {"uploadId": upload_id}, b"")
 
     async def list_objects(
         self, bucket: str, prefix: str, page_size: int = 1000
@@ -330,7 +330,7 @@ class S3Client:
                 query["max-keys"] = str(page_size)
             if token:
                 query["continuation-token"] = token
-            _, data = await self._request("GET", bucket, "", query, b"", idempotent=True)
+            _, data = await self._request("GET", bucket, "", query, b"")
             root = ET.fromstring(data)
             for item in root.iter(f"{_NS}Contents"):
                 yield _listed(item)
@@ -371,19 +371,15 @@ class S3Client:
         key: str,
         query: Mapping[str, str],
         body: bytes | memoryview,
-        idempotent: bool = False,
-        sha256_body: bool = False,
     ) -> tuple[Mapping[str, str], bytes]:
-        """Send one request (retried if ``idempotent``); its headers and body."""
+        """Send one request, retried as botocore retries; its headers and body."""
         where = f"s3://{bucket}/{key}"
         for attempt in range(1, ATTEMPTS + 1):
             region = self._bucket_regions.get(bucket, self.region)
             try:
-                status, headers, data = await self._send(
-                    method, bucket, key, query, body, region, sha256_body
-                )
+                status, headers, data = await self._send(method, bucket, key, query, body, region)
             except (TimeoutError, aiohttp.ClientConnectionError) as exc:
-                if not idempotent or attempt == ATTEMPTS:
+                if attempt == ATTEMPTS:
                     raise OSError(f"{method} {where}: {exc or type(exc).__name__}") from exc
                 await _backoff(attempt, f"{method} {where}", exc)
                 continue
@@ -396,7 +392,7 @@ class S3Client:
                 continue
             error = _error(status, data, f"{method} {where}")
             retryable = status in _RETRY_STATUS or error.code in _RETRY_CODES
-            if not (idempotent and retryable) or attempt == ATTEMPTS:
+            if not retryable or attempt == ATTEMPTS:
                 raise error
             await _backoff(attempt, f"{method} {where}", error)
         raise AssertionError("unreachable")
@@ -409,13 +405,11 @@ class S3Client:
         query: Mapping[str, str],
         body: bytes | memoryview,
         region: str,
-        sha256_body: bool,
     ) -> tuple[int, Mapping[str, str], bytes]:
         base, host, path = self._url(bucket, key, region)
         headers: dict[str, str] = {}
         credentials = await self._frozen()
         if credentials is not None:
-            payload = hashlib.sha256(body).hexdigest() if sha256_body else UNSIGNED_PAYLOAD
             headers.update(
                 sign(
                     method,
@@ -426,11 +420,12 @@ class S3Client:
                     credentials,
                     region,
                     datetime.datetime.now(datetime.UTC),
-                    payload,
+                    UNSIGNED_PAYLOAD,
                     self._keys,
                 )
             )
-        headers["Content-Length"] = str(len(body))
+        if len(body) or method in ("PUT", "POST"):
+            headers["Content-Length"] = str(len(body))
         qs = canonical_query(query)
         url = URL(f"{base}{path}?{qs}" if qs else f"{base}{path}", encoded=True)
         data: Any = None

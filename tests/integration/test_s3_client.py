@@ -120,20 +120,6 @@ async def test_throttling_that_persists_is_reported(
     assert proxy.throttled == s3_client.ATTEMPTS
 
 
-async def test_requests_that_are_not_idempotent_are_not_retried(
-    seaweedfs: Any, proxied: tuple[StallProxy, S3Client]
-) -> None:
-    proxy, client = proxied
-    bucket = seaweedfs.make_bucket()
-    proxy.throttle(1)
-    try:
-        with pytest.raises(S3Error, match="SlowDown"):
-            await client.create_multipart_upload(bucket, "k")
-    finally:
-        await client.close()
-    assert proxy.throttled == 1
-
-
 async def test_a_stalled_request_is_cancellable(
     seaweedfs: Any, proxied: tuple[StallProxy, S3Client]
 ) -> None:

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import datetime
 
+import botocore
+import botocore.session
 import pytest
 from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
+from botocore.config import Config
 from botocore.credentials import Credentials as BotoCredentials
 
 from trialsync import s3_client
-from trialsync.s3_client import EMPTY_SHA256, UNSIGNED_PAYLOAD, Credentials
+from trialsync.s3_client import EMPTY_SHA256, UNSIGNED_PAYLOAD, Credentials, S3Client
 
 # The "GET Object" example of AWS's "Signature Calculations for the Authorization Header"
 # page (Amazon S3 API reference, sigv4-header-based-auth).
@@ -101,3 +104,39 @@ def test_options_that_need_botocore_keep_the_store_on_s3fs(
     options: dict[str, object], lean: bool
 ) -> None:
     assert s3_client.supports(options) is lean
+
+
+def _botocore_client(**kwargs: object) -> object:
+    session = botocore.session.get_session()
+    return session.create_client(
+        "s3", aws_access_key_id="AKID", aws_secret_access_key="secret", **kwargs
+    )
+
+
+def test_a_custom_endpoint_uses_path_style_and_the_clients_credentials() -> None:
+    client = _botocore_client(endpoint_url="http://seaweedfs:8333", region_name="eu-west-1")
+    lean = S3Client.from_botocore(client)
+    assert (lean.endpoint, lean.region) == ("http://seaweedfs:8333", "eu-west-1")
+    assert lean._url("bucket", "a b/c", lean.region) == (
+        "http://seaweedfs:8333",
+        "seaweedfs:8333",
+        "/bucket/a%20b/c",
+    )
+    assert lean._credentials.get_frozen_credentials().access_key == "AKID"
+
+
+def test_aws_uses_virtual_hosts_and_follows_the_buckets_region() -> None:
+    lean = S3Client.from_botocore(_botocore_client(region_name="us-west-2"))
+    assert lean._url("bucket", "k", "us-west-2") == (
+        "https://bucket.s3.us-west-2.amazonaws.com",
+        "bucket.s3.us-west-2.amazonaws.com",
+        "/k",
+    )
+    assert lean._url("bucket", "k", "eu-central-1")[1] == "bucket.s3.eu-central-1.amazonaws.com"
+    # A dotted bucket name cannot be a TLS-valid virtual host.
+    assert lean._url("my.bucket", "k", "us-west-2")[2] == "/my.bucket/k"
+
+
+def test_anonymous_access_signs_nothing() -> None:
+    client = _botocore_client(config=Config(signature_version=botocore.UNSIGNED))
+    assert S3Client.from_botocore(client)._credentials is None
