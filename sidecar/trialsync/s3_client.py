@@ -232,7 +232,9 @@ class S3Client:
     def from_botocore(cls, client: Any, connections: int = 64) -> S3Client:
         """A client with the endpoint, region, addressing style, TLS settings and
         credentials of the botocore (or aiobotocore) S3 ``client``."""
-        from botocore import UNSIGNED  # the s3 extra: only needed with s3fs
+        # botocore comes with the s3 extra; trialsync imports without it.
+        from botocore import UNSIGNED
+        from botocore.httpsession import get_cert_path
 
         meta = client.meta
         s3_config = (meta.config.s3 or {}) if meta.config is not None else {}
@@ -240,13 +242,12 @@ class S3Client:
         host = urlsplit(endpoint).hostname or ""
         style = s3_config.get("addressing_style", "auto")
         path_style = style == "path" or (style != "virtual" and not _is_aws(host))
+        # The CA bundle botocore would use (AWS_CA_BUNDLE, the verify option, else certifi).
         verify = getattr(getattr(client, "_endpoint", None), "http_session", None)
         verify = getattr(verify, "_verify", True)
-        context: ssl.SSLContext | bool = True
-        if verify is False:
-            context = False
-        elif isinstance(verify, str):
-            context = ssl.create_default_context(cafile=verify)
+        context: ssl.SSLContext | bool = False
+        if verify is not False:
+            context = ssl.create_default_context(cafile=get_cert_path(verify))
         credentials = getattr(client._request_signer, "_credentials", None)
         if getattr(meta.config, "signature_version", None) is UNSIGNED:
             credentials = None
@@ -271,6 +272,7 @@ class S3Client:
                 timeout=self._timeout,
                 auto_decompress=False,
                 skip_auto_headers=("User-Agent",),
+                trust_env=True,  # HTTP(S)_PROXY and NO_PROXY, as botocore honours them
             )
         return self._session
 

@@ -164,8 +164,9 @@ class StallProxy:
             await self._flowing.wait()
             if self._throttle > 0:
                 self._throttle -= 1
-                await _answer_slow_down(client_r, client_w)
-                self.throttled += 1
+                await _read_request(client_r)
+                self.throttled += 1  # before the answer, which the client may act on at once
+                await _answer_slow_down(client_w)
                 return
             upstream_r, upstream_w = await asyncio.open_connection(
                 self.target_host, self.target_port
@@ -206,8 +207,8 @@ SLOW_DOWN = (
 )
 
 
-async def _answer_slow_down(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """Read one HTTP request (head and Content-Length body) and answer 503 SlowDown."""
+async def _read_request(reader: asyncio.StreamReader) -> None:
+    """Read one HTTP request: its head and its Content-Length body."""
     head = await reader.readuntil(b"\r\n\r\n")
     length = 0
     for line in head.split(b"\r\n")[1:]:
@@ -215,6 +216,9 @@ async def _answer_slow_down(reader: asyncio.StreamReader, writer: asyncio.Stream
         if name.strip().lower() == b"content-length":
             length = int(value.strip())
     await reader.readexactly(length)
+
+
+async def _answer_slow_down(writer: asyncio.StreamWriter) -> None:
     writer.write(
         b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/xml\r\n"
         + f"Content-Length: {len(SLOW_DOWN)}\r\nConnection: close\r\n\r\n".encode()
