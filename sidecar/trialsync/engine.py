@@ -9,6 +9,7 @@ their last change). It never walks the tree or lists the remote on a steady-stat
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
@@ -78,6 +79,8 @@ class SyncEngine:
         self.activity: dict[str, float] = {}
         self.deleted_checkpoints: set[str] = set()
         self.rescan_needed = False
+        # The prefixes recover() listed; ledger.published is complete only inside them.
+        self.listed: list[str] | None = None
         self._gates = transfer.Gates(
             options.files_in_flight, options.upload_memory, options.part_size
         )
@@ -137,6 +140,7 @@ class SyncEngine:
         local = await asyncio.to_thread(scanner.scan, self.options.root)
         scopes = listing_scopes(local, SCOPED_LISTINGS_MAX)
         remote = await self._list_scopes(scopes)
+        self.listed = scopes
         published = {rel.rsplit("/", 1)[0] for rel in remote if rel.endswith("/" + MANIFEST_NAME)}
         in_scope = {rel: st for rel, st in local.items() if self.layout.place(rel) is not None}
         ledger = Ledger.rebuild(in_scope, remote, published)
@@ -158,6 +162,11 @@ class SyncEngine:
                 "pending_files": len(self.dirty),
                 "pending_checkpoints": len(self.activity),
             },
+        )
+
+    def _listed(self, checkpoint: str) -> bool:
+        return self.listed is not None and any(
+            not scope or checkpoint.startswith(scope + "/") for scope in self.listed
         )
 
     async def _list_scopes(self, scopes: list[str]) -> dict[str, RemoteObject]:
@@ -282,6 +291,11 @@ class SyncEngine:
             # Changed after publishing: withdraw the marker first so no reader trusts a mix.
             await self.store.delete([manifest_rel])
             self.ledger.published.discard(checkpoint)
+        elif not self._listed(checkpoint):
+            # Its trial dir appeared after recover(): an earlier life of this checkpoint
+            # (a restored trial) may have a manifest the ledger does not know. Withdraw it.
+            with contextlib.suppress(FileNotFoundError):
+                await self.store.delete([manifest_rel])
         await self._upload(todo, set())
         if not complete:
             return

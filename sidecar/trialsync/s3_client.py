@@ -41,9 +41,20 @@ log = logging.getLogger(__name__)
 UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 _NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
-_RETRY_STATUS = {500, 502, 503, 504}
-_RETRY_CODES = {"SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable"}
-ATTEMPTS = 4
+_RETRY_STATUS = {429, 500, 502, 503, 504}
+_RETRY_CODES = {
+    "SlowDown",
+    "Throttling",
+    "RequestLimitExceeded",
+    "RequestTimeout",
+    "InternalError",
+    "ServiceUnavailable",
+}
+# Attempts per request and the first backoff (doubling, capped, jittered): at most about
+# 15 s of waiting, as botocore's legacy retry mode.
+ATTEMPTS = 5
+RETRY_BASE = 1.0
+RETRY_CAP = 20.0
 WRITE_CHUNK = 2**20
 # Storage options the lean client honours; any other keeps the store on s3fs.
 SUPPORTED_OPTIONS = {
@@ -60,16 +71,7 @@ SUPPORTED_OPTIONS = {
     "loop",
 }
 _SUPPORTED_CLIENT_KWARGS = {"endpoint_url", "region_name", "verify"}
-_SUPPORTED_CONFIG_KWARGS = {
-    "connect_timeout",
-    "read_timeout",
-    "max_pool_connections",
-    "region_name",
-    "retries",
-    "s3",
-    "request_checksum_calculation",
-    "response_checksum_validation",
-}
+_SUPPORTED_CONFIG_KWARGS = {"connect_timeout", "read_timeout", "region_name", "s3"}
 
 
 class S3Error(OSError):
@@ -113,7 +115,7 @@ def supports(options: Mapping[str, Any]) -> bool:
     config = options.get("config_kwargs") or {}
     if set(config) - _SUPPORTED_CONFIG_KWARGS:
         return False
-    return not set(config.get("s3") or {}) - {"addressing_style", "payload_signing_enabled"}
+    return not set(config.get("s3") or {}) - {"addressing_style"}
 
 
 # --- SigV4 ----------------------------------------------------------------------------
@@ -214,8 +216,12 @@ class S3Client:
         connections: int = 64,
         connect_timeout: float = 10,
         read_timeout: float = 60,
+        retry_base: float = RETRY_BASE,
     ) -> None:
         self.endpoint = endpoint.rstrip("/")
+        self._endpoint = URL(self.endpoint)
+        if self._endpoint.path not in ("", "/") or self._endpoint.user:
+            raise ValueError(f"{endpoint}: an S3 endpoint with a path or user info")
         self.region = region
         self._credentials = credentials
         self._path_style = path_style
@@ -224,20 +230,29 @@ class S3Client:
         self._timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=connect_timeout, sock_read=read_timeout
         )
+        self._retry_base = retry_base
         self._session: aiohttp.ClientSession | None = None
+        self._closed = False
         self._keys: dict[tuple[str, str, str], bytes] = {}
         self._bucket_regions: dict[str, str] = {}
 
     @classmethod
-    def from_botocore(cls, client: Any, connections: int = 64) -> S3Client:
+    def from_botocore(cls, client: Any, connections: int = 64) -> S3Client | None:
         """A client with the endpoint, region, addressing style, TLS settings and
-        credentials of the botocore (or aiobotocore) S3 ``client``."""
+        credentials of the botocore (or aiobotocore) S3 ``client``; None if that client is
+        configured for something this one does not do (FIPS, dual-stack or accelerate
+        endpoints, an endpoint with a path)."""
         # botocore comes with the s3 extra; trialsync imports without it.
         from botocore import UNSIGNED
         from botocore.httpsession import get_cert_path
 
         meta = client.meta
         s3_config = (meta.config.s3 or {}) if meta.config is not None else {}
+        special = {"use_fips_endpoint", "use_dualstack_endpoint"}
+        if set(s3_config) - {"addressing_style"} or any(
+            getattr(meta.config, name, False) for name in special
+        ):
+            return None
         endpoint = meta.endpoint_url
         host = urlsplit(endpoint).hostname or ""
         style = s3_config.get("addressing_style", "auto")
@@ -251,18 +266,23 @@ class S3Client:
         credentials = getattr(client._request_signer, "_credentials", None)
         if getattr(meta.config, "signature_version", None) is UNSIGNED:
             credentials = None
-        return cls(
-            endpoint,
-            meta.region_name or "us-east-1",
-            credentials,
-            path_style,
-            ssl_context=context,
-            connections=connections,
-            connect_timeout=float(getattr(meta.config, "connect_timeout", 10) or 10),
-            read_timeout=float(getattr(meta.config, "read_timeout", 60) or 60),
-        )
+        try:
+            return cls(
+                endpoint,
+                meta.region_name or "us-east-1",
+                credentials,
+                path_style,
+                ssl_context=context,
+                connections=connections,
+                connect_timeout=float(getattr(meta.config, "connect_timeout", 10) or 10),
+                read_timeout=float(getattr(meta.config, "read_timeout", 60) or 60),
+            )
+        except ValueError:
+            return None
 
     def _client(self) -> aiohttp.ClientSession:
+        if self._closed:
+            raise RuntimeError(f"the S3 client for {self.endpoint} is closed")
         if self._session is None or self._session.closed:
             connector = aiohttp.TCPConnector(
                 limit=self._connections, ssl=self._ssl, ttl_dns_cache=300
@@ -277,6 +297,7 @@ class S3Client:
         return self._session
 
     async def close(self) -> None:
+        self._closed = True
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -290,7 +311,7 @@ class S3Client:
 
     async def create_multipart_upload(self, bucket: str, key: str) -> str:
         _, data = await self._request("POST", bucket, key, {"uploads": ""}, b"")
-        upload_id = _find_text(ET.fromstring(data), "UploadId")
+        upload_id = _find_text(_parse(data, f"POST s3://{bucket}/{key}?uploads"), "UploadId")
         if not upload_id:
             raise S3Error(f"s3://{bucket}/{key}: no UploadId in the answer", 200, "")
         return upload_id
@@ -313,10 +334,8 @@ class S3Client:
             for n, etag in sorted(etags.items())
         )
         body = f"<CompleteMultipartUpload>{parts}</CompleteMultipartUpload>".encode()
-        _, data = await self._request("POST", bucket, key, {"uploadId": upload_id}, body)
-        # S3 may answer 200 with an error document once it has started streaming.
-        if data and ET.fromstring(data).tag in ("Error", f"{_NS}Error"):
-            raise _error(200, data, f"s3://{bucket}/{key}")
+        # S3 may answer 200 with an error document: _request treats that as the error.
+        await self._request("POST", bucket, key, {"uploadId": upload_id}, body)
 
     async def abort_multipart_upload(self, bucket: str, key: str, upload_id: str) -> None:
         await self._request("DELETE", bucket, key, {"uploadId": upload_id}, b"")
@@ -333,22 +352,22 @@ class S3Client:
             if token:
                 query["continuation-token"] = token
             _, data = await self._request("GET", bucket, "", query, b"")
-            root = ET.fromstring(data)
-            for item in root.iter(f"{_NS}Contents"):
-                yield _listed(item)
-            if _find_text(root, "IsTruncated") != "true":
+            items, token = parse_listing(data, f"GET s3://{bucket}/?prefix={prefix}")
+            for item in items:
+                yield item
+            if token is None:
                 return
-            token = _find_text(root, "NextContinuationToken")
-            if not token:
-                raise S3Error(f"s3://{bucket}/{prefix}: truncated listing without token", 200, "")
 
     # -- plumbing ----------------------------------------------------------------------
 
     def _url(self, bucket: str, key: str, region: str) -> tuple[str, str, str]:
-        """(base URL, host, encoded path) for ``bucket``/``key``."""
-        parts = urlsplit(self.endpoint)
-        host = parts.netloc
-        if region != self.region and _is_aws(parts.hostname or ""):
+        """(base URL, Host header, encoded path) for ``bucket``/``key``."""
+        endpoint = self._endpoint
+        name = endpoint.raw_host or ""
+        if ":" in name:  # an IPv6 literal
+            name = f"[{name}]"
+        host = name if endpoint.is_default_port() else f"{name}:{endpoint.port}"
+        if region != self.region and _is_aws(name):
             host = f"s3.{region}.amazonaws.com"
         encoded_key = quote(key, safe="/~")
         if self._path_style or "." in bucket:
@@ -356,7 +375,7 @@ class S3Client:
         else:
             host = f"{bucket}.{host}"
             path = f"/{encoded_key}"
-        return f"{parts.scheme}://{host}", host, path
+        return f"{endpoint.scheme}://{host}", host, path
 
     async def _frozen(self) -> Credentials | None:
         if self._credentials is None:
@@ -374,30 +393,42 @@ class S3Client:
         query: Mapping[str, str],
         body: bytes | memoryview,
     ) -> tuple[Mapping[str, str], bytes]:
-        """Send one request, retried as botocore retries; its headers and body."""
-        where = f"s3://{bucket}/{key}"
-        for attempt in range(1, ATTEMPTS + 1):
+        """Send one request; its headers and body.
+
+        Throttling, 5xx and connection errors are retried up to ``ATTEMPTS`` times in all;
+        a bucket in another region is followed once.
+        """
+        where = f"{method} s3://{bucket}/{key}"
+        attempt = 0
+        followed = False
+        while True:
+            attempt += 1
             region = self._bucket_regions.get(bucket, self.region)
             try:
                 status, headers, data = await self._send(method, bucket, key, query, body, region)
-            except (TimeoutError, aiohttp.ClientConnectionError) as exc:
-                if attempt == ATTEMPTS:
-                    raise OSError(f"{method} {where}: {exc or type(exc).__name__}") from exc
-                await _backoff(attempt, f"{method} {where}", exc)
+            except (TimeoutError, aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
+                if attempt >= ATTEMPTS:
+                    raise OSError(f"{where}: {exc or type(exc).__name__}") from exc
+                await self._backoff(attempt, where, exc)
                 continue
-            if status < 300:
+            if status < 300 and not (method == "POST" and _is_error_document(data)):
                 return headers, data
-            hinted = headers.get("x-amz-bucket-region")
-            if hinted and hinted != region and status in (301, 400, 403):
+            hinted = headers.get("x-amz-bucket-region") or _region_in(data)
+            if hinted and hinted != region and status in (301, 400, 403) and not followed:
                 log.info("bucket %s is in region %s; retrying there", bucket, hinted)
                 self._bucket_regions[bucket] = hinted
+                followed, attempt = True, attempt - 1
                 continue
-            error = _error(status, data, f"{method} {where}")
+            error = _error(status, data, where)
             retryable = status in _RETRY_STATUS or error.code in _RETRY_CODES
-            if not retryable or attempt == ATTEMPTS:
+            if not retryable or attempt >= ATTEMPTS:
                 raise error
-            await _backoff(attempt, f"{method} {where}", error)
-        raise AssertionError("unreachable")
+            await self._backoff(attempt, where, error)
+
+    async def _backoff(self, attempt: int, what: str, exc: BaseException) -> None:
+        delay = min(RETRY_CAP, self._retry_base * 2 ** (attempt - 1)) * random.uniform(0.5, 1)
+        log.warning("%s failed (%s); retry %d in %.2f s", what, exc, attempt, delay)
+        await asyncio.sleep(delay)
 
     async def _send(
         self,
@@ -409,7 +440,7 @@ class S3Client:
         region: str,
     ) -> tuple[int, Mapping[str, str], bytes]:
         base, host, path = self._url(bucket, key, region)
-        headers: dict[str, str] = {}
+        headers = {"Host": host}  # exactly what was signed
         credentials = await self._frozen()
         if credentials is not None:
             headers.update(
@@ -435,7 +466,12 @@ class S3Client:
             data = _chunks(body)
         elif len(body):
             data = body
-        async with self._client().request(method, url, data=data, headers=headers) as response:
+        session = self._client()
+        # No redirects: a streamed body cannot be sent twice, and S3 does not redirect
+        # signed requests anyway (a wrong region is a 301 with the right one named).
+        async with session.request(
+            method, url, data=data, headers=headers, allow_redirects=False
+        ) as response:
             answer = await response.read()
             return response.status, response.headers, answer
 
@@ -450,12 +486,6 @@ async def _chunks(body: bytes | memoryview) -> AsyncIterator[memoryview]:
 
 def _is_aws(host: str) -> bool:
     return host == "amazonaws.com" or host.endswith(".amazonaws.com")
-
-
-async def _backoff(attempt: int, what: str, exc: BaseException) -> None:
-    delay = min(2.0, 0.1 * 2**attempt) * random.uniform(0.5, 1.0)
-    log.warning("%s failed (%s); retry %d in %.2f s", what, exc, attempt, delay)
-    await asyncio.sleep(delay)
 
 
 def _error(status: int, data: bytes, what: str) -> S3Error:
@@ -475,6 +505,54 @@ def _error(status: int, data: bytes, what: str) -> S3Error:
     return S3Error(text, status, code)
 
 
+def parse_listing(data: bytes, what: str) -> tuple[list[Listed], str | None]:
+    """One ListObjectsV2 page: its objects, and the continuation token if truncated."""
+    root = _parse(data, what)
+    # Keys are URL-encoded only if the server says so (not every S3 does).
+    encoded = _find_text(root, "EncodingType") == "url"
+    items = [_listed(item, encoded) for item in _children(root, "Contents")]
+    if _find_text(root, "IsTruncated") != "true":
+        return items, None
+    token = _find_text(root, "NextContinuationToken")
+    if not token:
+        raise S3Error(f"{what}: a truncated listing without a continuation token", 200, "")
+    return items, token
+
+
+def _parse(data: bytes, what: str) -> ET.Element:
+    try:
+        return ET.fromstring(data)
+    except ET.ParseError as exc:
+        raise S3Error(f"{what}: unreadable answer: {exc}", 200, "") from exc
+
+
+def _is_error_document(data: bytes) -> bool:
+    if not data:
+        return False
+    try:
+        return ET.fromstring(data).tag in ("Error", f"{_NS}Error")
+    except ET.ParseError:
+        return False
+
+
+def _region_in(data: bytes) -> str | None:
+    if not data:
+        return None
+    try:
+        return _find_text(ET.fromstring(data), "Region")
+    except ET.ParseError:
+        return None
+
+
+def _children(root: ET.Element, name: str) -> list[ET.Element]:
+    return root.findall(f"{_NS}{name}") or root.findall(name)
+
+
+def _text(item: ET.Element, name: str) -> str | None:
+    found = item.findtext(f"{_NS}{name}")
+    return found if found is not None else item.findtext(name)
+
+
 def _find_text(root: ET.Element, name: str) -> str | None:
     found = root.find(f"{_NS}{name}")
     if found is None:
@@ -482,13 +560,13 @@ def _find_text(root: ET.Element, name: str) -> str | None:
     return found.text if found is not None else None
 
 
-def _listed(item: ET.Element) -> Listed:
-    key = unquote_plus(item.findtext(f"{_NS}Key") or "")
-    modified = item.findtext(f"{_NS}LastModified")
-    etag = item.findtext(f"{_NS}ETag")
+def _listed(item: ET.Element, encoded: bool) -> Listed:
+    key = _text(item, "Key") or ""
+    modified = _text(item, "LastModified")
+    etag = _text(item, "ETag")
     return Listed(
-        key=key,
-        size=int(item.findtext(f"{_NS}Size") or 0),
+        key=unquote_plus(key) if encoded else key,
+        size=int(_text(item, "Size") or 0),
         mtime=datetime.datetime.fromisoformat(modified).timestamp() if modified else None,
         etag=etag.strip('"') if etag else None,
     )

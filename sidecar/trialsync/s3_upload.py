@@ -122,7 +122,13 @@ async def put_file(
         data = _read_all(local_path) if small else await asyncio.to_thread(_read_all, local_path)
         await api.put_object(bucket, key, data)
         return
-    upload_id = await api.create_multipart_upload(bucket, key)
+    creating = asyncio.ensure_future(api.create_multipart_upload(bucket, key))
+    try:
+        upload_id = await asyncio.shield(creating)
+    except asyncio.CancelledError:
+        # The store may create the upload after all: abort it once its id is known.
+        creating.add_done_callback(lambda done: _abort_created(api, bucket, key, done))
+        raise
     try:
         etags = await _upload_parts(
             api, bucket, key, upload_id, local_path, size, part_size, window
@@ -130,9 +136,7 @@ async def put_file(
         await api.complete_multipart_upload(bucket, key, upload_id, etags)
     except BaseException:
         # Also on cancellation (a sync past its timeout): parts left behind are billed.
-        task = asyncio.get_running_loop().create_task(_abort(api, bucket, key, upload_id))
-        _aborts.add(task)
-        task.add_done_callback(_aborts.discard)
+        _schedule_abort(api, bucket, key, upload_id)
         raise
 
 
@@ -164,6 +168,23 @@ async def _upload_parts(
     finally:
         os.close(fd)
     return etags
+
+
+async def wait_for_aborts(grace: float) -> None:
+    """Let scheduled aborts finish (at most ``grace`` seconds) before clients close."""
+    if _aborts:
+        await asyncio.wait(set(_aborts), timeout=grace)
+
+
+def _schedule_abort(api: S3Api, bucket: str, key: str, upload_id: str) -> None:
+    task = asyncio.get_running_loop().create_task(_abort(api, bucket, key, upload_id))
+    _aborts.add(task)
+    task.add_done_callback(_aborts.discard)
+
+
+def _abort_created(api: S3Api, bucket: str, key: str, creating: asyncio.Future[str]) -> None:
+    if not creating.cancelled() and creating.exception() is None:
+        _schedule_abort(api, bucket, key, creating.result())
 
 
 async def _abort(api: S3Api, bucket: str, key: str, upload_id: str) -> None:

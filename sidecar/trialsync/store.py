@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 DEFAULT_PART_SIZE = 16 * 2**20
 DEFAULT_PART_CONCURRENCY = 4
 CREDENTIAL_CHECK_INTERVAL = 1.0  # seconds
+ABORT_GRACE = 10.0  # seconds close() waits for pending multipart aborts
 
 
 def use_plain_gcs_client_for_emulators() -> None:
@@ -125,10 +126,8 @@ class RemoteStore:
         if self.is_async and hasattr(fs, "set_session"):
             await fs.set_session()
         if self.protocol in ("s3", "s3a"):
-            lean = self._lean_s3
-            self._s3 = (
-                s3_client.S3Client.from_botocore(fs.s3) if lean else s3_upload.BotocoreApi(fs)
-            )
+            lean = s3_client.S3Client.from_botocore(fs.s3) if self._lean_s3 else None
+            self._s3 = lean or s3_upload.BotocoreApi(fs)
         self._fs, self._root, self._fingerprint = fs, root.rstrip("/"), fingerprint
         return fs
 
@@ -227,6 +226,8 @@ class RemoteStore:
             await asyncio.to_thread(fs.rm, paths)
 
     async def close(self) -> None:
+        # Multipart aborts of cancelled uploads still need the clients (parts are billed).
+        await s3_upload.wait_for_aborts(ABORT_GRACE)
         clients = [*self._retired, self._s3, self._fs]
         self._fs, self._s3, self._retired = None, None, []
         for client in clients:

@@ -124,9 +124,11 @@ class FsspecSyncer(Syncer):
         sync_period: float = DEFAULT_SYNC_PERIOD,
         sync_timeout: float = DEFAULT_SYNC_TIMEOUT,
         storage_options: dict[str, Any] | None = None,
+        s3_botocore: bool = False,
     ) -> None:
         super().__init__(sync_period, sync_timeout)
         self._storage_options = storage_options or {}
+        self._s3_botocore = s3_botocore
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._future: concurrent.futures.Future[None] | None = None
@@ -195,7 +197,9 @@ class FsspecSyncer(Syncer):
 
     def _store(self, remote_dir: str) -> RemoteStore:
         if remote_dir not in self._stores:
-            self._stores[remote_dir] = RemoteStore(remote_dir, self._storage_options)
+            self._stores[remote_dir] = RemoteStore(
+                remote_dir, self._storage_options, s3_botocore=self._s3_botocore
+            )
         return self._stores[remote_dir]
 
     async def _sync_up(self, local_dir: str, remote_dir: str, exclude: list[str]) -> None:

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import json
 import pathlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 
 from tests.integration.conftest import Backend
 from tests.support import trials
@@ -37,6 +37,11 @@ class SpyStore(RemoteStore):
     async def list(self, rel_prefix: str = "") -> dict[str, object]:  # type: ignore[override]
         self.calls.append(("list", rel_prefix))
         return await super().list(rel_prefix)  # type: ignore[return-value]
+
+    async def delete(self, rels: Iterable[str]) -> None:
+        rels = list(rels)
+        await super().delete(rels)
+        self.calls.extend(("delete", rel) for rel in rels)
 
 
 @contextlib.asynccontextmanager
@@ -166,6 +171,30 @@ async def test_a_worker_lists_only_its_own_trials(backend: Backend, tmp_path: pa
     assert calls == [("list", "exp/trial_00001")]
     assert published == {"exp/trial_00001/checkpoint_000001"}
     assert len(backend.listing()) == 2 * 5  # 3 artifacts, a checkpoint file, its manifest
+
+
+async def test_a_trial_restored_after_start_loses_its_old_manifest_first(
+    backend: Backend, tmp_path: pathlib.Path
+) -> None:
+    first, second = tmp_path / "worker-0", tmp_path / "worker-1"
+    trials.checkpoint(trials.trial(first / "exp"), 4, {"model.pt": 1_000})
+    async with engine_on(backend, first) as engine:
+        await synced(engine)
+    manifest_rel = f"exp/trial_00000/checkpoint_000004/{MANIFEST_NAME}"
+    # A new worker starts empty; the trial then lands on it and writes checkpoint 4 anew.
+    second.mkdir()
+    async with engine_on(backend, second) as engine:
+        await synced(engine)
+        trials.checkpoint(trials.trial(second / "exp"), 4, {"model.pt": 2_000})
+        await settle_events()
+        checkpoint = "exp/trial_00000/checkpoint_000004"
+        await engine.run(Round(checkpoints=[checkpoint], explicit=True), settle=0)
+        calls = spy(engine).calls
+    first_put = next(i for i, call in enumerate(calls) if call[0] == "put")
+    assert ("delete", manifest_rel) in calls[:first_put]  # withdrawn before any file changed
+    assert calls[-1] == ("put_bytes", manifest_rel)
+    manifest = json.loads(backend.read(manifest_rel))
+    assert manifest["files"]["model.pt"]["size"] == 2_000
 
 
 async def test_a_checkpoint_without_manifest_is_completed_after_restart(

@@ -48,13 +48,10 @@ def test_worker_syncs_its_trial_dir_to_the_head_every_period(
     head_url, head_root = head
     _, root = worker(tmp_path, sidecars, head_url, "--sync-period", "1")
     trial = trials.trial(root / "exp")
-    wait_for(lambda: (head_root / TRIAL / "params.json").exists(), 5, what="the trial dir")
+    result = head_root / TRIAL / "result.json"
+    wait_for(result.exists, 5, what="the trial dir")  # files land one by one, each atomically
     (trial / "result.json").write_bytes(b'{"loss": 0.1}\n')
-    wait_for(
-        lambda: (head_root / TRIAL / "result.json").read_bytes() == b'{"loss": 0.1}\n',
-        5,
-        what="the next periodic sync",
-    )
+    wait_for(lambda: result.read_bytes() == b'{"loss": 0.1}\n', 5, what="the next periodic sync")
 
 
 def test_sync_on_checkpoint_forces_a_sync_to_the_head(

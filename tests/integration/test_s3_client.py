@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import pathlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -10,7 +12,7 @@ import pytest
 from botocore.credentials import Credentials
 
 from tests.support.stall_proxy import StallProxy
-from trialsync import s3_client
+from trialsync import s3_client, s3_upload
 from trialsync.s3_client import S3Client, S3Error
 
 
@@ -33,7 +35,10 @@ def proxied(
     host, port = seaweedfs.endpoint_url.rsplit("//", 1)[1].split(":")
     proxy = stall_proxy_factory(host, int(port))
     credentials = Credentials(seaweedfs.access_key, seaweedfs.secret_key)
-    return proxy, S3Client(proxy.endpoint_url, "us-east-1", credentials, path_style=True)
+    client = S3Client(
+        proxy.endpoint_url, "us-east-1", credentials, path_style=True, retry_base=0.01
+    )
+    return proxy, client
 
 
 async def test_objects_land_and_list_page_by_page(seaweedfs: Any, client: S3Client) -> None:
@@ -132,3 +137,52 @@ async def test_a_stalled_request_is_cancellable(
     finally:
         proxy.resume()
         await client.close()
+
+
+class RecordingApi:
+    """The real client, recording the uploads it created and aborted."""
+
+    def __init__(self, client: S3Client) -> None:
+        self.client = client
+        self.created: list[str] = []
+        self.aborted: list[str] = []
+        self.any_aborted = asyncio.Event()
+
+    async def create_multipart_upload(self, bucket: str, key: str) -> str:
+        upload_id = await self.client.create_multipart_upload(bucket, key)
+        self.created.append(upload_id)
+        return upload_id
+
+    async def abort_multipart_upload(self, bucket: str, key: str, upload_id: str) -> None:
+        await self.client.abort_multipart_upload(bucket, key, upload_id)
+        self.aborted.append(upload_id)
+        self.any_aborted.set()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client, name)
+
+
+async def test_an_upload_cancelled_while_being_created_is_aborted_once_created(
+    seaweedfs: Any, proxied: tuple[StallProxy, S3Client], tmp_path: pathlib.Path
+) -> None:
+    proxy, client = proxied
+    bucket = seaweedfs.make_bucket()
+    big = tmp_path / "model.pt"
+    big.write_bytes(os.urandom(12 * 2**20))
+    api = RecordingApi(client)
+    proxy.stall()  # CreateMultipartUpload hangs
+    upload = asyncio.create_task(
+        s3_upload.put_file(api, str(big), bucket, "model.pt", 12 * 2**20, 5 * 2**20, 2)
+    )
+    await asyncio.sleep(0.3)
+    upload.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await upload
+    proxy.resume()  # the store creates the upload after all
+    try:
+        await asyncio.wait_for(api.any_aborted.wait(), timeout=10)
+    finally:
+        await client.close()
+    assert len(api.created) == 1
+    assert api.aborted == api.created
+    assert not seaweedfs.client().list_multipart_uploads(Bucket=bucket).get("Uploads")

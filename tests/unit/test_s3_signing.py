@@ -13,7 +13,14 @@ from botocore.config import Config
 from botocore.credentials import Credentials as BotoCredentials
 
 from trialsync import s3_client
-from trialsync.s3_client import EMPTY_SHA256, UNSIGNED_PAYLOAD, Credentials, S3Client
+from trialsync.s3_client import (
+    EMPTY_SHA256,
+    UNSIGNED_PAYLOAD,
+    Credentials,
+    S3Client,
+    S3Error,
+    parse_listing,
+)
 
 # The "GET Object" example of AWS's "Signature Calculations for the Authorization Header"
 # page (Amazon S3 API reference, sigv4-header-based-auth).
@@ -116,6 +123,7 @@ def _botocore_client(**kwargs: object) -> object:
 def test_a_custom_endpoint_uses_path_style_and_the_clients_credentials() -> None:
     client = _botocore_client(endpoint_url="http://seaweedfs:8333", region_name="eu-west-1")
     lean = S3Client.from_botocore(client)
+    assert lean is not None
     assert (lean.endpoint, lean.region) == ("http://seaweedfs:8333", "eu-west-1")
     assert lean._url("bucket", "a b/c", lean.region) == (
         "http://seaweedfs:8333",
@@ -127,6 +135,7 @@ def test_a_custom_endpoint_uses_path_style_and_the_clients_credentials() -> None
 
 def test_aws_uses_virtual_hosts_and_follows_the_buckets_region() -> None:
     lean = S3Client.from_botocore(_botocore_client(region_name="us-west-2"))
+    assert lean is not None
     assert lean._url("bucket", "k", "us-west-2") == (
         "https://bucket.s3.us-west-2.amazonaws.com",
         "bucket.s3.us-west-2.amazonaws.com",
@@ -139,4 +148,68 @@ def test_aws_uses_virtual_hosts_and_follows_the_buckets_region() -> None:
 
 def test_anonymous_access_signs_nothing() -> None:
     client = _botocore_client(config=Config(signature_version=botocore.UNSIGNED))
-    assert S3Client.from_botocore(client)._credentials is None
+    lean = S3Client.from_botocore(client)
+    assert lean is not None
+    assert lean._credentials is None
+
+
+def _page(body: str, ns: str = ' xmlns="http://s3.amazonaws.com/doc/2006-03-01/"') -> bytes:
+    return f"<?xml version='1.0'?><ListBucketResult{ns}>{body}</ListBucketResult>".encode()
+
+
+CONTENTS = (
+    "<Contents><Key>{}</Key><LastModified>2026-11-26T03:48:14.000Z</LastModified>"
+    '<ETag>"abc"</ETag><Size>7</Size></Contents>'
+)
+
+
+def test_listed_keys_are_decoded_only_when_the_server_encoded_them() -> None:
+    encoded = _page("<EncodingType>url</EncodingType>" + CONTENTS.format("a%2Bb+c%3D"))
+    assert [i.key for i in parse_listing(encoded, "GET")[0]] == ["a+b c="]
+    plain = _page(CONTENTS.format("a+b"))  # a server that ignored encoding-type=url
+    (item,), token = parse_listing(plain, "GET")
+    assert (item.key, item.size, item.etag, token) == ("a+b", 7, "abc", None)
+    assert item.mtime == datetime.datetime(2026, 11, 26, 3, 48, 14, tzinfo=datetime.UTC).timestamp()
+
+
+def test_a_listing_without_namespace_and_a_truncated_one() -> None:
+    page = _page(
+        "<IsTruncated>true</IsTruncated><NextContinuationToken>t1</NextContinuationToken>"
+        + CONTENTS.format("k"),
+        ns="",
+    )
+    items, token = parse_listing(page, "GET")
+    assert ([i.key for i in items], token) == (["k"], "t1")
+    with pytest.raises(S3Error, match="truncated listing without a continuation token"):
+        parse_listing(_page("<IsTruncated>true</IsTruncated>"), "GET")
+    with pytest.raises(S3Error, match="unreadable answer"):
+        parse_listing(b"<ListBucketResult", "GET")
+
+
+def test_an_error_document_in_a_200_answer_is_recognised() -> None:
+    error = b"<?xml version='1.0'?>\n<Error><Code>InternalError</Code><Message>m</Message></Error>"
+    assert s3_client._is_error_document(error)
+    assert not s3_client._is_error_document(b"<CompleteMultipartUploadResult/>")
+    assert not s3_client._is_error_document(b"")
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "host"),
+    [
+        ("https://s3.example.com:443", "s3.example.com"),
+        ("http://s3.example.com:80", "s3.example.com"),
+        ("http://127.0.0.1:8333", "127.0.0.1:8333"),
+        ("http://[::1]:9000", "[::1]:9000"),
+    ],
+)
+def test_the_signed_host_is_the_one_sent(endpoint: str, host: str) -> None:
+    lean = S3Client(endpoint, "us-east-1", None, path_style=True)
+    assert lean._url("b", "k", "us-east-1")[1] == host
+
+
+def test_endpoints_the_lean_client_cannot_serve_fall_back_to_botocore() -> None:
+    assert S3Client.from_botocore(_botocore_client(endpoint_url="http://s3:9000/base")) is None
+    fips = Config(use_fips_endpoint=True)
+    assert S3Client.from_botocore(_botocore_client(region_name="us-east-1", config=fips)) is None
+    accelerate = Config(s3={"use_accelerate_endpoint": True})
+    assert S3Client.from_botocore(_botocore_client(config=accelerate)) is None
