@@ -16,10 +16,18 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import common, idle, noop, throughput
+from bench import common, idle, noop, request_cost, throughput
 
-BENCHMARKS = {"throughput": throughput, "noop": noop, "idle": idle}
-QUICK = {"size_mib": 128, "small_files": 200, "repeat": 1, "files": 5000, "rounds": 50}
+BENCHMARKS = {"throughput": throughput, "noop": noop, "idle": idle, "requests": request_cost}
+QUICK = {
+    "size_mib": 128,
+    "small_files": 200,
+    "repeat": 1,
+    "files": 5000,
+    "rounds": 50,
+    "puts": 500,
+    "parts": 8,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rescans", type=int, default=5, help="noop: full rescans timed (5)")
     parser.add_argument("--recovers", type=int, default=3, help="noop: recover()s timed (3)")
     parser.add_argument("--no-peers", action="store_true", help="noop: skip the peers")
+    request_cost.add_arguments(parser)
     args = parser.parse_args(argv)
     if args.quick:
         for key, value in QUICK.items():

@@ -27,6 +27,7 @@ import inspect
 import logging
 import random
 import ssl
+import urllib.request
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -232,6 +233,9 @@ class S3Client:
         )
         self._retry_base = retry_base
         self._session: aiohttp.ClientSession | None = None
+        # HTTP(S)_PROXY and NO_PROXY, as botocore honours them; read once, since aiohttp's
+        # trust_env reads them (and ~/.netrc) on every request: 0.4 ms of CPU each.
+        self._proxy = env_proxy(self._endpoint)
         self._closed = False
         self._keys: dict[tuple[str, str, str], bytes] = {}
         self._bucket_regions: dict[str, str] = {}
@@ -292,7 +296,6 @@ class S3Client:
                 timeout=self._timeout,
                 auto_decompress=False,
                 skip_auto_headers=("User-Agent",),
-                trust_env=True,  # HTTP(S)_PROXY and NO_PROXY, as botocore honours them
             )
         return self._session
 
@@ -470,7 +473,7 @@ class S3Client:
         # No redirects: a streamed body cannot be sent twice, and S3 does not redirect
         # signed requests anyway (a wrong region is a 301 with the right one named).
         async with session.request(
-            method, url, data=data, headers=headers, allow_redirects=False
+            method, url, data=data, headers=headers, allow_redirects=False, proxy=self._proxy
         ) as response:
             answer = await response.read()
             return response.status, response.headers, answer
@@ -482,6 +485,14 @@ async def _chunks(body: bytes | memoryview) -> AsyncIterator[memoryview]:
     view = memoryview(body)
     for start in range(0, len(view), WRITE_CHUNK):
         yield view[start : start + WRITE_CHUNK]
+
+
+def env_proxy(endpoint: URL) -> str | None:
+    """The proxy for ``endpoint`` from HTTP_PROXY/HTTPS_PROXY, unless NO_PROXY covers it."""
+    proxy = urllib.request.getproxies_environment().get(endpoint.scheme)
+    if not proxy or urllib.request.proxy_bypass(endpoint.host or ""):
+        return None
+    return proxy
 
 
 def _is_aws(host: str) -> bool:

@@ -213,3 +213,13 @@ def test_endpoints_the_lean_client_cannot_serve_fall_back_to_botocore() -> None:
     assert S3Client.from_botocore(_botocore_client(region_name="us-east-1", config=fips)) is None
     accelerate = Config(s3={"use_accelerate_endpoint": True})
     assert S3Client.from_botocore(_botocore_client(config=accelerate)) is None
+
+
+def test_the_proxy_comes_from_the_environment_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("https_proxy", "http://proxy:3128")
+    monkeypatch.setenv("no_proxy", "internal.example,.svc")
+    assert S3Client("https://s3.amazonaws.com", "us-east-1", None, False)._proxy == (
+        "http://proxy:3128"
+    )
+    assert S3Client("https://minio.svc", "us-east-1", None, True)._proxy is None
+    assert S3Client("http://s3.internal.example", "us-east-1", None, True)._proxy is None
