@@ -233,7 +233,9 @@ class RemoteStore:
         for client in clients:
             if isinstance(client, s3_client.S3Client):
                 await client.close()
-            elif client is not None and self.is_async and hasattr(client, "split_path"):
+            elif isinstance(client, s3_upload.BotocoreApi) or client is None:
+                continue  # BotocoreApi uses the filesystem's client, closed with it
+            elif self.is_async:
                 await _close_client(client, self.protocol)
 
 
