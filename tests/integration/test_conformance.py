@@ -70,6 +70,14 @@ async def synced(engine: SyncEngine) -> None:
     spy(engine).calls.clear()
 
 
+async def restarted(backend: Backend, root: pathlib.Path) -> tuple[list[tuple[str, str]], set[str]]:
+    """A new process over ``root``: recover, sync everything once; (its calls, published)."""
+    async with engine_on(backend, root) as engine:
+        await engine.recover(settle=0)
+        await engine.run(Round(full=True), settle=0)
+        return spy(engine).calls, set(engine.ledger.published)
+
+
 async def settle_events() -> None:
     await asyncio.sleep(0.2)  # let the loop read the inotify events
 
@@ -147,11 +155,7 @@ async def test_restart_rebuilds_the_ledger_from_one_listing(
     async with engine_on(backend, root) as engine:
         await synced(engine)
     # A new process: nothing in memory, everything already remote.
-    async with engine_on(backend, root) as engine:
-        await engine.recover(settle=0)
-        await engine.run(Round(full=True), settle=0)
-        calls = spy(engine).calls
-        published = engine.ledger.published
+    calls, published = await restarted(backend, root)
     assert calls == [("list", "exp")]  # the experiment dir holds local state files
     assert published == {f"exp/trial_00000/checkpoint_00000{i}" for i in (1, 2)}
 
@@ -163,11 +167,7 @@ async def test_a_worker_lists_only_its_own_trials(backend: Backend, tmp_path: pa
         async with engine_on(backend, root) as engine:
             await synced(engine)
     # The second worker restarts: it lists its own trial, not the first worker's.
-    async with engine_on(backend, second) as engine:
-        await engine.recover(settle=0)
-        await engine.run(Round(full=True), settle=0)
-        calls = spy(engine).calls
-        published = engine.ledger.published
+    calls, published = await restarted(backend, second)
     assert calls == [("list", "exp/trial_00001")]
     assert published == {"exp/trial_00001/checkpoint_000001"}
     assert len(backend.listing()) == 2 * 5  # 3 artifacts, a checkpoint file, its manifest
@@ -206,9 +206,6 @@ async def test_a_checkpoint_without_manifest_is_completed_after_restart(
     # Simulate a crash between the last file and the marker.
     manifest_rel = f"exp/trial_00000/checkpoint_000002/{MANIFEST_NAME}"
     backend.reader().rm(f"{backend._root()}/{manifest_rel}")
-    async with engine_on(backend, root) as engine:
-        await engine.recover(settle=0)
-        await engine.run(Round(full=True), settle=0)
-        calls = spy(engine).calls
+    calls, _ = await restarted(backend, root)
     assert [c for c in calls if c[0] != "list"] == [("put_bytes", manifest_rel)]
     assert manifest_rel in backend.listing()

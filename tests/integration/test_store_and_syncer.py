@@ -153,11 +153,11 @@ async def test_a_large_file_goes_up_in_parts(
     assert fs.cat_file(f"{bucket_url.removeprefix('s3://')}/exp/model.pt") == big.read_bytes()
 
 
-async def test_a_cancelled_multipart_upload_is_aborted(
+async def test_a_cancelled_multipart_upload_is_aborted_before_the_store_closes(
     seaweedfs: Any, bucket_url: str, tmp_path: pathlib.Path
 ) -> None:
     big = tmp_path / "model.pt"
-    big.write_bytes(os.urandom(80 * 2**20))
+    big.write_bytes(os.urandom(40 * 2**20))
     store = RemoteStore(
         bucket_url, seaweedfs.storage_options(), part_size=5 * 2**20, part_concurrency=1
     )
@@ -176,42 +176,8 @@ async def test_a_cancelled_multipart_upload_is_aborted(
         upload.cancel()
         with pytest.raises(asyncio.CancelledError):
             await upload
-        await asyncio.to_thread(
-            wait_for,
-            lambda: not client.list_multipart_uploads(Bucket=bucket).get("Uploads"),
-            10,
-            0.05,
-            "the abort",
-        )
-    finally:
-        await store.close()
-        client.close()
-    assert "exp/model.pt" not in await RemoteStore(bucket_url, seaweedfs.storage_options()).list()
-
-
-async def test_closing_the_store_lets_the_abort_of_a_cancelled_upload_finish(
-    seaweedfs: Any, bucket_url: str, tmp_path: pathlib.Path
-) -> None:
-    big = tmp_path / "model.pt"
-    big.write_bytes(os.urandom(40 * 2**20))
-    store = RemoteStore(
-        bucket_url, seaweedfs.storage_options(), part_size=5 * 2**20, part_concurrency=1
-    )
-    bucket = bucket_url.removeprefix("s3://").partition("/")[0]
-    client = seaweedfs.client()
-    try:
-        upload = asyncio.create_task(store.put_file(str(big), "exp/model.pt"))
-        await asyncio.to_thread(
-            wait_for,
-            lambda: client.list_multipart_uploads(Bucket=bucket).get("Uploads"),
-            10,
-            0.01,
-            "the multipart upload to start",
-        )
-        upload.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await upload
         await store.close()  # at once, as at the end of --once or a final sync
         assert not client.list_multipart_uploads(Bucket=bucket).get("Uploads")
     finally:
         client.close()
+    assert "exp/model.pt" not in await RemoteStore(bucket_url, seaweedfs.storage_options()).list()
