@@ -149,6 +149,23 @@ def test_stall_proxy_blocks_requests_while_stalled_and_forwards_after_resume(
     assert proxy.bytes_forwarded > forwarded
 
 
+def _read_response(conn: socket.socket) -> bytes:
+    """One whole HTTP/1.1 response (Content-Length or chunked body)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += conn.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    lowered = head.lower()
+    if b"transfer-encoding: chunked" in lowered:
+        while not body.endswith(b"0\r\n\r\n"):
+            body += conn.recv(65536)
+    else:
+        length = int(lowered.split(b"content-length:")[1].split(b"\r\n")[0])
+        while len(body) < length:
+            body += conn.recv(65536)
+    return head + b"\r\n\r\n" + body
+
+
 def test_stall_proxy_stalls_connections_that_are_already_open(
     fake_gcs: GcsServer, stall_proxy_factory: ProxyFactory
 ) -> None:
@@ -156,7 +173,7 @@ def test_stall_proxy_stalls_connections_that_are_already_open(
     request = b"GET /storage/v1/b HTTP/1.1\r\nHost: x\r\n\r\n"
     with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as conn:
         conn.sendall(request)
-        assert conn.recv(65536).startswith(b"HTTP/1.1 200")
+        assert _read_response(conn).startswith(b"HTTP/1.1 200")  # all of it, nothing left
 
         proxy.stall()
         conn.settimeout(1)
@@ -166,7 +183,7 @@ def test_stall_proxy_stalls_connections_that_are_already_open(
 
         proxy.resume()
         conn.settimeout(5)
-        assert conn.recv(65536).startswith(b"HTTP/1.1 200")
+        assert _read_response(conn).startswith(b"HTTP/1.1 200")
     assert proxy.connections_accepted == 1
 
 

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
+from aiohttp import web
 from botocore.credentials import Credentials
 
 from tests.support.stall_proxy import StallProxy
@@ -186,3 +187,45 @@ async def test_an_upload_cancelled_while_being_created_is_aborted_once_created(
     assert len(api.created) == 1
     assert api.aborted == api.created
     assert not seaweedfs.client().list_multipart_uploads(Bucket=bucket).get("Uploads")
+
+
+async def test_a_bucket_in_another_region_is_followed_once(
+    aiohttp_wrong_region: tuple[str, list[str]],
+) -> None:
+    endpoint, scopes = aiohttp_wrong_region
+    client = S3Client(endpoint, "us-east-1", Credentials("AKID", "secret"), path_style=True)
+    try:
+        await client.put_object("bucket", "k", b"x")
+        await client.put_object("bucket", "k2", b"y")  # remembered: no second detour
+    finally:
+        await client.close()
+    assert scopes == ["us-east-1", "eu-west-1", "eu-west-1"]
+
+
+@pytest.fixture
+async def aiohttp_wrong_region() -> AsyncIterator[tuple[str, list[str]]]:
+    """AWS's answer to a request signed for the wrong region, which SeaweedFS (one region)
+    never gives: 400 AuthorizationHeaderMalformed naming the bucket's region."""
+    scopes: list[str] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        region = request.headers["Authorization"].split("/")[2]
+        scopes.append(region)
+        if region != "eu-west-1":
+            body = (
+                "<Error><Code>AuthorizationHeaderMalformed</Code><Message>the region "
+                f"'{region}' is wrong; expecting 'eu-west-1'</Message>"
+                "<Region>eu-west-1</Region></Error>"
+            )
+            return web.Response(status=400, text=body, headers={"x-amz-bucket-region": "eu-west-1"})
+        return web.Response(status=200, headers={"ETag": '"e"'})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    yield f"http://127.0.0.1:{port}", scopes
+    await runner.cleanup()
