@@ -137,6 +137,7 @@ class SyncEngine:
         Only the trial dirs present here are listed (see ``listing_scopes``), so a worker
         among hundreds does not page through every other worker's objects.
         """
+        await self.store.connect()
         local = await asyncio.to_thread(scanner.scan, self.options.root)
         scopes = listing_scopes(local, SCOPED_LISTINGS_MAX)
         remote = await self._list_scopes(scopes)

@@ -115,6 +115,9 @@ class HeadStore:
             for rel in rels:
                 group.create_task(self._send("DELETE", rel))
 
+    async def connect(self) -> None:
+        self._client()
+
     async def close(self) -> None:
         session, self._session = self._session, None
         if session is not None:

@@ -343,6 +343,14 @@ class S3Client:
     async def abort_multipart_upload(self, bucket: str, key: str, upload_id: str) -> None:
         await self._request("DELETE", bucket, key, {"uploadId": upload_id}, b"")
 
+    async def delete_object(self, bucket: str, key: str) -> None:
+        """Delete ``key``; a missing key is not an error (S3 answers 204 either way)."""
+        try:
+            await self._request("DELETE", bucket, key, {}, b"")
+        except FileNotFoundError as exc:
+            if getattr(exc, "code", "") == "NoSuchBucket":
+                raise
+
     async def list_objects(
         self, bucket: str, prefix: str, page_size: int = 1000
     ) -> AsyncIterator[Listed]:

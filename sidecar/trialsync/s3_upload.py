@@ -42,6 +42,8 @@ class S3Api(Protocol):
 
     async def abort_multipart_upload(self, bucket: str, key: str, upload_id: str) -> None: ...
 
+    async def delete_object(self, bucket: str, key: str) -> None: ...
+
     def list_objects(self, bucket: str, prefix: str) -> AsyncIterator[Listed]: ...
 
 
@@ -83,6 +85,9 @@ class BotocoreApi:
         await self._fs._call_s3(
             "abort_multipart_upload", Bucket=bucket, Key=key, UploadId=upload_id
         )
+
+    async def delete_object(self, bucket: str, key: str) -> None:
+        await self._fs._call_s3("delete_object", Bucket=bucket, Key=key)
 
     async def list_objects(self, bucket: str, prefix: str) -> AsyncIterator[Listed]:
         # s3fs's find would also fill its directory cache with every entry, which costs

@@ -45,6 +45,9 @@ class SyncerStore:
             for rel in rels:
                 await asyncio.to_thread(self._run, self._syncer.delete, self.url(rel))
 
+    async def connect(self) -> None:
+        return None  # the syncer builds its clients itself
+
     async def close(self) -> None:
         await asyncio.to_thread(self._syncer.close)
 

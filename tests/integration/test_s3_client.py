@@ -57,6 +57,16 @@ async def test_objects_land_and_list_page_by_page(seaweedfs: Any, client: S3Clie
     assert landed == b"bb"
 
 
+async def test_delete_removes_an_object_and_ignores_a_missing_one(
+    seaweedfs: Any, client: S3Client
+) -> None:
+    bucket = seaweedfs.make_bucket()
+    await client.put_object(bucket, "a b+c", b"x")
+    await client.delete_object(bucket, "a b+c")
+    await client.delete_object(bucket, "never-there")
+    assert [item async for item in client.list_objects(bucket, "")] == []
+
+
 async def test_multipart_upload_assembles_the_parts(seaweedfs: Any, client: S3Client) -> None:
     bucket = seaweedfs.make_bucket()
     parts = [bytes([n]) * (5 * 2**20) for n in range(2)] + [b"tail"]
