@@ -87,6 +87,7 @@ class RemoteStore:
         self._credential_files = credential_files
         self._fs: Any = None
         self._s3: s3_upload.S3Api | None = None
+        self._bucket = self._prefix = ""  # S3: the upload dir's bucket and key prefix
         # The lean client unless asked for botocore or the options need it.
         self._lean_s3 = not s3_botocore and s3_client.supports(self._options)
         self._root = ""
@@ -132,6 +133,8 @@ class RemoteStore:
         if self.protocol in ("s3", "s3a"):
             lean = s3_client.S3Client.from_botocore(fs.s3) if self._lean_s3 else None
             self._s3 = lean or s3_upload.BotocoreApi(fs)
+            # Parsed once here, not for every upload.
+            self._bucket, self._prefix, _ = fs.split_path(root.rstrip("/"))
         self._fs, self._root, self._fingerprint = fs, root.rstrip("/"), fingerprint
         return fs
 
@@ -139,6 +142,10 @@ class RemoteStore:
         # Building the s3fs/gcsfs client (botocore's endpoint data, Google's auth) took
         # 0.16 s here: spend it at start-up rather than on the first checkpoint.
         await self._filesystem()
+
+    def _key(self, rel: str) -> str:
+        """The S3 key of ``rel`` in ``self._bucket``."""
+        return posixpath.join(self._prefix, rel) if rel else self._prefix
 
     def path(self, rel: str) -> str:
         return posixpath.join(self._root, rel) if rel else self._root
@@ -148,18 +155,23 @@ class RemoteStore:
 
     async def put_file(self, local_path: str, rel: str) -> None:
         fs = await self._filesystem()
+        if self._s3 is not None:
+            size = os.path.getsize(local_path)  # noqa: ASYNC240 - one stat
+            await s3_upload.put_file(
+                self._s3,
+                local_path,
+                self._bucket,
+                self._key(rel),
+                size,
+                self._part_size,
+                self._part_concurrency,
+            )
+            return
         target = self.path(rel)
         if not self.is_async:
             # A blocking backend runs in a thread that a timeout cannot stop; the retry
             # rewrites the same content, so an abandoned copy does no harm.
             await asyncio.to_thread(_put_blocking, fs, local_path, target)
-            return
-        if self._s3 is not None:
-            size = os.path.getsize(local_path)  # noqa: ASYNC240 - one stat
-            bucket, key, _ = fs.split_path(target)
-            await s3_upload.put_file(
-                self._s3, local_path, bucket, key, size, self._part_size, self._part_concurrency
-            )
             return
         chunks = {"chunksize": self._part_size} if self.protocol in ("gs", "gcs") else {}
         await fs._put_file(local_path, target, **chunks)
@@ -190,10 +202,9 @@ class RemoteStore:
     async def list(self, rel_prefix: str = "") -> dict[str, RemoteObject]:
         """Every object below ``rel_prefix``, keyed by root-relative path; {} if none."""
         fs = await self._filesystem()
-        base = self.path(rel_prefix)
         if self._s3 is not None:
-            bucket, key, _ = fs.split_path(base)
-            return await self._list_s3(self._s3, bucket, key)
+            return await self._list_s3(self._s3, self._key(rel_prefix))
+        base = self.path(rel_prefix)
         try:
             if self.is_async:
                 fs.invalidate_cache(base)
@@ -211,14 +222,11 @@ class RemoteStore:
             listing[rel] = _remote_object(info)
         return listing
 
-    async def _list_s3(
-        self, api: s3_upload.S3Api, bucket: str, key: str
-    ) -> dict[str, RemoteObject]:
-        # Keys are relative to the bucket; strip the root's "prefix/" as well.
-        strip = len(self._root) - len(bucket) if "/" in self._root else 0
+    async def _list_s3(self, api: s3_upload.S3Api, key: str) -> dict[str, RemoteObject]:
+        strip = len(self._prefix) + 1 if self._prefix else 0  # keys relative to the root
         listing: dict[str, RemoteObject] = {}
         try:
-            async for item in api.list_objects(bucket, f"{key}/" if key else ""):
+            async for item in api.list_objects(self._bucket, f"{key}/" if key else ""):
                 listing[item.key[strip:]] = RemoteObject(item.size, item.mtime, item.etag)
         except FileNotFoundError:
             return {}
@@ -226,12 +234,14 @@ class RemoteStore:
 
     async def delete(self, rels: Iterable[str]) -> None:
         fs = await self._filesystem()
-        paths = [self.path(rel) for rel in rels]
-        if not paths:
+        rels = list(rels)
+        if not rels:
             return
         if self._s3 is not None:
-            await _delete_s3(self._s3, [fs.split_path(path)[:2] for path in paths])
-        elif self.is_async:
+            await _delete_s3(self._s3, [(self._bucket, self._key(rel)) for rel in rels])
+            return
+        paths = [self.path(rel) for rel in rels]
+        if self.is_async:
             await fs._rm(paths)
         else:
             await asyncio.to_thread(fs.rm, paths)

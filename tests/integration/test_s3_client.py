@@ -48,7 +48,16 @@ async def test_objects_land_and_list_page_by_page(seaweedfs: Any, client: S3Clie
     for key, body in keys.items():
         etag = await client.put_object(bucket, key, body)
         assert etag.strip('"')
+    requests: list[str] = []
+    send = client._request
+
+    async def counted(method: str, *args: Any) -> Any:
+        requests.append(method)
+        return await send(method, *args)
+
+    client._request = counted  # type: ignore[method-assign]
     listed = [item async for item in client.list_objects(bucket, "p/", page_size=2)]
+    assert requests == ["GET", "GET"]  # three objects, two to a page
     assert {item.key: item.size for item in listed} == {
         key: len(body) for key, body in keys.items() if key.startswith("p/")
     }
