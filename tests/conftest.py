@@ -3,7 +3,7 @@
 import os
 
 # gcsfs reads this when imported: against the GCS emulator, use its plain HTTP client
-# (see trialsync.store.use_plain_gcs_client_for_emulators).
+# (see trialsync.cli.use_plain_gcs_client_for_emulators).
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 
 pytest_plugins = [

@@ -10,11 +10,21 @@ from collections.abc import Sequence
 
 from trialsync import logs
 from trialsync.settings import ConfigError, parse, unknown_env
-from trialsync.store import use_plain_gcs_client_for_emulators
 
 USAGE = "usage: trialsync sync --root DIR --upload-dir URI [options]   (trialsync sync --help)"
 # Set by the project's own tooling, not settings of the sidecar.
 _NOT_SETTINGS = {"TRIALSYNC_CACHE", "TRIALSYNC_TOOLS_BIN", "TRIALSYNC_KUBECONFIG"}
+
+
+def use_plain_gcs_client_for_emulators() -> None:
+    """Against a GCS emulator (STORAGE_EMULATOR_HOST), use gcsfs's plain HTTP client.
+
+    gcsfs 2026.x first asks a gRPC API for each bucket's type; emulators do not serve it,
+    so every bucket stalls for about a minute. The flag is read when gcsfs is imported, so
+    this must run before anything imports it.
+    """
+    if os.environ.get("STORAGE_EMULATOR_HOST"):
+        os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

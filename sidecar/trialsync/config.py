@@ -1,19 +1,25 @@
-"""The seed's SyncConfig: fields, defaults and validation, as Ray Tune defines them."""
+"""The seed's SyncConfig: fields, defaults and validation, as Ray Tune defines them.
+
+This module is the seed model alone: it imports no storage client, so the operator can
+validate SyncConfigs without loading fsspec. Which storage backends can serve an upload
+dir is asked of a ``BackendCheck``: by default the fsspec backends installed in this
+Python (``installed_backend``); the operator asks what its sidecar image serves instead.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import importlib.util
 import re
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Union
-
-import fsspec
-from fsspec.registry import known_implementations
 
 if TYPE_CHECKING:
     from trialsync.syncer import Syncer
 
 SyncerSpec = Union[str, "Syncer", None]
+#: Raises ValueError (saying what to fix) unless ``uri``, of scheme ``scheme``, can be served.
+BackendCheck = Callable[[str, str], None]
 
 DEFAULT_SYNC_PERIOD = 300
 DEFAULT_SYNC_TIMEOUT = 1800
@@ -21,8 +27,9 @@ DEFAULT_SYNC_TIMEOUT = 1800
 # Bucket names as S3 and GCS accept them (GCS also allows dots and underscores).
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$")
 _BUCKET_SCHEMES = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "oss", "r2"}
-# The install hint for the backends users ask for most.
-_EXTRA_FOR = {
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*$")
+#: The Python package each scheme's fsspec backend needs, for the users' most common ones.
+PACKAGE_FOR = {
     "s3": "s3fs",
     "s3a": "s3fs",
     "gs": "gcsfs",
@@ -55,14 +62,17 @@ class SyncConfig:
     sync_artifacts: bool = True
     sync_on_checkpoint: bool = True
 
-    def validate_upload_dir(self) -> bool:
+    def validate_upload_dir(self, backend: BackendCheck | None = None) -> bool:
         """Return True if this configuration can sync, else raise ValueError saying why.
 
-        Checks the upload_dir URI (scheme known, backend installed, well formed), that the
-        syncer fits it, and that the period and timeout are positive.
+        Checks the upload_dir URI (scheme known, backend available, well formed), that the
+        syncer fits it, and that the period and timeout are positive. ``backend`` says
+        which storage backends exist; by default, those installed in this Python.
         """
         _require_positive("sync_period", self.sync_period)
         _require_positive("sync_timeout", self.sync_timeout)
+        if isinstance(self.syncer, str):
+            validate_syncer_name(self.syncer)
         if not self.upload_dir:
             return True
         if self.syncer is None:
@@ -70,33 +80,49 @@ class SyncConfig:
                 "syncer=None disables syncing, which contradicts upload_dir="
                 f"{self.upload_dir!r}: remove upload_dir, or set syncer to 'auto'"
             )
-        validate_uri(self.upload_dir)
+        validate_uri(self.upload_dir, backend)
         if not isinstance(self.syncer, str):
             return self.syncer.validate_upload_dir(self.upload_dir)
         return True
 
 
-def _require_positive(name: str, value: float) -> None:
+def _require_positive(name: str, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
         raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+    if value != value or value == float("inf"):
+        raise ValueError(f"{name} must be a finite number of seconds, got {value!r}")
 
 
-def validate_uri(uri: str) -> None:
-    """Raise ValueError unless ``uri`` names a storage location fsspec can write to here."""
+def validate_syncer_name(syncer: str) -> None:
+    """Raise ValueError unless ``syncer`` is ``auto``, ``none`` or ``package.module:Class``."""
+    if syncer in ("auto", "none"):
+        return
+    module, sep, name = syncer.partition(":")
+    if (
+        not sep
+        or not name.isidentifier()
+        or not all(part.isidentifier() for part in module.split("."))
+    ):
+        raise ValueError(
+            f"syncer {syncer!r} must be 'auto', 'none' or 'package.module:Class' "
+            "(a trialsync.Syncer subclass shipped in a custom sidecar image)"
+        )
+
+
+def validate_uri(uri: str, backend: BackendCheck | None = None) -> None:
+    """Raise ValueError unless ``uri`` names a storage location a backend can write to.
+
+    ``backend`` decides which schemes can be served (default: ``installed_backend``).
+    """
     if not isinstance(uri, str) or uri != uri.strip() or not uri:
         raise ValueError(f"upload_dir must be a non-empty URI without spaces, got {uri!r}")
     scheme, sep, rest = uri.partition("://")
-    if not sep or not scheme or "/" in scheme:
+    if not sep or not _SCHEME.match(scheme):
         raise ValueError(
             f"upload_dir {uri!r} has no scheme (scheme://...): use s3://bucket/prefix, "
             "gs://bucket/prefix, hdfs://namenode/path or file:///absolute/path"
         )
     scheme = scheme.lower()
-    if scheme not in known_implementations and scheme not in fsspec.available_protocols():
-        raise ValueError(
-            f"upload_dir {uri!r} has an unknown scheme {scheme!r}; fsspec knows "
-            f"{', '.join(sorted(('s3', 'gs', 'gcs', 'hdfs', 'file', 'memory')))} and others"
-        )
     if scheme in _BUCKET_SCHEMES:
         bucket = rest.split("/", 1)[0]
         if not _BUCKET.match(bucket):
@@ -110,7 +136,20 @@ def validate_uri(uri: str) -> None:
         raise ValueError(f"upload_dir {uri!r} names no path: hdfs://namenode:8020/path")
     if "//" in rest.lstrip("/"):
         raise ValueError(f"upload_dir {uri!r} has an empty path segment ('//')")
-    package = _EXTRA_FOR.get(scheme)
+    (backend or installed_backend)(scheme, uri)
+
+
+def installed_backend(scheme: str, uri: str) -> None:
+    """A ``BackendCheck``: the fsspec backends installed in this Python (imported lazily)."""
+    import fsspec
+    from fsspec.registry import known_implementations
+
+    if scheme not in known_implementations and scheme not in fsspec.available_protocols():
+        raise ValueError(
+            f"upload_dir {uri!r} has an unknown scheme {scheme!r}; fsspec knows "
+            f"{', '.join(sorted(('s3', 'gs', 'gcs', 'hdfs', 'file', 'memory')))} and others"
+        )
+    package = PACKAGE_FOR.get(scheme)
     try:
         fsspec.get_filesystem_class(scheme)
         # Some fsspec classes import their client only when instantiated (HDFS: pyarrow).

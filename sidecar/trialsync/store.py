@@ -32,17 +32,6 @@ ABORT_GRACE = 10.0  # seconds close() waits for pending multipart aborts
 DELETES_IN_FLIGHT = 16
 
 
-def use_plain_gcs_client_for_emulators() -> None:
-    """Against a GCS emulator (STORAGE_EMULATOR_HOST), use gcsfs's plain HTTP client.
-
-    gcsfs 2026.x first asks a gRPC API for each bucket's type; emulators do not serve it,
-    so every bucket stalls for about a minute. The flag is read when gcsfs is imported, so
-    this must run before anything imports it.
-    """
-    if os.environ.get("STORAGE_EMULATOR_HOST"):
-        os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
-
-
 class Store(Protocol):
     """What the engine needs of the remote side. ``verifiable``: ``list`` reports sizes."""
 

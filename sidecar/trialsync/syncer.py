@@ -22,7 +22,12 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from trialsync import scanner, tasks, transfer
-from trialsync.config import DEFAULT_SYNC_PERIOD, DEFAULT_SYNC_TIMEOUT, validate_uri
+from trialsync.config import (
+    DEFAULT_SYNC_PERIOD,
+    DEFAULT_SYNC_TIMEOUT,
+    validate_syncer_name,
+    validate_uri,
+)
 from trialsync.ledger import Ledger
 from trialsync.store import RemoteStore
 
@@ -241,9 +246,8 @@ def _excluded(rel: str, patterns: list[str]) -> bool:
 
 def load_syncer(spec: str, sync_period: float, sync_timeout: float) -> Syncer:
     """Instantiate ``"package.module:Class"``, a Syncer subclass, or raise ValueError."""
-    module_name, sep, class_name = spec.partition(":")
-    if not sep or not module_name or not class_name:
-        raise ValueError(f"syncer {spec!r} must be 'auto', 'none' or 'package.module:Class'")
+    validate_syncer_name(spec)
+    module_name, _, class_name = spec.partition(":")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -92,3 +94,57 @@ def test_a_syncer_instance_validates_the_upload_dir_itself() -> None:
     assert SyncConfig(upload_dir="memory://x/y", syncer=_OnlyMemory()).validate_upload_dir()
     with pytest.raises(ValueError, match="memory:// only"):
         SyncConfig(upload_dir="s3://bucket/x", syncer=_OnlyMemory()).validate_upload_dir()
+
+
+def test_the_seed_model_and_the_cli_load_no_storage_client() -> None:
+    # A fresh interpreter: this test process has long imported fsspec.
+    code = (
+        "import sys, trialsync, trialsync.config, trialsync.cli\n"
+        "trialsync.SyncConfig(upload_dir=None).validate_upload_dir()\n"
+        "heavy = {'fsspec', 'aiohttp', 'botocore', 's3fs', 'gcsfs', 'trialsync.engine'}\n"
+        "print(sorted(m for m in sys.modules if m in heavy or m.split('.')[0] in heavy))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "[]"
+
+
+def test_the_public_names_resolve_lazily() -> None:
+    import trialsync
+    from trialsync.syncer import FsspecSyncer
+
+    assert trialsync.FsspecSyncer is FsspecSyncer
+    assert "SyncConfig" in dir(trialsync)
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        _ = trialsync.Nope  # type: ignore[attr-defined]
+
+
+def test_a_backend_check_decides_which_schemes_are_served() -> None:
+    def only_s3(scheme: str, uri: str) -> None:
+        if scheme != "s3":
+            raise ValueError(f"{uri}: the sidecar image serves s3 only")
+
+    assert SyncConfig(upload_dir="s3://bucket/x").validate_upload_dir(only_s3)
+    with pytest.raises(ValueError, match="serves s3 only"):
+        SyncConfig(upload_dir="gs://bucket/x").validate_upload_dir(only_s3)
+    # The form is checked before the backend is asked.
+    with pytest.raises(ValueError, match="no valid bucket name"):
+        SyncConfig(upload_dir="s3://B/x").validate_upload_dir(only_s3)
+
+
+@pytest.mark.parametrize("syncer", ["auto", "none", "pkg.mod:Class", "a:B"])
+def test_syncer_names_of_the_three_forms_are_valid(syncer: str) -> None:
+    assert SyncConfig(upload_dir="s3://bucket/x" if syncer != "none" else None, syncer=syncer)
+
+
+@pytest.mark.parametrize("syncer", ["", "pyarrow", "pkg.mod:", ":Class", "pkg..mod:C", "a b:C"])
+def test_a_malformed_syncer_name_is_refused(syncer: str) -> None:
+    with pytest.raises(ValueError, match=r"'package\.module:Class'"):
+        SyncConfig(upload_dir="s3://bucket/x", syncer=syncer).validate_upload_dir()
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), True, "300"])
+def test_a_period_that_is_not_a_finite_number_is_refused(value: object) -> None:
+    with pytest.raises(ValueError, match="sync_period must be a"):
+        SyncConfig(sync_period=value).validate_upload_dir()  # type: ignore[arg-type]
