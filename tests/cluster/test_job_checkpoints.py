@@ -1,0 +1,101 @@
+"""Seed scenario 2 on a real node: a training Job's checkpoints reach object storage."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+
+import pytest
+
+from tests.cluster.trial_pods import (
+    MANIFEST_NAME,
+    TRIAL_ROOT,
+    bucket_objects,
+    s3_sidecar,
+    trainer,
+    trainer_events,
+    trial_pod,
+    written_files,
+    sidecar_records,
+)
+from tests.support.cluster.fixtures import ClusterS3
+from tests.support.cluster.harness import Cluster
+from tests.support.sidecar_pod import SIDECAR_NAME
+
+pytestmark = pytest.mark.timeout(600)
+
+CHECKPOINTS = 3
+
+
+def test_job_completes_with_every_checkpoint_published(
+    cluster: Cluster, cluster_s3: ClusterS3, cluster_namespace: str
+) -> None:
+    ns = cluster_namespace
+    bucket = cluster_s3.server.make_bucket()
+    endpoint = cluster_s3.install(cluster, ns)
+    sidecar = s3_sidecar(cluster, cluster_s3, endpoint, f"s3://{bucket}/experiments")
+    pod = trial_pod(
+        "unused",
+        sidecar,
+        [
+            trainer(
+                cluster.images.sidecar,
+                ["--root", TRIAL_ROOT, "--experiment", "exp", "--trial", "trial_0",
+                 "--checkpoints", str(CHECKPOINTS), "--size", str(512 * 1024), "--trigger"],
+            )  # fmt: skip
+        ],
+    )
+    job = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": "train"},
+        "spec": {
+            "backoffLimit": 0,
+            "template": {"metadata": {"labels": {"app": "train"}}, "spec": pod["spec"]},
+        },
+    }
+    job["spec"]["template"]["metadata"]["annotations"] = pod["metadata"]["annotations"]
+
+    created = time.monotonic()
+    cluster.apply(job, ns)
+    cluster.wait_for("job", "train", ns, "condition=Complete", timeout=180)
+    complete_after = time.monotonic() - created
+    print(f"Job Complete {complete_after:.1f}s after it was created")
+
+    (pod_name,) = cluster.kube.kubectl(
+        "get", "pods", "-n", ns, "-l", "job-name=train", "-o", "jsonpath={.items[*].metadata.name}"
+    ).stdout.split()
+    events = trainer_events(cluster.logs(pod_name, ns, "trainer"))
+    assert events[-1]["event"] == "done"
+    written = written_files(events)
+    assert len(written) == 2 * CHECKPOINTS
+
+    # Every checkpoint file is in the bucket with the trainer's bytes, and each checkpoint
+    # has its manifest, which lists exactly those files.
+    objects = bucket_objects(cluster_s3.server, bucket, "experiments/exp/trial_0/")
+    prefix = "experiments/exp/trial_0/"
+    for rel, sha in written.items():
+        assert hashlib.sha256(objects[prefix + rel]).hexdigest() == sha, rel
+    for i in range(1, CHECKPOINTS + 1):
+        manifest = json.loads(objects[f"{prefix}checkpoint_{i:06d}/{MANIFEST_NAME}"])
+        assert manifest["checkpoint"] == f"exp/trial_0/checkpoint_{i:06d}"
+        assert set(manifest["files"]) == {"model.bin", "meta.json"}, manifest
+        size = len(objects[f"{prefix}checkpoint_{i:06d}/model.bin"])
+        assert manifest["files"]["model.bin"]["size"] == size
+    assert prefix + "progress.csv" in objects  # seed scenario 4 rides along
+
+    # The sidecar's own account, through kubectl logs: it was stopped after the trainer
+    # and its final sync made everything durable.
+    records = sidecar_records(cluster, pod_name, ns)
+    messages = [r["msg"] for r in records]
+    assert "SIGTERM: final sync of everything" in messages
+    final = [r for r in records if r["msg"] == "final sync finished"]
+    assert final and final[-1]["durable"] is True, records
+    published = {r["path"] for r in records if r["msg"] == "checkpoint published"}
+    assert published == {f"exp/trial_0/checkpoint_{i:06d}" for i in range(1, CHECKPOINTS + 1)}
+    status = cluster.get("pod", pod_name, ns)
+    (sidecar_state,) = [
+        s for s in status["status"]["initContainerStatuses"] if s["name"] == SIDECAR_NAME
+    ]
+    assert sidecar_state["state"]["terminated"]["exitCode"] == 0
