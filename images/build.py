@@ -34,9 +34,9 @@ import json
 import os
 import platform
 import shutil
+import struct
 import subprocess
 import sys
-import struct
 import tarfile
 import tempfile
 import time
@@ -155,7 +155,7 @@ class Buildah:
     def __call__(self, *args: str, capture: bool = True) -> str:
         return run([*self.global_args, *args], capture=capture)
 
-    def image_config(self, ref: str) -> dict[str, object] | None:
+    def image_config(self, ref: str) -> dict[str, Any] | None:
         done = subprocess.run(
             [*self.global_args, "inspect", "--type", "image", ref],
             capture_output=True,
@@ -164,7 +164,7 @@ class Buildah:
         )
         if done.returncode != 0:
             return None
-        info: dict[str, object] = json.loads(done.stdout)
+        info: dict[str, Any] = json.loads(done.stdout)
         return info
 
 
@@ -176,7 +176,7 @@ def ensure_base(buildah: Buildah) -> str:
     key = digest_of(BASE_RECIPE, SLIM_EXCLUDES, SLIM_INCLUDES)
     info = buildah.image_config(BASE_REF)
     if info is not None:
-        labels = info.get("OCIv1", {}).get("config", {}).get("Labels") or {}  # type: ignore[union-attr]
+        labels = info.get("OCIv1", {}).get("config", {}).get("Labels") or {}
         if labels.get("io.trialsync.base-recipe") == key:
             return str(info["FromImageID"])
     log(f"making {BASE_REF} with debootstrap (about a minute)")
@@ -246,9 +246,7 @@ def slim(rootfs: Path) -> None:
         '/var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };\n'
         'Dir::Cache::pkgcache ""; Dir::Cache::srcpkgcache "";\n'
     )
-    (rootfs / "etc/apt/apt.conf.d/docker-no-languages").write_text(
-        'Acquire::Languages "none";\n'
-    )
+    (rootfs / "etc/apt/apt.conf.d/docker-no-languages").write_text('Acquire::Languages "none";\n')
     suite = BASE_RECIPE["suite"]
     (rootfs / "etc/apt/sources.list").unlink(missing_ok=True)
     (rootfs / "etc/apt/sources.list.d/debian.sources").write_text(
@@ -294,7 +292,17 @@ def project_wheel(out: Path) -> Path:
         src = Path(tmp) / "src"
         shutil.copytree(REPO, src, ignore=_not_in_wheel)
         run(
-            [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(out), str(src)],
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "wheel",
+                "--quiet",
+                "--no-deps",
+                "-w",
+                str(out),
+                str(src),
+            ],
             env={**os.environ, "SOURCE_DATE_EPOCH": "315532800"},
         )
     (wheel,) = out.glob("trialsync-*.whl")
@@ -437,10 +445,13 @@ def build_image(
     )
     tmp = archive.with_name(f".{archive.name}.{os.getpid()}")
     tmp.unlink(missing_ok=True)
-    buildah("push", f"--signature-policy={buildah.policy}", ref, f"oci-archive:{tmp}:{ref}")
-    size = unpacked_size(tmp)
-    meta.write_text(json.dumps({"ref": ref, "size_bytes": size}))
-    tmp.rename(archive)
+    try:
+        buildah("push", f"--signature-policy={buildah.policy}", ref, f"oci-archive:{tmp}:{ref}")
+        size = unpacked_size(tmp)
+        meta.write_text(json.dumps({"ref": ref, "size_bytes": size}))
+        tmp.rename(archive)
+    finally:
+        tmp.unlink(missing_ok=True)
     log(f"built {ref} in {time.monotonic() - started:.0f}s: {size / 1e6:.0f} MB")
     return Built(name, ref, archive, size, archive.stat().st_size)
 
@@ -477,9 +488,7 @@ def unpacked_size(archive: Path) -> int:
 
 def pause_binary() -> tuple[Path, str]:
     """The pause binary of tools/build.sh --node, and its version (kubeadm's pin)."""
-    bin_dir = Path(
-        run(["bash", str(REPO / "tools" / "build.sh"), "--node", "--bin-dir"]).strip()
-    )
+    bin_dir = Path(run(["bash", str(REPO / "tools" / "build.sh"), "--node", "--bin-dir"]).strip())
     binary = bin_dir / "pause"
     version = run([str(binary), "-v"]).split()[-1]
     return binary, version

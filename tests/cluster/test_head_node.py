@@ -109,9 +109,11 @@ def test_workers_sync_trial_dirs_to_the_head_through_its_service(
                 [
                     trainer(
                         cluster.images.sidecar,
-                        ["--root", TRIAL_ROOT, "--experiment", "exp", "--trial", f"trial_{i}",
-                         "--checkpoints", "2", "--size", "65536", "--trigger"],
-                    )  # fmt: skip
+                        trial=f"trial_{i}",
+                        checkpoints=2,
+                        size=65536,
+                        trigger=True,
+                    )
                 ],
             ),
             ns,

@@ -10,17 +10,16 @@ import pytest
 
 from tests.cluster.trial_pods import (
     MANIFEST_NAME,
-    TRIAL_ROOT,
     bucket_objects,
     s3_sidecar,
+    sidecar_records,
     trainer,
     trainer_events,
     trial_pod,
     written_files,
-    sidecar_records,
 )
 from tests.support.cluster.fixtures import ClusterS3
-from tests.support.cluster.harness import Cluster
+from tests.support.cluster.harness import Cluster, Manifest
 from tests.support.sidecar_pod import SIDECAR_NAME
 
 pytestmark = pytest.mark.timeout(600)
@@ -41,21 +40,23 @@ def test_job_completes_with_every_checkpoint_published(
         [
             trainer(
                 cluster.images.sidecar,
-                ["--root", TRIAL_ROOT, "--experiment", "exp", "--trial", "trial_0",
-                 "--checkpoints", str(CHECKPOINTS), "--size", str(512 * 1024), "--trigger"],
-            )  # fmt: skip
+                trial="trial_0",
+                checkpoints=CHECKPOINTS,
+                size=512 * 1024,
+                trigger=True,
+            )
         ],
     )
-    job = {
+    template = {
+        "metadata": {"labels": {"app": "train"}, "annotations": pod["metadata"]["annotations"]},
+        "spec": pod["spec"],
+    }
+    job: Manifest = {
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {"name": "train"},
-        "spec": {
-            "backoffLimit": 0,
-            "template": {"metadata": {"labels": {"app": "train"}}, "spec": pod["spec"]},
-        },
+        "spec": {"backoffLimit": 0, "template": template},
     }
-    job["spec"]["template"]["metadata"]["annotations"] = pod["metadata"]["annotations"]
 
     created = time.monotonic()
     cluster.apply(job, ns)
@@ -90,8 +91,8 @@ def test_job_completes_with_every_checkpoint_published(
     records = sidecar_records(cluster, pod_name, ns)
     messages = [r["msg"] for r in records]
     assert "SIGTERM: final sync of everything" in messages
-    final = [r for r in records if r["msg"] == "final sync finished"]
-    assert final and final[-1]["durable"] is True, records
+    (final,) = [r for r in records if r["msg"] == "final sync finished"]
+    assert final["durable"] is True, records
     published = {r["path"] for r in records if r["msg"] == "checkpoint published"}
     assert published == {f"exp/trial_0/checkpoint_{i:06d}" for i in range(1, CHECKPOINTS + 1)}
     status = cluster.get("pod", pod_name, ns)

@@ -3,6 +3,7 @@ given the grace period to make the last checkpoint durable when the pod is delet
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 
@@ -10,7 +11,6 @@ import pytest
 
 from tests.cluster.trial_pods import (
     MANIFEST_NAME,
-    TRIAL_ROOT,
     bucket_objects,
     s3_sidecar,
     sidecar_records,
@@ -52,13 +52,7 @@ def test_trainer_starts_only_after_the_startup_probe_and_outlives_the_sidecar(
     pod = trial_pod(
         "ordered",
         sidecar,
-        [
-            trainer(
-                cluster.images.sidecar,
-                ["--root", TRIAL_ROOT, "--experiment", "exp", "--trial", "trial_0",
-                 "--checkpoints", "2", "--trigger"],
-            )  # fmt: skip
-        ],
+        [trainer(cluster.images.sidecar, trial="trial_0", checkpoints=2, trigger=True)],
         init_containers=[restore],
     )
     # The sidecar goes after the pod's own init containers; containers keep their order.
@@ -122,13 +116,7 @@ def test_deleting_a_running_pod_makes_the_last_checkpoint_durable(
     pod = trial_pod(
         "preempted",
         sidecar,
-        [
-            trainer(
-                cluster.images.sidecar,
-                ["--root", TRIAL_ROOT, "--experiment", "exp", "--trial", "trial_0",
-                 "--checkpoints", "3", "--interval", "0", "--then", "sleep"],
-            )  # fmt: skip
-        ],
+        [trainer(cluster.images.sidecar, trial="trial_0", checkpoints=3, interval=0, then="sleep")],
         grace_seconds=45,
     )
     cluster.apply(pod, ns)
@@ -144,17 +132,15 @@ def test_deleting_a_running_pod_makes_the_last_checkpoint_durable(
     assert last not in bucket_objects(cluster_s3.server, bucket, "runs/")
 
     # Follow the sidecar's log to its end: the pod object is gone afterwards.
+    kubectl = [kubectl_path(), f"--kubeconfig={cluster.kube.kubeconfig}", "-n", ns]
     follow = subprocess.Popen(
-        [kubectl_path(), f"--kubeconfig={cluster.kube.kubeconfig}", "logs", "-f", "preempted",
-         "-n", ns, "-c", SIDECAR_NAME],
+        [*kubectl, "logs", "--follow", "preempted", "-c", SIDECAR_NAME],
         stdout=subprocess.PIPE,
         text=True,
-    )  # fmt: skip
+    )
     try:
-        cluster.kube.kubectl(
-            "delete", "pod", "preempted", "-n", ns, "--grace-period=45", "--wait=true",
-            timeout=120,
-        )  # fmt: skip
+        delete = ["delete", "pod", "preempted", "-n", ns, "--grace-period=45", "--wait=true"]
+        cluster.kube.kubectl(*delete, timeout=120)
         log_text, _ = follow.communicate(timeout=30)
     finally:
         if follow.poll() is None:
@@ -167,6 +153,10 @@ def test_deleting_a_running_pod_makes_the_last_checkpoint_durable(
     for i in (1, 2, 3):
         assert f"runs/exp/trial_0/checkpoint_{i:06d}/{MANIFEST_NAME}" in objects
         assert f"runs/exp/trial_0/checkpoint_{i:06d}/model.bin" in objects
-    assert '"msg": "SIGTERM: final sync of everything"' in log_text
-    final = [line for line in log_text.splitlines() if '"msg": "final sync finished"' in line]
-    assert final and '"durable": true' in final[-1], log_text
+    records = [json.loads(line) for line in log_text.splitlines() if line.startswith("{")]
+    messages = [r["msg"] for r in records]
+    assert messages.index("SIGTERM: final sync of everything") < messages.index(
+        "final sync finished"
+    )
+    (final,) = [r for r in records if r["msg"] == "final sync finished"]
+    assert final["durable"] is True, log_text

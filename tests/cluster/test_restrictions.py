@@ -14,6 +14,8 @@ from tests.support.sidecar_pod import DEFAULT_UID, SIDECAR_NAME
 
 pytestmark = pytest.mark.timeout(300)
 
+POD_USER = {"runAsUser": 1234, "runAsGroup": 2345, "fsGroup": 2345}
+
 #: Run inside the sidecar container: who it is, what it may do, where it may write.
 INSPECT = """
 import json, os
@@ -57,10 +59,9 @@ def _idle(image: str) -> dict[str, object]:
     ("pod_security", "uid", "gid"),
     [
         pytest.param({}, DEFAULT_UID, DEFAULT_UID, id="image-user"),
-        pytest.param({"runAsUser": 1234, "runAsGroup": 2345, "fsGroup": 2345}, 1234, 2345,
-                     id="pod-runAsUser"),
+        pytest.param(POD_USER, 1234, 2345, id="pod-runAsUser"),
     ],
-)  # fmt: skip
+)
 def test_sidecar_runs_unprivileged_on_a_read_only_root(
     cluster: Cluster,
     cluster_s3: ClusterS3,
@@ -93,8 +94,6 @@ def test_sidecar_runs_unprivileged_on_a_read_only_root(
     assert seen["trial"] is True
     # The main container runs as the same user (the pod's, or the image's), so the sidecar
     # can read what it must sync.
-    main_uid = cluster.kube.kubectl(
-        "exec", "restricted", "-n", ns, "-c", "main", "--", "python3", "-c",
-        "import os; print(os.getuid())",
-    ).stdout.strip()  # fmt: skip
-    assert int(main_uid) == uid
+    whoami = ["python3", "-c", "import os; print(os.getuid())"]
+    main_uid = cluster.kube.kubectl("exec", "restricted", "-n", ns, "-c", "main", "--", *whoami)
+    assert int(main_uid.stdout) == uid

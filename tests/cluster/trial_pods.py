@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from tests.support.cluster.fixtures import ClusterS3
@@ -32,14 +32,38 @@ FAST_SIDECAR_ENV = {
 }
 
 
-def trainer(image: str, args: Sequence[str], name: str = "trainer") -> Manifest:
-    """A container running ``tests/cluster/workloads/trainer.py`` with ``args``."""
+def trainer(
+    image: str,
+    *,
+    trial: str,
+    experiment: str = "exp",
+    checkpoints: int = 3,
+    size: int = 256 * 1024,
+    interval: float = 0.5,
+    trigger: bool = False,
+    then: str = "exit",
+    name: str = "trainer",
+) -> Manifest:
+    """A container running ``tests/cluster/workloads/trainer.py``: ``checkpoints`` checkpoints
+    of ``trial`` under the trial volume, ``interval`` seconds apart; ``trigger`` announces
+    each to the sidecar, ``then`` is ``exit`` or ``sleep`` (until SIGTERM)."""
+    args = [
+        f"--root={TRIAL_ROOT}",
+        f"--experiment={experiment}",
+        f"--trial={trial}",
+        f"--checkpoints={checkpoints}",
+        f"--size={size}",
+        f"--interval={interval}",
+        f"--then={then}",
+    ]
+    if trigger:
+        args.append("--trigger")
     return {
         "name": name,
         "image": image,
         "imagePullPolicy": "IfNotPresent",
         "command": ["python3", "-c", workload("trainer")],
-        "args": list(args),
+        "args": args,
         "resources": {
             "requests": {"cpu": "50m", "memory": "64Mi"},
             "limits": {"cpu": "1", "memory": "256Mi"},

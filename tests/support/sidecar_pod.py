@@ -52,9 +52,7 @@ class SidecarSpec:
     secret_env: Mapping[str, tuple[str, str]] = field(default_factory=dict)
     #: An existing volume of the pod to use as the trial volume instead of an emptyDir.
     volume: str | None = None
-    requests: Mapping[str, str] = field(
-        default_factory=lambda: {"cpu": "100m", "memory": "128Mi"}
-    )
+    requests: Mapping[str, str] = field(default_factory=lambda: {"cpu": "100m", "memory": "128Mi"})
     limits: Mapping[str, str] = field(default_factory=lambda: {"cpu": "1", "memory": "512Mi"})
     #: The SyncConfig it came from, recorded in the status annotation.
     config_name: str = "hand-written"

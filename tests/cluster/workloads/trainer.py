@@ -61,7 +61,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--then", choices=("exit", "sleep"), default="exit")
     args = parser.parse_args(argv)
 
-    signal.signal(signal.SIGTERM, lambda *_: (emit("sigterm"), sys.exit(0)))
+    def on_sigterm(signum: int, frame: object) -> None:
+        emit("sigterm")
+        sys.exit(0)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
     emit("start", readyz=sidecar_status("/readyz"), uid=os.getuid(), gid=os.getgid())
     trial_dir = os.path.join(args.root, args.experiment, args.trial)
     os.makedirs(trial_dir, exist_ok=True)
@@ -71,7 +75,9 @@ def main(argv: list[str]) -> int:
         directory = os.path.join(trial_dir, name)
         os.makedirs(directory)
         files = {
-            f"{name}/model.bin": write(os.path.join(directory, "model.bin"), rng.randbytes(args.size)),
+            f"{name}/model.bin": write(
+                os.path.join(directory, "model.bin"), rng.randbytes(args.size)
+            ),
             f"{name}/meta.json": write(
                 os.path.join(directory, "meta.json"), json.dumps({"iteration": i}).encode()
             ),

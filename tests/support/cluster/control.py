@@ -86,9 +86,7 @@ class ClusterState:
 class LocalCluster:
     """A running local cluster, started by this process or found by :func:`attach`."""
 
-    def __init__(
-        self, state: ClusterState, process: subprocess.Popen[bytes] | None = None
-    ) -> None:
+    def __init__(self, state: ClusterState, process: subprocess.Popen[bytes] | None = None) -> None:
         self.state = state
         self.files = ClusterFiles(Path(state.root))
         self._process = process
@@ -401,7 +399,9 @@ def start(
         kept = _keep_logs(files)
         remove_instance(files)
         if isinstance(exc, ClusterError):
-            raise ClusterError(f"{exc}\ncomponent logs: {kept}\nlauncher log:\n{log_tail}") from None
+            raise ClusterError(
+                f"{exc}\ncomponent logs: {kept}\nlauncher log:\n{log_tail}"
+            ) from None
         raise
     finally:
         with contextlib.suppress(OSError):

@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from tests.support.cluster import control
 from tests.support.cluster.harness import Cluster, Images
 from tests.support.control_plane import Kube, external_cluster, kubectl_path
@@ -98,7 +97,9 @@ def _start_local(workdir: Path) -> tuple[Cluster, control.LocalCluster]:
         pause_image=manifest["pause"]["ref"],
     )
     timings = ", ".join(f"{k} {v:.1f}s" for k, v in local.state.timings.items())
-    _STARTUP.append(f"cluster: node Ready and addons up in {local.startup_seconds:.1f}s ({timings})")
+    _STARTUP.append(
+        f"cluster: node Ready and addons up in {local.startup_seconds:.1f}s ({timings})"
+    )
     kube = Kube(kubeconfig=local.kubeconfig, server=local.server, local=False, workdir=workdir)
     images = Images(sidecar=manifest["sidecar"]["ref"], operator=manifest["operator"]["ref"])
     return Cluster(kube, images, local, local.node_ip), local
@@ -163,7 +164,9 @@ class ClusterS3:
     SERVICE_PORT = 8333
     CREDENTIALS_SECRET = "s3-credentials"
 
-    def install(self, cluster: Cluster, namespace: str, name: str = "s3", ready: bool = True) -> str:
+    def install(
+        self, cluster: Cluster, namespace: str, name: str = "s3", ready: bool = True
+    ) -> str:
         """Create Service ``name`` (and the credentials Secret) in ``namespace``; return the
         endpoint URL pods use. ``ready=False`` leaves the Service without endpoints (its
         connections are refused) until :meth:`open` is called."""
@@ -185,9 +188,7 @@ class ClusterS3:
                 "kind": "Service",
                 "metadata": {"name": name},
                 "spec": {
-                    "ports": [
-                        {"name": "s3", "port": self.SERVICE_PORT, "targetPort": self.port}
-                    ]
+                    "ports": [{"name": "s3", "port": self.SERVICE_PORT, "targetPort": self.port}]
                 },
             },
             namespace,
@@ -228,7 +229,9 @@ class ClusterS3:
 
     def credentials(self) -> dict[str, tuple[str, str]]:
         """The sidecar's secret environment: variable -> (Secret, key)."""
-        return {k: (self.CREDENTIALS_SECRET, k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+        return {
+            k: (self.CREDENTIALS_SECRET, k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+        }
 
 
 @pytest.fixture(scope="session")

@@ -37,7 +37,6 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from tests.support.cluster import cgroups, layout, linux
 from tests.support.cluster.components import ORDER, Component
@@ -125,7 +124,9 @@ class Launcher:
         # Importing (unpacking) images is the longest step: it runs while the apiserver
         # starts and the node registers.
         for archive in self.plan.images:
-            self._spawn_helper(f"import {Path(archive).name}", self._ctr_argv("images", "import", archive))
+            self._spawn_helper(
+                f"import {Path(archive).name}", self._ctr_argv("images", "import", archive)
+            )
         self._wait(self._apiserver_ready, "kube-apiserver /readyz")
         self._phase("apiserver")
         self._kubectl("apply", "--server-side", "-f", str(self.files.etc / "bootstrap.yaml"))
@@ -170,7 +171,11 @@ class Launcher:
             upper.mkdir(parents=True, exist_ok=True)
             work.mkdir(parents=True, exist_ok=True)
             linux.mount(
-                "overlay", target, "overlay", 0, f"lowerdir={target},upperdir={upper},workdir={work}"
+                "overlay",
+                target,
+                "overlay",
+                0,
+                f"lowerdir={target},upperdir={upper},workdir={work}",
             )
         for name, value in layout.KUBELET_SYSCTLS.items():
             held = self.files.sysctls / name.replace("/", ".")
@@ -336,7 +341,7 @@ class Launcher:
             return False
         return True
 
-    def _api(self, path: str) -> Any:
+    def _api(self, path: str) -> object:
         """GET ``path`` from the apiserver as the admin; the decoded JSON, or None."""
         ctx = ssl.create_default_context(cafile=str(self.files.pki / "ca.crt"))
         ctx.load_cert_chain(str(self.files.pki / "admin.crt"), str(self.files.pki / "admin.key"))
@@ -349,9 +354,10 @@ class Launcher:
         except (OSError, ssl.SSLError):
             return None
         try:
-            return json.loads(body)
+            decoded: object = json.loads(body)
         except ValueError:
             return body.decode(errors="replace")
+        return decoded
 
     def _apiserver_ready(self) -> bool:
         return self._api("/readyz") == "ok"
@@ -366,8 +372,10 @@ class Launcher:
     def _service_accounts_work(self) -> bool:
         sa = self._api("/api/v1/namespaces/default/serviceaccounts/default")
         ca = self._api("/api/v1/namespaces/default/configmaps/kube-root-ca.crt")
-        return isinstance(sa, dict) and sa.get("kind") == "ServiceAccount" and (
-            isinstance(ca, dict) and ca.get("kind") == "ConfigMap"
+        return (
+            isinstance(sa, dict)
+            and sa.get("kind") == "ServiceAccount"
+            and (isinstance(ca, dict) and ca.get("kind") == "ConfigMap")
         )
 
     @staticmethod
@@ -408,7 +416,9 @@ class Launcher:
 
 def main(argv: list[str]) -> int:
     if os.getpid() != 1:
-        print("launcher: must run as pid 1 of its own pid namespace (see control.py)", file=sys.stderr)
+        print(
+            "launcher: must run as pid 1 of its own pid namespace (see control.py)", file=sys.stderr
+        )
         return 2
     plan = Plan.load(Path(argv[1]))
     # The host created and locked this; holding the inherited descriptor keeps it locked

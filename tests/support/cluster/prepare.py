@@ -56,9 +56,9 @@ def prepare(
     ca.issue("kube-apiserver-kubelet-client", organizations=["system:masters"]).write(
         files.pki, "apiserver-kubelet-client"
     )
-    ca.issue(
-        layout.NODE_NAME, dns_names=[layout.NODE_NAME], ip_addresses=[layout.NODE_IP]
-    ).write(files.pki, "kubelet-serving")
+    ca.issue(layout.NODE_NAME, dns_names=[layout.NODE_NAME], ip_addresses=[layout.NODE_IP]).write(
+        files.pki, "kubelet-serving"
+    )
     service_account_keys().write(files.pki, "sa")
     (files.pki / "sa.crt").rename(files.pki / "sa.pub")
 
