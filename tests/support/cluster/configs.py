@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from tests.support.cluster import layout
 from tests.support.cluster.layout import ClusterFiles
 

@@ -251,12 +251,9 @@ def clean_dead_instances() -> list[str]:
         finally:
             if fd >= 0:
                 os.close(fd)
-    # cgroup roots whose state directory is already gone (removed by hand).
-    for hierarchy in cgroups.hierarchies():
-        for stray in hierarchy.glob("trialsync-*"):
-            instance = stray.name.removeprefix("trialsync-")
-            if not (parent / instance).exists():
-                cgroups.remove_root(stray.name, timeout=1.0)
+    # A cgroup root whose state directory is gone is left alone: it may belong to a live
+    # instance of a checkout with another TRIALSYNC_CACHE, and an idle node's QoS cgroups
+    # hold no process, so emptiness proves nothing.
     return removed
 
 

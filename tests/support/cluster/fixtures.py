@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.support.cluster import control
+
+from tests.support.cluster import control, isolation
 from tests.support.cluster.harness import Cluster, Images
 from tests.support.control_plane import Kube, external_cluster, kubectl_path
 from tests.support.object_stores import S3Server
@@ -90,6 +91,7 @@ def _start_local(workdir: Path) -> tuple[Cluster, control.LocalCluster]:
         pytest.skip(reason)
     bin_dir = node_bin_dir()
     manifest = image_manifest()
+    host_before = isolation.snapshot()
     local = control.start(
         bin_dir=bin_dir,
         kubectl=Path(kubectl_path()),
@@ -102,7 +104,7 @@ def _start_local(workdir: Path) -> tuple[Cluster, control.LocalCluster]:
     )
     kube = Kube(kubeconfig=local.kubeconfig, server=local.server, local=False, workdir=workdir)
     images = Images(sidecar=manifest["sidecar"]["ref"], operator=manifest["operator"]["ref"])
-    return Cluster(kube, images, local, local.node_ip), local
+    return Cluster(kube, images, local, local.node_ip, host_before), local
 
 
 def _use_existing(kubeconfig: Path, workdir: Path) -> Cluster:

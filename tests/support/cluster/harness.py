@@ -24,6 +24,7 @@ from typing import Any
 from tests.support.cluster import layout
 from tests.support.cluster.control import LocalCluster
 from tests.support.cluster.forwarding import Forwarder
+from tests.support.cluster.isolation import HostState
 from tests.support.control_plane import Kube
 
 Manifest = dict[str, Any]
@@ -47,10 +48,13 @@ class Cluster:
         images: Images,
         local: LocalCluster | None,
         pod_reachable_host: str | None,
+        host_before: HostState | None = None,
     ) -> None:
         self.kube = kube
         self.images = images
         self.local = local
+        #: The host's state just before this session started the local cluster.
+        self.host_before = host_before
         #: An address of this machine that pods and the apiserver reach: the node's address
         #: on the local cluster, TRIALSYNC_CLUSTER_HOST_IP (e.g. kind's gateway) otherwise.
         self.pod_reachable_host = pod_reachable_host
