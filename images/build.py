@@ -530,6 +530,23 @@ def build_all() -> dict[str, Built]:
         return built
 
 
+def write_wheels(target: Path) -> int:
+    """The build context of the Python images, for users who build them with docker."""
+    cache = cache_dir()
+    (cache / "wheels").mkdir(parents=True, exist_ok=True)
+    target.mkdir(parents=True, exist_ok=True)
+    try:
+        with locked(cache / ".lock"):
+            own = project_wheel(target)
+            for wheel in dependency_wheels(cache, own).iterdir():
+                shutil.copy2(wheel, target / wheel.name)
+    except BuildError as exc:
+        log(f"failed: {exc}")
+        return 1
+    log(f"wheels in {target}: docker build -f images/sidecar/Dockerfile ... {target}")
+    return 0
+
+
 def write_manifest(built: dict[str, Built]) -> Path:
     content = {
         name: {
@@ -565,7 +582,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--manifest", action="store_true", help="print only the manifest's path on stdout"
     )
+    parser.add_argument(
+        "--wheels",
+        type=Path,
+        metavar="DIR",
+        help="only write the images' build context (the project's wheel and its dependencies "
+        "for the images' platform) into DIR, for `docker build ... DIR`; needs no root",
+    )
     args = parser.parse_args(argv)
+    if args.wheels:
+        return write_wheels(args.wheels)
     os.environ["PATH"] = os.environ.get("PATH", "") + ":/usr/sbin:/sbin"
     reason = unsupported_reason()
     if reason:

@@ -12,25 +12,38 @@ from tests.support.cluster.harness import Cluster
 
 pytestmark = pytest.mark.timeout(300)
 
-#: Run in the client pod; prints what it found as one JSON object.
+#: Run in the client pod; prints what it found as one JSON object. A new Service routes
+#: once kube-proxy synced its endpoints (a second or so after the backend is Ready), so
+#: each step is retried for a while, as any client of a just-created Service must.
 CLIENT = """
-import json, socket, ssl, urllib.request
+import json, socket, ssl, time, urllib.request
 sa = "/var/run/secrets/kubernetes.io/serviceaccount"
 ns = open(sa + "/namespace").read()
+def retried(step):
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            return step()
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+def get(url, **kwargs):
+    with urllib.request.urlopen(url, timeout=10, **kwargs) as r:
+        return r.read()
 out = {
-    "web_ip": socket.gethostbyname("web"),
-    "web_fqdn_ip": socket.gethostbyname(f"web.{ns}.svc.cluster.local"),
-    "api_ip": socket.gethostbyname("kubernetes.default.svc"),
+    "web_ip": retried(lambda: socket.gethostbyname("web")),
+    "web_fqdn_ip": retried(lambda: socket.gethostbyname(f"web.{ns}.svc.cluster.local")),
+    "api_ip": retried(lambda: socket.gethostbyname("kubernetes.default.svc")),
+    "web_body": retried(lambda: get("http://web/hello.txt")).decode(),
 }
-with urllib.request.urlopen("http://web/hello.txt", timeout=10) as r:
-    out["web_body"] = r.read().decode()
 ctx = ssl.create_default_context(cafile=sa + "/ca.crt")
 req = urllib.request.Request(
     f"https://kubernetes.default.svc/api/v1/namespaces/{ns}/pods",
     headers={"Authorization": "Bearer " + open(sa + "/token").read()},
 )
-with urllib.request.urlopen(req, context=ctx, timeout=10) as r:
-    out["pods"] = sorted(p["metadata"]["name"] for p in json.load(r)["items"])
+pods = json.loads(retried(lambda: get(req, context=ctx)))
+out["pods"] = sorted(p["metadata"]["name"] for p in pods["items"])
 print(json.dumps(out))
 """
 
@@ -116,9 +129,13 @@ def test_pods_resolve_services_reach_them_and_call_the_apiserver(
         },
         ns,
     )
-    cluster.wait_for("pod", "client", ns, "jsonpath={.status.phase}=Succeeded")
+    finished = cluster.poll_pod(
+        "client", ns, lambda p: p["status"].get("phase") in ("Succeeded", "Failed"), "finished"
+    )
+    output = cluster.logs("client", ns, "client")
+    assert finished["status"]["phase"] == "Succeeded", output
 
-    found = json.loads(cluster.logs("client", ns, "client"))
+    found = json.loads(output)
     service_ip = cluster.get("service", "web", ns)["spec"]["clusterIP"]
     assert found["web_ip"] == service_ip  # the search path of the pod's namespace
     assert found["web_fqdn_ip"] == service_ip
