@@ -142,3 +142,19 @@ def test_pods_resolve_services_reach_them_and_call_the_apiserver(
     assert found["api_ip"] == cluster.get("service", "kubernetes", "default")["spec"]["clusterIP"]
     assert found["web_body"] == "hello from web"  # kube-proxy routed the ClusterIP
     assert found["pods"] == ["client", "web"]  # the token authenticated; RBAC allowed
+
+
+def test_host_clients_reach_the_apiserver(cluster: Cluster) -> None:
+    """kubectl (every other test), the Python client and helm, from the host."""
+    from kubernetes import client
+
+    with cluster.kube.api_client() as api:
+        nodes = client.CoreV1Api(api).list_node().items
+    (node,) = nodes
+    assert node.status is not None
+    assert node.status.node_info is not None
+    assert node.status.node_info.kubelet_version == "v1.37.2"
+    if cluster.kube.helm_path is None:
+        pytest.skip("no helm in TRIALSYNC_TOOLS_BIN or on PATH")
+    listed = cluster.kube.helm("list", "--all-namespaces", "--output", "json")
+    assert json.loads(listed.stdout) == []

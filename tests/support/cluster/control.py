@@ -257,6 +257,26 @@ def clean_dead_instances() -> list[str]:
     return removed
 
 
+#: Unix socket paths (containerd's, the kubelet's) must fit in 108 bytes; the deepest one,
+#: <state>/kubelet/pod-resources/kubelet.sock, adds 34 characters to the state directory.
+MAX_STATE_PATH = 70
+
+
+def _check_state_path(root: Path) -> None:
+    """Refuse state directories the cluster cannot work in, with a message saying why."""
+    if len(str(root)) > MAX_STATE_PATH:
+        raise ClusterError(
+            f"the state directory {root} is too long for the components' unix sockets: "
+            f"set TRIALSYNC_CACHE to a shorter path (at most {MAX_STATE_PATH - 18} characters)"
+        )
+    hidden = (*layout.PRIVATE_TMPFS, *layout.OVERLAID)
+    if any(root.resolve().is_relative_to(path) for path in hidden):
+        raise ClusterError(
+            f"the state directory {root} is below {', '.join(hidden)}, which the cluster "
+            "mounts over in its namespace: set TRIALSYNC_CACHE elsewhere"
+        )
+
+
 def _launcher_pid(unshare_pid: int, timeout: float = 10.0) -> int:
     """The host pid of unshare's only child, the launcher (pid 1 in the namespace)."""
     children = Path(f"/proc/{unshare_pid}/task/{unshare_pid}/children")
@@ -312,6 +332,7 @@ def start(
         raise ClusterError(reason)
     clean_dead_instances()
     files = ClusterFiles(layout.clusters_dir() / secrets.token_hex(4))
+    _check_state_path(files.root)
     files.root.mkdir(parents=True)
     lock_fd = os.open(files.lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     fcntl.flock(lock_fd, fcntl.LOCK_EX)

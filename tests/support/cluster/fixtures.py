@@ -102,7 +102,13 @@ def _start_local(workdir: Path) -> tuple[Cluster, control.LocalCluster]:
     _STARTUP.append(
         f"cluster: node Ready and addons up in {local.startup_seconds:.1f}s ({timings})"
     )
-    kube = Kube(kubeconfig=local.kubeconfig, server=local.server, local=False, workdir=workdir)
+    kube = Kube(
+        kubeconfig=local.kubeconfig,
+        server=local.server,
+        local=False,
+        workdir=workdir,
+        helm_path=bin_dir / "helm" if (bin_dir / "helm").is_file() else None,
+    )
     images = Images(sidecar=manifest["sidecar"]["ref"], operator=manifest["operator"]["ref"])
     return Cluster(kube, images, local, local.node_ip, host_before), local
 
