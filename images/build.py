@@ -424,6 +424,7 @@ def build_image(
     archive = archives / f"{name}-{key}.tar"
     meta = archive.with_suffix(".json")
     if archive.exists() and meta.exists():
+        os.utime(archive)  # recently used: kept by prune_archives
         return Built(name, ref, archive, int(json.loads(meta.read_text())["size_bytes"]),
                      archive.stat().st_size)  # fmt: skip
     log(f"building {ref} from {dockerfile.relative_to(REPO)}")
@@ -527,7 +528,20 @@ def build_all() -> dict[str, Built]:
                     context=context,
                     base_id=base_id,
                 )
+        prune_archives(cache, {b.archive for b in built.values()})
         return built
+
+
+#: Archives no build has used for this long are deleted (other checkouts may still use
+#: older ones for a while; a deleted one is rebuilt if it is needed again).
+ARCHIVE_MAX_AGE_S = 7 * 24 * 3600
+
+
+def prune_archives(cache: Path, keep: set[Path]) -> None:
+    for archive in (cache / "archives").glob("*.tar"):
+        if archive not in keep and time.time() - archive.stat().st_mtime > ARCHIVE_MAX_AGE_S:
+            archive.unlink(missing_ok=True)
+            archive.with_suffix(".json").unlink(missing_ok=True)
 
 
 def write_wheels(target: Path) -> int:
