@@ -72,7 +72,6 @@ class Launcher:
         self.plan = plan
         self.files = ClusterFiles(Path(plan.root))
         self.running: dict[int, Component] = {}
-        self.exited: dict[str, int] = {}
         #: Short-lived commands run beside the components (image imports): pid -> name, and
         #: the exit codes of those that finished.
         self.helpers: dict[int, str] = {}
@@ -80,8 +79,8 @@ class Launcher:
         self.stopping = False
         self.timings: dict[str, float] = {}
         self.started = time.monotonic()
-        wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self.wake_r = wake_r
+        # Signals write to this pipe, so a sleep in select() wakes up at once for them.
+        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
     # ------------------------------------------------------------------ main line
 
@@ -265,11 +264,8 @@ class Launcher:
                 self.helper_codes[helper] = os.waitstatus_to_exitcode(status)
                 continue
             component = self.running.pop(pid, None)
-            if component is not None:
-                code = os.waitstatus_to_exitcode(status)
-                self.exited[component.name] = code
-                if died is None and not self.stopping:
-                    died = (component.name, code)
+            if component is not None and died is None and not self.stopping:
+                died = (component.name, os.waitstatus_to_exitcode(status))
 
     def _stop_all(self) -> None:
         self.stopping = True
