@@ -28,7 +28,10 @@ CHECKPOINTS = 3
 
 
 def test_job_completes_with_every_checkpoint_published(
-    cluster: Cluster, cluster_s3: ClusterS3, cluster_namespace: str
+    cluster: Cluster,
+    cluster_s3: ClusterS3,
+    cluster_namespace: str,
+    cluster_timings: dict[str, float],
 ) -> None:
     ns = cluster_namespace
     bucket = cluster_s3.server.make_bucket()
@@ -61,8 +64,7 @@ def test_job_completes_with_every_checkpoint_published(
     created = time.monotonic()
     cluster.apply(job, ns)
     cluster.wait_for("job", "train", ns, "condition=Complete", timeout=180)
-    complete_after = time.monotonic() - created
-    print(f"Job Complete {complete_after:.1f}s after it was created")
+    cluster_timings["Job created to Complete"] = time.monotonic() - created
 
     (pod_name,) = cluster.kube.kubectl(
         "get", "pods", "-n", ns, "-l", "job-name=train", "-o", "jsonpath={.items[*].metadata.name}"

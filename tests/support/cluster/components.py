@@ -87,6 +87,15 @@ def components(files: ClusterFiles, bin_dir: Path, api_port: int) -> dict[str, C
                 f"--kubelet-client-certificate={pki / 'apiserver-kubelet-client.crt'}",
                 f"--kubelet-client-key={pki / 'apiserver-kubelet-client.key'}",
                 f"--kubelet-certificate-authority={pki / 'ca.crt'}",
+                # As kubeadm sets them: the controller-manager and the scheduler read these
+                # to authenticate callers of their ports, and log errors without them. No
+                # certificate named front-proxy-client is ever issued, so nothing can use
+                # the headers.
+                f"--requestheader-client-ca-file={pki / 'ca.crt'}",
+                "--requestheader-allowed-names=front-proxy-client",
+                "--requestheader-username-headers=X-Remote-User",
+                "--requestheader-group-headers=X-Remote-Group",
+                "--requestheader-extra-headers-prefix=X-Remote-Extra-",
                 "--kubelet-preferred-address-types=InternalIP",
                 "--authorization-mode=Node,RBAC",
                 "--enable-admission-plugins=NodeRestriction",

@@ -37,6 +37,7 @@ HOST_IP_ENV = "TRIALSYNC_CLUSTER_HOST_IP"
 NODE_BINARIES = ("kubelet", "containerd", "runc", "coredns", "kube-proxy", "pause")
 
 _STARTUP: list[str] = []
+_TIMINGS: dict[str, float] = {}
 
 
 def _version() -> str:
@@ -262,6 +263,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.cluster)
 
 
+@pytest.fixture(scope="session")
+def cluster_timings() -> dict[str, float]:
+    """Durations a test measured (name -> seconds), printed at the end of the session."""
+    return _TIMINGS
+
+
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     for line in _STARTUP:
         terminalreporter.write_line(line)
+    for name, seconds in _TIMINGS.items():
+        terminalreporter.write_line(f"cluster: {name} in {seconds:.1f}s")
