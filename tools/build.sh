@@ -107,12 +107,14 @@ else
     bin_dir="$full_bin"
 fi
 
+# With KUBEBUILDER_ASSETS the control plane set is helm alone.
+control_plane_set=("${control_plane[@]}")
+if [[ $bin_dir == "$helm_only_bin" ]]; then
+    control_plane_set=(helm)
+fi
 need_control_plane=0
 need_node=0
-complete "$bin_dir" "${control_plane[@]}" || need_control_plane=1
-if [[ $use_assets == 1 ]]; then
-    complete "$bin_dir" helm || need_control_plane=1
-fi
+complete "$bin_dir" "${control_plane_set[@]}" || need_control_plane=1
 if [[ $node == 1 ]] && ! complete "$bin_dir" "${node_set[@]}"; then
     need_node=1
 fi
@@ -159,15 +161,13 @@ if [[ $need_control_plane == 1 || $need_node == 1 ]]; then
     }
 
     # Another process may have finished the same build while this one waited for the lock.
-    if [[ $need_control_plane == 1 ]] && ! complete "$bin_dir" "${control_plane[@]}" &&
-        ! { [[ $use_assets == 1 ]] && complete "$bin_dir" helm; }; then
+    if [[ $need_control_plane == 1 ]] && ! complete "$bin_dir" "${control_plane_set[@]}"; then
         helm_version="$(module_version . helm.sh/helm/v3)"
-        if [[ $use_assets == 1 ]]; then
-            names=(helm)
+        names=("${control_plane_set[@]}")
+        if [[ $bin_dir == "$helm_only_bin" ]]; then
             targets=(helm.sh/helm/v3/cmd/helm)
             echo "build.sh: kube-apiserver and etcd come from KUBEBUILDER_ASSETS=$assets; building helm only" >&2
         else
-            names=("${control_plane[@]}")
             targets=(k8s.io/kubernetes/cmd/kube-apiserver ./etcd helm.sh/helm/v3/cmd/helm)
         fi
         echo "build.sh: building ${names[*]} (kubernetes $k8s_version, helm $helm_version) into $bin_dir; a cold build takes several minutes" >&2
