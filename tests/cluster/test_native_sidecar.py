@@ -108,11 +108,11 @@ def test_deleting_a_running_pod_makes_the_last_checkpoint_durable(
     ns = cluster_namespace
     bucket = cluster_s3.server.make_bucket()
     endpoint = cluster_s3.install(cluster, ns)
-    # A settle window far longer than the test: only the final sync can publish the last
-    # checkpoint, which the trainer does not announce.
-    sidecar = s3_sidecar(
-        cluster, cluster_s3, endpoint, f"s3://{bucket}/runs", {"TRIALSYNC_CHECKPOINT_SETTLE": "8"}
-    )
+    # The trainer does not announce its checkpoints, and they settle only 12 s after the last
+    # write. The pod is deleted well before that, so only the final sync can publish them:
+    # it waits for them to settle, within its own 30 s bound and the 45 s grace period.
+    settings = {"TRIALSYNC_CHECKPOINT_SETTLE": "12", "TRIALSYNC_FINAL_SYNC_TIMEOUT": "30"}
+    sidecar = s3_sidecar(cluster, cluster_s3, endpoint, f"s3://{bucket}/runs", settings)
     pod = trial_pod(
         "preempted",
         sidecar,
