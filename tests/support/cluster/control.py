@@ -152,6 +152,19 @@ class LocalCluster:
 
         return self.in_netns(make)
 
+    def reach_host(
+        self, port: int, bind: str = "127.0.0.1", bind_port: int | None = None
+    ) -> Forwarder:
+        """Make the host's ``127.0.0.1:port`` reachable inside the namespace at
+        ``bind:bind_port`` (the same port number by default): a webhook server a test runs
+        on the host's loopback then answers the apiserver at the very URL it has on the
+        host. Bind the node address (and port 0) to reach it from pods. Close it when done;
+        :attr:`Forwarder.address` is the namespace side."""
+        listener = self.socket_in_netns(bind, port if bind_port is None else bind_port)
+        # The listener is in the namespace; each connection is dialled from this thread's
+        # (the host's) network.
+        return Forwarder(listener, ("127.0.0.1", port)).start()
+
     def forward(self, host: str, port: int, local_port: int = 0) -> Forwarder:
         """Forward a host 127.0.0.1 port (free unless given) to ``host:port`` inside the
         namespace: a pod or Service IP, or a process on the node address. Close it when

@@ -106,6 +106,12 @@ class Forwarder:
         self._thread.start()
         return self
 
+    def __enter__(self) -> Forwarder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
         """Stop accepting; connections already forwarded run until either side closes."""
         self._closed.set()

@@ -66,15 +66,13 @@ class Cluster:
         ``(pod_reachable_host, forwarder.address[1])``; close the returned forwarder when
         done."""
         if self.local is not None:
-            listener = self.local.socket_in_netns(layout.NODE_IP)
-        elif self.pod_reachable_host is not None:
-            listener = socket.create_server((self.pod_reachable_host, 0))
-        else:
+            return self.local.reach_host(port, layout.NODE_IP, 0)
+        if self.pod_reachable_host is None:
             raise RuntimeError(
                 "no address of this machine is reachable from the cluster's pods: set "
                 "TRIALSYNC_CLUSTER_HOST_IP (for kind, its docker network's gateway)"
             )
-        # The listener lives where the pods are; each connection is dialled from here.
+        listener = socket.create_server((self.pod_reachable_host, 0))
         return Forwarder(listener, ("127.0.0.1", port)).start()
 
     @contextlib.contextmanager
