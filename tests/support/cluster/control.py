@@ -396,6 +396,7 @@ def start(
             )
         # The launcher holds its own copies now.
         os.close(report_w)
+        report_w = -1
         listener.close()
         os.close(lock_fd)
         lock_fd = -1
@@ -425,8 +426,10 @@ def start(
             if process.poll() is None:
                 process.kill()
                 process.wait()
-        if lock_fd >= 0:
-            os.close(lock_fd)
+        listener.close()
+        for fd in (lock_fd, report_w):
+            if fd >= 0:
+                os.close(fd)
         kept = _keep_logs(files)
         remove_instance(files)
         if isinstance(exc, ClusterError):
