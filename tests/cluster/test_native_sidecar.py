@@ -3,6 +3,7 @@ given the grace period to make the last checkpoint durable when the pod is delet
 
 from __future__ import annotations
 
+import datetime
 import json
 import subprocess
 import time
@@ -27,6 +28,15 @@ pytestmark = pytest.mark.timeout(600)
 
 #: How long the test watches the pod while the sidecar cannot become ready.
 GATE_CLOSED_S = 6.0
+
+
+def _epoch(stamp: str) -> float:
+    """Seconds since the epoch of the sidecar's log time, ``2026-01-01T00:00:00.000Z``."""
+    return (
+        datetime.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ")
+        .replace(tzinfo=datetime.UTC)
+        .timestamp()
+    )
 
 
 def test_trainer_starts_only_after_the_startup_probe_and_outlives_the_sidecar(
@@ -90,13 +100,18 @@ def test_trainer_starts_only_after_the_startup_probe_and_outlives_the_sidecar(
     trainer_state = container_status(done, "trainer")["state"]["terminated"]
     assert trainer_state["exitCode"] == 0
     assert sidecar_state["exitCode"] == 0
-    # Stopped by the kubelet after the trainer exited (RFC 3339, one-second resolution),
-    # and it noticed: SIGTERM, then the final sync.
+    # Stopped by the kubelet after the trainer exited: the container states say so (to the
+    # second), and so do the logs (to the millisecond, one clock): the sidecar got SIGTERM
+    # after the trainer's last word, then ran its final sync.
     assert sidecar_state["finishedAt"] >= trainer_state["finishedAt"]
-    messages = [r["msg"] for r in sidecar_records(cluster, "ordered", ns)]
+    records = sidecar_records(cluster, "ordered", ns)
+    messages = [r["msg"] for r in records]
+    sigterm = records[messages.index("SIGTERM: final sync of everything")]
     assert messages.index("SIGTERM: final sync of everything") < messages.index(
         "final sync finished"
     )
+    assert events[-1]["event"] == "done"
+    assert _epoch(sigterm["time"]) >= events[-1]["time"]
     objects = bucket_objects(cluster_s3.server, bucket, "runs/exp/trial_0/")
     for i in (1, 2):
         assert f"runs/exp/trial_0/checkpoint_{i:06d}/{MANIFEST_NAME}" in objects
