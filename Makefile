@@ -29,8 +29,8 @@ tools:
 	@bash tools/build.sh
 
 lint: $(STAMP)
-	$(BIN)/ruff check sidecar tests bench demo
-	$(BIN)/ruff format --check sidecar tests bench demo
+	$(BIN)/ruff check sidecar operator tests bench demo
+	$(BIN)/ruff format --check sidecar operator tests bench demo
 	$(BIN)/mypy
 
 test: $(STAMP) tools lint
