@@ -369,12 +369,8 @@ def _resources(view: ConfigView, defaults: Defaults) -> dict[str, dict[str, str]
         if limit is None:
             limits[resource] = request
         elif _amount(request, resource) > _amount(limit, resource):
-            if resource in given.get("requests", {}) and resource in given.get("limits", {}):
-                raise Refusal(
-                    f"SyncConfig {view.namespace}/{view.name}: spec.sidecar.resources "
-                    f"requests {resource}={request} above its limit {limit}"
-                )
-            # One side came from the defaults: the one the user set wins.
+            # One side came from the defaults (the SyncConfig's own pair was validated):
+            # the one the user set wins.
             if resource in given.get("requests", {}):
                 limits[resource] = request
             else:

@@ -20,6 +20,7 @@ from trialsync.config import (
     PACKAGE_FOR,
     SyncConfig,
 )
+from trialsync_operator import quantity
 
 DEFAULT_CHECKPOINT_PATTERN = "checkpoint_[0-9]*"
 DEFAULT_SETTLE_SECONDS = 3
@@ -317,8 +318,19 @@ def _resources(resources: object) -> dict[str, dict[str, str]]:
                 )
             if isinstance(amount, bool) or not isinstance(amount, str | int | float):
                 raise SpecError(f"spec.sidecar.resources.{part}.{resource} must be a quantity")
+            try:
+                quantity.parse(str(amount))
+            except ValueError as exc:
+                raise SpecError(f"spec.sidecar.resources.{part}.{resource}: {exc}") from None
             amounts[str(resource)] = str(amount)
         out[part] = amounts
+    for resource, request in out.get("requests", {}).items():
+        limit = out.get("limits", {}).get(resource)
+        if limit is not None and quantity.parse(request) > quantity.parse(limit):
+            raise SpecError(
+                f"spec.sidecar.resources: the {resource} request {request} is above its "
+                f"limit {limit}"
+            )
     return out
 
 

@@ -158,13 +158,13 @@ def test_a_pod_that_already_has_the_sidecar_is_left_alone_even_without_the_statu
     assert injection.plan(pod, "ml", lookup_for(), DEFAULTS).patch is None
 
 
-def test_requests_above_their_own_limits_are_refused() -> None:
+def test_a_request_above_a_default_limit_raises_that_limit() -> None:
     config = copy.deepcopy(CONFIG)
-    config["spec"]["sidecar"] = {"resources": {"requests": {"cpu": "2"}, "limits": {"cpu": "500m"}}}
-    with pytest.raises(injection.Refusal, match="requests cpu=2 above its limit 500m"):
-        injection.plan(
-            _pod(**{names.MOUNT_PATH_ANNOTATION: "/r"}), "ml", lookup_for(config), DEFAULTS
-        )
+    config["spec"]["sidecar"] = {"resources": {"requests": {"cpu": "2"}}}
+    pod = _pod(**{names.MOUNT_PATH_ANNOTATION: "/r"})
+    result = injection.plan(pod, "ml", lookup_for(config), DEFAULTS)
+    resources = sidecars(apply(pod, result.patch))[0]["resources"]
+    assert resources["requests"]["cpu"] == resources["limits"]["cpu"] == "2"
 
 
 @pytest.mark.parametrize(

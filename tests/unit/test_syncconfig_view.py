@@ -70,6 +70,11 @@ def test_a_custom_image_is_trusted_with_its_backends() -> None:
         ({"checkpointPattern": "a/b"}, "glob of a directory name"),
         ({"sidecar": {"resources": {"limits": {"gpu": "1"}}}}, "only cpu, memory"),
         ([], "spec must be an object"),
+        (
+            {"sidecar": {"resources": {"requests": {"cpu": "2"}, "limits": {"cpu": "500m"}}}},
+            "the cpu request 2 is above its limit 500m",
+        ),
+        ({"sidecar": {"resources": {"limits": {"memory": "lots"}}}}, "not a resource quantity"),
     ],
 )
 def test_an_invalid_spec_is_refused_with_a_message_that_says_what_to_fix(
