@@ -8,7 +8,6 @@ in both caBundles itself (certificate mode ``self``), as it does in a cluster.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -172,14 +171,7 @@ def start_operator(
 ) -> Operator:
     """Start the operator; the CRD and (by default) our webhook configurations first."""
     apply_crd(kube)
-    kube.kubectl(
-        "apply",
-        "-f",
-        "-",
-        input=json.dumps(
-            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OPERATOR_NAMESPACE}}
-        ),
-    )
+    kube.create_namespace(OPERATOR_NAMESPACE)
     health_port, webhook_port = free_ports(2)
     if install_webhooks:
         for config in webhook_configurations(
