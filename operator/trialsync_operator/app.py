@@ -51,7 +51,7 @@ async def run(settings: Settings, shutdown_delay: float = SHUTDOWN_DELAY) -> Non
     background: list[Awaitable[None]] = [runtime.wait_for_empty_index()]
     if settings.cert_mode == "self":
         secret_tls = tls.SecretTls(client, settings, runtime.serving)
-        leading.append(secret_tls.lead)
+        leading.append(lambda: secret_tls.lead(settings.cert_check_interval))
         background.append(secret_tls.follow())
     else:
         background.append(tls.follow_files(runtime.serving))

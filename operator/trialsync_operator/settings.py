@@ -48,6 +48,7 @@ class Settings:
     cert_hosts: tuple[str, ...] = ()
     cert_validity_days: int = 365
     cert_rotate_before_days: int = 120
+    cert_check_interval: float = 30.0
     mutating_webhook: str = "trialsync"
     validating_webhook: str = "trialsync"
     service: str = "trialsync-webhook"
@@ -99,6 +100,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     a("--cert-validity-days", type=int, help="serving certificate lifetime (default 365)")
     a("--cert-rotate-before-days", type=int, help="rotate this long before expiry (default 120)")
+    a(
+        "--cert-check-interval",
+        type=float,
+        help="seconds between the leader's checks of the certificate (default 30)",
+    )
     a("--mutating-webhook", help="MutatingWebhookConfiguration whose caBundle to keep right")
     a("--validating-webhook", help="ValidatingWebhookConfiguration whose caBundle to keep right")
     a("--service", help="the webhook Service's name (for the certificate's DNS names)")
@@ -164,11 +170,11 @@ def _from_env(action: argparse.Action, raw: str) -> Any:
         if lowered in _TRUE | _FALSE:
             return lowered in _TRUE
         raise ConfigError(f"{name}={raw!r}: expected true or false")
-    if action.type is int:
+    if action.type in (int, float):
         try:
-            return int(raw)
+            return action.type(raw)
         except ValueError as exc:
-            raise ConfigError(f"{name}={raw!r}: expected a whole number") from exc
+            raise ConfigError(f"{name}={raw!r}: expected a number") from exc
     if action.choices is not None and raw not in action.choices:
         raise ConfigError(f"{name}={raw!r}: expected one of {', '.join(map(str, action.choices))}")
     if isinstance(action, argparse._AppendAction):
@@ -180,6 +186,8 @@ def _build(values: dict[str, Any], environ: Mapping[str, str]) -> Settings:
     for name in ("webhook_port", "health_port"):
         if name in values and not 0 < values[name] < 65536:
             raise ConfigError(f"--{name.replace('_', '-')} must be a port number (1-65535)")
+    if values.get("cert_check_interval", 1.0) <= 0:
+        raise ConfigError("--cert-check-interval must be positive")
     validity = values.get("cert_validity_days", Settings.cert_validity_days)
     rotate = values.get("cert_rotate_before_days", Settings.cert_rotate_before_days)
     if not 0 < rotate < validity:

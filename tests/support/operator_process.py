@@ -8,6 +8,7 @@ in both caBundles itself (certificate mode ``self``), as it does in a cluster.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -209,6 +210,17 @@ def start_operator(
         operator.stop()
         raise
     return operator
+
+
+def point_webhooks_at(kube: Kube, port: int, name: str = WEBHOOK_NAME) -> None:
+    """Send both webhooks to another replica (as a Service would after one is gone)."""
+    for kind, path in (
+        ("mutatingwebhookconfiguration", "mutate-pods"),
+        ("validatingwebhookconfiguration", "validate-syncconfigs"),
+    ):
+        url = f"https://127.0.0.1:{port}/{path}"
+        patch = [{"op": "replace", "path": "/webhooks/0/clientConfig/url", "value": url}]
+        kube.kubectl("patch", kind, name, "--type=json", "-p", json.dumps(patch))
 
 
 def delete_webhooks(kube: Kube, name: str = WEBHOOK_NAME) -> None:

@@ -40,6 +40,7 @@ def test_every_flag_has_an_environment_fallback() -> None:
         "cert_hosts": "h1,10.0.0.1",
         "cert_validity_days": "30",
         "cert_rotate_before_days": "10",
+        "cert_check_interval": "2.5",
         "mutating_webhook": "m",
         "validating_webhook": "v",
         "service": "svc",
@@ -78,6 +79,7 @@ def test_every_flag_has_an_environment_fallback() -> None:
     assert s.defaults.pull_policy == "Always"
     assert s.defaults.limits == {"cpu": "2", "memory": "2Gi"}
     assert (s.cert_validity_days, s.cert_rotate_before_days, s.tls_secret) == (30, 10, "tls")
+    assert s.cert_check_interval == 2.5
 
 
 def test_a_flag_wins_over_the_environment() -> None:
@@ -88,7 +90,7 @@ def test_a_flag_wins_over_the_environment() -> None:
 @pytest.mark.parametrize(
     ("argv", "env", "says"),
     [
-        ([], {"TRIALSYNC_OPERATOR_WEBHOOK_PORT": "x"}, "expected a whole number"),
+        ([], {"TRIALSYNC_OPERATOR_WEBHOOK_PORT": "x"}, "expected a number"),
         (["--webhook-port", "70000"], {}, "must be a port number"),
         ([], {"TRIALSYNC_OPERATOR_LEADER_ELECTION": "maybe"}, "expected true or false"),
         ([], {"TRIALSYNC_OPERATOR_ON_CONFIG_ERROR": "ignore"}, "expected one of refuse, admit"),
