@@ -16,18 +16,17 @@ from typing import Any
 
 import kopf
 
-from trialsync_operator import handlers, health, kube, tls
+from trialsync_operator import handlers, health, kube, tls, webhook_server
 from trialsync_operator.leader import LeaderElector
 from trialsync_operator.runtime import Runtime
 from trialsync_operator.settings import Settings
-from trialsync_operator.webhook_server import WebhookServer
 
 log = logging.getLogger(__name__)
 
 SHUTDOWN_DELAY = 5.0
 
 
-def kopf_settings(server: WebhookServer) -> kopf.OperatorSettings:
+def kopf_settings(server: webhook_server.WebhookServer) -> kopf.OperatorSettings:
     settings = kopf.OperatorSettings()
     settings.admission.server = server
     settings.admission.managed = None  # the chart's webhook configurations, not kopf's
@@ -42,7 +41,10 @@ async def run(settings: Settings, shutdown_delay: float = SHUTDOWN_DELAY) -> Non
     """Run until SIGTERM or SIGINT."""
     client = kube.Kube(kube.load_configuration())
     runtime = Runtime(settings, client)
-    server = WebhookServer(settings.webhook_addr, settings.webhook_port, runtime.serving)
+    webhook_server.skip_copies_for_empty_patches()
+    server = webhook_server.WebhookServer(
+        settings.webhook_addr, settings.webhook_port, runtime.serving
+    )
     runtime.webhook_listening = server.listening.is_set
     registry = handlers.build_registry(runtime)
     kopf.on.login(registry=registry)(kopf.login_via_client)

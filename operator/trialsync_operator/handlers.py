@@ -54,11 +54,9 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
             raise kopf.AdmissionError(view.message, code=422)
 
     @kopf.on.mutate("", "v1", "pods", id=MUTATE_PATH, operations=["CREATE"], registry=registry)
-    async def mutate_pod(
-        body: kopf.Body, patch: kopf.Patch, warnings: list[str], dryrun: bool, **kwargs: Any
-    ) -> None:
+    async def mutate_pod(body: kopf.Body, warnings: list[str], dryrun: bool, **kwargs: Any) -> None:
         index: kopf.Index[tuple[str, str], ConfigView] = kwargs["syncconfigs"]
-        runtime.admit_pod(body, patch, warnings, dryrun, lambda key: _first(index, key))
+        runtime.admit_pod(body, warnings, dryrun, lambda key: _first(index, key))
 
     return registry
 

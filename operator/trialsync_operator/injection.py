@@ -299,6 +299,53 @@ def _inject(
     return Result(patch=patch, warnings=warnings, config=view)
 
 
+def json_patch(pod: Mapping[str, Any], changes: Mapping[str, Any]) -> list[JsonDict]:
+    """The RFC 6902 operations that turn ``pod`` into ``pod`` with ``changes`` (a
+    ``Result.patch``): appends where lists only grow, so the apiserver applies a small
+    patch and nothing the injection did not touch is rewritten."""
+    meta = _mapping(pod.get("metadata"))
+    spec = _mapping(pod.get("spec"))
+    ops: list[JsonDict] = []
+    for field in ("labels", "annotations"):
+        before = _mapping(meta.get(field))
+        after = changes[field]
+        if not before:
+            ops.append({"op": "add", "path": f"/metadata/{field}", "value": after})
+            continue
+        for key, value in after.items():
+            if before.get(key) != value:
+                ops.append(
+                    {"op": "add", "path": f"/metadata/{field}/{_pointer(key)}", "value": value}
+                )
+    for field in ("initContainers", "containers"):
+        if field not in changes:
+            continue
+        before_list = spec.get(field) if isinstance(spec.get(field), list) else None
+        after_list = changes[field]
+        for index, old in enumerate(before_list or []):
+            mounts = f"/spec/{field}/{index}/volumeMounts"
+            ops += _grow(mounts, old.get("volumeMounts"), after_list[index].get("volumeMounts"))
+        ops += _grow(f"/spec/{field}", before_list, after_list)
+    ops += _grow("/spec/volumes", spec.get("volumes"), changes["volumes"])
+    return ops
+
+
+def _grow(path: str, before: object, after: object) -> list[JsonDict]:
+    """Operations from the list ``before`` (None: absent) at ``path`` to ``after``: one
+    append each when ``after`` extends ``before``, else one replacement of the list."""
+    old = before if isinstance(before, list) else []
+    new = after if isinstance(after, list) else []
+    if new == old:
+        return []
+    if not old or new[: len(old)] != old:
+        return [{"op": "add", "path": path, "value": new}]
+    return [{"op": "add", "path": f"{path}/-", "value": item} for item in new[len(old) :]]
+
+
+def _pointer(key: str) -> str:
+    return key.replace("~", "~0").replace("/", "~1")
+
+
 def _env(
     namespace: str,
     request: PodRequest,

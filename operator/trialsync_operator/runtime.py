@@ -20,6 +20,7 @@ from trialsync_operator.reconcile import SYNCCONFIGS, Reconciler
 from trialsync_operator.settings import Settings
 from trialsync_operator.syncconfig import ConfigView, view_of
 from trialsync_operator.tls import ServingContext
+from trialsync_operator.webhook_server import respond_with_patch
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +107,6 @@ class Runtime:
     def admit_pod(
         self,
         body: Mapping[str, Any],
-        patch: Any,
         warnings: list[str],
         dryrun: bool,
         lookup: Callable[[tuple[str, str]], ConfigView | None],
@@ -140,7 +140,7 @@ class Runtime:
             return
         warnings.extend(f"trialsync: {w}" for w in result.warnings)
         if result.patch is not None:
-            apply(patch, result.patch)
+            respond_with_patch(injection.json_patch(body, result.patch))
 
     async def _pod_event(self, pod: Mapping[str, Any], namespace: str, message: str) -> None:
         """A Warning on the pod's owner (a new pod has no name yet when a controller made it)."""
@@ -176,12 +176,3 @@ class Runtime:
         task = asyncio.get_running_loop().create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
-
-
-def apply(patch: kopf.Patch, changes: Mapping[str, Any]) -> None:
-    """Write an injection's changes into kopf's patch (lists replace, as a merge-patch)."""
-    patch.metadata["labels"] = changes["labels"]
-    patch.metadata["annotations"] = changes["annotations"]
-    for field in ("initContainers", "containers", "volumes"):
-        if field in changes:
-            patch.spec[field] = changes[field]

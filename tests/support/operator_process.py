@@ -78,7 +78,7 @@ def webhook_configurations(
                 "admissionReviewVersions": ["v1"],
                 "sideEffects": "NoneOnDryRun",
                 "failurePolicy": failure_policy,
-                "reinvocationPolicy": "IfNeeded",
+                "reinvocationPolicy": "Never",
                 "timeoutSeconds": timeout,
             }
         ],
