@@ -18,6 +18,7 @@ from trialsync.config import SyncConfig
 from trialsync.layout import DEFAULT_CHECKPOINT_PATTERN, Layout
 
 ENV_PREFIX = "TRIALSYNC_"
+STATE_DIR = ".trialsync-head"  # the head-node service's own dir in its root
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -34,6 +35,12 @@ class Settings:
     head_url: str | None = None
     head_token: str = ""
     receiver_addr: str = "0.0.0.0:9747"
+    # The head-node service (role head, no upload dir) and a worker's identity with it.
+    receiver_max_object_size: int = 16 * 2**30
+    receiver_max_uploads: int = 64
+    receiver_claim_lease: float = 600.0
+    receiver_state_dir: str = ""  # "" = <root>/.trialsync-head
+    head_identity_file: str = "/tmp/trialsync/head-identity.json"
     layout: Layout = dataclasses.field(default_factory=Layout)
     checkpoint_settle: float = 3.0
     once: bool = False
@@ -66,6 +73,23 @@ def _parser() -> argparse.ArgumentParser:
         help="file holding the head-node service token (or TRIALSYNC_HEAD_TOKEN)",
     )
     a("--receiver-addr", help="host:port the head serves workers on (default 0.0.0.0:9747)")
+    a(
+        "--receiver-max-object-size",
+        type=int,
+        help="bytes of the largest object the head accepts (default 16 GiB)",
+    )
+    a("--receiver-max-uploads", type=int, help="uploads the head takes at once (default 64)")
+    a(
+        "--receiver-claim-lease",
+        type=float,
+        help="seconds without a write after which another worker may take a trial dir over "
+        "(default 600)",
+    )
+    a("--receiver-state-dir", help="the head's key and claims (default <root>/.trialsync-head)")
+    a(
+        "--head-identity-file",
+        help="where a worker keeps its identity (default /tmp/trialsync/head-identity.json)",
+    )
     a("--role", choices=["worker", "head"], help="worker (default) or head")
     a("--sync-period", type=float, help="seconds between periodic syncs (default 300)")
     a("--sync-timeout", type=float, help="seconds before a sync is cancelled (default 1800)")
@@ -250,7 +274,30 @@ def _build(values: dict[str, Any], environ: Mapping[str, str]) -> Settings:
         layout=layout,
         storage_options=_storage_options(values.get("storage_option", []), environ),
         **kwargs,
+        **_head_service(os.path.abspath(root), values),
     )
+
+
+def _head_service(root: str, values: dict[str, Any]) -> dict[str, Any]:
+    """Settings of the head-node service and of a worker's identity with it, validated."""
+    for name in ("receiver_max_object_size", "receiver_max_uploads"):
+        if name in values and values[name] < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
+    if "receiver_claim_lease" in values and not values["receiver_claim_lease"] > 0:
+        raise ConfigError("--receiver-claim-lease must be positive")
+    state_dir = values.get("receiver_state_dir") or os.path.join(root, STATE_DIR)
+    identity = os.path.abspath(values.get("head_identity_file") or Settings.head_identity_file)
+    if values.get("head_url") and identity.startswith(root + os.sep):
+        raise ConfigError(
+            f"--head-identity-file {identity!r} is inside --root, so it would be synced with "
+            "the trial data: keep it in the sidecar's own scratch dir"
+        )
+    limits = ("receiver_max_object_size", "receiver_max_uploads", "receiver_claim_lease")
+    return {
+        **{name: values[name] for name in limits if name in values},
+        "receiver_state_dir": os.path.abspath(state_dir),
+        "head_identity_file": identity,
+    }
 
 
 def _check_addr(flag: str, addr: str) -> None:
