@@ -6,13 +6,17 @@ register; every other request carries this worker's own identity. The identity i
 it, and with it its claims on trial dirs. ``close()`` releases those claims: the sidecar
 closes its store when it exits, after its final sync.
 
-Errors raise: 401/403 ``PermissionError`` (a 403 names the path and who holds its trial
-dir, or why only the head writes there; one refused trial dir leaves the others alone),
-404 ``FileNotFoundError``, a local file that shrinks while it is sent ``OSError``, any
-other non-2xx ``HeadStoreError``; each message has the method, URL, status and the
-receiver's answer. A busy receiver (503) or one that cannot be reached is retried with
-jittered exponential backoff that honours ``Retry-After``, up to ``RETRIES`` times; an
-identity the head no longer knows (401) is replaced by registering again.
+Errors raise: a refused object ``ObjectRefused`` (a ``PermissionError``: 403 for a path
+in a trial dir another worker holds, or one only the head writes, 413 for one over the
+head's size limit; the message names the path and the holder or reason, and only that
+object's checkpoint or artifact should fail), other 401/403 ``PermissionError`` (a wrong
+token: every request fails), 404 ``FileNotFoundError``, a local file that shrinks while
+it is sent ``OSError``, any other non-2xx ``HeadStoreError``; each message has the method,
+URL, status and the receiver's answer.
+
+A busy receiver (503) or one that cannot be reached is retried with jittered exponential
+backoff that honours ``Retry-After``, up to ``RETRIES`` times; an identity the head no
+longer knows (401) is replaced by registering again.
 """
 
 from __future__ import annotations
@@ -35,11 +39,14 @@ from trialsync.head_protocol import (
     CLAIMS_PATH,
     MTIME_HEADER,
     OBJECTS_PATH,
+    REASON_CLAIMED,
+    REASON_HEAD_ONLY,
     REASON_TOO_LARGE,
     REGISTER_PATH,
 )
 from trialsync.ledger import RemoteObject
 from trialsync.metrics import Metrics
+from trialsync.store_errors import ObjectRefused
 
 log = logging.getLogger(__name__)
 
@@ -49,15 +56,15 @@ READ_CHUNK = 1 << 20
 # No total timeout: a large checkpoint may take longer than any fixed bound, and the engine
 # cancels a hung sync at syncTimeout. Connect and per-read stalls still fail fast enough.
 DEFAULT_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=300)
-# Retries of a busy (503) or unreachable head: about 90 s of waiting at most, then the
-# sync fails and the scheduler retries it with its own backoff.
+# Retries of a busy (503) or unreachable head wait 0.5, 1, 2, 4, 8, 15, 15 and 15 s (at
+# least Retry-After; each times a random 1 to 1.5): about 90 s at most. Then the sync
+# fails, and the scheduler retries it with its own backoff.
 RETRIES = 8
 RETRY_BASE = 0.5
-RETRY_CAP = 30.0
-# Releasing claims at exit waits at most this long (a head that is down cannot answer):
-# well inside the allowance the SIGTERM budget keeps for aborting S3 multipart uploads,
-# which a head-node worker does not have.
-RELEASE_TIMEOUT = 3.0
+RETRY_CAP = 15.0
+# Releasing claims at exit waits at most this long (a head that is down cannot answer), so
+# closing the store fits in the part of the SIGTERM budget kept back from the final sync.
+RELEASE_TIMEOUT = 2.0
 
 
 class HeadStoreError(RuntimeError):
@@ -121,20 +128,23 @@ class HeadStore:
             self._session = aiohttp.ClientSession(timeout=self._timeout)
         return self._session
 
-    async def put_file(self, local_path: str, rel: str) -> None:
+    async def put_file(self, local_path: str, rel: str, size: int | None = None) -> None:
         """Stream ``local_path`` (never read whole) and keep its mtime on the head node.
 
-        ``Expect: 100-continue``: a refused or busy answer comes before the body is sent.
+        ``size``: the bytes to send (default: the size when opened). ``Expect:
+        100-continue``: a refused or busy answer comes before the body is sent.
         """
         handle = await asyncio.to_thread(open, local_path, "rb")
         try:
             st = os.fstat(handle.fileno())
+            size = st.st_size if size is None else size
             headers = {
-                "Content-Length": str(st.st_size),
+                "Content-Length": str(size),
                 MTIME_HEADER: str(st.st_mtime_ns),
                 "Content-Type": "application/octet-stream",
             }
-            body = _FileBody(handle, st.st_size, local_path)
+            # Exactly `size` bytes: a file that grows meanwhile must not overrun the length.
+            body = _FileBody(handle, size, local_path)
             await self._call("PUT", self._object_url(rel), _nothing, body=body, headers=headers)
         finally:
             handle.close()
@@ -176,11 +186,13 @@ class HeadStore:
         worker (a Job's retry pod, a trial restored elsewhere) may then take them over
         without waiting out the head's claim lease.
         """
-        if self._identity is not None and self._session is not None:
-            await self._release_claims()
-        session, self._session = self._session, None
-        if session is not None:
-            await session.close()
+        try:
+            if self._identity is not None and self._session is not None:
+                await self._release_claims()
+        finally:
+            session, self._session = self._session, None
+            if session is not None:
+                await session.close()
 
     async def _release_claims(self) -> None:
         url = URL(f"{self.head_url}{CLAIMS_PATH}")
@@ -325,11 +337,22 @@ class HeadStore:
                 "refused by the head-node service",
                 extra={"url": str(response.url), "reason": reason, "error": error},
             )
+            if reason in _OBJECT_REASONS:
+                raise ObjectRefused(message, self._rel_of(response.url), reason)
         if response.status in (401, 403):
             raise PermissionError(message)
         if response.status == 404:
             raise FileNotFoundError(message)
         raise HeadStoreError(message, response.status)
+
+    def _rel_of(self, url: URL) -> str:
+        """The store-relative path an object URL addresses."""
+        full = url.path.split(f"{OBJECTS_PATH}/", 1)[-1]
+        return full[len(self.prefix) + 1 :] if self.prefix else full
+
+
+# Refusals of one object (not of this worker): its checkpoint or artifact fails alone.
+_OBJECT_REASONS = {REASON_CLAIMED, REASON_HEAD_ONLY, REASON_TOO_LARGE}
 
 
 class _FileBody:

@@ -11,14 +11,13 @@ import argparse
 import dataclasses
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from trialsync.config import SyncConfig
 from trialsync.layout import DEFAULT_CHECKPOINT_PATTERN, Layout
 
 ENV_PREFIX = "TRIALSYNC_"
-STATE_DIR = ".trialsync-head"  # the head-node service's own dir in its root
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -33,14 +32,14 @@ class Settings:
     config: SyncConfig
     role: str = "worker"
     head_url: str | None = None
-    head_token: str = ""
-    receiver_addr: str = "0.0.0.0:9747"
     # The head-node service (role head, no upload dir) and a worker's identity with it.
     receiver_max_object_size: int = 16 * 2**30
     receiver_max_uploads: int = 64
     receiver_claim_lease: float = 600.0
     receiver_state_dir: str = ""  # "" = <root>/.trialsync-head
     head_identity_file: str = "/tmp/trialsync/head-identity.json"
+    head_token: str = ""
+    receiver_addr: str = "0.0.0.0:9747"
     layout: Layout = dataclasses.field(default_factory=Layout)
     checkpoint_settle: float = 3.0
     once: bool = False
@@ -68,28 +67,12 @@ def _parser() -> argparse.ArgumentParser:
     a("--root", help="local dir holding <experiment>/<trial>/... (required)")
     a("--upload-dir", help="URI to mirror the root under: s3://, gs://, hdfs://, file://, ...")
     a("--head-url", help="head-node service URL (worker-to-head sync, no upload dir)")
+    _head_service_flags(a)
     a(
         "--head-token-file",
         help="file holding the head-node service token (or TRIALSYNC_HEAD_TOKEN)",
     )
     a("--receiver-addr", help="host:port the head serves workers on (default 0.0.0.0:9747)")
-    a(
-        "--receiver-max-object-size",
-        type=int,
-        help="bytes of the largest object the head accepts (default 16 GiB)",
-    )
-    a("--receiver-max-uploads", type=int, help="uploads the head takes at once (default 64)")
-    a(
-        "--receiver-claim-lease",
-        type=float,
-        help="seconds without a write after which another worker may take a trial dir over "
-        "(default 600)",
-    )
-    a("--receiver-state-dir", help="the head's key and claims (default <root>/.trialsync-head)")
-    a(
-        "--head-identity-file",
-        help="where a worker keeps its identity (default /tmp/trialsync/head-identity.json)",
-    )
     a("--role", choices=["worker", "head"], help="worker (default) or head")
     a("--sync-period", type=float, help="seconds between periodic syncs (default 300)")
     a("--sync-timeout", type=float, help="seconds before a sync is cancelled (default 1800)")
@@ -121,6 +104,27 @@ def _parser() -> argparse.ArgumentParser:
     a("--max-backoff", type=float, help="cap on the retry backoff in seconds (default 60)")
     a("--log-level", choices=["debug", "info", "warning", "error"], help="default info")
     return p
+
+
+def _head_service_flags(a: Callable[..., Any]) -> None:
+    """Flags of the head-node service, and of a worker's identity with it."""
+    a(
+        "--head-identity-file",
+        help="where a worker keeps its identity (default /tmp/trialsync/head-identity.json)",
+    )
+    a(
+        "--receiver-max-object-size",
+        type=int,
+        help="bytes of the largest object the head accepts (default 16 GiB)",
+    )
+    a("--receiver-max-uploads", type=int, help="uploads the head takes at once (default 64)")
+    a(
+        "--receiver-claim-lease",
+        type=float,
+        help="seconds without a write after which another worker may take a trial dir over "
+        "(default 600)",
+    )
+    a("--receiver-state-dir", help="the head's key and claims (default <root>/.trialsync-head)")
 
 
 def known_env_names() -> set[str]:
@@ -276,6 +280,9 @@ def _build(values: dict[str, Any], environ: Mapping[str, str]) -> Settings:
         **kwargs,
         **_head_service(os.path.abspath(root), values),
     )
+
+
+STATE_DIR = ".trialsync-head"  # the head-node service's own dir in its root
 
 
 def _head_service(root: str, values: dict[str, Any]) -> dict[str, Any]:

@@ -13,6 +13,7 @@ import pytest
 from tests.support.head_service import SHARED, TOKEN, Receiver, open_put, read_answer, tree
 from trialsync.head_store import HeadStore
 from trialsync.metrics import Metrics
+from trialsync.store_errors import ObjectRefused
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -263,28 +264,49 @@ async def test_head_store_registers_again_when_the_head_lost_its_state(
 async def test_head_store_refusals_are_permission_errors_naming_path_and_holder(
     tmp_path: pathlib.Path, root: pathlib.Path, head: Receiver, session: aiohttp.ClientSession
 ) -> None:
+    theirs = "exp/train_fn_0_lr=0.01,bs=32"
     holder = await head.register("holder")
-    await request(session, "PUT", head.objects("exp/theirs/a"), holder, b"1")
+    await request(session, "PUT", head.objects(f"{theirs}/a"), holder, b"1")
     local = tmp_path / "model.pt"
     local.write_bytes(b"m" * 2_000_000)
     metrics = Metrics()
     store = HeadStore(head.url, TOKEN, metrics=metrics)
+    rel = f"{theirs}/checkpoint_000001/model.pt"
     try:
-        with pytest.raises(PermissionError) as refused:
-            await store.put_file(str(local), "exp/theirs/checkpoint_000001/model.pt")
+        with pytest.raises(ObjectRefused) as refused:
+            await store.put_file(str(local), rel)
+        assert isinstance(refused.value, PermissionError)  # the vocabulary callers know
+        assert (refused.value.rel, refused.value.reason) == (rel, "claimed")
         message = str(refused.value)
         assert "403" in message
-        assert "exp/theirs/checkpoint_000001/model.pt" in message
-        assert f"claimed by {holder_of(holder)}" in message
-        with pytest.raises(PermissionError, match="only the head writes"):
+        assert f"{rel}: trial dir {theirs} is claimed by {holder_of(holder)}" in message
+        with pytest.raises(ObjectRefused, match="only the head writes") as refused:
             await store.delete(["exp/t/x", "exp/experiment_state.json"])
+        assert (refused.value.rel, refused.value.reason) == (
+            "exp/experiment_state.json",
+            "head_only",
+        )
         await store.put_file(str(local), "exp/mine/checkpoint_000001/model.pt")  # unaffected
     finally:
         await store.close()
     assert metrics.head_refusals.labels("claimed")._value.get() == 1
     assert metrics.head_refusals.labels("head_only")._value.get() == 1
     assert (root / "exp" / "mine" / "checkpoint_000001" / "model.pt").exists()
-    assert not (root / "exp" / "theirs" / "checkpoint_000001").exists()
+    assert not (root / theirs / "checkpoint_000001").exists()
+
+
+async def test_a_refusal_names_the_path_relative_to_the_store_prefix(
+    head: Receiver, session: aiohttp.ClientSession
+) -> None:
+    holder = await head.register("holder")
+    await request(session, "PUT", head.objects("w/t/a"), holder, b"1")
+    store = HeadStore(head.url, TOKEN, prefix="w")
+    try:
+        with pytest.raises(ObjectRefused) as refused:
+            await store.put_bytes("t/b", b"2")
+    finally:
+        await store.close()
+    assert refused.value.rel == "t/b"
 
 
 async def test_head_store_close_releases_its_claims(

@@ -12,6 +12,7 @@ from tests.support.head_service import TOKEN, Receiver, open_put, read_answer, t
 from trialsync import head_store
 from trialsync.head_store import HeadStore, HeadStoreError
 from trialsync.metrics import Metrics
+from trialsync.store_errors import ObjectRefused
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -230,3 +231,21 @@ async def test_a_file_that_shrinks_before_a_retried_upload_raises_its_own_error(
         await store.close()
         writers[1].writer.close()
     assert "exp/mine/model.pt" not in tree(root)
+
+
+async def test_head_store_reports_an_object_over_the_limit_as_refused_for_good(
+    tmp_path: pathlib.Path, root: pathlib.Path, small: Receiver
+) -> None:
+    local = tmp_path / "model.pt"
+    local.write_bytes(b"m" * (LIMIT + 1))
+    metrics = Metrics()
+    store = HeadStore(small.url, TOKEN, metrics=metrics)
+    try:
+        with pytest.raises(ObjectRefused, match="over the limit") as refused:
+            await store.put_file(str(local), "exp/t/model.pt")
+    finally:
+        await store.close()
+    assert (refused.value.rel, refused.value.reason) == ("exp/t/model.pt", "too_large")
+    assert metrics.head_refusals.labels("too_large")._value.get() == 1
+    assert metrics.head_busy_retries._value.get() == 0
+    assert tree(root) == {}
