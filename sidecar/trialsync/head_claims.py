@@ -76,10 +76,6 @@ class Claims:
             self._claims = {}
         log.info("claims loaded", extra={"path": self.path, "claims": len(self._claims)})
 
-    def holder(self, trial: str) -> str | None:
-        claim = self._claims.get(trial)
-        return claim.holder if claim else None
-
     @contextlib.asynccontextmanager
     async def writing(self, trial: str, worker_id: str) -> AsyncIterator[None]:
         """Hold ``trial`` for one write by ``worker_id``: claim it, or ClaimRefused.

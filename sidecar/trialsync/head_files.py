@@ -81,11 +81,10 @@ class TempFile:
 class Tree:
     """The receiver's own writers and its pruning, kept from racing each other.
 
-    An upload announces the dirs it may create (``using``) before it makes any of them,
-    and a prune removes a dir only while no upload has announced it, under the same
-    lock. So a DELETE never removes a dir between an upload's makedirs and its open.
-    Writers outside the receiver are kept safe by where pruning may happen at all (see
-    ``prune``).
+    An upload announces the dirs it may create before it makes any of them, and a prune
+    removes a dir only while no upload has announced it, under the same lock. So a DELETE
+    never removes a dir between an upload's makedirs and its open. Writers outside the
+    receiver are kept safe by where pruning may happen at all (see ``prune``).
     """
 
     def __init__(self) -> None:
@@ -93,7 +92,31 @@ class Tree:
         self._in_use: collections.Counter[str] = collections.Counter()
 
     @contextlib.asynccontextmanager
+    async def upload(self, target: str, stop: str) -> AsyncIterator[TempFile]:
+        """A temp file for ``target``, whose dirs below ``stop`` are not pruned meanwhile.
+
+        Unless it was committed, the temp file is removed at the end, and so are the dirs
+        that leaves empty: a checkpoint dir with no files looks like a checkpoint to a
+        restoring trainer.
+        """
+        parent = os.path.dirname(target)
+        upload: TempFile | None = None
+        emptied = False
+        try:
+            async with self.using(_dirs_below(parent, stop)):
+                try:
+                    upload = await TempFile.create(target)
+                    yield upload
+                finally:
+                    # Removed now, or (handler cancelled mid-write) once the write ends.
+                    emptied = upload is None or (not upload.committed and upload.discard())
+        finally:
+            if emptied:
+                await self.prune(parent, stop)
+
+    @contextlib.asynccontextmanager
     async def using(self, directories: list[str]) -> AsyncIterator[None]:
+        """Keep ``directories`` from being pruned while the block runs."""
         async with self._lock:
             self._in_use.update(directories)
         try:
@@ -113,6 +136,15 @@ class Tree:
         async with self._lock:
             in_use = set(self._in_use)
             await asyncio.to_thread(_prune, directory, stop, in_use)
+
+
+def _dirs_below(directory: str, stop: str) -> list[str]:
+    """``directory`` and its parents strictly below ``stop``: what an upload may make."""
+    dirs = []
+    while directory.startswith(stop + os.sep):
+        dirs.append(directory)
+        directory = os.path.dirname(directory)
+    return dirs
 
 
 def _open_temp(target: str) -> tuple[str, int]:

@@ -3,17 +3,18 @@
 Seed scenario 3 (no upload dir). Objects are addressed by root-relative POSIX paths.
 
 **Who may do what.** One token is shared by the head and every worker (the operator's
-Secret, ``TRIALSYNC_HEAD_TOKEN``). It only registers a worker; every other request
-carries the worker's own identity. ``GET /healthz`` needs neither.
+Secret, ``TRIALSYNC_HEAD_TOKEN``). It only registers a worker (anywhere else: 403); every
+other request carries the worker's own identity. ``GET /healthz`` needs neither.
 
 - ``POST /v1/register`` with ``Authorization: Bearer <shared token>`` and an optional JSON
   body ``{"name": "<pod name>"}``: 201 ``{"id": "<name>-<12 hex>", "identity":
   "<id>.<mac>"}``. ``mac`` is HMAC-SHA256 of the id under a key only the head holds, so an
   identity cannot be forged and the head stores nothing per worker. The worker keeps it
   for its lifetime and sends ``Authorization: Bearer <identity>`` on every other request.
-- A worker writes (PUT, DELETE) only inside a trial dir, ``<experiment>/<trial>/...``.
-  Experiment state (files directly in ``<experiment>/``) and anything else outside a trial
-  dir are the head's own: 403 to every worker.
+- Any identity may read (GET) anything but the state dir. A worker writes (PUT, DELETE)
+  only inside a trial dir, ``<experiment>/<trial>/...``. Experiment state (files directly
+  in ``<experiment>/``) and anything else outside a trial dir are the head's own: 403 to
+  every worker.
 - The first identity that writes in a trial dir claims it. Another identity's write there
   is refused with 403, naming the holder, until the holder releases its claims
   (``DELETE /v1/claims``, which a worker sends at exit) or has neither written there nor
@@ -90,8 +91,6 @@ from trialsync.head_protocol import (
 )
 
 log = logging.getLogger(__name__)
-
-__all__ = ["MTIME_HEADER", "TEMP_MARKER", "BadRequest", "PathError", "ReceiverOptions"]
 
 # Bytes gathered from the socket before one write to disk: bounds memory per upload while
 # keeping thread hand-offs few.
@@ -388,26 +387,15 @@ async def _put(request: web.Request) -> web.Response:
         return _error(request, 503, message, REASON_BUSY, **retry_after)
     service.uploads += 1
     try:
-        async with service.writing(rel, worker_id) as trial_path:
-            parent = os.path.dirname(target)
-            async with service.tree.using(_dirs_below(parent, trial_path)):
-                upload: TempFile | None = None
-                try:
-                    upload = await TempFile.create(target)
-                    response = await _receive(request, upload, rel, service.options, mtime_ns)
-                except OSError as exc:
-                    if exc.errno not in _CONFLICTS:
-                        raise
-                    response = _error(request, 409, f"{rel}: conflicts with a file or directory")
-                finally:
-                    failed = upload is None or not upload.committed
-                    # Removed now, or (handler cancelled mid-write) once the write ends.
-                    emptied = failed and (upload is None or upload.discard())
-            if emptied:
-                # A failed upload into a new dir would leave it empty, and a checkpoint dir
-                # with no files looks like a checkpoint to a restoring trainer.
-                await service.tree.prune(parent, trial_path)
-        return response
+        async with (
+            service.writing(rel, worker_id) as trial_path,
+            service.tree.upload(target, trial_path) as upload,
+        ):
+            return await _receive(request, upload, rel, service.options, mtime_ns)
+    except OSError as exc:
+        if exc.errno not in _CONFLICTS:
+            raise
+        return _error(request, 409, f"{rel}: conflicts with an existing file or directory")
     finally:
         service.uploads -= 1
 
@@ -501,15 +489,6 @@ def _mtime_header(request: web.Request) -> int | None:
     if value < 0:
         raise BadRequest(f"{MTIME_HEADER}: {raw!r} is not a non-negative integer")
     return value
-
-
-def _dirs_below(directory: str, trial_path: str) -> list[str]:
-    """``directory`` and its parents strictly below ``trial_path``: what an upload may make."""
-    dirs = []
-    while directory.startswith(trial_path + os.sep):
-        dirs.append(directory)
-        directory = os.path.dirname(directory)
-    return dirs
 
 
 # -- Expect: 100-continue ------------------------------------------------------------------

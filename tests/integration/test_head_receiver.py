@@ -395,13 +395,15 @@ async def test_concurrent_puts_and_deletes_in_one_dir_lose_no_upload(
         async with session.delete(head.objects(rel), headers=auth) as response:
             return response.status
 
-    for i in range(40):
-        # Each DELETE empties the dir the PUT beside it is making a file in.
+    for i in range(100):
+        # Each DELETE empties the dir the PUTs beside it are making files in.
         checkpoint = f"exp/t/checkpoint_{i:06d}"
         await put(f"{checkpoint}/old")
-        statuses = await asyncio.gather(put(f"{checkpoint}/new"), delete(f"{checkpoint}/old"))
-        assert statuses == [201, 204], checkpoint
-        assert (root / checkpoint / "new").read_bytes() == b"x"
+        news = [f"{checkpoint}/new_{n}" for n in range(3)]
+        statuses = await asyncio.gather(delete(f"{checkpoint}/old"), *map(put, news))
+        assert statuses == [204, 201, 201, 201], checkpoint
+        for rel in news:
+            assert (root / rel).read_bytes() == b"x"
 
 
 # -- start-up ---------------------------------------------------------------------------------
