@@ -318,3 +318,17 @@ async def test_head_store_close_releases_its_claims(
     assert (await request(session, "PUT", head.objects("exp/t/b"), other, b"2"))[0] == 403
     await store.close()
     assert (await request(session, "PUT", head.objects("exp/t/b"), other, b"2"))[0] == 201
+
+
+async def test_head_store_syncs_on_when_its_identity_cannot_be_kept(
+    tmp_path: pathlib.Path, root: pathlib.Path, head: Receiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "not-a-dir").write_bytes(b"")
+    store = HeadStore(head.url, TOKEN, identity_file=str(tmp_path / "not-a-dir" / "identity"))
+    try:
+        await store.put_bytes("exp/t/a", b"1")
+        await store.put_bytes("exp/t/b", b"2")  # the same identity, from memory
+    finally:
+        await store.close()
+    assert tree(root) == {"exp/t/a": b"1", "exp/t/b": b"2"}
+    assert "identity not kept" in caplog.text
