@@ -6,6 +6,7 @@ import asyncio
 import json
 import pathlib
 import stat
+from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
@@ -139,41 +140,43 @@ async def test_a_released_claim_lets_another_worker_take_the_trial_dir_over(
     assert tree(root) == {"exp/t1/a": b"2", "exp/t2/a": b"1"}
 
 
+@pytest.fixture
+async def short_lease(root: pathlib.Path) -> AsyncIterator[Receiver]:
+    """A receiver whose claims lapse after one second without a write."""
+    receiver = await Receiver.start(root, claim_lease=1.0, idle_timeout=10.0)
+    yield receiver
+    await receiver.stop()
+
+
 async def test_a_lapsed_claim_passes_to_the_next_writer_and_refuses_the_old_holder(
-    root: pathlib.Path,
+    root: pathlib.Path, short_lease: Receiver, session: aiohttp.ClientSession
 ) -> None:
-    head = await Receiver.start(root, claim_lease=1.0)
-    try:
-        first, second = await head.register("first"), await head.register("second")
-        async with aiohttp.ClientSession() as session:
-            await request(session, "PUT", head.objects("exp/t/a"), first, b"1")
-            assert (await request(session, "PUT", head.objects("exp/t/a"), second, b"2"))[0] == 403
-            await asyncio.sleep(1.2)  # no write from the holder for a whole lease
-            assert (await request(session, "PUT", head.objects("exp/t/a"), second, b"2"))[0] == 201
-            status, answer = await request(session, "PUT", head.objects("exp/t/a"), first, b"3")
-            assert status == 403
-            assert holder_of(second) in answer["error"]
-    finally:
-        await head.stop()
+    first, second = await short_lease.register("first"), await short_lease.register("second")
+    url = short_lease.objects("exp/t/a")
+    await request(session, "PUT", url, first, b"1")
+    assert (await request(session, "PUT", url, second, b"2"))[0] == 403
+    await asyncio.sleep(1.2)  # no write from the holder for a whole lease
+    assert (await request(session, "PUT", url, second, b"2"))[0] == 201
+    status, answer = await request(session, "PUT", url, first, b"3")
+    assert status == 403
+    assert holder_of(second) in answer["error"]
     assert tree(root) == {"exp/t/a": b"2"}
 
 
-async def test_a_claim_does_not_lapse_while_its_holder_uploads(root: pathlib.Path) -> None:
-    head = await Receiver.start(root, claim_lease=1.0, idle_timeout=10.0)
-    try:
-        first, second = await head.register("first"), await head.register("second")
-        length = {"Content-Length": "30"}
-        reader, writer = await open_put(head.port, "exp/t/big", first, length, b"x" * 10)
-        async with aiohttp.ClientSession() as session:
-            await asyncio.sleep(1.5)  # longer than the lease, with the upload in progress
-            assert (await request(session, "PUT", head.objects("exp/t/b"), second, b"2"))[0] == 403
-            writer.write(b"y" * 20)
-            assert (await read_answer(reader))[0] == 201
-            writer.close()
-            # The lease starts again when the upload ends.
-            assert (await request(session, "PUT", head.objects("exp/t/b"), second, b"2"))[0] == 403
-    finally:
-        await head.stop()
+async def test_a_claim_does_not_lapse_while_its_holder_uploads(
+    root: pathlib.Path, short_lease: Receiver, session: aiohttp.ClientSession
+) -> None:
+    first, second = await short_lease.register("first"), await short_lease.register("second")
+    length = {"Content-Length": "30"}
+    reader, writer = await open_put(short_lease.port, "exp/t/big", first, length, b"x" * 10)
+    await asyncio.sleep(1.5)  # longer than the lease, with the upload in progress
+    url = short_lease.objects("exp/t/b")
+    assert (await request(session, "PUT", url, second, b"2"))[0] == 403
+    writer.write(b"y" * 20)
+    assert (await read_answer(reader))[0] == 201
+    writer.close()
+    # The lease starts again when the upload ends.
+    assert (await request(session, "PUT", url, second, b"2"))[0] == 403
     assert tree(root) == {"exp/t/big": b"x" * 10 + b"y" * 20}
 
 

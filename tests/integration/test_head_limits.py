@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import pathlib
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -20,10 +22,10 @@ LIMIT = 100_000
 
 
 @pytest.fixture
-async def small(root: pathlib.Path) -> Receiver:
+async def small(root: pathlib.Path) -> AsyncIterator[Receiver]:
     """A receiver taking objects of at most LIMIT bytes and two uploads at once."""
     receiver = await Receiver.start(root, max_object_size=LIMIT, max_uploads=2, idle_timeout=20)
-    yield receiver  # type: ignore[misc]
+    yield receiver
     await receiver.stop()
 
 
@@ -172,64 +174,55 @@ async def test_failed_and_refused_uploads_give_their_slot_back(
     }
 
 
-async def test_head_store_retries_a_busy_head_until_an_upload_slot_frees(
-    tmp_path: pathlib.Path, root: pathlib.Path, small: Receiver
-) -> None:
-    auth = await small.register()
-    first = await Held.start(small, auth, "exp/t/a")
-    second = await Held.start(small, auth, "exp/t/b")
+@contextlib.asynccontextmanager
+async def waiting_upload(
+    small: Receiver, tmp_path: pathlib.Path
+) -> AsyncIterator[tuple[asyncio.Task[None], list[Held], pathlib.Path]]:
+    """A HeadStore upload of a 50 kB file turned away at least once: both slots are held."""
     local = tmp_path / "model.pt"
     local.write_bytes(b"m" * 50_000)
+    auth = await small.register()
+    held = [await Held.start(small, auth, f"exp/t/{i}") for i in range(2)]
     metrics = Metrics()
     store = HeadStore(small.url, TOKEN, metrics=metrics)
     try:
         upload = asyncio.create_task(store.put_file(str(local), "exp/mine/model.pt"))
         await wait_metric(metrics.head_busy_retries._value.get, 1)
-        assert not upload.done(), "a 503 failed the upload instead of being retried"
-        assert await first.finish(b"y" * 10) == 201
-        await asyncio.wait_for(upload, 20)
+        yield upload, held, local
     finally:
         await store.close()
-        second.writer.close()
+        for one in held:
+            one.writer.close()
+
+
+async def test_head_store_retries_a_busy_head_until_an_upload_slot_frees(
+    tmp_path: pathlib.Path, root: pathlib.Path, small: Receiver
+) -> None:
+    async with waiting_upload(small, tmp_path) as (upload, held, local):
+        assert not upload.done(), "a 503 failed the upload instead of being retried"
+        assert await held[0].finish(b"y" * 10) == 201
+        await asyncio.wait_for(upload, 20)
     assert (root / "exp" / "mine" / "model.pt").read_bytes() == local.read_bytes()
 
 
 async def test_a_head_busy_for_good_fails_the_request_after_bounded_retries(
-    monkeypatch: pytest.MonkeyPatch, small: Receiver
+    monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path, small: Receiver
 ) -> None:
     monkeypatch.setattr(head_store, "RETRIES", 2)
-    auth = await small.register()
-    writers = [await Held.start(small, auth, f"exp/t/{i}") for i in range(2)]
-    store = HeadStore(small.url, TOKEN)
-    try:
+    async with waiting_upload(small, tmp_path) as (upload, _, _):
         with pytest.raises(HeadStoreError, match=r"503.*uploads in progress") as caught:
-            await store.put_bytes("exp/mine/x", b"x")
-        assert caught.value.status == 503
-    finally:
-        await store.close()
-        for held in writers:
-            held.writer.close()
+            await asyncio.wait_for(upload, 20)
+    assert caught.value.status == 503
 
 
 async def test_a_file_that_shrinks_before_a_retried_upload_raises_its_own_error(
     tmp_path: pathlib.Path, root: pathlib.Path, small: Receiver
 ) -> None:
-    auth = await small.register()
-    writers = [await Held.start(small, auth, f"exp/t/{i}") for i in range(2)]
-    local = tmp_path / "model.pt"
-    local.write_bytes(b"m" * 50_000)
-    metrics = Metrics()
-    store = HeadStore(small.url, TOKEN, metrics=metrics)
-    try:
-        upload = asyncio.create_task(store.put_file(str(local), "exp/mine/model.pt"))
-        await wait_metric(metrics.head_busy_retries._value.get, 1)
+    async with waiting_upload(small, tmp_path) as (upload, held, local):
         os.truncate(local, 10_000)  # shrinks while the upload waits for a slot
-        assert await writers[0].finish(b"y" * 10) == 201
+        assert await held[0].finish(b"y" * 10) == 201
         with pytest.raises(OSError, match=r"truncated while uploading \(10000 of 50000 bytes\)"):
             await asyncio.wait_for(upload, 20)
-    finally:
-        await store.close()
-        writers[1].writer.close()
     assert "exp/mine/model.pt" not in tree(root)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import pathlib
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -118,38 +119,40 @@ def test_a_worker_with_the_wrong_token_reports_failures_and_writes_nothing(
     assert not any(head_root.rglob("*.json"))
 
 
-def test_a_trial_dir_another_worker_holds_is_refused_until_that_worker_exits(
-    tmp_path: pathlib.Path, sidecars: list[Sidecar], head_sidecar: tuple[str, pathlib.Path]
-) -> None:
+def contend(
+    tmp_path: pathlib.Path,
+    sidecars: list[Sidecar],
+    head_sidecar: tuple[str, pathlib.Path],
+    more: Callable[[pathlib.Path], object] = lambda _: None,
+) -> tuple[Sidecar, Sidecar]:
+    """A first worker that synced TRIAL, then a second one whose root holds a stale trial of
+    the same name (a misconfigured or stale pod), and what ``more`` adds to that root."""
     head_url, head_root = head_sidecar
     first, first_root = worker(tmp_path, sidecars, head_url, "--sync-period", "1", name="first")
     trials.trial(first_root / "exp")
-    result = head_root / TRIAL / "result.json"
-    wait_for(result.exists, 10, what="the first worker's trial dir")
-    # A second worker with a trial of the same name (a misconfigured or stale pod).
+    wait_for((head_root / TRIAL / "result.json").exists, 10, what="the first worker's trial")
     second_root = tmp_path / "second"
     trials.write(second_root / TRIAL / "result.json", b'{"loss": "stale"}\n')
-    second, _ = worker(
-        tmp_path,
-        sidecars,
-        head_url,
-        "--sync-period",
-        "1",
-        "--max-backoff",
-        "1",
-        name="second",
-        ready=False,
-    )
+    more(second_root)
+    flags = ("--sync-period", "1", "--max-backoff", "1")
+    second, _ = worker(tmp_path, sidecars, head_url, *flags, name="second", ready=False)
+    return first, second
+
+
+def test_a_trial_dir_another_worker_holds_is_refused_until_that_worker_exits(
+    tmp_path: pathlib.Path, sidecars: list[Sidecar], head_sidecar: tuple[str, pathlib.Path]
+) -> None:
+    first, second = contend(tmp_path, sidecars, head_sidecar)
     wait_for(lambda: second.metric("trialsync_head_refusals_total") >= 1, 15, what="a refusal")
     log = second.log()
     assert f"{TRIAL}/result.json: trial dir {TRIAL} is claimed by" in log
     assert identity_of(tmp_path, "first") in log
+    result = head_sidecar[1] / TRIAL / "result.json"
     assert result.read_bytes() == b'{"loss": 1.0}\n'
     # SIGTERM: the first worker's final sync, then it releases its claims.
     assert first.stop() == 0
-    wait_for(
-        lambda: result.read_bytes() == b'{"loss": "stale"}\n', 15, what="the second worker's sync"
-    )
+    stale = b'{"loss": "stale"}\n'
+    wait_for(lambda: result.read_bytes() == stale, 15, what="the second worker's sync")
 
 
 def test_a_restarted_worker_sidecar_keeps_its_identity_and_its_trial_dirs(
@@ -178,24 +181,9 @@ def test_a_restarted_worker_sidecar_keeps_its_identity_and_its_trial_dirs(
 def test_one_refused_trial_dir_does_not_hold_up_the_workers_other_trial_dirs(
     tmp_path: pathlib.Path, sidecars: list[Sidecar], head_sidecar: tuple[str, pathlib.Path]
 ) -> None:
-    head_url, head_root = head_sidecar
-    _, first_root = worker(tmp_path, sidecars, head_url, "--sync-period", "1", name="first")
-    trials.trial(first_root / "exp")
-    wait_for((head_root / TRIAL / "result.json").exists, 10, what="the first worker's trial")
-    second_root = tmp_path / "second"
-    trials.write(second_root / TRIAL / "result.json", b'{"loss": "stale"}\n')
-    other = trials.trial(second_root / "exp", "trial_00001")
-    trials.checkpoint(other, 1, {"model.pt": 10_000})
-    worker(
-        tmp_path,
-        sidecars,
-        head_url,
-        "--sync-period",
-        "1",
-        "--max-backoff",
-        "1",
-        name="second",
-        ready=False,
-    )
-    published = head_root / "exp" / "trial_00001" / "checkpoint_000001" / MANIFEST_NAME
+    def another_trial(root: pathlib.Path) -> None:
+        trials.checkpoint(trials.trial(root / "exp", "trial_00001"), 1, {"model.pt": 10_000})
+
+    contend(tmp_path, sidecars, head_sidecar, another_trial)
+    published = head_sidecar[1] / "exp" / "trial_00001" / "checkpoint_000001" / MANIFEST_NAME
     wait_for(published.exists, 15, what="the other trial's checkpoint")
