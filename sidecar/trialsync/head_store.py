@@ -322,12 +322,12 @@ class HeadStore:
     async def _check(self, response: aiohttp.ClientResponse) -> None:
         if response.status < 300:
             return
-        text = (await response.text(errors="replace"))[:500].strip()
+        text = (await response.text(errors="replace")).strip()
         try:
             answer = json.loads(text)
             error, reason = str(answer["error"]), str(answer.get("reason", ""))
         except (ValueError, KeyError, TypeError):
-            error, reason = text, ""
+            error, reason = text[:500], ""  # not the receiver's answer (a proxy's page?)
         message = f"{response.method} {response.url}: HTTP {response.status}: {error}"
         if response.status in (403, 413):
             reason = reason or (REASON_TOO_LARGE if response.status == 413 else "forbidden")
