@@ -175,8 +175,8 @@ def test_a_restarted_worker_sidecar_keeps_its_identity_and_its_trial_dirs(
 
 @pytest.mark.xfail(
     strict=True,
-    reason="needs the engine to fail only the checkpoint or artifact of an ObjectRefused "
-    "upload (issue 9, engine branch); remove this mark when that lands",
+    reason="the engine does not yet fail only the checkpoint or artifact of an "
+    "ObjectRefused upload; remove this mark when it does",
 )
 def test_one_refused_trial_dir_does_not_hold_up_the_workers_other_trial_dirs(
     tmp_path: pathlib.Path, sidecars: list[Sidecar], head_sidecar: tuple[str, pathlib.Path]
