@@ -72,6 +72,7 @@ def build_plan(settings: Settings) -> Plan:
 
 
 def receiver_options(settings: Settings) -> head_receiver.ReceiverOptions:
+    """How the head serves workers (scenario 3), from its settings."""
     return head_receiver.ReceiverOptions(
         token=settings.head_token,
         state_dir=settings.receiver_state_dir,
