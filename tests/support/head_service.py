@@ -1,7 +1,8 @@
 """The head-node service on loopback for tests: a real receiver, real HTTP, real files.
 
-Fixture ``head``: a started :class:`Receiver` over the test's ``root``; tests that need
-other limits, or a restart, start their own with :meth:`Receiver.start`.
+Fixtures: ``head``, a started :class:`Receiver` over the test's ``root`` (tests that need
+other limits, or a restart, start their own with :meth:`Receiver.start`), and ``session``,
+an aiohttp client.
 """
 
 from __future__ import annotations
