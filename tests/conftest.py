@@ -9,4 +9,5 @@ os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 pytest_plugins = [
     "tests.support.object_stores",
     "tests.support.control_plane",
+    "tests.support.head_service",
 ]
