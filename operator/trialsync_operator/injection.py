@@ -228,6 +228,19 @@ def _inject(
 
     security, security_warnings = _security_context(spec, containers)
     warnings.extend(security_warnings)
+    if (
+        writable
+        and _first_int(
+            _mapping(spec.get("securityContext")).get("runAsUser"),
+            _mapping(containers[0].get("securityContext")).get("runAsUser") if containers else None,
+        )
+        is None
+    ):
+        warnings.append(
+            "this head pod sets no runAsUser: its sidecar receives the workers' trial dirs "
+            f"as uid {NON_ROOT_UID}, but Ray's driver creates those dirs as the image's user; "
+            "set securityContext.runAsUser (and fsGroup) so both write as one user"
+        )
     grace = spec.get("terminationGracePeriodSeconds", DEFAULT_GRACE)
     needed = view.final_sync_timeout + SHUTDOWN_MARGIN
     if isinstance(grace, int) and grace < needed:
