@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from trialsync import logs
-from trialsync_operator.settings import ConfigError, parse
+from trialsync_operator.settings import ConfigError, parse, unknown_env
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -24,6 +24,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.environ["KUBECONFIG"] = settings.kubeconfig  # read by kopf's login and ours alike
     logs.setup(settings.log_level)
     logging.getLogger("kopf").setLevel(max(logging.INFO, logging.getLogger().level))
+    for name in unknown_env(os.environ):
+        logging.getLogger("trialsync_operator").warning("unknown setting %s ignored", name)
     logging.getLogger("trialsync_operator").info(
         "trialsync operator starting",
         extra={

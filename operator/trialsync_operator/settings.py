@@ -72,7 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     a = p.add_argument
     a(
-        "--namespace-scope",
+        "--watch-namespace",
         action="append",
         dest="namespaces",
         metavar="NAMESPACE",
@@ -140,8 +140,10 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def help_text() -> str:
-    return _parser().format_help()
+def unknown_env(environ: Mapping[str, str]) -> list[str]:
+    """``TRIALSYNC_OPERATOR_*`` variables that match no flag: likely typos."""
+    known = {ENV_PREFIX + a.dest.upper() for a in _parser()._actions if a.dest != "help"}
+    return sorted(k for k in environ if k.startswith(ENV_PREFIX) and k not in known)
 
 
 def parse(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:

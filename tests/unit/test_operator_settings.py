@@ -107,6 +107,11 @@ def test_a_bad_value_is_a_configuration_error_saying_what_to_fix(
         parse(argv, env)
 
 
+def test_an_unknown_variable_is_reported_as_a_likely_typo() -> None:
+    env = {"TRIALSYNC_OPERATOR_WEBHOOK_PROT": "1", "TRIALSYNC_OPERATOR_WEBHOOK_PORT": "2"}
+    assert settings.unknown_env(env) == ["TRIALSYNC_OPERATOR_WEBHOOK_PROT"]
+
+
 def test_a_misspelled_flag_is_fatal() -> None:
     with pytest.raises(SystemExit):
         parse(["--webhook-prot", "1"], {})
