@@ -32,6 +32,7 @@ def kopf_settings(server: webhook_server.WebhookServer) -> kopf.OperatorSettings
     settings.admission.managed = None  # the chart's webhook configurations, not kopf's
     settings.peering.standalone = True  # kopf's peering would pause a standby's index
     settings.posting.enabled = False  # Events are ours, about validity, not log lines
+    settings.scanning.disabled = True  # the CRD is installed first: no CRD watch (nor RBAC)
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     return settings

@@ -188,10 +188,10 @@ class Reconciler:
             log.warning("could not record an Event: %s", exc)
 
     async def _ensure_head_objects(self, view: ConfigView) -> None:
-        secret_path = kube.namespaced(SECRETS, view.namespace, names.head_secret_name(view.name))
-        if await self._kube.get_or_none(secret_path) is None:
-            token = secrets.token_urlsafe(32)
-            await self._create(kube.namespaced(SECRETS, view.namespace), head_secret(view, token))
+        # Create only, never read: the operator needs no permission to read Secrets. A
+        # Secret already there (this SyncConfig's from before) keeps its token.
+        token = secrets.token_urlsafe(32)
+        await self._create(kube.namespaced(SECRETS, view.namespace), head_secret(view, token))
         service_path = kube.namespaced(SERVICES, view.namespace, names.head_service_name(view.name))
         wanted = head_service(view)
         existing = await self._kube.get_or_none(service_path)
@@ -209,15 +209,13 @@ class Reconciler:
             )
 
     async def _remove_head_objects(self, view: ConfigView) -> None:
-        """A SyncConfig that no longer syncs to the head node keeps no head objects."""
-        for kind, name in (
-            (SECRETS, names.head_secret_name(view.name)),
-            (SERVICES, names.head_service_name(view.name)),
-        ):
-            path = kube.namespaced(kind, view.namespace, name)
-            existing = await self._kube.get_or_none(path)
-            if existing is not None and _owned_by(existing, view):
-                await self._kube.delete(path, precondition_uid=existing["metadata"]["uid"])
+        """A SyncConfig that no longer syncs to the head node keeps no head Service. Its
+        token Secret stays, owned by it, until it is deleted (it would serve again if the
+        uploadDir went away)."""
+        path = kube.namespaced(SERVICES, view.namespace, names.head_service_name(view.name))
+        existing = await self._kube.get_or_none(path)
+        if existing is not None and _owned_by(existing, view):
+            await self._kube.delete(path, precondition_uid=existing["metadata"]["uid"])
 
     async def _create(self, path: str, body: JsonDict) -> None:
         try:

@@ -351,7 +351,7 @@ def test_without_an_upload_dir_the_operator_owns_a_token_secret_and_a_head_servi
     token = base64.b64decode(secret["data"][names.HEAD_TOKEN_KEY]).decode()
     assert token not in json.dumps(_get(kube, ns, "pod", "worker"))
 
-    # Given an uploadDir, it needs them no more: they go.
+    # Given an uploadDir, the Service goes; the Secret stays, owned, with its token.
     kube.kubectl(
         "patch",
         "syncconfig",
@@ -367,12 +367,8 @@ def test_without_an_upload_dir_the_operator_owns_a_token_secret_and_a_head_servi
         30,
         what="the head Service to go",
     )
-    assert (
-        kube.kubectl(
-            "get", "secret", names.head_secret_name("local"), "-n", ns, check=False
-        ).returncode
-        != 0
-    )
+    kept = kube.kubectl("get", "secret", names.head_secret_name("local"), "-n", ns, "-o", "json")
+    assert json.loads(kept.stdout)["data"] == secret["data"]
 
 
 def test_kubectl_get_shows_ready_and_where_the_data_goes(kube: Kube, ns: str) -> None:
