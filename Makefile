@@ -45,5 +45,9 @@ demo: $(STAMP) tools
 bench: $(STAMP)
 	PYTHONPATH=. $(BIN)/python bench/run.py
 
+# The chart ships a copy of the CRD; tests/e2e/test_chart.py fails if they differ.
+crds:
+	cp crds/syncconfig.yaml charts/trialsync/crds/syncconfig.yaml
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -169,10 +169,15 @@ def start_operator(
     failure_policy: str = "Fail",
     install_webhooks: bool = True,
     identity: str = "",
+    kubeconfig: Path | None = None,
+    namespace: str = OPERATOR_NAMESPACE,
 ) -> Operator:
-    """Start the operator; the CRD and (by default) our webhook configurations first."""
+    """Start the operator; the CRD and (by default) our webhook configurations first.
+
+    ``kubeconfig`` (default: the admin's) is who the operator runs as.
+    """
     apply_crd(kube)
-    kube.create_namespace(OPERATOR_NAMESPACE)
+    kube.create_namespace(namespace)
     health_port, webhook_port = free_ports(2)
     if install_webhooks:
         for config in webhook_configurations(
@@ -182,14 +187,14 @@ def start_operator(
     workdir.mkdir(parents=True, exist_ok=True)
     log_path = workdir / f"operator-{webhook_port}.log"
     args = [
-        "--kubeconfig", str(kube.kubeconfig),
+        "--kubeconfig", str(kubeconfig or kube.kubeconfig),
         "--webhook-addr", "127.0.0.1",
         "--webhook-port", str(webhook_port),
         "--health-addr", "127.0.0.1",
         "--health-port", str(health_port),
         "--cert-dir", str(workdir / f"certs-{webhook_port}"),
         "--cert-host", "127.0.0.1",
-        "--namespace", OPERATOR_NAMESPACE,
+        "--namespace", namespace,
         "--mutating-webhook", webhook_name,
         "--validating-webhook", webhook_name,
         "--identity", identity or f"test-{webhook_port}",
@@ -213,13 +218,19 @@ def start_operator(
 
 
 def point_webhooks_at(kube: Kube, port: int, name: str = WEBHOOK_NAME) -> None:
-    """Send both webhooks to another replica (as a Service would after one is gone)."""
+    """Send both webhooks to the operator on 127.0.0.1:``port`` (another replica, as a
+    Service would after one is gone; or the process the tests run, for the chart's)."""
     for kind, path in (
         ("mutatingwebhookconfiguration", "mutate-pods"),
         ("validatingwebhookconfiguration", "validate-syncconfigs"),
     ):
+        config = json.loads(kube.kubectl("get", kind, name, "-o", "json").stdout)
         url = f"https://127.0.0.1:{port}/{path}"
-        patch = [{"op": "replace", "path": "/webhooks/0/clientConfig/url", "value": url}]
+        patch: list[dict[str, Any]] = [
+            {"op": "add", "path": "/webhooks/0/clientConfig/url", "value": url}
+        ]
+        if "service" in config["webhooks"][0]["clientConfig"]:
+            patch.insert(0, {"op": "remove", "path": "/webhooks/0/clientConfig/service"})
         kube.kubectl("patch", kind, name, "--type=json", "-p", json.dumps(patch))
 
 
