@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 export TRIALSYNC_CACHE ?= $(HOME)/.cache/trialsync
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv tools lint test test-unit demo bench crds clean
+.PHONY: help venv tools lint test test-unit demo bench crds docs clean
 
 help:
 	@echo "make demo   - run the sidecar against a local S3 server over a simulated trial"
@@ -29,8 +29,8 @@ tools:
 	@bash tools/build.sh
 
 lint: $(STAMP)
-	$(BIN)/ruff check sidecar operator tests bench demo
-	$(BIN)/ruff format --check sidecar operator tests bench demo
+	$(BIN)/ruff check sidecar operator tests bench demo tools
+	$(BIN)/ruff format --check sidecar operator tests bench demo tools
 	$(BIN)/mypy
 
 test: $(STAMP) tools lint
@@ -48,6 +48,10 @@ bench: $(STAMP)
 # The chart ships a copy of the CRD; tests/e2e/test_chart.py fails if they differ.
 crds:
 	cp crds/syncconfig.yaml charts/trialsync/crds/syncconfig.yaml
+
+# The README's SyncConfig reference is generated from the CRD; a test fails if it is stale.
+docs: $(STAMP)
+	$(BIN)/python tools/crd_reference.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
