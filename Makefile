@@ -14,7 +14,7 @@ NODE := $(shell [ "$${TRIALSYNC_REQUIRE_CLUSTER:-0}" = 1 ] || { [ "$$(uname -s)"
 TOOLS_BIN = $$(bash tools/build.sh $(NODE) --bin-dir)
 IMAGES_MANIFEST = $$($(BIN)/python images/build.py --manifest)
 
-.PHONY: help venv system-deps tools images lint test test-unit demo bench crds clean \
+.PHONY: help venv system-deps tools images lint test test-unit demo bench crds docs clean \
 	cluster-up cluster-down
 
 help:
@@ -44,8 +44,8 @@ images: $(STAMP) tools
 	@$(BIN)/python images/build.py
 
 lint: $(STAMP)
-	$(BIN)/ruff check sidecar tests bench demo images
-	$(BIN)/ruff format --check sidecar tests bench demo images
+	$(BIN)/ruff check sidecar operator tests bench demo tools images
+	$(BIN)/ruff format --check sidecar operator tests bench demo tools images
 	$(BIN)/mypy
 
 test: $(STAMP) tools images lint
@@ -67,6 +67,14 @@ demo: $(STAMP) tools
 
 bench: $(STAMP)
 	PYTHONPATH=. $(BIN)/python bench/run.py
+
+# The chart ships a copy of the CRD; tests/e2e/test_chart.py fails if they differ.
+crds:
+	cp crds/syncconfig.yaml charts/trialsync/crds/syncconfig.yaml
+
+# The README's SyncConfig reference is generated from the CRD; a test fails if it is stale.
+docs: $(STAMP)
+	$(BIN)/python tools/crd_reference.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

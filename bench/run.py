@@ -16,9 +16,15 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import common, idle, noop, request_cost, throughput
+from bench import common, idle, noop, request_cost, throughput, webhook
 
-BENCHMARKS = {"throughput": throughput, "noop": noop, "idle": idle, "requests": request_cost}
+BENCHMARKS = {
+    "throughput": throughput,
+    "noop": noop,
+    "idle": idle,
+    "requests": request_cost,
+    "webhook": webhook,
+}
 QUICK = {
     "size_mib": 128,
     "small_files": 200,
@@ -27,6 +33,9 @@ QUICK = {
     "rounds": 50,
     "puts": 500,
     "parts": 8,
+    "reviews": 1000,
+    "pods": 100,
+    "syncconfigs": 1000,
 }
 
 
@@ -44,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--recovers", type=int, default=3, help="noop: recover()s timed (3)")
     parser.add_argument("--no-peers", action="store_true", help="noop: skip the peers")
     request_cost.add_arguments(parser)
+    webhook.add_arguments(parser)
     args = parser.parse_args(argv)
     if args.quick:
         for key, value in QUICK.items():

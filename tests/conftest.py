@@ -9,5 +9,6 @@ os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 pytest_plugins = [
     "tests.support.object_stores",
     "tests.support.control_plane",
+    "tests.support.head_service",
     "tests.support.cluster.fixtures",
 ]

@@ -8,6 +8,8 @@ import sys
 import time
 
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+# kopf attaches its whole settings object, and a flag of its own, to every record.
+_SKIPPED = _STANDARD | {"settings", "k8s_skip"}
 
 
 class JsonFormatter(logging.Formatter):
@@ -20,7 +22,7 @@ class JsonFormatter(logging.Formatter):
             "msg": record.getMessage(),
         }
         for key, value in record.__dict__.items():
-            if key not in _STANDARD and not key.startswith("_"):
+            if key not in _SKIPPED and not key.startswith("_"):
                 entry[key] = value
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)

@@ -55,3 +55,15 @@ class Metrics:
             "Checkpoints seen but not yet published.",
             registry=self.registry,
         )
+        self.head_refusals = Counter(
+            "trialsync_head_refusals",
+            "Requests the head-node service refused for good, by reason (claimed, head_only, "
+            "shared_token, too_large); the log names each path.",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.head_busy_retries = Counter(
+            "trialsync_head_busy_retries",
+            "Requests retried because the head-node service was busy (503) or unreachable.",
+            registry=self.registry,
+        )

@@ -11,7 +11,7 @@ import argparse
 import dataclasses
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from trialsync.config import SyncConfig
@@ -32,6 +32,12 @@ class Settings:
     config: SyncConfig
     role: str = "worker"
     head_url: str | None = None
+    # The head-node service (role head, no upload dir) and a worker's identity with it.
+    receiver_max_object_size: int = 16 * 2**30
+    receiver_max_uploads: int = 64
+    receiver_claim_lease: float = 600.0
+    receiver_state_dir: str = ""  # "" = <root>/.trialsync-head
+    head_identity_file: str = "/tmp/trialsync/head-identity.json"
     head_token: str = ""
     receiver_addr: str = "0.0.0.0:9747"
     layout: Layout = dataclasses.field(default_factory=Layout)
@@ -61,6 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     a("--root", help="local dir holding <experiment>/<trial>/... (required)")
     a("--upload-dir", help="URI to mirror the root under: s3://, gs://, hdfs://, file://, ...")
     a("--head-url", help="head-node service URL (worker-to-head sync, no upload dir)")
+    _head_service_flags(a)
     a(
         "--head-token-file",
         help="file holding the head-node service token (or TRIALSYNC_HEAD_TOKEN)",
@@ -97,6 +104,27 @@ def _parser() -> argparse.ArgumentParser:
     a("--max-backoff", type=float, help="cap on the retry backoff in seconds (default 60)")
     a("--log-level", choices=["debug", "info", "warning", "error"], help="default info")
     return p
+
+
+def _head_service_flags(a: Callable[..., Any]) -> None:
+    """Flags of the head-node service, and of a worker's identity with it."""
+    a(
+        "--head-identity-file",
+        help="where a worker keeps its identity (default /tmp/trialsync/head-identity.json)",
+    )
+    a(
+        "--receiver-max-object-size",
+        type=int,
+        help="bytes of the largest object the head accepts (default 16 GiB)",
+    )
+    a("--receiver-max-uploads", type=int, help="uploads the head takes at once (default 64)")
+    a(
+        "--receiver-claim-lease",
+        type=float,
+        help="seconds without a write after which another worker may take a trial dir over "
+        "(default 600)",
+    )
+    a("--receiver-state-dir", help="the head's key and claims (default <root>/.trialsync-head)")
 
 
 def known_env_names() -> set[str]:
@@ -250,7 +278,33 @@ def _build(values: dict[str, Any], environ: Mapping[str, str]) -> Settings:
         layout=layout,
         storage_options=_storage_options(values.get("storage_option", []), environ),
         **kwargs,
+        **_head_service(os.path.abspath(root), values),
     )
+
+
+STATE_DIR = ".trialsync-head"  # the head-node service's own dir in its root
+
+
+def _head_service(root: str, values: dict[str, Any]) -> dict[str, Any]:
+    """Settings of the head-node service and of a worker's identity with it, validated."""
+    for name in ("receiver_max_object_size", "receiver_max_uploads"):
+        if name in values and values[name] < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
+    if "receiver_claim_lease" in values and not values["receiver_claim_lease"] > 0:
+        raise ConfigError("--receiver-claim-lease must be positive")
+    state_dir = values.get("receiver_state_dir") or os.path.join(root, STATE_DIR)
+    identity = os.path.abspath(values.get("head_identity_file") or Settings.head_identity_file)
+    if values.get("head_url") and identity.startswith(root + os.sep):
+        raise ConfigError(
+            f"--head-identity-file {identity!r} is inside --root, so it would be synced with "
+            "the trial data: keep it in the sidecar's own scratch dir"
+        )
+    limits = ("receiver_max_object_size", "receiver_max_uploads", "receiver_claim_lease")
+    return {
+        **{name: values[name] for name in limits if name in values},
+        "receiver_state_dir": os.path.abspath(state_dir),
+        "head_identity_file": identity,
+    }
 
 
 def _check_addr(flag: str, addr: str) -> None:

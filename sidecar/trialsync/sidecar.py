@@ -23,11 +23,16 @@ from trialsync.watcher import start_journal
 log = logging.getLogger(__name__)
 
 
-def build_store(settings: Settings) -> Store:
+def build_store(settings: Settings, metrics: Metrics | None = None) -> Store:
     config = settings.config
     if config.upload_dir is None:
         assert settings.head_url is not None
-        return HeadStore(settings.head_url, settings.head_token)
+        return HeadStore(
+            settings.head_url,
+            settings.head_token,
+            identity_file=settings.head_identity_file,
+            metrics=metrics,
+        )
     if isinstance(config.syncer, str) and config.syncer != "auto":
         syncer = load_syncer(config.syncer, config.sync_period, config.sync_timeout)
         syncer.validate_upload_dir(config.upload_dir)
@@ -66,6 +71,17 @@ def build_plan(settings: Settings) -> Plan:
     return dataclasses.replace(base, periodic_kinds=periodic, checkpoint_kinds=artifacts)
 
 
+def receiver_options(settings: Settings) -> head_receiver.ReceiverOptions:
+    """How the head serves workers (scenario 3), from its settings."""
+    return head_receiver.ReceiverOptions(
+        token=settings.head_token,
+        state_dir=settings.receiver_state_dir,
+        max_object_size=settings.receiver_max_object_size,
+        max_uploads=settings.receiver_max_uploads,
+        claim_lease=settings.receiver_claim_lease,
+    )
+
+
 async def run(settings: Settings) -> int:
     """Run until SIGTERM (then a final sync), or once with ``--once``; the exit code."""
     config = settings.config
@@ -74,7 +90,7 @@ async def run(settings: Settings) -> int:
         await _serve_without_syncing(settings, metrics)
         return 0
     try:
-        store = build_store(settings)
+        store = build_store(settings, metrics)
     except ValueError as exc:  # a custom syncer that cannot be loaded or refuses the URI
         raise ConfigError(str(exc)) from exc
     engine = SyncEngine(
@@ -164,7 +180,7 @@ async def _serve_without_syncing(settings: Settings, metrics: Metrics) -> None:
         log.info("syncing disabled (syncer=none and no upload dir); idling")
     else:
         receiver, port = await head_receiver.start(
-            settings.root, settings.receiver_addr, settings.head_token
+            settings.root, settings.receiver_addr, receiver_options(settings)
         )
         log.info("head-node service started", extra={"root": settings.root, "port": port})
     await stop.wait()

@@ -132,3 +132,48 @@ def test_the_s3_client_can_be_pinned_to_botocore(tmp_path: pathlib.Path) -> None
     assert parse(args, {"TRIALSYNC_S3_CLIENT": "botocore"}).s3_client == "botocore"
     with pytest.raises(ConfigError, match="TRIALSYNC_S3_CLIENT='boto': expected one of auto"):
         parse(args, {"TRIALSYNC_S3_CLIENT": "boto"})
+
+
+def test_head_service_flags_fall_back_to_the_environment_and_have_defaults(
+    tmp_path: pathlib.Path,
+) -> None:
+    head = ["--root", str(tmp_path), "--role", "head"]
+    token = {"TRIALSYNC_HEAD_TOKEN": "t"}
+    settings = parse(head, token)
+    assert settings.receiver_max_object_size == 16 * 2**30
+    assert settings.receiver_max_uploads == 64
+    assert settings.receiver_claim_lease == 600
+    assert settings.receiver_state_dir == str(tmp_path / ".trialsync-head")
+    env = {
+        **token,
+        "TRIALSYNC_RECEIVER_MAX_OBJECT_SIZE": "1000",
+        "TRIALSYNC_RECEIVER_MAX_UPLOADS": "3",
+        "TRIALSYNC_RECEIVER_CLAIM_LEASE": "90",
+        "TRIALSYNC_RECEIVER_STATE_DIR": str(tmp_path / "state"),
+    }
+    settings = parse(head, env)
+    assert (settings.receiver_max_object_size, settings.receiver_max_uploads) == (1000, 3)
+    assert settings.receiver_claim_lease == 90
+    assert settings.receiver_state_dir == str(tmp_path / "state")
+    worker = ["--root", str(tmp_path / "trials"), "--head-url", "http://head:9747"]
+    (tmp_path / "trials").mkdir()
+    assert parse(worker, token).head_identity_file == "/tmp/trialsync/head-identity.json"
+    identity = {**token, "TRIALSYNC_HEAD_IDENTITY_FILE": str(tmp_path / "scratch" / "id")}
+    assert parse(worker, identity).head_identity_file == str(tmp_path / "scratch" / "id")
+
+
+@pytest.mark.parametrize(
+    ("flags", "says"),
+    [
+        (["--role=head", "--receiver-max-object-size=0"], "--receiver-max-object-size must be"),
+        (["--role=head", "--receiver-max-uploads=0"], "--receiver-max-uploads must be at least 1"),
+        (["--role=head", "--receiver-claim-lease=0"], "--receiver-claim-lease must be positive"),
+        (["--head-url", "http://h:1", "--head-identity-file", "{root}/id"], "is inside --root"),
+    ],
+)
+def test_bad_head_service_flags_say_what_to_fix(
+    tmp_path: pathlib.Path, flags: list[str], says: str
+) -> None:
+    flags = [flag.replace("{root}", str(tmp_path)) for flag in flags]
+    with pytest.raises(ConfigError, match=re.escape(says)):
+        parse(["--root", str(tmp_path), *flags], {"TRIALSYNC_HEAD_TOKEN": "t"})

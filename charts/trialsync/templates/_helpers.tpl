@@ -1,0 +1,71 @@
+{{/* The release's base name: the release name, or release-chart when they differ. */}}
+{{- define "trialsync.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 40 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "trialsync.selectorLabels" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "trialsync.labels" -}}
+{{ include "trialsync.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/part-of: trialsync
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{- define "trialsync.serviceAccount" -}}{{ include "trialsync.fullname" . }}-operator{{- end -}}
+{{- define "trialsync.webhookService" -}}{{ include "trialsync.fullname" . }}-webhook{{- end -}}
+{{- define "trialsync.tlsSecret" -}}{{ include "trialsync.fullname" . }}-webhook-tls{{- end -}}
+{{- define "trialsync.lease" -}}{{ include "trialsync.fullname" . }}-operator{{- end -}}
+{{- define "trialsync.webhookConfig" -}}{{ include "trialsync.fullname" . }}{{- end -}}
+
+{{- define "trialsync.operatorImage" -}}
+{{ .Values.operator.image.repository }}:{{ .Values.operator.image.tag | default .Chart.AppVersion }}
+{{- end -}}
+
+{{- define "trialsync.sidecarImage" -}}
+{{ .Values.sidecar.image.repository }}:{{ .Values.sidecar.image.tag | default .Chart.AppVersion }}
+{{- end -}}
+
+{{/* Namespaces whose pods and SyncConfigs never reach the webhooks. */}}
+{{- define "trialsync.namespaceSelector" -}}
+matchExpressions:
+  - key: kubernetes.io/metadata.name
+    operator: NotIn
+    values:
+      - kube-system
+      - kube-public
+      - kube-node-lease
+      - {{ .Release.Namespace }}
+      {{- range .Values.webhook.excludeNamespaces }}
+      - {{ . }}
+      {{- end }}
+  - key: trialsync.io/injection
+    operator: NotIn
+    values: [disabled]
+{{- end -}}
+
+{{/* The caBundle: the operator's CA when its Secret exists (upgrades keep it), else empty
+     until the operator fills it in. cert-manager's injector fills it in its mode. */}}
+{{- define "trialsync.caBundle" -}}
+{{- if not .Values.certificates.certManager.enabled -}}
+{{- $secret := lookup "v1" "Secret" .Release.Namespace (include "trialsync.tlsSecret" .) -}}
+{{- if and $secret $secret.data (index $secret.data "ca.crt") -}}
+caBundle: {{ index $secret.data "ca.crt" }}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "trialsync.webhookAnnotations" -}}
+{{- if .Values.certificates.certManager.enabled -}}
+annotations:
+  cert-manager.io/inject-ca-from: {{ .Release.Namespace }}/{{ include "trialsync.tlsSecret" . }}
+{{- end -}}
+{{- end -}}

@@ -1,0 +1,108 @@
+"""The operator process: kopf, the webhook server, leader election, TLS and probes together.
+
+Shutdown is graceful for admissions: at SIGTERM this replica turns unready at once, keeps
+answering admissions for ``SHUTDOWN_DELAY`` seconds while the Service drops it from its
+endpoints, and only then stops. A rollout or a drain thus fails no pod creation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+import kopf
+
+from trialsync_operator import handlers, health, kube, tls, webhook_server
+from trialsync_operator.leader import LeaderElector
+from trialsync_operator.runtime import Runtime
+from trialsync_operator.settings import Settings
+
+log = logging.getLogger(__name__)
+
+SHUTDOWN_DELAY = 5.0
+
+
+def kopf_settings(server: webhook_server.WebhookServer) -> kopf.OperatorSettings:
+    settings = kopf.OperatorSettings()
+    settings.admission.server = server
+    settings.admission.managed = None  # the chart's webhook configurations, not kopf's
+    settings.peering.standalone = True  # kopf's peering would pause a standby's index
+    settings.posting.enabled = False  # Events are ours, about validity, not log lines
+    settings.scanning.disabled = True  # the CRD is installed first: no CRD watch (nor RBAC)
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    return settings
+
+
+async def run(settings: Settings, shutdown_delay: float = SHUTDOWN_DELAY) -> None:
+    """Run until SIGTERM or SIGINT."""
+    client = kube.Kube(kube.load_configuration())
+    runtime = Runtime(settings, client)
+    webhook_server.skip_copies_for_empty_patches()
+    server = webhook_server.WebhookServer(
+        settings.webhook_addr, settings.webhook_port, runtime.serving
+    )
+    runtime.webhook_listening = server.listening.is_set
+    registry = handlers.build_registry(runtime)
+    kopf.on.login(registry=registry)(kopf.login_via_client)
+
+    leading: list[Callable[[], Coroutine[Any, Any, None]]] = [runtime.lead]
+    background: list[Awaitable[None]] = [runtime.wait_for_empty_index()]
+    if settings.cert_mode == "self":
+        secret_tls = tls.SecretTls(client, settings, runtime.serving)
+        leading.append(lambda: secret_tls.lead(settings.cert_check_interval))
+        background.append(secret_tls.follow())
+    else:
+        background.append(tls.follow_files(runtime.serving))
+
+    async def lead() -> None:
+        await asyncio.gather(*(fn() for fn in leading))
+
+    if settings.leader_election:
+        runtime.elector = LeaderElector(
+            client, settings.namespace, settings.lease_name, settings.identity, lead
+        )
+        background.append(runtime.elector.run())
+    else:
+        background.append(lead())
+
+    stopping = asyncio.Event()
+    stop_flag = asyncio.Event()
+    probes = await health.serve(
+        settings.health_addr,
+        settings.health_port,
+        lambda: runtime.ready() and not stopping.is_set(),
+    )
+    tasks = [asyncio.ensure_future(coro) for coro in background]
+    try:
+        root_tasks = await kopf.spawn_tasks(
+            registry=registry,
+            settings=kopf_settings(server),
+            standalone=True,
+            clusterwide=not settings.namespaces,
+            namespaces=list(settings.namespaces),
+            stop_flag=stop_flag,
+        )
+        # After kopf's own signal handlers, so these replace them: drain first, then stop.
+        loop = asyncio.get_running_loop()
+
+        def on_signal(sig: signal.Signals) -> None:
+            log.info("%s: unready now, stopping in %ss", sig.name, shutdown_delay)
+            stopping.set()
+            loop.call_later(shutdown_delay, stop_flag.set)
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, on_signal, sig)
+        await kopf.run_tasks(root_tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await probes.cleanup()
+        await client.close()

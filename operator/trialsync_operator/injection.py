@@ -1,0 +1,546 @@
+"""The pod mutation: a pure function of (pod, SyncConfig, defaults) to what the pod becomes.
+
+Kept apart from the webhook plumbing so it is tested without a server (golden files in
+``tests/unit/golden/``). The contract (DESIGN's injection contract):
+
+- the sidecar is a native sidecar: an init container with ``restartPolicy: Always``,
+  appended after the pod's own init containers; ``containers`` keep their order;
+- the trial volume is an existing volume of the pod (``trialsync.io/volume``) or an
+  emptyDir mounted at ``trialsync.io/mount-path`` in every container;
+- explicit requests and limits, a restrictive securityContext, and the pod's runAsUser
+  and runAsGroup where set (so the sidecar can read what the trainer writes);
+- credentials are referenced (``envFrom``/``secretKeyRef``), never copied;
+- idempotent: a pod that already has the sidecar is left alone, and the status
+  annotation records what was injected and from which SyncConfig generation.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import posixpath
+import re
+from collections.abc import Callable, Mapping, Sequence
+from decimal import Decimal
+from typing import Any
+
+from trialsync_operator import names, quantity
+from trialsync_operator.syncconfig import ConfigView
+
+JsonDict = dict[str, Any]
+Lookup = Callable[[str, str], ConfigView | None]
+
+STATUS_VERSION = 1
+#: Seconds the sidecar needs on top of its final sync at SIGTERM: aborting multipart
+#: uploads cut short, and exiting.
+SHUTDOWN_MARGIN = 10
+#: The kubelet's default when a pod sets no terminationGracePeriodSeconds.
+DEFAULT_GRACE = 30
+#: Upload buffers take at most this share of the sidecar's memory limit.
+UPLOAD_MEMORY_SHARE = Decimal("0.5")
+UPLOAD_MEMORY_MAX = 256 * 2**20
+UPLOAD_MEMORY_MIN = 16 * 2**20
+NON_ROOT_UID = 65532
+_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,61}[a-z0-9])?$")
+#: Environment variables an IRSA-style webhook adds for workload identity on AWS.
+_WEB_IDENTITY_ENV = (
+    "AWS_ROLE_ARN",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_STS_REGIONAL_ENDPOINTS",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Defaults:
+    """What the operator injects where a SyncConfig says nothing (chart values)."""
+
+    image: str
+    pull_policy: str = "IfNotPresent"
+    requests: Mapping[str, str] = dataclasses.field(
+        default_factory=lambda: {"cpu": "100m", "memory": "256Mi"}
+    )
+    limits: Mapping[str, str] = dataclasses.field(
+        default_factory=lambda: {"cpu": "1", "memory": "512Mi"}
+    )
+    scratch_size: str = "64Mi"
+
+
+class Refusal(Exception):
+    """The pod must not be admitted as it is; the message says which setting and why."""
+
+
+@dataclasses.dataclass
+class Result:
+    """The outcome for one pod. ``patch`` is None when the pod is admitted unmodified;
+    otherwise it holds the new values of the fields that change (labels, annotations,
+    initContainers, containers, volumes)."""
+
+    patch: JsonDict | None = None
+    warnings: list[str] = dataclasses.field(default_factory=list)
+    config: ConfigView | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class PodRequest:
+    """What a pod asks for in its annotations."""
+
+    config: str
+    role: str
+    volume: str | None
+    mount_path: str | None
+
+
+def read_request(pod: Mapping[str, Any]) -> PodRequest:
+    """The pod's annotations, checked; Refusal saying which annotation is wrong."""
+    annotations = _mapping(_mapping(pod.get("metadata")).get("annotations"))
+    config = annotations.get(names.CONFIG_ANNOTATION)
+    if not isinstance(config, str) or not config:
+        raise Refusal(
+            f"the pod opts in with {names.INJECT_LABEL}=true but has no "
+            f"{names.CONFIG_ANNOTATION} annotation: set it to the name of a SyncConfig in "
+            "the pod's namespace"
+        )
+    if not _NAME.match(config):
+        raise Refusal(
+            f"annotation {names.CONFIG_ANNOTATION}={config!r} is not a SyncConfig name "
+            "(lowercase letters, digits, '-' and '.', at most 63 characters)"
+        )
+    role = annotations.get(names.ROLE_ANNOTATION, "worker")
+    if role not in names.ROLES:
+        raise Refusal(f"annotation {names.ROLE_ANNOTATION}={role!r} must be worker or head")
+    volume = annotations.get(names.VOLUME_ANNOTATION) or None
+    mount_path = annotations.get(names.MOUNT_PATH_ANNOTATION) or None
+    if volume and mount_path:
+        raise Refusal(
+            f"annotations {names.VOLUME_ANNOTATION} and {names.MOUNT_PATH_ANNOTATION} "
+            "conflict: name an existing volume holding the trial data, or a path to mount "
+            "a new emptyDir at in every container, not both"
+        )
+    if not volume and not mount_path:
+        raise Refusal(
+            f"say where the trial data lives: annotation {names.VOLUME_ANNOTATION}=<a "
+            f"volume of the pod> or {names.MOUNT_PATH_ANNOTATION}=<an absolute path, e.g. "
+            "/root/ray_results>"
+        )
+    if mount_path is not None:
+        normal = posixpath.normpath(mount_path)
+        if not mount_path.startswith("/") or normal == "/" or ":" in mount_path:
+            raise Refusal(
+                f"annotation {names.MOUNT_PATH_ANNOTATION}={mount_path!r} must be an "
+                "absolute path other than / (and without ':')"
+            )
+        mount_path = normal
+    return PodRequest(config=config, role=role, volume=volume, mount_path=mount_path)
+
+
+def plan(pod: Mapping[str, Any], namespace: str, lookup: Lookup, defaults: Defaults) -> Result:
+    """What to do with ``pod`` (created in ``namespace``); Refusal if it must be refused.
+
+    ``lookup(namespace, name)`` gives a SyncConfig's view, or None if there is none.
+    """
+    if _has_sidecar(pod):
+        return Result()  # injected already (a reinvocation, or a pod spec copied from one)
+    request = read_request(pod)
+    view = lookup(namespace, request.config)
+    if view is None:
+        raise Refusal(
+            f"SyncConfig {namespace}/{request.config} (annotation {names.CONFIG_ANNOTATION}) "
+            "does not exist: create it, or fix the annotation"
+        )
+    if not view.valid:
+        raise Refusal(f"SyncConfig {namespace}/{request.config} is invalid: {view.message}")
+    if view.mode == "disabled":
+        return Result(
+            warnings=[
+                f"SyncConfig {namespace}/{view.name} disables syncing (syncer: none, no "
+                "uploadDir): no sidecar was injected"
+            ],
+            config=view,
+        )
+    return _inject(pod, namespace, request, view, defaults)
+
+
+def _inject(
+    pod: Mapping[str, Any],
+    namespace: str,
+    request: PodRequest,
+    view: ConfigView,
+    defaults: Defaults,
+) -> Result:
+    spec = _mapping(pod.get("spec"))
+    volumes = [dict(v) for v in _list(spec.get("volumes"))]
+    containers = [copy.deepcopy(dict(c)) for c in _list(spec.get("containers"))]
+    init_containers = [copy.deepcopy(dict(c)) for c in _list(spec.get("initContainers"))]
+    volume_names = {v.get("name") for v in volumes}
+    warnings: list[str] = []
+    added_volumes: list[str] = []
+
+    writable = request.role == "head" and view.mode == "head"  # the head receives trials
+    if request.volume is not None:
+        if request.volume not in volume_names:
+            raise Refusal(
+                f"annotation {names.VOLUME_ANNOTATION}={request.volume!r} names no volume of "
+                f"the pod (it has: {', '.join(sorted(map(str, volume_names))) or 'none'})"
+            )
+        root = names.TRIAL_MOUNT
+        trial_mount: JsonDict = {"name": request.volume, "mountPath": root}
+    else:
+        assert request.mount_path is not None
+        root = request.mount_path
+        if names.TRIAL_VOLUME in volume_names:
+            raise Refusal(f"the pod already has a volume named {names.TRIAL_VOLUME!r}")
+        volumes.append({"name": names.TRIAL_VOLUME, "emptyDir": {}})
+        added_volumes.append(names.TRIAL_VOLUME)
+        for container in [*init_containers, *containers]:
+            _mount_trial_dir(container, root)
+        trial_mount = {"name": names.TRIAL_VOLUME, "mountPath": root}
+    if not writable:
+        trial_mount["readOnly"] = True
+
+    for reserved in (names.SCRATCH_VOLUME, names.CREDENTIALS_VOLUME):
+        if reserved in volume_names:
+            raise Refusal(f"the pod already has a volume named {reserved!r}")
+    volumes.append({"name": names.SCRATCH_VOLUME, "emptyDir": {"sizeLimit": defaults.scratch_size}})
+    added_volumes.append(names.SCRATCH_VOLUME)
+    mounts: list[JsonDict] = [trial_mount, {"name": names.SCRATCH_VOLUME, "mountPath": "/tmp"}]
+    env_from: list[JsonDict] = []
+    if view.credentials_secret:
+        env_from.append({"secretRef": {"name": view.credentials_secret}})
+        volumes.append(
+            {"name": names.CREDENTIALS_VOLUME, "secret": {"secretName": view.credentials_secret}}
+        )
+        added_volumes.append(names.CREDENTIALS_VOLUME)
+        mounts.append(
+            {
+                "name": names.CREDENTIALS_VOLUME,
+                "mountPath": names.CREDENTIALS_MOUNT,
+                "readOnly": True,
+            }
+        )
+
+    resources = _resources(view, defaults)
+    env = _env(namespace, request, view, root, resources)
+    if view.workload_identity:
+        env, mounts = _copy_web_identity(containers, env, mounts)
+
+    security, security_warnings = _security_context(spec, containers)
+    warnings.extend(security_warnings)
+    if (
+        writable
+        and _first_int(
+            _mapping(spec.get("securityContext")).get("runAsUser"),
+            _mapping(containers[0].get("securityContext")).get("runAsUser") if containers else None,
+        )
+        is None
+    ):
+        warnings.append(
+            "this head pod sets no runAsUser: its sidecar receives the workers' trial dirs "
+            f"as uid {NON_ROOT_UID}, but Ray's driver creates those dirs as the image's user; "
+            "set securityContext.runAsUser (and fsGroup) so both write as one user"
+        )
+    grace = spec.get("terminationGracePeriodSeconds", DEFAULT_GRACE)
+    needed = view.final_sync_timeout + SHUTDOWN_MARGIN
+    if isinstance(grace, int) and grace < needed:
+        warnings.append(
+            f"terminationGracePeriodSeconds={grace} is shorter than the sidecar's final sync "
+            f"needs ({view.final_sync_timeout} s of spec.finalSyncTimeoutSeconds + "
+            f"{SHUTDOWN_MARGIN} s to abort uploads and exit): the last checkpoint may not "
+            f"be durable; set it to at least {needed}"
+        )
+
+    sidecar: JsonDict = {
+        "name": names.SIDECAR_NAME,
+        "image": view.image or defaults.image,
+        "imagePullPolicy": view.pull_policy or defaults.pull_policy,
+        "restartPolicy": "Always",
+        "args": ["sync"],
+        "env": env,
+        "ports": _ports(request, view),
+        "startupProbe": {
+            # Ready once the ledger is recovered and the store answered: the trainer starts
+            # only when its checkpoints can be saved.
+            "httpGet": {"path": "/readyz", "port": names.HTTP_PORT},
+            "periodSeconds": 1,
+            "timeoutSeconds": 5,
+            "failureThreshold": 300,
+        },
+        "livenessProbe": {
+            "httpGet": {"path": "/healthz", "port": names.HTTP_PORT},
+            "periodSeconds": 10,
+            "timeoutSeconds": 5,
+            "failureThreshold": 6,
+        },
+        "resources": resources,
+        "securityContext": security,
+        "volumeMounts": mounts,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    if env_from:
+        sidecar["envFrom"] = env_from
+    init_containers.append(sidecar)
+
+    meta = _mapping(pod.get("metadata"))
+    labels = {str(k): str(v) for k, v in _mapping(meta.get("labels")).items()}
+    labels[names.CONFIG_LABEL] = view.name
+    labels[names.ROLE_LABEL] = request.role
+    annotations = {str(k): str(v) for k, v in _mapping(meta.get("annotations")).items()}
+    annotations[names.STATUS_ANNOTATION] = json.dumps(
+        {
+            "version": STATUS_VERSION,
+            "container": names.SIDECAR_NAME,
+            "volumes": added_volumes,
+            "config": view.name,
+            "generation": view.generation,
+            "uid": view.uid,
+            "image": sidecar["image"],
+            "role": request.role,
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    patch: JsonDict = {
+        "labels": labels,
+        "annotations": annotations,
+        "initContainers": init_containers,
+        "volumes": volumes,
+    }
+    if request.mount_path is not None:
+        patch["containers"] = containers
+    return Result(patch=patch, warnings=warnings, config=view)
+
+
+def json_patch(pod: Mapping[str, Any], changes: Mapping[str, Any]) -> list[JsonDict]:
+    """The RFC 6902 operations that turn ``pod`` into ``pod`` with ``changes`` (a
+    ``Result.patch``): appends where lists only grow, so the apiserver applies a small
+    patch and nothing the injection did not touch is rewritten."""
+    meta = _mapping(pod.get("metadata"))
+    spec = _mapping(pod.get("spec"))
+    ops: list[JsonDict] = []
+    for field in ("labels", "annotations"):
+        before = _mapping(meta.get(field))
+        after = changes[field]
+        if not before:
+            ops.append({"op": "add", "path": f"/metadata/{field}", "value": after})
+            continue
+        for key, value in after.items():
+            if before.get(key) != value:
+                ops.append(
+                    {"op": "add", "path": f"/metadata/{field}/{_pointer(key)}", "value": value}
+                )
+    for field in ("initContainers", "containers"):
+        if field not in changes:
+            continue
+        before_list = spec.get(field) if isinstance(spec.get(field), list) else None
+        after_list = changes[field]
+        for index, old in enumerate(before_list or []):
+            mounts = f"/spec/{field}/{index}/volumeMounts"
+            ops += _grow(mounts, old.get("volumeMounts"), after_list[index].get("volumeMounts"))
+        ops += _grow(f"/spec/{field}", before_list, after_list)
+    ops += _grow("/spec/volumes", spec.get("volumes"), changes["volumes"])
+    return ops
+
+
+def _grow(path: str, before: object, after: object) -> list[JsonDict]:
+    """Operations from the list ``before`` (None: absent) at ``path`` to ``after``: one
+    append each when ``after`` extends ``before``, else one replacement of the list."""
+    old = before if isinstance(before, list) else []
+    new = after if isinstance(after, list) else []
+    if new == old:
+        return []
+    if not old or new[: len(old)] != old:
+        return [{"op": "add", "path": path, "value": new}]
+    return [{"op": "add", "path": f"{path}/-", "value": item} for item in new[len(old) :]]
+
+
+def _pointer(key: str) -> str:
+    return key.replace("~", "~0").replace("/", "~1")
+
+
+def _env(
+    namespace: str,
+    request: PodRequest,
+    view: ConfigView,
+    root: str,
+    resources: Mapping[str, Mapping[str, str]],
+) -> list[JsonDict]:
+    """The sidecar's settings as ``TRIALSYNC_*`` variables (see the sidecar's README)."""
+    values: list[tuple[str, str]] = [
+        ("TRIALSYNC_ROOT", root),
+        ("TRIALSYNC_ROLE", request.role),
+        ("TRIALSYNC_SYNCER", view.syncer),
+        ("TRIALSYNC_SYNC_PERIOD", str(view.sync_period)),
+        ("TRIALSYNC_SYNC_TIMEOUT", str(view.sync_timeout)),
+        ("TRIALSYNC_SYNC_ARTIFACTS", _flag(view.sync_artifacts)),
+        ("TRIALSYNC_SYNC_ON_CHECKPOINT", _flag(view.sync_on_checkpoint)),
+        ("TRIALSYNC_CHECKPOINT_PATTERN", view.checkpoint_pattern),
+        ("TRIALSYNC_CHECKPOINT_SETTLE", str(view.settle_seconds)),
+        ("TRIALSYNC_FINAL_SYNC_TIMEOUT", str(view.final_sync_timeout)),
+        ("TRIALSYNC_UPLOAD_MEMORY", str(upload_memory(resources))),
+        ("TMPDIR", "/tmp"),
+        ("HOME", "/tmp"),
+    ]
+    if view.upload_dir:
+        values.append(("TRIALSYNC_UPLOAD_DIR", view.upload_dir))
+    if view.excludes:
+        values.append(("TRIALSYNC_EXCLUDE", ",".join(view.excludes)))
+    if view.mirror_deletes:
+        values.append(("TRIALSYNC_MIRROR_DELETES", "true"))
+    if view.storage_options != "{}":
+        values.append(("TRIALSYNC_STORAGE_OPTIONS", view.storage_options))
+    if view.mode == "head" and request.role == "worker":
+        values.append(("TRIALSYNC_HEAD_URL", names.head_url(view.name, namespace)))
+    env: list[JsonDict] = [{"name": k, "value": v} for k, v in values]
+    if view.mode == "head":
+        env.append(
+            {
+                "name": "TRIALSYNC_HEAD_TOKEN",
+                "valueFrom": {
+                    "secretKeyRef": {
+                        "name": names.head_secret_name(view.name),
+                        "key": names.HEAD_TOKEN_KEY,
+                    }
+                },
+            }
+        )
+    return env
+
+
+def _ports(request: PodRequest, view: ConfigView) -> list[JsonDict]:
+    ports: list[JsonDict] = [
+        {"name": "trialsync-http", "containerPort": names.HTTP_PORT, "protocol": "TCP"}
+    ]
+    if view.mode == "head" and request.role == "head":
+        ports.append(
+            {"name": "trialsync-head", "containerPort": names.HEAD_PORT, "protocol": "TCP"}
+        )
+    return ports
+
+
+def _resources(view: ConfigView, defaults: Defaults) -> dict[str, dict[str, str]]:
+    """Requests and limits, always both (quotas and LimitRanges refuse containers without)."""
+    given: Mapping[str, Mapping[str, str]] = json.loads(view.resources)
+    requests = {**defaults.requests, **given.get("requests", {})}
+    limits = {**defaults.limits, **given.get("limits", {})}
+    for resource, request in list(requests.items()):
+        limit = limits.get(resource)
+        if limit is None:
+            limits[resource] = request
+        elif _amount(request, resource) > _amount(limit, resource):
+            # One side came from the defaults (the SyncConfig's own pair was validated):
+            # the one the user set wins.
+            if resource in given.get("requests", {}):
+                limits[resource] = request
+            else:
+                requests[resource] = limit
+    return {"requests": requests, "limits": limits}
+
+
+def _amount(value: str, resource: str) -> Decimal:
+    try:
+        return quantity.parse(value)
+    except ValueError as exc:
+        raise Refusal(f"sidecar resources: {resource}: {exc}") from exc
+
+
+def upload_memory(resources: Mapping[str, Mapping[str, str]]) -> int:
+    """Bytes of upload buffers that fit the sidecar's memory limit with room to spare."""
+    limit = resources.get("limits", {}).get("memory")
+    if limit is None:
+        return UPLOAD_MEMORY_MAX
+    share = int(quantity.parse(limit) * UPLOAD_MEMORY_SHARE)
+    return max(UPLOAD_MEMORY_MIN, min(UPLOAD_MEMORY_MAX, share))
+
+
+def _security_context(
+    spec: Mapping[str, Any], containers: Sequence[Mapping[str, Any]]
+) -> tuple[JsonDict, list[str]]:
+    """Restrictive, and as the pod's (else the main container's) user where set."""
+    pod_context = _mapping(spec.get("securityContext"))
+    main = _mapping(containers[0].get("securityContext")) if containers else {}
+    uid = _first_int(pod_context.get("runAsUser"), main.get("runAsUser"))
+    gid = _first_int(pod_context.get("runAsGroup"), main.get("runAsGroup"))
+    warnings: list[str] = []
+    context: JsonDict = {
+        "readOnlyRootFilesystem": True,
+        "allowPrivilegeEscalation": False,
+        "privileged": False,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+        "runAsUser": NON_ROOT_UID if uid is None else uid,
+        "runAsGroup": (NON_ROOT_UID if uid is None else uid) if gid is None else gid,
+    }
+    if context["runAsUser"] == 0:
+        warnings.append(
+            "the pod runs as root (runAsUser: 0), so the trialsync sidecar does too, with "
+            "every capability dropped; run the pod as a non-root user where you can"
+        )
+    else:
+        context["runAsNonRoot"] = True
+    return context, warnings
+
+
+def _copy_web_identity(
+    containers: Sequence[Mapping[str, Any]], env: list[JsonDict], mounts: list[JsonDict]
+) -> tuple[list[JsonDict], list[JsonDict]]:
+    """Workload identity on AWS (IRSA): if a webhook before ours gave the pod's containers
+    a web-identity token, give the sidecar the same variables and token mount."""
+    for container in containers:
+        found = {
+            e.get("name"): e
+            for e in _list(container.get("env"))
+            if isinstance(e, Mapping) and e.get("name") in _WEB_IDENTITY_ENV
+        }
+        token_file = _mapping(found.get("AWS_WEB_IDENTITY_TOKEN_FILE")).get("value")
+        if not isinstance(token_file, str):
+            continue
+        env = env + [dict(e) for e in found.values()]
+        for mount in _list(container.get("volumeMounts")):
+            path = _mapping(mount).get("mountPath")
+            if isinstance(path, str) and token_file.startswith(path.rstrip("/") + "/"):
+                mounts = [*mounts, {**dict(mount), "readOnly": True}]
+                break
+        break
+    return env, mounts
+
+
+def _mount_trial_dir(container: JsonDict, path: str) -> None:
+    mounts = [dict(m) for m in _list(container.get("volumeMounts"))]
+    for mount in mounts:
+        if posixpath.normpath(str(mount.get("mountPath", ""))) == path:
+            raise Refusal(
+                f"container {container.get('name')!r} already mounts volume "
+                f"{mount.get('name')!r} at {path}: use annotation {names.VOLUME_ANNOTATION}="
+                f"{mount.get('name')} to sync that volume instead"
+            )
+    mounts.append({"name": names.TRIAL_VOLUME, "mountPath": path})
+    container["volumeMounts"] = mounts
+
+
+def _has_sidecar(pod: Mapping[str, Any]) -> bool:
+    spec = _mapping(pod.get("spec"))
+    return any(
+        _mapping(c).get("name") == names.SIDECAR_NAME
+        for c in [*_list(spec.get("initContainers")), *_list(spec.get("containers"))]
+    )
+
+
+def _first_int(*values: object) -> int | None:
+    for value in values:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return None
+
+
+def _flag(value: bool) -> str:
+    return "true" if value else "false"
+
+
+def _mapping(value: object) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _list(value: object) -> list[Any]:
+    return [v for v in value if isinstance(v, Mapping)] if isinstance(value, list) else []

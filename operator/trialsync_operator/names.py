@@ -1,0 +1,73 @@
+"""The names trialsync writes into the cluster: API group, labels, annotations, objects.
+
+One place, so the CRD, the webhook, the reconciler, the chart and the docs agree.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+GROUP = "trialsync.io"
+VERSION = "v1alpha1"
+PLURAL = "syncconfigs"
+KIND = "SyncConfig"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+#: The opt-in label; the webhook's objectSelector matches it, so no other pod reaches us.
+INJECT_LABEL = f"{GROUP}/inject"
+#: Annotations a pod sets.
+CONFIG_ANNOTATION = f"{GROUP}/config"
+ROLE_ANNOTATION = f"{GROUP}/role"
+VOLUME_ANNOTATION = f"{GROUP}/volume"
+MOUNT_PATH_ANNOTATION = f"{GROUP}/mount-path"
+#: Written by the webhook: what was injected (JSON).
+STATUS_ANNOTATION = f"{GROUP}/status"
+#: Labels the webhook adds, so a Service can select a SyncConfig's head pod.
+CONFIG_LABEL = f"{GROUP}/config"
+ROLE_LABEL = f"{GROUP}/role"
+#: Labels on the objects the operator creates.
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+MANAGED_BY = "trialsync-operator"
+COMPONENT_LABEL = "app.kubernetes.io/component"
+
+ROLES = ("worker", "head")
+
+SIDECAR_NAME = "trialsync-sidecar"
+TRIAL_VOLUME = "trialsync-trial"
+SCRATCH_VOLUME = "trialsync-tmp"
+CREDENTIALS_VOLUME = "trialsync-credentials"
+#: Where the sidecar sees the trial volume when it is an existing volume of the pod.
+TRIAL_MOUNT = "/var/lib/trialsync/trial"
+CREDENTIALS_MOUNT = "/var/run/secrets/trialsync.io/credentials"
+
+HTTP_PORT = 9746
+HEAD_PORT = 9747
+HEAD_TOKEN_KEY = "token"
+
+_NOT_DNS_LABEL = re.compile(r"[^a-z0-9-]")
+
+
+def dns_label(prefix: str, name: str) -> str:
+    """``prefix-name`` as an RFC 1035 label (a Service name): at most 63 characters,
+    lowercase letters, digits and '-', starting with a letter; a long or unusual name is
+    shortened with a hash, so distinct names stay distinct."""
+    base = f"{prefix}-{_NOT_DNS_LABEL.sub('-', name.lower())}"
+    if len(base) <= 63 and base == f"{prefix}-{name}":
+        return base
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    return f"{base[: 63 - 9].rstrip('-')}-{digest}"
+
+
+def head_service_name(config_name: str) -> str:
+    """The Service in front of a SyncConfig's head pod (seed scenario 3)."""
+    return dns_label("trialsync-head", config_name)
+
+
+def head_secret_name(config_name: str) -> str:
+    """The Secret holding the head-node service's token (seed scenario 3)."""
+    return dns_label("trialsync-head", config_name)
+
+
+def head_url(config_name: str, namespace: str) -> str:
+    return f"http://{head_service_name(config_name)}.{namespace}.svc:{HEAD_PORT}"

@@ -1,0 +1,43 @@
+"""Kubernetes resource quantities ("512Mi", "1G", "250m") as numbers."""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal, InvalidOperation
+
+_SUFFIX = {
+    "": Decimal(1),
+    "m": Decimal("0.001"),
+    "k": Decimal(10) ** 3,
+    "M": Decimal(10) ** 6,
+    "G": Decimal(10) ** 9,
+    "T": Decimal(10) ** 12,
+    "P": Decimal(10) ** 15,
+    "E": Decimal(10) ** 18,
+    "Ki": Decimal(2) ** 10,
+    "Mi": Decimal(2) ** 20,
+    "Gi": Decimal(2) ** 30,
+    "Ti": Decimal(2) ** 40,
+    "Pi": Decimal(2) ** 50,
+    "Ei": Decimal(2) ** 60,
+}
+_QUANTITY = re.compile(r"^([+]?[0-9]+(?:\.[0-9]*)?|[+]?\.[0-9]+)(?:[eE]([+-]?[0-9]+))?([a-zA-Z]*)$")
+
+
+def parse(quantity: str) -> Decimal:
+    """The value of ``quantity``; ValueError if it is not a non-negative quantity."""
+    match = _QUANTITY.match(quantity.strip())
+    if match is None or match.group(3) not in _SUFFIX:
+        raise ValueError(f"{quantity!r} is not a resource quantity (e.g. 512Mi, 1G, 250m)")
+    number, exponent, suffix = match.groups()
+    try:
+        value = Decimal(number)
+        if exponent is not None:
+            if suffix:
+                raise ValueError(
+                    f"{quantity!r} is not a resource quantity: an exponent and a suffix"
+                )
+            value = value.scaleb(int(exponent))
+    except InvalidOperation as exc:
+        raise ValueError(f"{quantity!r} is not a resource quantity") from exc
+    return value * _SUFFIX[suffix]

@@ -1,0 +1,178 @@
+"""What the running operator holds: settings, clients, leadership, readiness.
+
+kopf hands this object to no one; the handlers close over it (see ``handlers``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import kopf
+
+from trialsync_operator import injection, kube, names
+from trialsync_operator.leader import LeaderElector
+from trialsync_operator.reconcile import SYNCCONFIGS, Reconciler
+from trialsync_operator.settings import Settings
+from trialsync_operator.syncconfig import ConfigView, view_of
+from trialsync_operator.tls import ServingContext
+from trialsync_operator.webhook_server import respond_with_patch
+
+log = logging.getLogger(__name__)
+
+EVENTS = "api/v1/events"
+#: The leader re-reconciles every SyncConfig this often, catching anything an event missed.
+RESYNC_INTERVAL = 300.0
+
+
+class Runtime:
+    def __init__(self, settings: Settings, client: kube.Kube) -> None:
+        self.settings = settings
+        self.kube = client
+        self.reconciler = Reconciler(client)
+        self.serving = ServingContext(settings.cert_dir)
+        self.elector: LeaderElector | None = None
+        self.index_ready = asyncio.Event()
+        self.webhook_listening: Callable[[], bool] = lambda: False
+        self._background: set[asyncio.Task[None]] = set()
+
+    # -- readiness -----------------------------------------------------------------------
+
+    def index_populated(self) -> None:
+        if not self.index_ready.is_set():
+            log.info("SyncConfig index populated; webhooks answer")
+            self.index_ready.set()
+
+    async def wait_for_empty_index(self) -> None:
+        """With no SyncConfig at all, no watch event ever says the index is complete:
+        ask the API once whether there is any."""
+        while not self.index_ready.is_set():
+            try:
+                if not await self._any_syncconfig():
+                    self.index_populated()
+                    return
+            except (kube.ApiError, OSError, TimeoutError) as exc:
+                log.warning("cannot list SyncConfigs yet: %s", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.index_ready.wait(), 5.0)
+
+    async def _any_syncconfig(self) -> bool:
+        scopes = self.settings.namespaces or ("",)
+        for namespace in scopes:
+            path = kube.namespaced(SYNCCONFIGS, namespace) if namespace else "/" + SYNCCONFIGS
+            listing = await self.kube.get(path, params={"limit": "1"})
+            if listing.get("items"):
+                return True
+        return False
+
+    def ready(self) -> bool:
+        return (
+            self.index_ready.is_set() and self.serving.ready.is_set() and self.webhook_listening()
+        )
+
+    @property
+    def is_leader(self) -> bool:
+        return self.elector is None or self.elector.is_leader
+
+    # -- leadership ----------------------------------------------------------------------
+
+    async def lead(self) -> None:
+        """While this replica leads: reconcile everything now and every RESYNC_INTERVAL."""
+        await self.index_ready.wait()
+        while True:
+            try:
+                await self.reconcile_all()
+            except (kube.ApiError, OSError, TimeoutError) as exc:
+                log.error("resync failed: %s", exc)
+            await asyncio.sleep(RESYNC_INTERVAL)
+
+    async def reconcile_all(self) -> None:
+        scopes = self.settings.namespaces or ("",)
+        for namespace in scopes:
+            path = kube.namespaced(SYNCCONFIGS, namespace) if namespace else "/" + SYNCCONFIGS
+            listing = await self.kube.get(path)
+            for item in listing.get("items") or []:
+                view = view_of(item, self.settings.sidecar)
+                try:
+                    await self.reconciler.reconcile(view, item.get("status") or {})
+                except kube.ApiError as exc:
+                    log.error("reconcile of %s/%s failed: %s", view.namespace, view.name, exc)
+
+    # -- admission -----------------------------------------------------------------------
+
+    def admit_pod(
+        self,
+        body: Mapping[str, Any],
+        warnings: list[str],
+        dryrun: bool,
+        lookup: Callable[[tuple[str, str]], ConfigView | None],
+    ) -> None:
+        """Inject the sidecar into a pod, or refuse it (kopf.AdmissionError) saying why."""
+        if not self.index_ready.is_set():
+            raise kopf.AdmissionError(
+                "the trialsync operator is starting and has not read every SyncConfig yet; "
+                "retry in a few seconds",
+                code=503,
+            )
+        meta = body.get("metadata") or {}
+        namespace = str(meta.get("namespace") or "")
+        if self.settings.namespaces and namespace not in self.settings.namespaces:
+            raise kopf.AdmissionError(
+                f"the trialsync operator watches only namespaces "
+                f"{', '.join(self.settings.namespaces)}, not {namespace}",
+                code=400,
+            )
+        try:
+            result = injection.plan(
+                body, namespace, lambda ns, name: lookup((ns, name)), self.settings.defaults
+            )
+        except injection.Refusal as exc:
+            if self.settings.on_config_error != "admit":
+                raise kopf.AdmissionError(f"trialsync: {exc}", code=400) from None
+            message = f"trialsync: no sidecar injected: {exc}"
+            warnings.append(message)
+            if not dryrun:
+                self._spawn(self._pod_event(body, namespace, message))
+            return
+        warnings.extend(f"trialsync: {w}" for w in result.warnings)
+        if result.patch is not None:
+            respond_with_patch(injection.json_patch(body, result.patch))
+
+    async def _pod_event(self, pod: Mapping[str, Any], namespace: str, message: str) -> None:
+        """A Warning on the pod's owner (a new pod has no name yet when a controller made it)."""
+        meta = pod.get("metadata") or {}
+        owners = meta.get("ownerReferences") or []
+        if owners:
+            ref = owners[0]
+            involved = {k: ref.get(k) for k in ("apiVersion", "kind", "name", "uid")}
+        elif meta.get("name"):
+            involved = {"apiVersion": "v1", "kind": "Pod", "name": meta["name"]}
+        else:
+            return
+        now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": "trialsync.", "namespace": namespace},
+            "involvedObject": {**involved, "namespace": namespace},
+            "type": "Warning",
+            "reason": "SidecarNotInjected",
+            "message": message[:1024],
+            "source": {"component": names.MANAGED_BY},
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        try:
+            await self.kube.create(kube.namespaced(EVENTS, namespace), event)
+        except (kube.ApiError, OSError) as exc:
+            log.warning("could not record an Event: %s", exc)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)

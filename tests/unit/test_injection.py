@@ -1,0 +1,175 @@
+"""The pod mutation as a pure function: golden files, refusals, idempotency.
+
+Each ``golden/injection/<case>.yaml`` holds a SyncConfig and a pod; ``<case>.injected.yaml``
+is what the pod becomes, with the admission warnings. Regenerate them with
+``TRIALSYNC_UPDATE_GOLDEN=1 pytest tests/unit/test_injection.py`` and review the diff.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.support.pods import DEFAULTS, apply, lookup_for, sidecars
+from trialsync_operator import injection, names
+
+GOLDEN = Path(__file__).parent / "golden" / "injection"
+CASES = sorted(p for p in GOLDEN.glob("*.yaml") if not p.name.endswith(".injected.yaml"))
+
+
+def _run(case: dict[str, Any]) -> injection.Result:
+    return injection.plan(case["pod"], case["namespace"], lookup_for(case["config"]), DEFAULTS)
+
+
+@pytest.mark.parametrize("path", CASES, ids=[p.stem for p in CASES])
+def test_a_pod_becomes_what_its_golden_file_says(path: Path) -> None:
+    case = yaml.safe_load(path.read_text())
+    result = _run(case)
+    got = {"warnings": result.warnings, "pod": apply(case["pod"], result.patch)}
+    expected_path = path.with_name(path.stem + ".injected.yaml")
+    if os.environ.get("TRIALSYNC_UPDATE_GOLDEN") == "1":
+        expected_path.write_text(yaml.safe_dump(got, sort_keys=False, width=100))
+    assert expected_path.exists(), f"no {expected_path.name}: run with TRIALSYNC_UPDATE_GOLDEN=1"
+    assert got == yaml.safe_load(expected_path.read_text())
+
+
+@pytest.mark.parametrize("path", CASES, ids=[p.stem for p in CASES])
+def test_injecting_twice_gives_one_sidecar(path: Path) -> None:
+    case = yaml.safe_load(path.read_text())
+    once = apply(case["pod"], _run(case).patch)
+    again = injection.plan(once, case["namespace"], lookup_for(case["config"]), DEFAULTS)
+    assert again.patch is None
+    assert len(sidecars(once)) == 1
+
+
+@pytest.mark.parametrize("path", CASES, ids=[p.stem for p in CASES])
+def test_the_sidecar_is_appended_and_containers_keep_their_order(path: Path) -> None:
+    case = yaml.safe_load(path.read_text())
+    pod = apply(case["pod"], _run(case).patch)
+    before = case["pod"]["spec"]
+    after = pod["spec"]
+    assert [c["name"] for c in after["initContainers"]] == [
+        *(c["name"] for c in before.get("initContainers", [])),
+        names.SIDECAR_NAME,
+    ]
+    assert [c["name"] for c in after["containers"]] == [c["name"] for c in before["containers"]]
+    sidecar = after["initContainers"][-1]
+    assert sidecar["restartPolicy"] == "Always"
+    assert set(sidecar["resources"]) == {"requests", "limits"}
+    assert {"cpu", "memory"} <= set(sidecar["resources"]["limits"])
+    context = sidecar["securityContext"]
+    assert context["readOnlyRootFilesystem"] is True
+    assert context["allowPrivilegeEscalation"] is False
+    assert context["capabilities"] == {"drop": ["ALL"]}
+    assert context["seccompProfile"] == {"type": "RuntimeDefault"}
+    status = json.loads(pod["metadata"]["annotations"][names.STATUS_ANNOTATION])
+    assert status["config"] == case["config"]["metadata"]["name"]
+    assert status["generation"] == case["config"]["metadata"]["generation"]
+    volumes = {v["name"] for v in after["volumes"]}
+    assert set(status["volumes"]) <= volumes
+
+
+def _pod(**annotations: str) -> dict[str, Any]:
+    return {
+        "metadata": {
+            "name": "p",
+            "labels": {names.INJECT_LABEL: "true"},
+            "annotations": {names.CONFIG_ANNOTATION: "exp", **annotations},
+        },
+        "spec": {"containers": [{"name": "trainer", "image": "t"}]},
+    }
+
+
+CONFIG = {
+    "metadata": {"name": "exp", "namespace": "ml", "uid": "u"},
+    "spec": {"uploadDir": "s3://bucket/x"},
+}
+
+
+@pytest.mark.parametrize(
+    ("pod", "says"),
+    [
+        (
+            {"metadata": {"labels": {names.INJECT_LABEL: "true"}}, "spec": {"containers": []}},
+            "has no trialsync.io/config annotation",
+        ),
+        (_pod(), "say where the trial data lives"),
+        (
+            _pod(**{names.VOLUME_ANNOTATION: "v", names.MOUNT_PATH_ANNOTATION: "/r"}),
+            "conflict",
+        ),
+        (_pod(**{names.VOLUME_ANNOTATION: "missing"}), "names no volume of the pod"),
+        (_pod(**{names.MOUNT_PATH_ANNOTATION: "relative/path"}), "must be an absolute path"),
+        (_pod(**{names.MOUNT_PATH_ANNOTATION: "/"}), "must be an absolute path other than /"),
+        (
+            _pod(**{names.MOUNT_PATH_ANNOTATION: "/r", names.ROLE_ANNOTATION: "driver"}),
+            "must be worker or head",
+        ),
+    ],
+)
+def test_a_pod_with_wrong_annotations_is_refused_saying_which(
+    pod: dict[str, Any], says: str
+) -> None:
+    with pytest.raises(injection.Refusal, match=says):
+        injection.plan(pod, "ml", lookup_for(CONFIG), DEFAULTS)
+
+
+def test_a_pod_naming_a_missing_syncconfig_is_refused_naming_it() -> None:
+    pod = _pod(**{names.MOUNT_PATH_ANNOTATION: "/r"})
+    with pytest.raises(injection.Refusal, match=r"SyncConfig other/exp .* does not exist"):
+        injection.plan(pod, "other", lookup_for(CONFIG), DEFAULTS)
+
+
+def test_a_pod_naming_an_invalid_syncconfig_is_refused_with_the_reason() -> None:
+    bad = copy.deepcopy(CONFIG)
+    bad["spec"] = {"uploadDir": "hdfs://namenode/x"}
+    pod = _pod(**{names.MOUNT_PATH_ANNOTATION: "/r"})
+    with pytest.raises(
+        injection.Refusal, match=r"SyncConfig ml/exp is invalid: .*cannot serve hdfs"
+    ):
+        injection.plan(pod, "ml", lookup_for(bad), DEFAULTS)
+
+
+def test_a_mount_path_a_container_already_uses_is_refused() -> None:
+    pod = _pod(**{names.MOUNT_PATH_ANNOTATION: "/data/"})
+    pod["spec"]["containers"][0]["volumeMounts"] = [{"name": "pvc", "mountPath": "/data"}]
+    with pytest.raises(injection.Refusal, match="already mounts volume 'pvc' at /data"):
+        injection.plan(pod, "ml", lookup_for(CONFIG), DEFAULTS)
+
+
+def test_syncing_disabled_admits_the_pod_unmodified_with_a_warning() -> None:
+    disabled = {"metadata": {"name": "exp", "namespace": "ml"}, "spec": {"syncer": "none"}}
+    result = injection.plan(
+        _pod(**{names.MOUNT_PATH_ANNOTATION: "/r"}), "ml", lookup_for(disabled), DEFAULTS
+    )
+    assert result.patch is None
+    assert "disables syncing" in result.warnings[0]
+
+
+def test_a_pod_that_already_has_the_sidecar_is_left_alone_even_without_the_status() -> None:
+    pod = _pod(**{names.MOUNT_PATH_ANNOTATION: "/r"})
+    pod["spec"]["initContainers"] = [{"name": names.SIDECAR_NAME, "image": "x"}]
+    assert injection.plan(pod, "ml", lookup_for(), DEFAULTS).patch is None
+
+
+def test_a_request_above_a_default_limit_raises_that_limit() -> None:
+    config = copy.deepcopy(CONFIG)
+    config["spec"]["sidecar"] = {"resources": {"requests": {"cpu": "2"}}}
+    pod = _pod(**{names.MOUNT_PATH_ANNOTATION: "/r"})
+    result = injection.plan(pod, "ml", lookup_for(config), DEFAULTS)
+    resources = sidecars(apply(pod, result.patch))[0]["resources"]
+    assert resources["requests"]["cpu"] == resources["limits"]["cpu"] == "2"
+
+
+@pytest.mark.parametrize(
+    ("limit", "expected"),
+    [("512Mi", 256 * 2**20), ("300Mi", 150 * 2**20), ("2Gi", 256 * 2**20), ("20Mi", 16 * 2**20)],
+)
+def test_upload_buffers_fit_half_the_memory_limit(limit: str, expected: int) -> None:
+    assert injection.upload_memory({"limits": {"memory": limit}}) == expected

@@ -1,0 +1,117 @@
+"""A SyncConfig object read and validated by the operator (pure)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from tests.support.pods import SIDECAR
+from trialsync_operator import names
+from trialsync_operator.syncconfig import view_of
+
+
+def _config(spec: Any, name: str = "exp") -> dict[str, Any]:
+    return {
+        "metadata": {"name": name, "namespace": "ml", "uid": "u1", "generation": 4},
+        "spec": spec,
+    }
+
+
+def test_an_empty_spec_has_the_seeds_defaults_and_syncs_to_the_head_node() -> None:
+    view = view_of(_config({}), SIDECAR)
+    assert view.valid, view.message
+    assert (view.upload_dir, view.syncer, view.sync_period, view.sync_timeout) == (
+        None,
+        "auto",
+        300,
+        1800,
+    )
+    assert view.sync_artifacts
+    assert view.sync_on_checkpoint
+    assert (view.mode, view.destination) == ("head", "head node")
+    assert (view.key, view.uid, view.generation) == (("ml", "exp"), "u1", 4)
+
+
+def test_a_backend_the_sidecar_image_serves_is_valid_whatever_the_operator_has() -> None:
+    # gcsfs need not be installed beside the operator: the sidecar image serves gs://.
+    assert view_of(_config({"uploadDir": "gs://bucket/x"}), SIDECAR).valid
+
+
+def test_a_backend_the_sidecar_image_lacks_is_refused_saying_how_to_fix_it() -> None:
+    view = view_of(_config({"uploadDir": "hdfs://namenode:8020/x"}), SIDECAR)
+    assert not view.valid
+    assert "cannot serve hdfs:// (it needs pyarrow)" in view.message
+    assert "spec.sidecar.image" in view.message
+
+
+def test_a_custom_image_is_trusted_with_its_backends() -> None:
+    spec = {"uploadDir": "hdfs://namenode:8020/x", "sidecar": {"image": "me/sidecar:hdfs"}}
+    assert view_of(_config(spec), SIDECAR).valid
+
+
+@pytest.mark.parametrize(
+    ("spec", "says"),
+    [
+        ({"uploadDir": "s3://bucket/x", "syncer": "none"}, "syncer=None disables syncing"),
+        ({"uploadDir": "bucket/x"}, "has no scheme"),
+        ({"uploadDir": "s3://B/x"}, "no valid bucket name"),
+        ({"syncPeriod": 0}, "syncPeriod must be a positive number of seconds"),
+        ({"syncTimeout": 10**12}, "at most 604800"),
+        ({"syncPeriod": "300"}, "syncPeriod must be a whole number of seconds"),
+        ({"syncArtifacts": "yes"}, "syncArtifacts must be true or false"),
+        ({"syncer": "pkg.mod:Class", "uploadDir": "s3://bucket/x"}, "set spec.sidecar.image"),
+        ({"syncer": "pkg.mod"}, "'package.module:Class'"),
+        ({"storage": {"options": {"secret": "hunter2"}}}, "is a credential"),
+        ({"storage": {"endpoint": "minio:9000"}}, "must be an http(s):// URL"),
+        ({"credentials": {"secretRef": {"name": "a"}, "serviceAccount": {}}}, "not both"),
+        ({"excludes": ["a,b"]}, "may not contain ','"),
+        ({"checkpointPattern": "a/b"}, "glob of a directory name"),
+        ({"sidecar": {"resources": {"limits": {"gpu": "1"}}}}, "only cpu, memory"),
+        ([], "spec must be an object"),
+        (
+            {"sidecar": {"resources": {"requests": {"cpu": "2"}, "limits": {"cpu": "500m"}}}},
+            "the cpu request 2 is above its limit 500m",
+        ),
+        ({"sidecar": {"resources": {"limits": {"memory": "lots"}}}}, "not a resource quantity"),
+    ],
+)
+def test_an_invalid_spec_is_refused_with_a_message_that_says_what_to_fix(
+    spec: Any, says: str
+) -> None:
+    view = view_of(_config(spec), SIDECAR)
+    assert not view.valid
+    assert says in view.message
+
+
+def test_storage_settings_become_fsspec_storage_options() -> None:
+    spec = {
+        "uploadDir": "s3://bucket/x",
+        "storage": {
+            "endpoint": "http://seaweedfs:8333",
+            "region": "eu-west-1",
+            "addressingStyle": "path",
+            "options": {"use_ssl": "false", "default_block_size": "5242880"},
+        },
+    }
+    options = json.loads(view_of(_config(spec), SIDECAR).storage_options)
+    assert options == {
+        "endpoint_url": "http://seaweedfs:8333",
+        "client_kwargs": {"region_name": "eu-west-1"},
+        "config_kwargs": {"s3": {"addressing_style": "path"}},
+        "use_ssl": False,
+        "default_block_size": 5242880,
+    }
+
+
+def test_names_of_head_objects_are_valid_service_names_and_distinct() -> None:
+    long = "a" * 63
+    dotted = "exp.v2"
+    for name in (long, dotted, "7days"):
+        service = names.head_service_name(name)
+        assert len(service) <= 63
+        assert service[0].isalpha()
+        assert service.replace("-", "").isalnum()
+    assert names.head_service_name("exp.v2") != names.head_service_name("exp-v2")
+    assert names.head_url("exp", "ml") == "http://trialsync-head-exp.ml.svc:9747"
