@@ -10,10 +10,15 @@ security context, same probes.
 - Its startup probe is ``GET /readyz`` (200 once the ledger is recovered and the first sync
   is done), so the trainer starts only when its checkpoints can be saved.
 - The trial volume (an emptyDir unless the pod names one) is mounted at the same path in
-  every container; the sidecar also gets a private emptyDir on /tmp.
-- Explicit requests and limits; a read-only root filesystem, no privilege escalation, no
-  capabilities, RuntimeDefault seccomp, non-root: the pod's runAsUser/runAsGroup when it
-  sets them (so the sidecar can read the trainer's files), else the image's 65532.
+  every container, read-only in the sidecar unless it is a head receiving workers' trial
+  dirs; the sidecar also gets a private emptyDir on /tmp (TMPDIR and HOME).
+- Explicit requests and limits; a read-only root filesystem, no privilege escalation, not
+  privileged, no capabilities, RuntimeDefault seccomp, non-root: the user of the pod (or
+  of its first container) when set, so the sidecar can read the trainer's files, else
+  65532.
+
+The operator's injector (``trialsync_operator.injection``) makes the same choices; its
+golden files are the reference for the exact output, this module for what runs on a node.
 - Credentials are references (``secretKeyRef``), never values.
 - ``trialsync.io/status`` records what was injected.
 """
@@ -26,7 +31,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-SIDECAR_NAME = "trialsync"
+SIDECAR_NAME = "trialsync-sidecar"
 HTTP_PORT = 9746
 HEAD_PORT = 9747
 TRIAL_VOLUME = "trialsync-trial"
@@ -58,31 +63,57 @@ class SidecarSpec:
     config_name: str = "hand-written"
 
 
-def sidecar_container(sidecar: SidecarSpec, pod_security: Mapping[str, Any]) -> Manifest:
-    """The sidecar container for a pod whose pod-level securityContext is ``pod_security``."""
+def _user(pod_spec: Mapping[str, Any]) -> tuple[int | None, int | None]:
+    """The uid and gid the trainer runs as: the pod's, else its first container's."""
+    pod = pod_spec.get("securityContext") or {}
+    containers = pod_spec.get("containers") or [{}]
+    main = containers[0].get("securityContext") or {}
+    uid = pod.get("runAsUser", main.get("runAsUser"))
+    gid = pod.get("runAsGroup", main.get("runAsGroup"))
+    return uid, gid
+
+
+def receives(sidecar: SidecarSpec) -> bool:
+    """A head with no upload dir receives workers' trial dirs: its trial mount is writable."""
+    return sidecar.role == "head" and "TRIALSYNC_UPLOAD_DIR" not in sidecar.env
+
+
+def sidecar_container(sidecar: SidecarSpec, pod_spec: Mapping[str, Any]) -> Manifest:
+    """The sidecar container for a pod whose spec (before injection) is ``pod_spec``."""
     env: list[Manifest] = [
         {"name": "TRIALSYNC_ROOT", "value": sidecar.mount_path},
         {"name": "TRIALSYNC_ROLE", "value": sidecar.role},
         {"name": "TRIALSYNC_HTTP_ADDR", "value": f"0.0.0.0:{HTTP_PORT}"},
+        # The root filesystem is read-only: anything a library writes goes to /tmp.
+        {"name": "TMPDIR", "value": "/tmp"},
+        {"name": "HOME", "value": "/tmp"},
     ]
     env += [{"name": k, "value": v} for k, v in sidecar.env.items()]
     env += [
         {"name": k, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
         for k, (secret, key) in sidecar.secret_env.items()
     ]
+    uid, gid = _user(pod_spec)
+    uid = DEFAULT_UID if uid is None else uid
     security: Manifest = {
         "readOnlyRootFilesystem": True,
         "allowPrivilegeEscalation": False,
+        "privileged": False,
         "capabilities": {"drop": ["ALL"]},
         "seccompProfile": {"type": "RuntimeDefault"},
-        "runAsNonRoot": True,
+        # The trainer's user (it must read what the trainer writes), explicit so that
+        # runAsNonRoot never depends on the image.
+        "runAsUser": uid,
+        "runAsGroup": uid if gid is None else gid,
     }
-    # The pod's user wins (the sidecar must read what the trainer writes); without one the
-    # image's non-root user is made explicit, so runAsNonRoot never depends on the image.
-    if "runAsUser" not in pod_security:
-        security["runAsUser"] = DEFAULT_UID
-    if "runAsGroup" not in pod_security:
-        security["runAsGroup"] = DEFAULT_UID
+    if uid != 0:
+        security["runAsNonRoot"] = True
+    trial_mount: Manifest = {
+        "name": sidecar.volume or TRIAL_VOLUME,
+        "mountPath": sidecar.mount_path,
+    }
+    if not receives(sidecar):
+        trial_mount["readOnly"] = True
     ports = [{"name": "trialsync-http", "containerPort": HTTP_PORT, "protocol": "TCP"}]
     if sidecar.role == "head":
         ports.append({"name": "trialsync-head", "containerPort": HEAD_PORT, "protocol": "TCP"})
@@ -100,7 +131,7 @@ def sidecar_container(sidecar: SidecarSpec, pod_security: Mapping[str, Any]) -> 
         "startupProbe": {
             "httpGet": {"path": "/readyz", "port": HTTP_PORT},
             "periodSeconds": 1,
-            "timeoutSeconds": 2,
+            "timeoutSeconds": 5,
             "failureThreshold": 300,
         },
         # /healthz stays 200 through the final sync, so the kubelet never kills it then.
@@ -108,12 +139,9 @@ def sidecar_container(sidecar: SidecarSpec, pod_security: Mapping[str, Any]) -> 
             "httpGet": {"path": "/healthz", "port": HTTP_PORT},
             "periodSeconds": 10,
             "timeoutSeconds": 5,
-            "failureThreshold": 3,
+            "failureThreshold": 6,
         },
-        "volumeMounts": [
-            {"name": sidecar.volume or TRIAL_VOLUME, "mountPath": sidecar.mount_path},
-            {"name": TMP_VOLUME, "mountPath": "/tmp"},
-        ],
+        "volumeMounts": [trial_mount, {"name": TMP_VOLUME, "mountPath": "/tmp"}],
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
 
@@ -133,9 +161,8 @@ def inject(pod: Manifest, sidecar: SidecarSpec) -> Manifest:
         mounts = container.setdefault("volumeMounts", [])
         if not any(m["name"] == volume_name for m in mounts):
             mounts.append({"name": volume_name, "mountPath": sidecar.mount_path})
-    spec.setdefault("initContainers", []).append(
-        sidecar_container(sidecar, spec.get("securityContext", {}))
-    )
+    container = sidecar_container(sidecar, spec)
+    spec.setdefault("initContainers", []).append(container)
     metadata.setdefault("annotations", {})[STATUS_ANNOTATION] = json.dumps(
         {
             "container": SIDECAR_NAME,

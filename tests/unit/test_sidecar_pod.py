@@ -46,6 +46,20 @@ def test_trial_volume_is_shared_by_every_container_and_tmp_is_private() -> None:
         assert mounts[TRIAL_VOLUME] == "/trial"
     sidecar = injected["spec"]["initContainers"][-1]
     assert {"name": TMP_VOLUME, "mountPath": "/tmp"} in sidecar["volumeMounts"]
+    env = {e["name"]: e.get("value") for e in sidecar["env"]}
+    assert (env["TMPDIR"], env["HOME"]) == ("/tmp", "/tmp")
+
+
+def test_only_a_receiving_head_may_write_the_trial_volume() -> None:
+    def trial_mount(spec: SidecarSpec) -> dict[str, Any]:
+        sidecar = inject(_pod(), spec)["spec"]["initContainers"][-1]
+        (mount,) = [m for m in sidecar["volumeMounts"] if m["name"] == TRIAL_VOLUME]
+        return dict(mount)
+
+    assert trial_mount(SIDECAR)["readOnly"] is True
+    assert "readOnly" not in trial_mount(SidecarSpec(image="i", role="head"))
+    uploading_head = SidecarSpec(image="i", role="head", env={"TRIALSYNC_UPLOAD_DIR": "s3://b"})
+    assert trial_mount(uploading_head)["readOnly"] is True
 
 
 def test_an_existing_volume_is_used_instead_of_an_emptydir() -> None:
@@ -53,26 +67,31 @@ def test_an_existing_volume_is_used_instead_of_an_emptydir() -> None:
     injected = inject(pod, SidecarSpec(image="i", volume="data"))
     assert [v["name"] for v in injected["spec"]["volumes"]] == ["data", TMP_VOLUME]
     sidecar = injected["spec"]["initContainers"][-1]
-    assert {"name": "data", "mountPath": "/trial"} in sidecar["volumeMounts"]
+    assert {"name": "data", "mountPath": "/trial", "readOnly": True} in sidecar["volumeMounts"]
 
 
-def test_sidecar_is_restricted_and_takes_the_pods_user_when_set() -> None:
+def test_sidecar_is_restricted_and_runs_as_the_trainers_user() -> None:
     sidecar = inject(_pod(), SIDECAR)["spec"]["initContainers"][-1]
-    security = sidecar["securityContext"]
-    assert security == {
+    assert sidecar["securityContext"] == {
         "readOnlyRootFilesystem": True,
         "allowPrivilegeEscalation": False,
+        "privileged": False,
         "capabilities": {"drop": ["ALL"]},
         "seccompProfile": {"type": "RuntimeDefault"},
         "runAsNonRoot": True,
         "runAsUser": DEFAULT_UID,
         "runAsGroup": DEFAULT_UID,
     }
-    with_user = inject(_pod(securityContext={"runAsUser": 1000, "runAsGroup": 100}), SIDECAR)
-    inherited = with_user["spec"]["initContainers"][-1]["securityContext"]
-    assert "runAsUser" not in inherited
-    assert "runAsGroup" not in inherited
-    assert inherited["runAsNonRoot"] is True
+
+    def user(pod: dict[str, Any]) -> tuple[int, int]:
+        context = inject(pod, SIDECAR)["spec"]["initContainers"][-1]["securityContext"]
+        assert context["runAsNonRoot"] is True
+        return context["runAsUser"], context["runAsGroup"]
+
+    assert user(_pod(securityContext={"runAsUser": 1000, "runAsGroup": 100})) == (1000, 100)
+    assert user(_pod(securityContext={"runAsUser": 1000})) == (1000, 1000)
+    first = {"name": "trainer", "image": "t", "securityContext": {"runAsUser": 4242}}
+    assert user(_pod(containers=[first])) == (4242, 4242)
 
 
 def test_probes_resources_and_credentials_by_reference() -> None:
