@@ -193,8 +193,11 @@ class LocalCluster:
     def stop(self, timeout: float = 30.0) -> None:
         """Stop the launcher (it stops the components), then remove the instance's files
         and cgroups. Idempotent."""
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.state.launcher_pid, signal.SIGTERM)
+        # A dead launcher's pid may belong to another process by now: signal only while
+        # the instance's lock says it lives.
+        if self.alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.state.launcher_pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
         if self._process is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):

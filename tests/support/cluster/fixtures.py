@@ -38,6 +38,10 @@ NODE_BINARIES = ("kubelet", "containerd", "runc", "coredns", "kube-proxy", "paus
 
 _STARTUP: list[str] = []
 _TIMINGS: dict[str, float] = {}
+#: The session's own local cluster, and the last test that needs it: the cluster is
+#: stopped right after that test, so the rest of the session has the machine to itself.
+_OWNED: list[control.LocalCluster] = []
+_LAST_USER: list[str] = []
 
 
 def _version() -> str:
@@ -138,10 +142,11 @@ def cluster() -> Iterator[Cluster]:
         yield _use_existing(Path(external), workdir)
         return
     handle, local = _start_local(workdir)
+    _OWNED.append(local)
     try:
         yield handle
     finally:
-        local.stop()
+        local.stop()  # idempotent: usually done already after the last test that needed it
 
 
 @pytest.fixture
@@ -258,9 +263,18 @@ def cluster_s3(cluster: Cluster, seaweedfs: S3Server) -> Iterator[ClusterS3]:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark every test that uses the cluster with ``cluster`` (``-m "not cluster"`` skips them)."""
-    for item in items:
-        if "cluster" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.cluster)
+    users = [item for item in items if "cluster" in getattr(item, "fixturenames", ())]
+    for item in users:
+        item.add_marker(pytest.mark.cluster)
+    _LAST_USER[:] = [users[-1].nodeid] if users else []
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    """Stop the session's cluster once the last test that needs it is torn down."""
+    if _OWNED and _LAST_USER and item.nodeid == _LAST_USER[0]:
+        for local in _OWNED:
+            local.stop()
 
 
 @pytest.fixture(scope="session")
