@@ -26,8 +26,8 @@ class SpyStore(RemoteStore):
         super().__init__(backend.url, backend.storage_options, **backend.store_options)
         self.calls: list[tuple[str, str]] = []
 
-    async def put_file(self, local_path: str, rel: str) -> None:
-        await super().put_file(local_path, rel)
+    async def put_file(self, local_path: str, rel: str, size: int) -> None:
+        await super().put_file(local_path, rel, size)
         self.calls.append(("put", rel))
 
     async def put_bytes(self, rel: str, data: bytes) -> None:
@@ -50,7 +50,7 @@ async def engine_on(backend: Backend, root: pathlib.Path) -> AsyncIterator[SyncE
     store = SpyStore(backend)
     engine = SyncEngine(EngineOptions(root=str(root)), store, Metrics())
     journal = InotifyJournal(str(root))
-    journal.start(engine.note_change, engine.note_overflow)
+    await journal.start(engine.note_change, engine.note_overflow)
     try:
         yield engine
     finally:
@@ -135,7 +135,9 @@ async def test_checkpoint_is_published_marker_last(backend: Backend, root: pathl
         loop_now = asyncio.get_running_loop().time()
         checkpoint = "exp/trial_00000/checkpoint_000003"
         assert engine.settled_checkpoints(loop_now + 10, settle=5) == [checkpoint]
-        await engine.run(Round(checkpoints=[checkpoint], explicit=True), settle=5)
+        await engine.run(
+            Round(checkpoints=[checkpoint], complete=frozenset({checkpoint})), settle=5
+        )
         calls = spy(engine).calls
     manifest_rel = f"{checkpoint}/{MANIFEST_NAME}"
     assert calls[-1] == ("put_bytes", manifest_rel)  # the marker is the last write
@@ -188,7 +190,9 @@ async def test_a_trial_restored_after_start_loses_its_old_manifest_first(
         trials.checkpoint(trials.trial(second / "exp"), 4, {"model.pt": 2_000})
         await settle_events()
         checkpoint = "exp/trial_00000/checkpoint_000004"
-        await engine.run(Round(checkpoints=[checkpoint], explicit=True), settle=0)
+        await engine.run(
+            Round(checkpoints=[checkpoint], complete=frozenset({checkpoint})), settle=0
+        )
         calls = spy(engine).calls
     first_put = next(i for i, call in enumerate(calls) if call[0] == "put")
     assert ("delete", manifest_rel) in calls[:first_put]  # withdrawn before any file changed
@@ -197,15 +201,18 @@ async def test_a_trial_restored_after_start_loses_its_old_manifest_first(
     assert manifest["files"]["model.pt"]["size"] == 2_000
 
 
-async def test_a_checkpoint_without_manifest_is_completed_after_restart(
+async def test_a_checkpoint_without_manifest_is_sent_again_and_published_after_restart(
     backend: Backend, root: pathlib.Path
 ) -> None:
     make_tree(root)
     async with engine_on(backend, root) as engine:
         await synced(engine)
-    # Simulate a crash between the last file and the marker.
-    manifest_rel = f"exp/trial_00000/checkpoint_000002/{MANIFEST_NAME}"
+    # Simulate a crash between the last file and the marker: without a manifest nothing
+    # says the remote bytes are the local ones, so the checkpoint goes up again.
+    checkpoint = "exp/trial_00000/checkpoint_000002"
+    manifest_rel = f"{checkpoint}/{MANIFEST_NAME}"
     backend.reader().rm(f"{backend._root()}/{manifest_rel}")
     calls, _ = await restarted(backend, root)
-    assert [c for c in calls if c[0] != "list"] == [("put_bytes", manifest_rel)]
+    writes = [c for c in calls if c[0] in ("put", "put_bytes")]
+    assert writes == [("put", f"{checkpoint}/model.pt"), ("put_bytes", manifest_rel)]
     assert manifest_rel in backend.listing()

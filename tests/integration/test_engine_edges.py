@@ -28,18 +28,20 @@ class TrainerWritesDuringUpload(RemoteStore):
         self.late_file = late_file
         self.wrote = False
 
-    async def put_file(self, local_path: str, rel: str) -> None:
+    async def put_file(self, local_path: str, rel: str, size: int) -> None:
         if not self.wrote:
             self.wrote = True
             self.late_file.write_bytes(b"written while the upload ran")
             await asyncio.sleep(0.2)  # the journal reports it meanwhile
-        await super().put_file(local_path, rel)
+        await super().put_file(local_path, rel, size)
 
 
-def engine_for(root: pathlib.Path, store: RemoteStore) -> tuple[SyncEngine, watcher.InotifyJournal]:
+async def engine_for(
+    root: pathlib.Path, store: RemoteStore
+) -> tuple[SyncEngine, watcher.InotifyJournal]:
     engine = SyncEngine(EngineOptions(root=str(root)), store, Metrics())
     journal = watcher.InotifyJournal(str(root))
-    journal.start(engine.note_change, engine.note_overflow)
+    await journal.start(engine.note_change, engine.note_overflow)
     return engine, journal
 
 
@@ -50,13 +52,13 @@ async def test_a_file_added_during_upload_postpones_the_manifest(
     trial = trials.trial(root / "exp")
     checkpoint = trials.checkpoint(trial, 1, {"model.pt": 10_000})
     store = TrainerWritesDuringUpload(f"file://{remote}", checkpoint / "late.pt")
-    engine, journal = engine_for(root, store)
+    engine, journal = await engine_for(root, store)
     try:
         await engine.recover(settle=0)
-        await engine.run(Round(checkpoints=[CKPT], explicit=True), settle=0)
+        await engine.run(Round(checkpoints=[CKPT], complete=frozenset({CKPT})), settle=0)
         assert not (remote / CKPT / MANIFEST_NAME).exists()
         assert CKPT in engine.activity  # still pending
-        await engine.run(Round(checkpoints=[CKPT], explicit=True), settle=0)
+        await engine.run(Round(checkpoints=[CKPT], complete=frozenset({CKPT})), settle=0)
     finally:
         journal.close()
     assert (remote / CKPT / MANIFEST_NAME).exists()
@@ -70,14 +72,14 @@ async def test_a_checkpoint_recreated_under_its_name_drops_its_old_files(
     trial = trials.trial(root / "exp")
     trials.checkpoint(trial, 1, {"a.pt": 100, "b.pt": 100})
     trials.checkpoint(trial, 10, {"keep.pt": 100})  # a sibling whose name extends it
-    engine, journal = engine_for(root, RemoteStore(f"file://{remote}"))
+    engine, journal = await engine_for(root, RemoteStore(f"file://{remote}"))
     try:
         await engine.recover(settle=0)
         await engine.run(Round(full=True), settle=0)
         shutil.rmtree(root / CKPT)
         trials.checkpoint(trial, 1, {"a.pt": 200})
         await asyncio.sleep(0.2)
-        await engine.run(Round(checkpoints=[CKPT], explicit=True), settle=0)
+        await engine.run(Round(checkpoints=[CKPT], complete=frozenset({CKPT})), settle=0)
     finally:
         journal.close()
     assert sorted(p.name for p in (remote / CKPT).iterdir()) == [MANIFEST_NAME, "a.pt"]
@@ -89,7 +91,7 @@ async def test_a_file_that_vanishes_before_its_upload_does_not_fail_the_sync(
 ) -> None:
     remote = tmp_path / "remote"
     trial = trials.trial(root / "exp")
-    engine, journal = engine_for(root, RemoteStore(f"file://{remote}"))
+    engine, journal = await engine_for(root, RemoteStore(f"file://{remote}"))
     try:
         await engine.recover(settle=0)
         await engine.run(Round(full=True), settle=0)
@@ -109,7 +111,7 @@ async def test_after_an_inotify_overflow_new_directories_are_watched_again(
 ) -> None:
     remote = tmp_path / "remote"
     trials.trial(root / "exp")
-    engine, journal = engine_for(root, RemoteStore(f"file://{remote}"))
+    engine, journal = await engine_for(root, RemoteStore(f"file://{remote}"))
     loop = asyncio.get_running_loop()
     try:
         await engine.recover(settle=0)
@@ -123,6 +125,7 @@ async def test_after_an_inotify_overflow_new_directories_are_watched_again(
                 break
         loop.add_reader(journal._fd, journal._read)
         journal._handle(-1, 0x4000, "")  # IN_Q_OVERFLOW
+        await journal.catch_up()  # the tree is watched again, then a rescan is due
         assert engine.rescan_needed
         await engine.run(Round(maintenance=True), settle=0)
         assert "exp/trial_00001/params.json" in engine.dirty  # found by the rescan
@@ -136,7 +139,7 @@ async def test_after_an_inotify_overflow_new_directories_are_watched_again(
 async def test_polling_reports_new_and_removed_directories(root: pathlib.Path) -> None:
     seen: list[tuple[str, bool, bool]] = []
     journal = watcher.PollingJournal(str(root), interval=0.05)
-    journal.start(lambda rel, d, r: seen.append((rel, d, r)), lambda: None)
+    await journal.start(lambda rel, d, r: seen.append((rel, d, r)), lambda: None)
     try:
         await asyncio.sleep(0.1)
         trials.checkpoint(trials.trial(root / "exp"), 1, {"model.pt": 10})
@@ -153,11 +156,11 @@ async def test_polling_reports_new_and_removed_directories(root: pathlib.Path) -
 async def test_out_of_inotify_watches_falls_back_to_polling(
     root: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def no_watches(self: watcher.InotifyJournal, rel: str, announce: bool) -> None:
+    def no_watches(self: watcher.InotifyJournal, rel: str) -> None:
         raise watcher.InotifyUnavailable(28, "inotify_add_watch: No space left on device")
 
     monkeypatch.setattr(watcher.InotifyJournal, "_watch_tree", no_watches)
-    journal = watcher.start_journal(str(root), 0.05, lambda *_: None, lambda: None)
+    journal = await watcher.start_journal(str(root), 0.05, lambda *_: None, lambda: None)
     try:
         assert isinstance(journal, watcher.PollingJournal)
     finally:
@@ -180,12 +183,12 @@ async def test_a_file_added_while_the_checkpoint_is_scanned_postpones_the_manife
         return found
 
     monkeypatch.setattr(scanner, "scan", scan_then_trainer_writes)
-    engine, journal = engine_for(root, RemoteStore(f"file://{remote}"))
+    engine, journal = await engine_for(root, RemoteStore(f"file://{remote}"))
     try:
         await engine.recover(settle=0)
-        await engine.run(Round(checkpoints=[CKPT], explicit=True), settle=0)
+        await engine.run(Round(checkpoints=[CKPT], complete=frozenset({CKPT})), settle=0)
         assert not (remote / CKPT / MANIFEST_NAME).exists()  # the manifest would have lied
-        await engine.run(Round(checkpoints=[CKPT], explicit=True), settle=0)
+        await engine.run(Round(checkpoints=[CKPT], complete=frozenset({CKPT})), settle=0)
     finally:
         journal.close()
     assert (remote / CKPT / "late.pt").exists()

@@ -143,7 +143,7 @@ async def test_a_large_file_goes_up_in_parts(
     big.write_bytes(os.urandom(12 * 2**20 + 123))
     store = RemoteStore(bucket_url, seaweedfs.storage_options(), part_size=5 * 2**20)
     try:
-        await store.put_file(str(big), "exp/model.pt")
+        await store.put_file(str(big), "exp/model.pt", big.stat().st_size)
         listed = (await store.list())["exp/model.pt"]
     finally:
         await store.close()
@@ -164,7 +164,7 @@ async def test_a_cancelled_multipart_upload_is_aborted_before_the_store_closes(
     bucket, _, prefix = bucket_url.removeprefix("s3://").partition("/")
     client = seaweedfs.client()
     try:
-        upload = asyncio.create_task(store.put_file(str(big), "exp/model.pt"))
+        upload = asyncio.create_task(store.put_file(str(big), "exp/model.pt", big.stat().st_size))
         started = await asyncio.to_thread(
             wait_for,
             lambda: client.list_multipart_uploads(Bucket=bucket).get("Uploads"),
