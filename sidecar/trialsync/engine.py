@@ -558,9 +558,13 @@ class SyncEngine:
             await self.store.delete([rel for rel in remote if rel != manifest_rel])
             self.ledger.forget_under(checkpoint)
             self.deleted_checkpoints.discard(checkpoint)
-            if self.sent is not None:
+            if self.sent is not None and not remote:
+                # Out of the record only once a listing finds nothing: an upload abandoned
+                # at a timeout may still land after the deletion, and the next recover()
+                # lists the checkpoints still recorded again.
                 await asyncio.to_thread(self.sent.remove, checkpoint)
-            log.info("checkpoint deletion mirrored", extra={"path": checkpoint})
+            if remote:
+                log.info("checkpoint deletion mirrored", extra={"path": checkpoint})
 
     def _local(self, rel: str) -> str:
         return os.path.join(self.options.root, rel)

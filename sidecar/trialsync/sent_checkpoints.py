@@ -5,7 +5,9 @@ deleted (Ray's ``num_to_keep``), whose remote copy must go too, or one that neve
 (another worker's, or an older one of a trial restored on this worker), which must stay.
 Only a record kept on the volume itself tells the two apart after a restart, including
 for deletions made while the sidecar was down. A checkpoint is added before its first
-file is sent and removed once its remote copy is deleted.
+file is sent, and removed only when a listing finds nothing of it left: an upload abandoned
+at a timeout can still land after the deletion, so a deleted checkpoint is listed (and
+cleaned) once more at the next start-up or reconcile.
 
 The record is ``<root>/.trialsync/sent-checkpoints``: one ``+path`` or ``-path`` line per
 change, appended (a process killed mid-write loses at most its last line, which only
