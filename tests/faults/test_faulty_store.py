@@ -28,7 +28,8 @@ def test_a_faulty_store_neither_half_publishes_nor_loses_a_checkpoint(
     root, log = tmp_path / "root", tmp_path / "trainer.jsonl"
     root.mkdir()
     upstream = urlsplit(seaweedfs.endpoint_url)
-    assert upstream.hostname is not None and upstream.port is not None
+    assert upstream.hostname is not None
+    assert upstream.port is not None
     with FaultProxy(
         upstream.hostname, upstream.port, fault_seed, error_rate=0.05, reset_rate=0.05
     ) as proxy:
@@ -92,7 +93,8 @@ def test_a_faulty_store_neither_half_publishes_nor_loses_a_checkpoint(
     )
     assert code == 0, f"seed {fault_seed}: the final sync failed:\n{sidecar.log()[-3000:]}"
     assert timeouts >= 1, "the stall did not hit a sync"
-    assert proxy.errors > 0 and proxy.resets > 0, proxy.faults()
+    assert proxy.errors > 0, proxy.faults()
+    assert proxy.resets > 0, proxy.faults()
     assert not reader.errors, reader.errors
     assert half == [], f"seed {fault_seed}: half-published: {half}"
     assert missing == [], f"seed {fault_seed}: lost: {missing}"
