@@ -14,7 +14,7 @@ from tests.support.fault_proxy import FaultProxy
 from tests.support.sidecar_process import Sidecar, wait_for
 
 SYNC_TIMEOUT = 4.0
-CHECKPOINTS = 24
+CHECKPOINTS = 40
 
 
 def test_a_faulty_store_neither_half_publishes_nor_loses_a_checkpoint(
