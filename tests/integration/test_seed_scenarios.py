@@ -8,7 +8,6 @@ import pathlib
 import shutil
 import threading
 import time
-import uuid
 
 import pytest
 
@@ -19,18 +18,6 @@ from trialsync.layout import MANIFEST_NAME
 
 CKPT = "exp/trial_00000/checkpoint_000001"
 MANIFEST = f"{CKPT}/{MANIFEST_NAME}"
-
-
-@pytest.fixture
-def s3(seaweedfs: object) -> Backend:
-    server = seaweedfs
-    bucket = server.make_bucket()  # type: ignore[attr-defined]
-    return Backend(
-        "s3",
-        f"s3://{bucket}/run-{uuid.uuid4().hex[:8]}",
-        server.storage_options(),  # type: ignore[attr-defined]
-        server.env(),  # type: ignore[attr-defined]
-    )
 
 
 def endpoint(url: str) -> dict[str, str]:

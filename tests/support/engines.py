@@ -6,12 +6,13 @@ import asyncio
 import contextlib
 import dataclasses
 import pathlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Literal
 
 from trialsync.engine import EngineOptions, SyncEngine
+from trialsync.ledger import RemoteObject
 from trialsync.metrics import Metrics
-from trialsync.store import Store
+from trialsync.store import RemoteStore, Store
 from trialsync.watcher import ChangeJournal, InotifyJournal, PollingJournal
 
 #: How the engine hears of changes: inotify; inotify whose events stay queued in the
@@ -54,3 +55,34 @@ async def running_engine(
         if watching is not None:
             watching.close()
         await store.close()
+
+
+Hook = Callable[[str], None]
+
+
+class HookedStore(RemoteStore):
+    """The real store, letting a test act as the trainer at an exact moment of a sync.
+
+    ``before_put(rel)`` / ``after_put(rel)`` run around each file upload, ``after_list(prefix)``
+    after each listing (the verify listing of a checkpoint comes after its uploads).
+    """
+
+    def __init__(self, url: str, storage_options: dict[str, Any], **options: Any) -> None:
+        super().__init__(url, storage_options, **options)
+        self.before_put: Hook = _nothing
+        self.after_put: Hook = _nothing
+        self.after_list: Hook = _nothing
+
+    async def put_file(self, local_path: str, rel: str, size: int) -> None:
+        self.before_put(rel)
+        await super().put_file(local_path, rel, size)
+        self.after_put(rel)
+
+    async def list(self, rel_prefix: str = "") -> dict[str, RemoteObject]:
+        found = await super().list(rel_prefix)
+        self.after_list(rel_prefix)
+        return found
+
+
+def _nothing(rel: str) -> None:
+    pass
