@@ -167,3 +167,15 @@ async def test_a_file_added_while_the_checkpoint_is_scanned_postpones_the_manife
         await run.engine.run(NOW, settle=0)
     assert (remote / CKPT / "late.pt").exists()
     assert (remote / CKPT / MANIFEST_NAME).exists()
+
+
+async def test_catching_up_reports_changes_whose_events_are_still_in_the_kernel(
+    root: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
+    # What a trigger does first: the trainer wrote its checkpoint, then called POST /sync,
+    # and the loop may not have read those events yet.
+    async with running_engine(local_store(tmp_path), root) as run:
+        trials.checkpoint(trials.trial(root / "exp"), 1, {"model.pt": 10})
+        assert CKPT not in run.engine.activity  # no await yet: nothing was read
+        await run.caught_up()
+        assert CKPT in run.engine.activity

@@ -7,13 +7,19 @@ import json
 import os
 import pathlib
 import shutil
+import threading
+import time
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
 from tests.integration.conftest import Backend
 from tests.support import trials
 from tests.support.engines import HookedStore, JournalKind, running_engine
+from tests.support.fault_proxy import FaultProxy
+from tests.support.privileges import drop_file_privileges
+from tests.support.sidecar_process import Sidecar, wait_for
 from trialsync.engine import Round
 from trialsync.layout import MANIFEST_NAME
 from trialsync.store import RemoteStore
@@ -189,3 +195,90 @@ async def test_an_empty_checkpoint_dir_is_not_waited_for(
         assert CKPT1 in run.engine.activity
         await run.engine.run(Round(checkpoints=[CKPT1], complete=frozenset({CKPT1})), settle=0)
     assert (tmp_path / "remote" / CKPT1 / MANIFEST_NAME).exists()
+
+
+def test_an_unreadable_file_fails_only_its_own_checkpoint_and_artifact(
+    s3: Backend, root: pathlib.Path, tmp_path: pathlib.Path, sidecars: list[Sidecar]
+) -> None:
+    trial = trials.trial(trials.experiment(root))
+    trials.checkpoint(trial, 1, {"model.pt": 1_000})
+    trials.checkpoint(trial, 2, {"model.pt": 1_000, "optimizer.pt": 100})
+    (trial / "events.log").write_bytes(b"step 1\n")
+    unreadable = [f"{CKPT2}/model.pt", f"{TRIAL}/events.log"]
+    for rel in unreadable:
+        (root / rel).chmod(0)  # EACCES: the trainer runs as another user
+    args = ["--root", str(root), "--upload-dir", s3.url, "--checkpoint-settle", "0.3"]
+    log = str(tmp_path / "sidecar.log")
+    sidecar = Sidecar.start(args, s3.env, log, preexec_fn=drop_file_privileges)
+    sidecars.append(sidecar)
+    wait_for(lambda: f"{CKPT1}/{MANIFEST_NAME}" in s3.listing(), 30, what="checkpoint 1")
+    wait_for(lambda: sidecar.metric("trialsync_failed_files") == 2, 30, what="the failures")
+    listing = s3.listing()
+    assert f"{CKPT2}/{MANIFEST_NAME}" not in listing
+    assert f"{TRIAL}/params.json" in listing
+    assert f"{TRIAL}/events.log" not in listing
+    assert sidecar.metric('trialsync_file_failures_total{reason="unreadable"}') >= 2
+    lines = [json.loads(line) for line in sidecar.log().splitlines() if line.startswith("{")]
+    reported = {e["path"] for e in lines if e.get("reason") == "unreadable"}
+    assert reported == set(unreadable)
+    # Someone fixes the permissions: the journal reports it, and both go up.
+    for rel in unreadable:
+        (root / rel).chmod(0o644)
+    wait_for(lambda: f"{CKPT2}/{MANIFEST_NAME}" in s3.listing(), 30, what="checkpoint 2")
+    wait_for(lambda: f"{TRIAL}/events.log" in s3.listing(), 30, what="the artifact")
+    wait_for(lambda: sidecar.metric("trialsync_failed_files") == 0, 30, what="no failures")
+    assert sidecar.stop() == 0
+
+
+def test_a_trigger_publishes_only_the_checkpoints_that_existed_when_it_arrived(
+    s3: Backend,
+    root: pathlib.Path,
+    tmp_path: pathlib.Path,
+    sidecars: list[Sidecar],
+    seaweedfs: Any,
+) -> None:
+    upstream = urlsplit(seaweedfs.endpoint_url)
+    assert upstream.hostname is not None
+    assert upstream.port is not None
+    # A slow link: the first checkpoint's upload is still running at the second trigger.
+    with FaultProxy(upstream.hostname, upstream.port, 0, bytes_per_second=16 * MiB) as proxy:
+        env = {"AWS_ENDPOINT_URL": proxy.endpoint_url, "AWS_ENDPOINT_URL_S3": proxy.endpoint_url}
+        args = ["--root", str(root), "--upload-dir", s3.url, "--checkpoint-settle", "600"]
+        sidecar = Sidecar.start(args, {**s3.env, **env}, str(tmp_path / "sidecar.log"))
+        sidecars.append(sidecar)
+        wait_for(lambda: sidecar.get("/readyz")[0] == 200, 30, what="the first sync")
+        trial = trials.trial(trials.experiment(root))
+        trials.checkpoint(trial, 1, {"model.pt": 24 * MiB})
+        assert sidecar.post("/sync") == 202
+        time.sleep(0.5)
+        trials.checkpoint(trial, 2, {"model.pt": 1_000})
+        assert sidecar.post("/sync") == 202  # coalesced behind checkpoint 1's upload
+        ckpt3 = f"{TRIAL}/checkpoint_000003"
+        growing = root / ckpt3 / "model.pt"
+        stop = threading.Event()
+        grower = threading.Thread(target=_grow, args=(growing, stop))
+        grower.start()  # the trainer starts checkpoint 3 after its second trigger returned
+        try:
+            wait_for(lambda: f"{CKPT2}/{MANIFEST_NAME}" in s3.listing(), 60, what="ckpt 2")
+            deadline = time.monotonic() + 2  # the coalesced run is done; watch a while more
+            while time.monotonic() < deadline:
+                assert f"{ckpt3}/{MANIFEST_NAME}" not in s3.listing(), "published half-written"
+                time.sleep(0.1)
+        finally:
+            stop.set()
+            grower.join()
+        assert sidecar.post("/sync") == 202  # now it is complete
+        wait_for(lambda: f"{ckpt3}/{MANIFEST_NAME}" in s3.listing(), 60, what="checkpoint 3")
+    manifest = json.loads(s3.read(f"{ckpt3}/{MANIFEST_NAME}"))
+    assert manifest["files"]["model.pt"]["size"] == growing.stat().st_size
+    assert f"{CKPT1}/{MANIFEST_NAME}" in s3.listing()
+
+
+def _grow(path: pathlib.Path, stop: threading.Event) -> None:
+    """1 MiB every 250 ms, as the issue's trainer writes its third checkpoint."""
+    path.parent.mkdir(parents=True)
+    with open(path, "wb") as handle:
+        while not stop.is_set():
+            handle.write(os.urandom(MiB))
+            handle.flush()
+            time.sleep(0.25)
