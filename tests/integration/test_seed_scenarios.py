@@ -220,6 +220,20 @@ def test_once_with_an_empty_checkpoint_dir_publishes_the_rest_and_exits_zero(
     assert MANIFEST in s3.listing()
 
 
+def test_an_empty_checkpoint_dir_does_not_hold_up_the_final_sync(
+    s3: Backend, root: pathlib.Path, tmp_path: pathlib.Path, sidecars: list[Sidecar]
+) -> None:
+    sidecar = start(sidecars, tmp_path, root, s3, "--checkpoint-settle", "0.3")
+    trial = trials.trial(trials.experiment(root))
+    trials.checkpoint(trial, 1, {"model.pt": 5_000})
+    wait_for(lambda: MANIFEST in s3.listing(), 30, what="the checkpoint")
+    (trial / "checkpoint_000002").mkdir()  # the journal sees it; nothing is written into it
+    time.sleep(1)
+    started = time.monotonic()
+    assert sidecar.stop() == 0  # all durable: an empty dir is nothing to publish
+    assert time.monotonic() - started < 20  # not the whole 25 s budget
+
+
 def test_once_exits_zero_only_when_everything_is_durable(
     s3: Backend, root: pathlib.Path, tmp_path: pathlib.Path
 ) -> None:
