@@ -155,8 +155,11 @@ class Scheduler:
         delay = max(0.0, min(deadlines) - loop.time()) if deadlines else None
         if delay == 0.0:
             return
+        # Not asyncio.wait_for: in Python 3.11 it drops a cancel that arrives with the wake
+        # (SIGTERM while a file grows), and the scheduler would never stop.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), delay)
+            async with asyncio.timeout(delay):
+                await self._wake.wait()
 
     async def _recover(self) -> None:
         await self.engine.recover(self.plan.settle)

@@ -274,3 +274,19 @@ async def test_the_final_sync_reports_unreadable_files_as_not_durable() -> None:
     assert await scheduler.final_sync(asyncio.get_running_loop().time() + 25) is False
     engine.failed = {}
     assert await scheduler.final_sync(asyncio.get_running_loop().time() + 25) is True
+
+
+async def test_a_stop_that_comes_with_a_change_still_stops_the_scheduler() -> None:
+    # A checkpoint that keeps growing wakes the scheduler many times a second, so SIGTERM's
+    # cancel can arrive in the same instant as a wake (asyncio.wait_for lost it in 3.11).
+    engine = FakeEngine()
+    loop = asyncio.get_running_loop()
+    engine.activity["exp/t/checkpoint_000001"] = loop.time()
+    scheduler = Scheduler(engine, periodic_plan(periodic_kinds=frozenset()), Metrics())  # type: ignore[arg-type]
+    task = asyncio.create_task(scheduler.run())
+    await asyncio.sleep(1)  # asleep until the checkpoint settles
+    scheduler.wake()
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=60)
+    assert task in done
+    assert task.cancelled()
