@@ -213,3 +213,44 @@ def test_bad_head_service_flags_say_what_to_fix(
     flags = [flag.replace("{root}", str(tmp_path)) for flag in flags]
     with pytest.raises(ConfigError, match=re.escape(says)):
         parse(["--root", str(tmp_path), *flags], {"TRIALSYNC_HEAD_TOKEN": "t"})
+
+
+def _readme_default(value: object) -> str:
+    """How the README's flag table writes a default."""
+    if value is None or value == ():
+        return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, int | float):
+        return f"{value // 2**20} MiB" if value >= 2**20 else f"{value:g}"
+    return f"`{value}`"
+
+
+def test_the_readme_states_every_flag_its_variable_and_its_default(tmp_path: pathlib.Path) -> None:
+    readme = (pathlib.Path(__file__).resolve().parents[2] / "README.md").read_text()
+    rows: dict[str, tuple[str, str]] = {}
+    for line in readme.splitlines():
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        if line.startswith("| `--") and len(cells) >= 3:
+            dest = cells[0].strip("`").split()[0].replace("--[no-]", "--")[2:].replace("-", "_")
+            rows[dest] = (cells[1], cells[2])
+    assert set(rows) == set(settings._flag_names())
+    defaults = parse(["--root", str(tmp_path), "--upload-dir", "s3://bucket/x"], {})
+    actual = {
+        **{dest: getattr(defaults, dest, None) for dest in rows},
+        **{
+            name: getattr(defaults.config, name)
+            for name in ("sync_period", "sync_timeout", "sync_artifacts", "sync_on_checkpoint")
+        },
+        "root": None,
+        "upload_dir": None,
+        "syncer": defaults.config.syncer,
+        "checkpoint_pattern": defaults.layout.checkpoint_pattern,
+        "exclude": defaults.layout.excludes,
+        "storage_option": None,
+        "head_token_file": None,
+    }
+    for dest, (env, default) in rows.items():
+        assert f"`TRIALSYNC_{dest.upper()}" in env or dest == "storage_option", dest
+        expected = "(required)" if dest == "root" else _readme_default(actual[dest])
+        assert default == expected, f"--{dest}: README says {default}, the code {expected}"
