@@ -13,7 +13,7 @@ random generator:
   hung connection never reach the store;
 * ``bytes_per_second``: request bodies are forwarded at that rate (a slow link).
 
-It runs its own event loop in a daemon thread, like :class:`StallProxy`. Counters are
+It runs its own event loop in a daemon thread (a ``LoopbackServer``). Counters are
 updated on that thread and may be read from any thread.
 """
 
@@ -24,10 +24,9 @@ import contextlib
 import random
 import socket
 import struct
-import threading
-from typing import Any
 
-HOST = "127.0.0.1"
+from tests.support.loopback_server import LoopbackServer
+
 _CHUNK = 64 * 1024
 _ERRORS = (
     (503, "Service Unavailable", "SlowDown", "Please reduce your request rate."),
@@ -35,7 +34,7 @@ _ERRORS = (
 )
 
 
-class FaultProxy:
+class FaultProxy(LoopbackServer):
     def __init__(
         self,
         target_host: str,
@@ -45,12 +44,12 @@ class FaultProxy:
         reset_rate: float = 0.0,
         bytes_per_second: float | None = None,
     ) -> None:
+        super().__init__()
         self.target_host = target_host
         self.target_port = target_port
         self.error_rate = error_rate
         self.reset_rate = reset_rate
         self.bytes_per_second = bytes_per_second
-        self.port = 0
         self.requests = 0
         self.errors = 0
         self.resets = 0
@@ -59,14 +58,6 @@ class FaultProxy:
         self._random = random.Random(seed)
         self._stall_at: int | None = None
         self._stall_seconds = 0.0
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
-
-    @property
-    def endpoint_url(self) -> str:
-        return f"http://{HOST}:{self.port}"
 
     def stall_request(self, after: int, seconds: float) -> None:
         """Hold the ``after``-th request from now for ``seconds`` before forwarding it."""
@@ -81,53 +72,7 @@ class FaultProxy:
             "stalls": self.stalls,
         }
 
-    def start(self) -> FaultProxy:
-        loop = asyncio.new_event_loop()
-        ready = threading.Event()
-
-        def run() -> None:
-            asyncio.set_event_loop(loop)
-            loop.run_until_complete(self._open())
-            ready.set()
-            loop.run_forever()
-            loop.run_until_complete(loop.shutdown_asyncgens())
-            loop.close()
-
-        self._loop = loop
-        self._thread = threading.Thread(target=run, name="fault-proxy", daemon=True)
-        self._thread.start()
-        ready.wait(10)
-        return self
-
-    def stop(self) -> None:
-        loop, thread = self._loop, self._thread
-        if loop is None or thread is None or not thread.is_alive():
-            return
-        asyncio.run_coroutine_threadsafe(self._close(), loop).result(timeout=10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=10)
-
-    def __enter__(self) -> FaultProxy:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    async def _open(self) -> None:
-        self._server = await asyncio.start_server(self._handle, HOST, 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def _close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-
     async def _handle(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
         upstream: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
         try:
             while True:
@@ -176,7 +121,6 @@ class FaultProxy:
                     writer.close()
                     with contextlib.suppress(Exception):
                         await writer.wait_closed()
-            self._tasks.discard(task)
 
     async def _send_body(self, writer: asyncio.StreamWriter, body: bytes) -> None:
         if self.bytes_per_second is None:
