@@ -15,7 +15,7 @@ import mimetypes
 import os
 from typing import Any
 
-from trialsync import aborts, local_files
+from trialsync import aborts, local_files, small_reads
 
 # GCS: every chunk of a resumable upload but the last must be a multiple of 256 KiB.
 CHUNK_GRAIN = 256 * 2**10
@@ -34,7 +34,7 @@ async def put_file(fs: Any, local_path: str, rpath: str, size: int, part_size: i
     bucket, key, _ = fs.split_path(rpath)
     content_type = mimetypes.guess_type(local_path)[0] or "application/octet-stream"
     if size < SIMPLE_UPLOAD_MAX:
-        data = await asyncio.to_thread(local_files.read_exact, local_path, size)
+        data = await small_reads.read_exact(local_path, size)
         await core.simple_upload(fs, bucket, key, data, content_type=content_type)
         return
     location = await core.initiate_upload(fs, bucket, key, content_type)

@@ -17,7 +17,7 @@ import os
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, Protocol
 
-from trialsync import aborts, local_files, tasks
+from trialsync import aborts, local_files, small_reads, tasks
 from trialsync.s3_client import Listed
 
 MAX_PARTS = 10_000
@@ -129,7 +129,7 @@ async def put_file(
     """
     part_size = part_size_for(size, part_size)
     if size < 2 * part_size:
-        data = await asyncio.to_thread(local_files.read_exact, local_path, size)
+        data = await small_reads.read_exact(local_path, size)
         await api.put_object(bucket, key, data)
         return
     creating = asyncio.ensure_future(api.create_multipart_upload(bucket, key))

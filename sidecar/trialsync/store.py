@@ -28,6 +28,7 @@ from trialsync import (
     local_files,
     s3_client,
     s3_upload,
+    small_reads,
     tasks,
 )
 from trialsync.ledger import RemoteObject
@@ -223,7 +224,7 @@ class RemoteStore:
                 # rewrites the same content, so an abandoned copy does no harm.
                 await asyncio.to_thread(_copy_blocking, c.fs, local_path, self._path(c, rel), size)
             elif size < 2 * self._part_size:
-                data = await asyncio.to_thread(local_files.read_exact, local_path, size)
+                data = await small_reads.read_exact(local_path, size)
                 await c.fs._pipe_file(self._path(c, rel), data)
             else:
                 # Another async backend: its own streaming upload (which reads the file's

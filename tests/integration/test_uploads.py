@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import pathlib
 
 from tests.integration.conftest import Backend
 from tests.support import trials
 from tests.support.loop_io import io_on_this_thread
-from trialsync import watcher
+from trialsync import local_files, small_reads, watcher
 from trialsync.store import RemoteStore
 
 MiB = 2**20
@@ -76,3 +77,30 @@ async def test_watching_a_tree_runs_off_the_event_loop(root: pathlib.Path) -> No
     # The root, exp, 20 trials with a checkpoint each, then exp2, its trial and checkpoint.
     assert journal.watched_dirs == 2 + 20 * 2 + 3
     assert "exp2/trial_00000/checkpoint_000001/model.pt" in seen
+
+
+async def test_small_reads_asked_together_each_get_their_own_bytes_or_error(
+    tmp_path: pathlib.Path,
+) -> None:
+    paths = []
+    for i in range(150):  # more than one batch
+        paths.append(tmp_path / f"f{i}")
+        paths[-1].write_bytes(os.urandom(i * 10))
+    paths[7].unlink()  # one is gone by the time it is read
+    (tmp_path / "f9").write_bytes(b"short")  # one shrank below its scanned size
+    sizes = [i * 10 for i in range(150)]
+    reads = [
+        asyncio.ensure_future(small_reads.read_exact(str(p), n))
+        for p, n in zip(paths, sizes, strict=True)
+    ]
+    reads[3].cancel()  # its reader gave up: the others are not disturbed
+    results = await asyncio.gather(*reads, return_exceptions=True)
+    for i, result in enumerate(results):
+        if i == 3:
+            assert isinstance(result, asyncio.CancelledError)
+        elif i == 7:
+            assert isinstance(result, local_files.LocalReadError)
+        elif i == 9:
+            assert isinstance(result, local_files.ShortRead)
+        else:
+            assert result == paths[i].read_bytes()
