@@ -10,6 +10,12 @@ from __future__ import annotations
 
 ROLE = "worker"
 RECEIVER_ADDR = "0.0.0.0:9747"
+# The head-node service, and a worker's identity with it.
+HEAD_IDENTITY_FILE = "/tmp/trialsync/head-identity.json"
+RECEIVER_MAX_OBJECT_SIZE = 16 * 2**30
+RECEIVER_MAX_UPLOADS = 64
+RECEIVER_CLAIM_LEASE = 600.0
+RECEIVER_STATE_DIR = ".trialsync-head"  # in the head's root
 HTTP_ADDR = "0.0.0.0:9746"
 S3_CLIENT = "auto"
 LOG_LEVEL = "info"

@@ -20,7 +20,7 @@ from collections.abc import Collection, Mapping
 from trialsync import defaults, local_files, scanner, tasks, transfer
 from trialsync.layout import MANIFEST_NAME, Kind, Layout
 from trialsync.ledger import Ledger, RemoteObject, Stat
-from trialsync.local_files import LocalFailure
+from trialsync.local_files import FileFailure
 from trialsync.metrics import Metrics
 from trialsync.sent_checkpoints import SentCheckpoints
 from trialsync.store import Store
@@ -352,8 +352,8 @@ class SyncEngine:
                 self._report(rel, failure)
                 if failure.reason == local_files.UNREADABLE:
                     self.failed[rel] = failure.detail
-                if failure.reason != local_files.CHANGED:
-                    done.add(rel)  # gone, or waiting for a change; a changed file goes again
+                if failure.reason in (local_files.VANISHED, local_files.UNREADABLE):
+                    done.add(rel)  # gone, or waiting for a change; the others go again
         finally:
             self.dirty |= batch - done
 
@@ -461,7 +461,7 @@ class SyncEngine:
             self.deleted_checkpoints.add(checkpoint)
             log.info("checkpoint deleted before it was published", extra={"path": checkpoint})
 
-    async def _fail(self, checkpoint: str, failures: dict[str, LocalFailure]) -> None:
+    async def _fail(self, checkpoint: str, failures: dict[str, FileFailure]) -> None:
         """Files of ``checkpoint`` could not be sent: it is not published this time."""
         for rel, failure in failures.items():
             self._report(rel, failure)
@@ -474,11 +474,12 @@ class SyncEngine:
             self.failed.update(unreadable)
             self.activity.pop(checkpoint, None)
         elif await asyncio.to_thread(os.path.isdir, self._local(checkpoint)):
-            self.activity[checkpoint] = _now()  # changed under the reader: once it settles
+            # Changed under the reader, or refused by the store: again once it settles.
+            self.activity[checkpoint] = _now()
         else:
             await self._drop(checkpoint)
 
-    def _report(self, rel: str, failure: LocalFailure) -> None:
+    def _report(self, rel: str, failure: FileFailure) -> None:
         self.metrics.file_failures.labels(failure.reason).inc()
         level = logging.INFO if failure.reason == local_files.VANISHED else logging.WARNING
         log.log(
@@ -530,7 +531,7 @@ class SyncEngine:
             }
         return entries
 
-    async def _upload(self, todo: dict[str, Stat], done: set[str]) -> dict[str, LocalFailure]:
+    async def _upload(self, todo: dict[str, Stat], done: set[str]) -> dict[str, FileFailure]:
         """Upload ``todo``; record each file in the ledger and ``done`` as it lands; return
         the files that could not be read as scanned."""
 

@@ -19,6 +19,9 @@ from trialsync.ledger import Stat
 VANISHED = "vanished"  # deleted (or replaced by something that is not a file)
 CHANGED = "changed"  # another size or mtime than scanned, or shorter than scanned
 UNREADABLE = "unreadable"  # there, unchanged, and cannot be read (EACCES, EIO, ...)
+# Not the file's doing: the store refuses this one object (store_errors.ObjectRefused,
+# the head-node service's per-path refusals) and takes the others.
+REFUSED = "refused"
 
 
 class LocalReadError(OSError):
@@ -33,10 +36,11 @@ class ShortRead(LocalReadError):
 
 
 @dataclasses.dataclass(frozen=True)
-class LocalFailure:
-    """Why a file could not be uploaded, when the cause is the file itself."""
+class FileFailure:
+    """Why one file could not be uploaded, when that fails only the file's own checkpoint or
+    artifact: the file itself, or the store refusing it alone."""
 
-    reason: str  # VANISHED, CHANGED or UNREADABLE
+    reason: str  # VANISHED, CHANGED, UNREADABLE or REFUSED
     detail: str
 
 
@@ -70,7 +74,7 @@ def pread_exact(fd: int, length: int, offset: int, path: str) -> bytes:
     return data
 
 
-def diagnose(path: str, scanned: Stat, error: BaseException) -> LocalFailure | None:
+def diagnose(path: str, scanned: Stat, error: BaseException) -> FileFailure | None:
     """Why uploading ``path`` failed with ``error``, if the local file is the cause.
 
     None when the file is still as scanned and readable: then the store failed, which
@@ -78,23 +82,23 @@ def diagnose(path: str, scanned: Stat, error: BaseException) -> LocalFailure | N
     EACCES look alike, so the file is probed rather than the error trusted.
     """
     if isinstance(error, ShortRead):
-        return LocalFailure(CHANGED, str(error))
+        return FileFailure(CHANGED, str(error))
     try:
         current = os.lstat(path)
     except (FileNotFoundError, NotADirectoryError):
-        return LocalFailure(VANISHED, "deleted before or while it was read")
+        return FileFailure(VANISHED, "deleted before or while it was read")
     except OSError as exc:
-        return LocalFailure(UNREADABLE, exc.strerror or str(exc))
+        return FileFailure(UNREADABLE, exc.strerror or str(exc))
     if not stat_mod.S_ISREG(current.st_mode):
-        return LocalFailure(VANISHED, "no longer a regular file")
+        return FileFailure(VANISHED, "no longer a regular file")
     if (current.st_size, current.st_mtime_ns) != scanned:
-        return LocalFailure(CHANGED, f"{scanned[0]} bytes when scanned, {current.st_size} now")
+        return FileFailure(CHANGED, f"{scanned[0]} bytes when scanned, {current.st_size} now")
     if isinstance(error, LocalReadError):
-        return LocalFailure(UNREADABLE, error.strerror or str(error))
+        return FileFailure(UNREADABLE, error.strerror or str(error))
     try:
         os.close(open_for_reading(path))
     except OSError as exc:
-        return LocalFailure(UNREADABLE, exc.strerror or str(exc))
+        return FileFailure(UNREADABLE, exc.strerror or str(exc))
     return None
 
 

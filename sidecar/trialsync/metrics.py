@@ -37,8 +37,8 @@ class Metrics:
         self.file_failures = Counter(
             "trialsync_file_failures",
             "Files that could not be uploaded as scanned, by reason: unreadable (EACCES, "
-            "EIO, ...), vanished (deleted), changed (shrank or changed under the reader). "
-            "Each is logged with its path.",
+            "EIO, ...), vanished (deleted), changed (shrank or changed under the reader), "
+            "refused (by the head-node service). Each is logged with its path.",
             ["reason"],
             registry=self.registry,
         )

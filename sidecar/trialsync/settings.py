@@ -37,11 +37,11 @@ class Settings:
     role: str = defaults.ROLE
     head_url: str | None = None
     # The head-node service (role head, no upload dir) and a worker's identity with it.
-    receiver_max_object_size: int = 16 * 2**30
-    receiver_max_uploads: int = 64
-    receiver_claim_lease: float = 600.0
-    receiver_state_dir: str = ""  # "" = <root>/.trialsync-head
-    head_identity_file: str = "/tmp/trialsync/head-identity.json"
+    receiver_max_object_size: int = defaults.RECEIVER_MAX_OBJECT_SIZE
+    receiver_max_uploads: int = defaults.RECEIVER_MAX_UPLOADS
+    receiver_claim_lease: float = defaults.RECEIVER_CLAIM_LEASE
+    receiver_state_dir: str = ""  # "" = <root>/defaults.RECEIVER_STATE_DIR
+    head_identity_file: str = defaults.HEAD_IDENTITY_FILE
     head_token: str = ""
     receiver_addr: str = defaults.RECEIVER_ADDR
     layout: Layout = dataclasses.field(default_factory=Layout)
@@ -157,23 +157,32 @@ def _parser() -> argparse.ArgumentParser:
 
 def _head_service_flags(a: Callable[..., Any]) -> None:
     """Flags of the head-node service, and of a worker's identity with it."""
+    d = defaults
     a(
         "--head-identity-file",
-        help="where a worker keeps its identity (default /tmp/trialsync/head-identity.json)",
+        help=f"where a worker keeps its identity (default {d.HEAD_IDENTITY_FILE})",
     )
     a(
         "--receiver-max-object-size",
         type=int,
-        help="bytes of the largest object the head accepts (default 16 GiB)",
+        help="bytes of the largest object the head accepts "
+        f"(default {d.RECEIVER_MAX_OBJECT_SIZE // 2**30} GiB)",
     )
-    a("--receiver-max-uploads", type=int, help="uploads the head takes at once (default 64)")
+    a(
+        "--receiver-max-uploads",
+        type=int,
+        help=f"uploads the head takes at once (default {d.RECEIVER_MAX_UPLOADS})",
+    )
     a(
         "--receiver-claim-lease",
         type=float,
         help="seconds without a write after which another worker may take a trial dir over "
-        "(default 600)",
+        f"(default {_n(d.RECEIVER_CLAIM_LEASE)})",
     )
-    a("--receiver-state-dir", help="the head's key and claims (default <root>/.trialsync-head)")
+    a(
+        "--receiver-state-dir",
+        help=f"the head's key and claims (default <root>/{d.RECEIVER_STATE_DIR})",
+    )
 
 
 def known_env_names() -> set[str]:
@@ -331,9 +340,6 @@ def _build(values: dict[str, Any], environ: Mapping[str, str]) -> Settings:
     )
 
 
-STATE_DIR = ".trialsync-head"  # the head-node service's own dir in its root
-
-
 def _head_service(root: str, values: dict[str, Any]) -> dict[str, Any]:
     """Settings of the head-node service and of a worker's identity with it, validated."""
     for name in ("receiver_max_object_size", "receiver_max_uploads"):
@@ -341,7 +347,7 @@ def _head_service(root: str, values: dict[str, Any]) -> dict[str, Any]:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
     if "receiver_claim_lease" in values and not values["receiver_claim_lease"] > 0:
         raise ConfigError("--receiver-claim-lease must be positive")
-    state_dir = values.get("receiver_state_dir") or os.path.join(root, STATE_DIR)
+    state_dir = values.get("receiver_state_dir") or os.path.join(root, defaults.RECEIVER_STATE_DIR)
     identity = os.path.abspath(values.get("head_identity_file") or Settings.head_identity_file)
     if values.get("head_url") and identity.startswith(root + os.sep):
         raise ConfigError(

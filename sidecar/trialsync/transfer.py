@@ -10,8 +10,9 @@ from collections.abc import AsyncIterator, Callable
 
 from trialsync import defaults, local_files, s3_upload, tasks
 from trialsync.ledger import Stat
-from trialsync.local_files import LocalFailure
+from trialsync.local_files import FileFailure
 from trialsync.store import Store
+from trialsync.store_errors import ObjectRefused
 
 log = logging.getLogger(__name__)
 
@@ -67,15 +68,15 @@ async def upload_files(
     todo: dict[str, Stat],
     gates: Gates,
     on_uploaded: Callable[[str, Stat], None],
-) -> dict[str, LocalFailure]:
+) -> dict[str, FileFailure]:
     """Upload each root-relative path in ``todo`` as scanned; call ``on_uploaded`` as each lands.
 
     Largest first, so long transfers start early and small files fill the gaps. A file
-    that cannot be sent as scanned (deleted, changed, unreadable) fails alone: it is
-    returned with the reason and the others go on. A failure of the store cancels the
-    rest and is raised as itself, not as an ExceptionGroup.
+    that cannot be sent as scanned (deleted, changed, unreadable) or that the store refuses
+    alone fails alone: it is returned with the reason and the others go on. A failure of
+    the store cancels the rest and is raised as itself, not as an ExceptionGroup.
     """
-    failures: dict[str, LocalFailure] = {}
+    failures: dict[str, FileFailure] = {}
 
     async def one(item: tuple[str, Stat]) -> None:
         rel, st = item
@@ -83,6 +84,9 @@ async def upload_files(
         try:
             async with gates.slot(st[0]):
                 await store.put_file(path, rel, st[0])
+        except ObjectRefused as exc:
+            failures[rel] = FileFailure(local_files.REFUSED, str(exc))
+            return
         except Exception as exc:
             failure = await asyncio.to_thread(local_files.diagnose, path, st, exc)
             if failure is None:

@@ -174,11 +174,6 @@ def test_a_restarted_worker_sidecar_keeps_its_identity_and_its_trial_dirs(
     assert again.metric("trialsync_head_refusals_total") == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the engine does not yet fail only the checkpoint or artifact of an "
-    "ObjectRefused upload; remove this mark when it does",
-)
 def test_one_refused_trial_dir_does_not_hold_up_the_workers_other_trial_dirs(
     tmp_path: pathlib.Path, sidecars: list[Sidecar], head_sidecar: tuple[str, pathlib.Path]
 ) -> None:

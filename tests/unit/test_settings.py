@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
+import trialsync.defaults
 from trialsync import cli, settings
 from trialsync.settings import ConfigError, Settings, parse, unknown_env
 
@@ -38,11 +39,16 @@ CLOUD: dict[str, Check] = {
     "max_backoff": ("9", lambda s: s.max_backoff, 9),
     "log_level": ("debug", lambda s: s.log_level, "debug"),
 }
-# The flags that only fit a worker syncing to the head node.
+# The flags that only fit a worker syncing to the head node, or the head serving it.
 HEAD: dict[str, Check] = {
     "head_url": ("http://head:9747", lambda s: s.head_url, "http://head:9747"),
     "head_token_file": ("<token file>", lambda s: s.head_token, "s3cret"),
     "syncer": ("pkg.mod:Cls", lambda s: s.config.syncer, "pkg.mod:Cls"),
+    "head_identity_file": ("/scratch/id", lambda s: s.head_identity_file, "/scratch/id"),
+    "receiver_max_object_size": ("1000", lambda s: s.receiver_max_object_size, 1000),
+    "receiver_max_uploads": ("3", lambda s: s.receiver_max_uploads, 3),
+    "receiver_claim_lease": ("90", lambda s: s.receiver_claim_lease, 90),
+    "receiver_state_dir": ("/state", lambda s: s.receiver_state_dir, "/state"),
 }
 
 
@@ -222,6 +228,8 @@ def _readme_default(value: object) -> str:
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, int | float):
+        if value >= 2**30:
+            return f"{value // 2**30} GiB"
         return f"{value // 2**20} MiB" if value >= 2**20 else f"{value:g}"
     return f"`{value}`"
 
@@ -242,13 +250,13 @@ def test_the_readme_states_every_flag_its_variable_and_its_default(tmp_path: pat
             name: getattr(defaults.config, name)
             for name in ("sync_period", "sync_timeout", "sync_artifacts", "sync_on_checkpoint")
         },
-        "root": None,
         "upload_dir": None,
         "syncer": defaults.config.syncer,
         "checkpoint_pattern": defaults.layout.checkpoint_pattern,
         "exclude": defaults.layout.excludes,
         "storage_option": None,
         "head_token_file": None,
+        "receiver_state_dir": f"<root>/{trialsync.defaults.RECEIVER_STATE_DIR}",
     }
     for dest, (env, default) in rows.items():
         assert f"`TRIALSYNC_{dest.upper()}" in env or dest == "storage_option", dest
