@@ -86,9 +86,10 @@ class Shutdown:
     """The time after SIGTERM, all of it within ``--final-sync-timeout`` seconds.
 
     The final sync may use the budget less a reserve (a fifth of it, at most
-    ``defaults.ABORT_GRACE`` seconds); in the reserve, the multipart uploads the sync had
-    to cancel are aborted and the store's connections closed. What is left after that is
-    exiting, which takes well under a second.
+    ``defaults.ABORT_GRACE`` seconds); in the reserve, the HTTP server stops (at most
+    ``status_server.SHUTDOWN_TIMEOUT``), the multipart uploads the sync had to cancel are
+    aborted and the store's connections closed. What is left after the budget is exiting,
+    which takes well under a second.
     """
 
     def __init__(self, budget: float) -> None:
