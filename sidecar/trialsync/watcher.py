@@ -107,7 +107,7 @@ class InotifyJournal:
 
     async def start(self, on_change: OnChange, on_overflow: OnOverflow) -> None:
         self._on_change, self._on_overflow = on_change, on_overflow
-        await asyncio.to_thread(self._watch_tree, "")
+        await asyncio.to_thread(self._watch_tree, "", False)
         asyncio.get_running_loop().add_reader(self._fd, self._read)
 
     async def catch_up(self) -> None:
@@ -129,8 +129,9 @@ class InotifyJournal:
             os.close(self._fd)
             self._fd = -1
 
-    def _watch_tree(self, rel: str) -> _Walk:
-        """Watch ``rel`` and every directory below it; what it holds. Blocks: a thread."""
+    def _watch_tree(self, rel: str, collect: bool) -> _Walk:
+        """Watch ``rel`` and every directory below it; with ``collect``, what it holds (a
+        new subtree, to announce). Blocks: run it in a worker thread."""
         found = _Walk()
         stack = [rel]
         while stack:
@@ -143,7 +144,8 @@ class InotifyJournal:
                     continue
                 raise InotifyUnavailable(err, f"inotify_add_watch {path}: {os.strerror(err)}")
             self._dirs[wd] = current
-            found.dirs.append(current)
+            if collect:
+                found.dirs.append(current)
             try:
                 entries = list(os.scandir(path))
             except (FileNotFoundError, NotADirectoryError):
@@ -152,7 +154,7 @@ class InotifyJournal:
                 child = f"{current}/{entry.name}" if current else entry.name
                 if entry.is_dir(follow_symlinks=False):
                     stack.append(child)
-                else:
+                elif collect:
                     found.files.append(child)
         return found
 
@@ -202,7 +204,7 @@ class InotifyJournal:
     async def _watch_or_poll(self, rel: str, announce: bool) -> None:
         """Watch a subtree; out of watches, add polling so nothing goes unseen."""
         try:
-            found = await asyncio.to_thread(self._watch_tree, rel)
+            found = await asyncio.to_thread(self._watch_tree, rel, announce)
         except InotifyUnavailable as exc:
             if self._fallback is None:
                 log.warning(

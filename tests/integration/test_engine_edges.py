@@ -135,7 +135,7 @@ async def test_polling_reports_new_and_removed_directories(root: pathlib.Path) -
 async def test_out_of_inotify_watches_falls_back_to_polling(
     root: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def no_watches(self: watcher.InotifyJournal, rel: str) -> None:
+    def no_watches(self: watcher.InotifyJournal, rel: str, collect: bool) -> None:
         raise watcher.InotifyUnavailable(28, "inotify_add_watch: No space left on device")
 
     monkeypatch.setattr(watcher.InotifyJournal, "_watch_tree", no_watches)
