@@ -114,12 +114,7 @@ class Sidecar:
         return code
 
 
-def run_once(
-    args: Sequence[str],
-    env: Mapping[str, str],
-    timeout: float = 120,
-    preexec_fn: Callable[[], None] | None = None,
-) -> tuple[int, str]:
+def run_once(args: Sequence[str], env: Mapping[str, str], timeout: float = 120) -> tuple[int, str]:
     """``trialsync sync --once``: (exit code, combined output)."""
     done = subprocess.run(
         [sys.executable, "-m", "trialsync.cli", "sync", "--once", *args],
@@ -127,6 +122,5 @@ def run_once(
         capture_output=True,
         timeout=timeout,
         check=False,
-        preexec_fn=preexec_fn,
     )
     return done.returncode, (done.stdout + done.stderr).decode(errors="replace")
