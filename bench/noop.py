@@ -84,9 +84,9 @@ class CountingStore(RemoteStore):
 
     calls = 0
 
-    async def put_file(self, local_path: str, rel: str) -> None:
+    async def put_file(self, local_path: str, rel: str, size: int) -> None:
         self.calls += 1
-        await super().put_file(local_path, rel)
+        await super().put_file(local_path, rel, size)
 
     async def put_bytes(self, rel: str, data: bytes) -> None:
         self.calls += 1
@@ -134,7 +134,7 @@ async def measure_engine(
     loop = asyncio.get_running_loop()
     try:
         started = time.perf_counter()
-        journal.start(engine.note_change, engine.note_overflow)
+        await journal.start(engine.note_change, engine.note_overflow)
         watch_s = time.perf_counter() - started
         await engine.recover(SETTLE)
         await engine.run(Round(full=True), SETTLE)

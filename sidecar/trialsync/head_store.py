@@ -34,7 +34,7 @@ from urllib.parse import quote
 import aiohttp
 from yarl import URL
 
-from trialsync import private_files, tasks
+from trialsync import backoff, private_files, tasks
 from trialsync.head_protocol import (
     CLAIMS_PATH,
     MTIME_HEADER,
@@ -62,6 +62,7 @@ DEFAULT_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=3
 RETRIES = 8
 RETRY_BASE = 0.5
 RETRY_CAP = 15.0
+DELETES_IN_FLIGHT = 16
 # Releasing claims at exit waits at most this long (a head that is down cannot answer), so
 # closing the store fits in the part of the SIGTERM budget kept back from the final sync.
 RELEASE_TIMEOUT = 2.0
@@ -172,7 +173,12 @@ class HeadStore:
 
         A failure is raised as itself (a refusal stays a PermissionError).
         """
-        await tasks.run_all([self._call("DELETE", self._object_url(r), _nothing) for r in rels])
+        rels = list(rels)
+
+        async def one(rel: str) -> None:
+            await self._call("DELETE", self._object_url(rel), _nothing)
+
+        await tasks.bounded(DELETES_IN_FLIGHT, rels, one)
 
     async def connect(self) -> None:
         """Open the session and get an identity: readiness means the head takes our writes."""
@@ -304,7 +310,7 @@ class HeadStore:
         self, attempt: int, retry_after: str | None, url: URL, error: Exception | None = None
     ) -> None:
         floor = float(retry_after) if retry_after and retry_after.isdigit() else 0.0
-        delay = max(floor, min(RETRY_CAP, RETRY_BASE * 2 ** (attempt - 1)))
+        delay = max(floor, backoff.delay(attempt, RETRY_BASE, RETRY_CAP))
         delay *= random.uniform(1.0, 1.5)  # spread the workers a busy head turned away
         if self._metrics is not None:
             self._metrics.head_busy_retries.inc()

@@ -11,8 +11,11 @@ import dataclasses
 import enum
 import fnmatch
 
+from trialsync import defaults
+
 MANIFEST_NAME = ".trialsync-manifest.json"
-DEFAULT_CHECKPOINT_PATTERN = "checkpoint_[0-9]*"
+#: The sidecar's own state on the volume (``sent_checkpoints``), never synced.
+STATE_DIR = ".trialsync"
 
 
 class Kind(enum.Enum):
@@ -33,13 +36,14 @@ class Placement:
 class Layout:
     """Classifies root-relative POSIX paths; ``excludes`` are globs matched against them."""
 
-    checkpoint_pattern: str = DEFAULT_CHECKPOINT_PATTERN
+    checkpoint_pattern: str = defaults.CHECKPOINT_PATTERN
     excludes: tuple[str, ...] = ()
 
     def place(self, rel: str) -> Placement | None:
-        """Return where ``rel`` belongs, or None if it is excluded or ours (a manifest)."""
+        """Return where ``rel`` belongs, or None if it is excluded or ours (a manifest, the
+        state dir)."""
         parts = rel.split("/")
-        if parts[-1] == MANIFEST_NAME or self.excluded(rel):
+        if parts[-1] == MANIFEST_NAME or parts[0] == STATE_DIR or self.excluded(rel):
             return None
         if len(parts) <= 2:
             return Placement(Kind.EXPERIMENT)

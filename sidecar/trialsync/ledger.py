@@ -1,13 +1,14 @@
 """What has been uploaded: the record that makes a steady-state sync cost O(changes).
 
 The ledger maps a root-relative path to the (size, mtime_ns) the file had when its upload
-was confirmed. It lives in memory; after a restart it is rebuilt from one remote listing.
+was confirmed. It lives in memory; after a restart it is rebuilt from the listing of the
+local trial dirs' prefixes and the manifests of their published checkpoints.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 Stat = tuple[int, int]  # (size in bytes, mtime in ns)
 
@@ -52,18 +53,28 @@ class Ledger:
         local: Mapping[str, Stat],
         remote: Mapping[str, RemoteObject],
         published: Iterable[str],
+        manifests: Mapping[str, Stat],
+        in_checkpoint: Callable[[str], bool],
     ) -> Ledger:
-        """Trust a remote copy that has the local size and is not older than the local file.
+        """The ledger after a restart: what the store is known to hold of ``local``.
 
-        This is the rule ``aws s3 sync`` uses; a store that reports no mtime is trusted on
-        size alone.
+        A checkpoint file counts as uploaded only where its checkpoint's manifest
+        (``manifests``: path -> the (size, mtime_ns) it lists) has exactly the local size
+        and mtime and the store holds an object of that size. Any other file (experiment
+        state, artifacts) counts where the remote copy has the local size and is not older
+        than the local file's mtime truncated to whole seconds (S3 keeps seconds), the rule
+        ``aws s3 sync`` uses; a store that reports no time is trusted on size alone.
         """
         ledger = cls()
         for rel, stat in local.items():
             obj = remote.get(rel)
             if obj is None or obj.size != stat[0]:
                 continue
-            if obj.mtime is None or obj.mtime >= stat[1] / 1e9 - 1.0:
+            if in_checkpoint(rel):
+                trusted = manifests.get(rel) == stat
+            else:
+                trusted = obj.mtime is None or obj.mtime >= stat[1] // 1_000_000_000
+            if trusted:
                 ledger.record(rel, stat)
         ledger.published.update(published)
         return ledger

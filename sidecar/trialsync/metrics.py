@@ -34,6 +34,19 @@ class Metrics:
             ["reason"],
             registry=self.registry,
         )
+        self.file_failures = Counter(
+            "trialsync_file_failures",
+            "Files that could not be uploaded as scanned, by reason: unreadable (EACCES, "
+            "EIO, ...), vanished (deleted), changed (shrank or changed under the reader), "
+            "refused (by the head-node service). Each is logged with its path.",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.failed_files = Gauge(
+            "trialsync_failed_files",
+            "Unreadable files waiting for a change; their checkpoints are not published.",
+            registry=self.registry,
+        )
         self.duration = Histogram(
             "trialsync_sync_duration_seconds",
             "Duration of sync runs.",

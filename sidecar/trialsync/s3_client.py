@@ -15,6 +15,12 @@ understand (server-side encryption, requester pays, ...) keep the store on s3fs:
 Errors: 404 ``NoSuchBucket``/``NoSuchKey`` raise FileNotFoundError, 403 PermissionError,
 anything else ``S3Error`` (an OSError) with the status, S3 code and message. Requests are
 retried a few times on throttling, 5xx and connection errors, as botocore retries them.
+
+Timeouts, per attempt: connecting (``connect_timeout``); sending the body, which must make
+progress every ``write_timeout`` seconds (aiohttp itself has no bound there: a peer that
+stops reading would hold a request until the sync's own timeout); and, once the body is
+sent, each read of the answer (``read_timeout``). botocore's socket timeout bounds both
+directions the same way.
 """
 
 from __future__ import annotations
@@ -25,17 +31,18 @@ import hashlib
 import hmac
 import inspect
 import logging
-import random
 import ssl
 import urllib.request
 import xml.etree.ElementTree as ET
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, unquote_plus, urlsplit
 
 import aiohttp
 from yarl import URL
+
+from trialsync import backoff
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +64,9 @@ ATTEMPTS = 5
 RETRY_BASE = 1.0
 RETRY_CAP = 20.0
 WRITE_CHUNK = 2**20
+# A body up to this size goes to the transport in one write that never waits for the
+# peer (aiohttp drains only above 64 KiB), so only larger bodies need the write watchdog.
+UNWATCHED_BODY = 2**16
 # Storage options the lean client honours; any other keeps the store on s3fs.
 SUPPORTED_OPTIONS = {
     "anon",
@@ -218,6 +228,7 @@ class S3Client:
         connect_timeout: float = 10,
         read_timeout: float = 60,
         retry_base: float = RETRY_BASE,
+        write_timeout: float | None = None,
     ) -> None:
         self.endpoint = endpoint.rstrip("/")
         self._endpoint = URL(self.endpoint)
@@ -231,6 +242,7 @@ class S3Client:
         self._timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=connect_timeout, sock_read=read_timeout
         )
+        self._write_timeout = read_timeout if write_timeout is None else write_timeout
         self._retry_base = retry_base
         self._session: aiohttp.ClientSession | None = None
         # HTTP(S)_PROXY and NO_PROXY, as botocore honours them; read once, since aiohttp's
@@ -343,6 +355,11 @@ class S3Client:
     async def abort_multipart_upload(self, bucket: str, key: str, upload_id: str) -> None:
         await self._request("DELETE", bucket, key, {"uploadId": upload_id}, b"")
 
+    async def get_object(self, bucket: str, key: str) -> bytes:
+        """The whole object (small ones: manifests)."""
+        _, data = await self._request("GET", bucket, key, {}, b"")
+        return data
+
     async def delete_object(self, bucket: str, key: str) -> None:
         """Delete ``key``; a missing key is not an error (S3 answers 204 either way)."""
         try:
@@ -437,7 +454,7 @@ class S3Client:
             await self._backoff(attempt, where, error)
 
     async def _backoff(self, attempt: int, what: str, exc: BaseException) -> None:
-        delay = min(RETRY_CAP, self._retry_base * 2 ** (attempt - 1)) * random.uniform(0.5, 1)
+        delay = backoff.delay(attempt, self._retry_base, RETRY_CAP, jitter=True)
         log.warning("%s failed (%s); retry %d in %.2f s", what, exc, attempt, delay)
         await asyncio.sleep(delay)
 
@@ -472,27 +489,40 @@ class S3Client:
             headers["Content-Length"] = str(len(body))
         qs = canonical_query(query)
         url = URL(f"{base}{path}?{qs}" if qs else f"{base}{path}", encoded=True)
-        data: Any = None
-        if len(body) > WRITE_CHUNK:
-            data = _chunks(body)
-        elif len(body):
-            data = body
         session = self._client()
-        # No redirects: a streamed body cannot be sent twice, and S3 does not redirect
-        # signed requests anyway (a wrong region is a 301 with the right one named).
-        async with session.request(
-            method, url, data=data, headers=headers, allow_redirects=False, proxy=self._proxy
-        ) as response:
-            answer = await response.read()
-            return response.status, response.headers, answer
+        async with asyncio.timeout(None) as watchdog:
+            data: Any = body if len(body) else None
+            if len(body) > UNWATCHED_BODY:
+                loop = asyncio.get_running_loop()
+
+                def progress() -> None:
+                    watchdog.reschedule(loop.time() + self._write_timeout)
+
+                progress()  # connecting and the first slice count too
+                data = _chunks(body, progress)
+            # No redirects: a streamed body cannot be sent twice, and S3 does not redirect
+            # signed requests anyway (a wrong region is a 301 with the right one named).
+            async with session.request(
+                method, url, data=data, headers=headers, allow_redirects=False, proxy=self._proxy
+            ) as response:
+                watchdog.reschedule(None)  # the body is sent: read_timeout bounds the rest
+                answer = await response.read()
+        return response.status, response.headers, answer
 
 
-async def _chunks(body: bytes | memoryview) -> AsyncIterator[memoryview]:
+async def _chunks(
+    body: bytes | memoryview, progress: Callable[[], None]
+) -> AsyncIterator[memoryview]:
     """``body`` in slices: aiohttp then copies none of it into a joined buffer, and the
-    transport buffers at most one slice's unsent tail instead of the whole body."""
+    transport buffers at most one slice's unsent tail instead of the whole body.
+
+    ``progress`` is called each time aiohttp asks for the next slice, which it does once
+    the previous one went to the socket (it waits for the transport to drain first)."""
     view = memoryview(body)
     for start in range(0, len(view), WRITE_CHUNK):
+        progress()
         yield view[start : start + WRITE_CHUNK]
+    progress()  # the last slice is written: the answer's headers are next
 
 
 def env_proxy(endpoint: URL) -> str | None:

@@ -2,29 +2,25 @@
 
 s3fs reads a batch of parts on the event loop and waits for the whole batch before it
 reads the next, so one slow part stalls the rest; and it aborts a multipart upload on
-errors but not on cancellation. Here each part is read in a worker thread when a slot in
-the window frees up, any failure or cancellation aborts the upload, and memory is bounded
-by ``part_size * window``. The requests go through an ``S3Api``: the lean
-``trialsync.s3_client.S3Client``, or ``BotocoreApi`` over s3fs where storage options need
-botocore.
+errors but not on cancellation. Here every read (a small file whole, or one part) runs in
+a worker thread when a slot in the window frees up, any failure or cancellation aborts the
+upload, and memory is bounded by ``part_size * window``. Exactly the scanned ``size`` is
+read and sent, however the file changed since. The requests go through an ``S3Api``: the
+lean ``trialsync.s3_client.S3Client``, or ``BotocoreApi`` over s3fs where storage options
+need botocore.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, Protocol
 
-from trialsync import tasks
+from trialsync import aborts, local_files, small_reads, tasks
 from trialsync.s3_client import Listed
 
-log = logging.getLogger(__name__)
-
 MAX_PARTS = 10_000
-INLINE_READ = 2**20
-_aborts: set[asyncio.Task[None]] = set()
 
 
 class S3Api(Protocol):
@@ -43,6 +39,8 @@ class S3Api(Protocol):
     async def abort_multipart_upload(self, bucket: str, key: str, upload_id: str) -> None: ...
 
     async def delete_object(self, bucket: str, key: str) -> None: ...
+
+    async def get_object(self, bucket: str, key: str) -> bytes: ...
 
     def list_objects(self, bucket: str, prefix: str) -> AsyncIterator[Listed]: ...
 
@@ -89,6 +87,10 @@ class BotocoreApi:
     async def delete_object(self, bucket: str, key: str) -> None:
         await self._fs._call_s3("delete_object", Bucket=bucket, Key=key)
 
+    async def get_object(self, bucket: str, key: str) -> bytes:
+        data: bytes = await self._fs._cat_file(f"{bucket}/{key}")
+        return data
+
     async def list_objects(self, bucket: str, prefix: str) -> AsyncIterator[Listed]:
         # s3fs's find would also fill its directory cache with every entry, which costs
         # seconds and memory at 100,000 objects: page through the listing directly.
@@ -119,12 +121,15 @@ async def put_file(
     part_size: int,
     window: int,
 ) -> None:
-    """Upload ``local_path`` (``size`` bytes) to ``bucket``/``key``."""
+    """Upload the first ``size`` bytes of ``local_path`` (its scanned size) to ``key``.
+
+    A file smaller than two parts goes up in one PutObject; a larger one in parts, at most
+    ``window`` of them read and in flight at once. Local read errors are raised as
+    ``local_files.LocalReadError``.
+    """
     part_size = part_size_for(size, part_size)
     if size < 2 * part_size:
-        # A small read costs less than a hop to a worker thread and back.
-        small = size <= INLINE_READ
-        data = _read_all(local_path) if small else await asyncio.to_thread(_read_all, local_path)
+        data = await small_reads.read_exact(local_path, size)
         await api.put_object(bucket, key, data)
         return
     creating = asyncio.ensure_future(api.create_multipart_upload(bucket, key))
@@ -156,49 +161,32 @@ async def _upload_parts(
     window: int,
 ) -> dict[int, str]:
     etags: dict[int, str] = {}
-    slots = asyncio.Semaphore(window)
-    fd = os.open(local_path, os.O_RDONLY)
+    fd = await asyncio.to_thread(local_files.open_for_reading, local_path)
     try:
 
-        async def part(number: int, offset: int) -> None:
-            async with slots:  # a slot before the read: at most `window` parts in memory
-                length = min(part_size, size - offset)
-                data = await asyncio.to_thread(os.pread, fd, length, offset)
-                if len(data) != length:
-                    raise OSError(f"{local_path} shrank while uploading")
-                etags[number] = await api.upload_part(bucket, key, upload_id, number, data)
+        async def part(numbered: tuple[int, int]) -> None:
+            # Read when a worker is free: at most `window` parts in memory.
+            number, offset = numbered
+            length = min(part_size, size - offset)
+            data = await asyncio.to_thread(local_files.pread_exact, fd, length, offset, local_path)
+            etags[number] = await api.upload_part(bucket, key, upload_id, number, data)
 
-        offsets = range(0, size, part_size)
-        await tasks.run_all([part(n, offset) for n, offset in enumerate(offsets, start=1)])
+        parts = list(enumerate(range(0, size, part_size), start=1))
+        await tasks.bounded(window, parts, part)
     finally:
+        # A read cancelled with the upload may still run in its thread; whatever it reads
+        # after this close is discarded with the cancelled upload.
         os.close(fd)
     return etags
 
 
-async def wait_for_aborts(grace: float) -> None:
-    """Let scheduled aborts finish (at most ``grace`` seconds) before clients close."""
-    if _aborts:
-        await asyncio.wait(set(_aborts), timeout=grace)
-
-
 def _schedule_abort(api: S3Api, bucket: str, key: str, upload_id: str) -> None:
-    task = asyncio.get_running_loop().create_task(_abort(api, bucket, key, upload_id))
-    _aborts.add(task)
-    task.add_done_callback(_aborts.discard)
+    aborts.schedule(
+        lambda: api.abort_multipart_upload(bucket, key, upload_id),
+        f"s3://{bucket}/{key} (multipart upload {upload_id})",
+    )
 
 
 def _abort_created(api: S3Api, bucket: str, key: str, creating: asyncio.Future[str]) -> None:
     if not creating.cancelled() and creating.exception() is None:
         _schedule_abort(api, bucket, key, creating.result())
-
-
-async def _abort(api: S3Api, bucket: str, key: str, upload_id: str) -> None:
-    try:
-        await api.abort_multipart_upload(bucket, key, upload_id)
-    except Exception as exc:
-        log.warning("could not abort the multipart upload of %s/%s: %s", bucket, key, exc)
-
-
-def _read_all(path: str) -> bytes:
-    with open(path, "rb") as handle:
-        return handle.read()

@@ -3,6 +3,8 @@
 One loop runs at most one sync at a time. A request that arrives while a sync runs is
 remembered and served by the next run (coalesced, never dropped). A run that exceeds
 sync_timeout is cancelled and retried with exponential backoff; its work stays pending.
+A trigger completes the checkpoints pending when it arrived, and only those, however
+much later the run that serves it starts.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+from trialsync import backoff, defaults
 from trialsync.engine import Round, SyncEngine
 from trialsync.layout import Kind
 from trialsync.metrics import Metrics
@@ -38,8 +41,8 @@ class Plan:
     periodic_kinds: frozenset[Kind] = frozenset()
     checkpoint_kinds: frozenset[Kind] = frozenset()
     defer_checkpoints: bool = False
-    backoff_base: float = 1.0
-    backoff_max: float = 60.0
+    backoff_base: float = defaults.BACKOFF_BASE
+    backoff_max: float = defaults.MAX_BACKOFF
     reconcile_interval: float | None = None
 
 
@@ -51,10 +54,14 @@ class Scheduler:
         self.ready = asyncio.Event()
         self.failures = 0
         self._wake = asyncio.Event()
-        self._explicit = False
+        self._trigger = False  # a trigger arrived since the last run started
+        self._triggered: set[str] = set()  # the checkpoints pending when triggers arrived
         self._recovered = False
         self._owed: frozenset[Kind] = frozenset()  # kinds of a failed run, retried next
         self._owed_explicit = False  # a failed run was triggered: its retry is too
+        self._owed_complete: frozenset[str] = frozenset()  # and completes what it did
+        self._final: asyncio.Timeout | None = None
+        self._final_cut: float | None = None
         self._retry_at: float | None = None
         self._next_periodic = 0.0
         self._next_reconcile: float | None = None
@@ -64,15 +71,23 @@ class Scheduler:
         self._wake.set()
 
     def request_sync(self) -> None:
-        """An explicit trigger (HTTP or signal): every pending checkpoint counts as complete."""
-        self._explicit = True
+        """An explicit trigger (HTTP or signal): sync now, and the checkpoints pending at
+        this moment count as complete.
+
+        Only those: a checkpoint the trainer starts after the trigger waits for its settle
+        window or a later trigger, also when the run serving this one starts later
+        (coalesced behind a running sync, or a retry). The caller first brings the pending
+        set up to date (``ChangeJournal.catch_up``).
+        """
+        self._triggered.update(self.engine.activity)
+        self._trigger = True
         self._wake.set()
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         self._next_periodic = loop.time()
         while True:
-            if self._retry_at is None or loop.time() >= self._retry_at or self._explicit:
+            if self._retry_at is None or loop.time() >= self._retry_at or self._trigger:
                 now = loop.time()
                 if not self._recovered or (
                     self._next_reconcile is not None and now >= self._next_reconcile
@@ -92,15 +107,19 @@ class Scheduler:
             await self._sleep_until_due()
 
     def _due(self, now: float) -> Round:
-        explicit = self._explicit or self._owed_explicit
-        self._explicit = False
+        explicit = self._trigger or self._owed_explicit
+        # Triggered checkpoints published meanwhile are no longer pending.
+        complete = (self._triggered | self._owed_complete) & self.engine.activity.keys()
+        self._trigger = False
+        self._triggered = set()
         periodic = bool(self.plan.periodic_kinds) and (now >= self._next_periodic or explicit)
+        settled = self.engine.settled_checkpoints(now, self.plan.settle)
         if explicit:
-            checkpoints = sorted(self.engine.activity)
+            checkpoints = sorted({*settled, *complete})
         elif self.plan.defer_checkpoints and not periodic:
             checkpoints = []
         else:
-            checkpoints = self.engine.settled_checkpoints(now, self.plan.settle)
+            checkpoints = settled
         kinds = set(self._owed)
         if checkpoints or explicit:
             kinds |= self.plan.checkpoint_kinds
@@ -110,6 +129,7 @@ class Scheduler:
             kinds |= self.plan.periodic_kinds
         return Round(
             checkpoints=checkpoints,
+            complete=frozenset(complete),
             kinds=frozenset(kinds),
             explicit=explicit,
             maintenance=self.engine.maintenance_due,
@@ -129,14 +149,17 @@ class Scheduler:
             if self._next_reconcile is not None:
                 deadlines.append(self._next_reconcile)
         self._wake.clear()
-        if self._explicit:
+        if self._trigger:
             return
         loop = asyncio.get_running_loop()
         delay = max(0.0, min(deadlines) - loop.time()) if deadlines else None
         if delay == 0.0:
             return
+        # Not asyncio.wait_for: in Python 3.11 it drops a cancel that arrives with the wake
+        # (SIGTERM while a file grows), and the scheduler would never stop.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), delay)
+            async with asyncio.timeout(delay):
+                await self._wake.wait()
 
     async def _recover(self) -> None:
         await self.engine.recover(self.plan.settle)
@@ -161,6 +184,7 @@ class Scheduler:
         self._retry_at = None
         self._owed = frozenset()
         self._owed_explicit = False
+        self._owed_complete = frozenset()
         self.metrics.syncs.labels("success").inc()
         self.metrics.duration.observe(elapsed)
         self.metrics.last_success.set(time.time())
@@ -175,6 +199,7 @@ class Scheduler:
         if work is not None:
             self._owed = work.kinds
             self._owed_explicit = work.explicit
+            self._owed_complete = work.complete
         self.metrics.syncs.labels("failure").inc()
         self.metrics.failures.labels(reason).inc()
         log.error(
@@ -188,44 +213,85 @@ class Scheduler:
         )
 
     def backoff(self) -> float:
-        return float(min(self.plan.backoff_max, self.plan.backoff_base * 2 ** (self.failures - 1)))
+        return backoff.delay(self.failures, self.plan.backoff_base, self.plan.backoff_max)
 
-    async def final_sync(self, within: float) -> bool:
-        """Sync everything once (SIGTERM, --once) in ``within`` seconds; True if all is durable.
+    async def final_sync(self, until: float) -> bool:
+        """Sync everything (SIGTERM, --once) by loop time ``until``; True if all is durable.
 
         Checkpoints still changing are uploaded at once and published when they settle,
         if that happens in time; one that does not settle keeps its files remote but gets
         no manifest, so no reader mistakes a half-written checkpoint for a complete one.
-        Failed attempts are retried with backoff while the time allows.
+        Failed attempts are retried with backoff while the time allows. An unreadable file
+        makes the result False. ``cut_final_sync`` can bring ``until`` forward.
         """
+        try:
+            async with asyncio.timeout_at(until) as budget:
+                self._final = budget
+                if self._final_cut is not None:
+                    self.cut_final_sync(self._final_cut)
+                return await self._final_rounds(budget)
+        except TimeoutError:
+            self._failed("timeout", "the final sync ran out of time", None)
+            self._log_unfinished()
+            return False
+        finally:
+            self._final = None
+
+    def cut_final_sync(self, until: float) -> None:
+        """End the final sync (running or to come) by loop time ``until`` at the latest:
+        SIGTERM during ``--once``."""
+        self._final_cut = until if self._final_cut is None else min(self._final_cut, until)
+        budget = self._final
+        if budget is not None:
+            when = budget.when()
+            if when is None or when > until:
+                budget.reschedule(until)
+
+    async def _final_rounds(self, budget: asyncio.Timeout) -> bool:
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + within
         while True:
             try:
-                async with asyncio.timeout_at(deadline):
-                    if not self._recovered:
-                        await self.engine.recover(self.plan.settle)
-                        self._recovered = True
-                    await self.engine.run(Round(full=True), self.plan.settle)
-            except TimeoutError:
-                self._failed("timeout", f"final sync did not finish within {within}s", None)
-                return False
+                if not self._recovered:
+                    await self.engine.recover(self.plan.settle)
+                    self._recovered = True
+                # Checkpoints a trigger declared complete are published without settling.
+                complete = (self._triggered | self._owed_complete) & self.engine.activity.keys()
+                await self.engine.run(
+                    Round(full=True, complete=frozenset(complete)), self.plan.settle
+                )
             except Exception as exc:
                 self._failed("error", f"{type(exc).__name__}: {exc}", None)
-                if loop.time() + self.backoff() >= deadline:
-                    return False
+                deadline = budget.when()
+                if deadline is not None and loop.time() + self.backoff() >= deadline:
+                    return False  # leave the rest of the budget to aborts and closing
                 await asyncio.sleep(self.backoff())
                 continue
-            settles_at = self.engine.next_settle_deadline(self.plan.settle)
-            if settles_at is None:
-                self.metrics.syncs.labels("success").inc()
-                self.metrics.last_success.set(time.time())
-                self.ready.set()
-                return True
-            if settles_at >= deadline:
-                log.warning(
-                    "checkpoints still changing at the final sync: uploaded, not published",
-                    extra={"checkpoints": sorted(self.engine.activity)},
-                )
+            wake_at = self.engine.next_settle_deadline(self.plan.settle)
+            if wake_at is None:
+                if self.engine.failed:
+                    log.error(
+                        "final sync: files could not be read",
+                        extra={"paths": sorted(self.engine.failed)},
+                    )
+                    return False
+                if not self.engine.unsynced_files():
+                    self.metrics.syncs.labels("success").inc()
+                    self.metrics.last_success.set(time.time())
+                    self.ready.set()
+                    return True
+                # Files changed while they were read: once more, shortly.
+                wake_at = loop.time() + min(self.plan.settle, 1.0)
+            deadline = budget.when()
+            if deadline is not None and wake_at >= deadline:
+                self._log_unfinished()
                 return False
-            await asyncio.sleep(max(0.0, settles_at - loop.time()))
+            await asyncio.sleep(max(0.0, wake_at - loop.time()))
+
+    def _log_unfinished(self) -> None:
+        log.warning(
+            "checkpoints still changing at the final sync: uploaded, not published",
+            extra={
+                "checkpoints": sorted(self.engine.activity),
+                "files": self.engine.unsynced_files(),
+            },
+        )

@@ -14,10 +14,14 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from trialsync import defaults
+from trialsync.config import DEFAULT_SYNC_PERIOD as SYNC_PERIOD
+from trialsync.config import DEFAULT_SYNC_TIMEOUT as SYNC_TIMEOUT
 from trialsync.config import SyncConfig
-from trialsync.layout import DEFAULT_CHECKPOINT_PATTERN, Layout
+from trialsync.layout import Layout
 
 ENV_PREFIX = "TRIALSYNC_"
+S3_MIN_PART_SIZE = 5 * 2**20  # S3 refuses smaller parts (but the last)
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -30,34 +34,43 @@ class ConfigError(ValueError):
 class Settings:
     root: str
     config: SyncConfig
-    role: str = "worker"
+    role: str = defaults.ROLE
     head_url: str | None = None
     # The head-node service (role head, no upload dir) and a worker's identity with it.
-    receiver_max_object_size: int = 16 * 2**30
-    receiver_max_uploads: int = 64
-    receiver_claim_lease: float = 600.0
-    receiver_state_dir: str = ""  # "" = <root>/.trialsync-head
-    head_identity_file: str = "/tmp/trialsync/head-identity.json"
+    receiver_max_object_size: int = defaults.RECEIVER_MAX_OBJECT_SIZE
+    receiver_max_uploads: int = defaults.RECEIVER_MAX_UPLOADS
+    receiver_claim_lease: float = defaults.RECEIVER_CLAIM_LEASE
+    receiver_state_dir: str = ""  # "" = <root>/defaults.RECEIVER_STATE_DIR
+    head_identity_file: str = defaults.HEAD_IDENTITY_FILE
     head_token: str = ""
-    receiver_addr: str = "0.0.0.0:9747"
+    receiver_addr: str = defaults.RECEIVER_ADDR
     layout: Layout = dataclasses.field(default_factory=Layout)
-    checkpoint_settle: float = 3.0
+    checkpoint_settle: float = defaults.CHECKPOINT_SETTLE
     once: bool = False
-    final_sync_timeout: float = 25.0
+    final_sync_timeout: float = defaults.FINAL_SYNC_TIMEOUT
     mirror_deletes: bool = False
     storage_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-    s3_client: str = "auto"
-    http_addr: str = "0.0.0.0:9746"
-    files_in_flight: int = 32
-    part_size: int = 16 * 2**20
-    upload_memory: int = 256 * 2**20
-    reconcile_interval: float = 3600.0
-    poll_interval: float = 10.0
-    max_backoff: float = 60.0
-    log_level: str = "info"
+    s3_client: str = defaults.S3_CLIENT
+    http_addr: str = defaults.HTTP_ADDR
+    files_in_flight: int = defaults.FILES_IN_FLIGHT
+    part_size: int = defaults.PART_SIZE
+    upload_memory: int = defaults.UPLOAD_MEMORY
+    reconcile_interval: float = defaults.RECONCILE_INTERVAL
+    poll_interval: float = defaults.POLL_INTERVAL
+    max_backoff: float = defaults.MAX_BACKOFF
+    log_level: str = defaults.LOG_LEVEL
+
+
+def _n(value: float) -> str:
+    return f"{value:g}"
+
+
+def _mib(size: int) -> str:
+    return f"{size // 2**20} MiB"
 
 
 def _parser() -> argparse.ArgumentParser:
+    d = defaults
     p = argparse.ArgumentParser(
         prog="trialsync sync",
         description="Sync a Ray storage path (<experiment>/<trial>/checkpoint_N/) to storage.",
@@ -72,59 +85,104 @@ def _parser() -> argparse.ArgumentParser:
         "--head-token-file",
         help="file holding the head-node service token (or TRIALSYNC_HEAD_TOKEN)",
     )
-    a("--receiver-addr", help="host:port the head serves workers on (default 0.0.0.0:9747)")
-    a("--role", choices=["worker", "head"], help="worker (default) or head")
-    a("--sync-period", type=float, help="seconds between periodic syncs (default 300)")
-    a("--sync-timeout", type=float, help="seconds before a sync is cancelled (default 1800)")
+    a("--receiver-addr", help=f"host:port the head serves workers on (default {d.RECEIVER_ADDR})")
+    a("--role", choices=["worker", "head"], help=f"worker or head (default {d.ROLE})")
+    a(
+        "--sync-period",
+        type=float,
+        help=f"seconds between periodic syncs (default {_n(SYNC_PERIOD)})",
+    )
+    a(
+        "--sync-timeout",
+        type=float,
+        help=f"seconds before a sync is cancelled (default {_n(SYNC_TIMEOUT)})",
+    )
     a("--sync-artifacts", action=argparse.BooleanOptionalAction, help="default true")
     a("--sync-on-checkpoint", action=argparse.BooleanOptionalAction, help="default true")
     a("--syncer", help="auto (default), none, or package.module:Class")
     a(
         "--checkpoint-pattern",
-        help=f"glob for checkpoint dirs (default {DEFAULT_CHECKPOINT_PATTERN})",
+        help=f"glob for checkpoint dirs (default {d.CHECKPOINT_PATTERN})",
     )
     a("--exclude", action="append", help="glob of root-relative paths to skip (repeatable)")
-    a("--checkpoint-settle", type=float, help="seconds without change = complete (default 3)")
+    a(
+        "--checkpoint-settle",
+        type=float,
+        help=f"seconds without change = complete (default {_n(d.CHECKPOINT_SETTLE)})",
+    )
     a("--once", action=argparse.BooleanOptionalAction, help="sync everything once, then exit")
-    a("--final-sync-timeout", type=float, help="bound on the SIGTERM final sync (default 25)")
+    a(
+        "--final-sync-timeout",
+        type=float,
+        help="seconds for everything after SIGTERM: the final sync, then aborting its "
+        f"cancelled uploads (default {_n(d.FINAL_SYNC_TIMEOUT)})",
+    )
     a("--mirror-deletes", action=argparse.BooleanOptionalAction, help="delete remote copies")
     a("--storage-option", action="append", help="KEY=VALUE for the fsspec backend (repeatable)")
     a(
         "--s3-client",
         choices=["auto", "botocore"],
-        help="auto (default): trialsync's lean S3 client unless a storage option needs "
-        "botocore; botocore: always s3fs/botocore",
+        help=f"auto: trialsync's lean S3 client unless a storage option needs "
+        f"botocore; botocore: always s3fs/botocore (default {d.S3_CLIENT})",
     )
-    a("--http-addr", help="host:port for /healthz, /readyz, /metrics, POST /sync")
-    a("--files-in-flight", type=int, help="concurrent file uploads (default 32)")
-    a("--part-size", type=int, help="multipart part size in bytes (default 16 MiB)")
-    a("--upload-memory", type=int, help="bytes of upload buffers at most (default 256 MiB)")
-    a("--reconcile-interval", type=float, help="seconds between ledger rebuilds, 0 = never")
-    a("--poll-interval", type=float, help="seconds between scans without inotify (default 10)")
-    a("--max-backoff", type=float, help="cap on the retry backoff in seconds (default 60)")
-    a("--log-level", choices=["debug", "info", "warning", "error"], help="default info")
+    a(
+        "--http-addr",
+        help=f"host:port for /healthz, /readyz, /metrics, POST /sync (default {d.HTTP_ADDR})",
+    )
+    a("--files-in-flight", type=int, help=f"concurrent file uploads (default {d.FILES_IN_FLIGHT})")
+    a("--part-size", type=int, help=f"multipart part size in bytes (default {_mib(d.PART_SIZE)})")
+    a(
+        "--upload-memory",
+        type=int,
+        help=f"bytes of upload buffers at most (default {_mib(d.UPLOAD_MEMORY)})",
+    )
+    a(
+        "--reconcile-interval",
+        type=float,
+        help=f"seconds between ledger rebuilds, 0 = never (default {_n(d.RECONCILE_INTERVAL)})",
+    )
+    a(
+        "--poll-interval",
+        type=float,
+        help=f"seconds between scans without inotify (default {_n(d.POLL_INTERVAL)})",
+    )
+    a(
+        "--max-backoff",
+        type=float,
+        help=f"cap on the retry backoff in seconds (default {_n(d.MAX_BACKOFF)})",
+    )
+    a("--log-level", choices=["debug", "info", "warning", "error"], help=f"default {d.LOG_LEVEL}")
     return p
 
 
 def _head_service_flags(a: Callable[..., Any]) -> None:
     """Flags of the head-node service, and of a worker's identity with it."""
+    d = defaults
     a(
         "--head-identity-file",
-        help="where a worker keeps its identity (default /tmp/trialsync/head-identity.json)",
+        help=f"where a worker keeps its identity (default {d.HEAD_IDENTITY_FILE})",
     )
     a(
         "--receiver-max-object-size",
         type=int,
-        help="bytes of the largest object the head accepts (default 16 GiB)",
+        help="bytes of the largest object the head accepts "
+        f"(default {d.RECEIVER_MAX_OBJECT_SIZE // 2**30} GiB)",
     )
-    a("--receiver-max-uploads", type=int, help="uploads the head takes at once (default 64)")
+    a(
+        "--receiver-max-uploads",
+        type=int,
+        help=f"uploads the head takes at once (default {d.RECEIVER_MAX_UPLOADS})",
+    )
     a(
         "--receiver-claim-lease",
         type=float,
         help="seconds without a write after which another worker may take a trial dir over "
-        "(default 600)",
+        f"(default {_n(d.RECEIVER_CLAIM_LEASE)})",
     )
-    a("--receiver-state-dir", help="the head's key and claims (default <root>/.trialsync-head)")
+    a(
+        "--receiver-state-dir",
+        help=f"the head's key and claims (default <root>/{d.RECEIVER_STATE_DIR})",
+    )
 
 
 def known_env_names() -> set[str]:
@@ -200,7 +258,7 @@ def _build(values: dict[str, Any], environ: Mapping[str, str]) -> Settings:
         raise ConfigError("--root (or TRIALSYNC_ROOT) is required: the trial data directory")
     if not os.path.isdir(root):
         raise ConfigError(f"--root {root!r} is not a directory")
-    syncer: str | None = values.get("syncer", "auto")
+    syncer: str | None = values.get("syncer", SyncConfig.syncer)
     if syncer == "none":
         syncer = None
     upload_dir = values.get("upload_dir") or None
@@ -212,14 +270,14 @@ def _build(values: dict[str, Any], environ: Mapping[str, str]) -> Settings:
         syncer=syncer,
         sync_period=values.get("sync_period", SyncConfig.sync_period),
         sync_timeout=values.get("sync_timeout", SyncConfig.sync_timeout),
-        sync_artifacts=values.get("sync_artifacts", True),
-        sync_on_checkpoint=values.get("sync_on_checkpoint", True),
+        sync_artifacts=values.get("sync_artifacts", SyncConfig.sync_artifacts),
+        sync_on_checkpoint=values.get("sync_on_checkpoint", SyncConfig.sync_on_checkpoint),
     )
     try:
         config.validate_upload_dir()
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
-    role = values.get("role", "worker")
+    role = values.get("role", defaults.ROLE)
     head_token = ""
     if head_url and role == "head":
         raise ConfigError("--head-url is for workers; the head serves on --receiver-addr")
@@ -243,10 +301,10 @@ def _build(values: dict[str, Any], environ: Mapping[str, str]) -> Settings:
     for name in ("files_in_flight", "part_size", "upload_memory"):
         if name in values and values[name] < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
-    if values.get("part_size", 5 * 2**20) < 5 * 2**20:
+    if values.get("part_size", defaults.PART_SIZE) < S3_MIN_PART_SIZE:
         raise ConfigError("--part-size must be at least 5 MiB (the S3 minimum part size)")
     layout = Layout(
-        checkpoint_pattern=values.get("checkpoint_pattern", DEFAULT_CHECKPOINT_PATTERN),
+        checkpoint_pattern=values.get("checkpoint_pattern", defaults.CHECKPOINT_PATTERN),
         excludes=tuple(values.get("exclude", ())),
     )
     kwargs = {
@@ -282,9 +340,6 @@ def _build(values: dict[str, Any], environ: Mapping[str, str]) -> Settings:
     )
 
 
-STATE_DIR = ".trialsync-head"  # the head-node service's own dir in its root
-
-
 def _head_service(root: str, values: dict[str, Any]) -> dict[str, Any]:
     """Settings of the head-node service and of a worker's identity with it, validated."""
     for name in ("receiver_max_object_size", "receiver_max_uploads"):
@@ -292,7 +347,7 @@ def _head_service(root: str, values: dict[str, Any]) -> dict[str, Any]:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
     if "receiver_claim_lease" in values and not values["receiver_claim_lease"] > 0:
         raise ConfigError("--receiver-claim-lease must be positive")
-    state_dir = values.get("receiver_state_dir") or os.path.join(root, STATE_DIR)
+    state_dir = values.get("receiver_state_dir") or os.path.join(root, defaults.RECEIVER_STATE_DIR)
     identity = os.path.abspath(values.get("head_identity_file") or Settings.head_identity_file)
     if values.get("head_url") and identity.startswith(root + os.sep):
         raise ConfigError(

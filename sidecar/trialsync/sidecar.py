@@ -8,7 +8,7 @@ import dataclasses
 import logging
 import signal
 
-from trialsync import head_receiver, status_server
+from trialsync import aborts, defaults, head_receiver, status_server
 from trialsync.engine import EngineOptions, SyncEngine
 from trialsync.head_store import HeadStore
 from trialsync.layout import Kind
@@ -18,7 +18,7 @@ from trialsync.settings import ConfigError, Settings
 from trialsync.store import RemoteStore, Store
 from trialsync.syncer import load_syncer
 from trialsync.syncer_store import SyncerStore
-from trialsync.watcher import start_journal
+from trialsync.watcher import ChangeJournal, start_journal
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +82,40 @@ def receiver_options(settings: Settings) -> head_receiver.ReceiverOptions:
     )
 
 
+class Shutdown:
+    """The time after SIGTERM, all of it within ``--final-sync-timeout`` seconds.
+
+    The final sync may use the budget less a reserve (a fifth of it, at most
+    ``defaults.ABORT_GRACE`` seconds); in the reserve, the HTTP server stops (at most
+    ``status_server.SHUTDOWN_TIMEOUT``), the multipart uploads the sync had to cancel are
+    aborted and the store's connections closed. What is left after the budget is exiting,
+    which takes well under a second.
+    """
+
+    def __init__(self, budget: float) -> None:
+        self.budget = budget
+        self.ends: float | None = None  # loop time; None until SIGTERM
+
+    def begin(self) -> float:
+        """SIGTERM arrived: the loop time by which the final sync must end."""
+        if self.ends is None:
+            self.ends = asyncio.get_running_loop().time() + self.budget
+        return self.ends - defaults.abort_reserve(self.budget)
+
+    async def close(self, store: Store) -> None:
+        """Close ``store`` (it waits for pending aborts), by the end of the budget if
+        SIGTERM came."""
+        try:
+            async with asyncio.timeout_at(self.ends):
+                await store.close()
+        except TimeoutError:
+            log.warning(
+                "out of time closing the store: %d upload aborts unfinished (a bucket "
+                "lifecycle rule removes what they leave)",
+                aborts.pending(),
+            )
+
+
 async def run(settings: Settings) -> int:
     """Run until SIGTERM (then a final sync), or once with ``--once``; the exit code."""
     config = settings.config
@@ -109,63 +143,111 @@ async def run(settings: Settings) -> int:
         metrics,
     )
     scheduler = Scheduler(engine, build_plan(settings), metrics)
+    shutdown = Shutdown(settings.final_sync_timeout)
     try:
         if settings.once:
-            ok = await scheduler.final_sync(config.sync_timeout)
-            log.info("sync once finished", extra={"durable": ok})
-            return 0 if ok else 1
-        return await _serve(settings, engine, scheduler, metrics)
+            ok = await _once(settings, scheduler, shutdown)
+        else:
+            ok = await _serve(settings, engine, scheduler, metrics, shutdown)
     finally:
-        await store.close()
+        await shutdown.close(store)
+    return 0 if ok else 1
+
+
+async def _once(settings: Settings, scheduler: Scheduler, shutdown: Shutdown) -> bool:
+    """``--once``: sync everything within sync_timeout; SIGTERM cuts it to the budget."""
+    loop = asyncio.get_running_loop()
+
+    def terminate() -> None:
+        log.info("SIGTERM: ending the sync", extra={"within": shutdown.budget})
+        scheduler.cut_final_sync(shutdown.begin())
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, terminate)
+    # A trainer that signals each checkpoint must not kill a --once run (SIGUSR1's default
+    # action); there is nothing to trigger, everything is synced anyway.
+    loop.add_signal_handler(signal.SIGUSR1, lambda: None)
+    ok = await scheduler.final_sync(loop.time() + settings.config.sync_timeout)
+    log.info("sync once finished", extra={"durable": ok})
+    return ok
 
 
 async def _serve(
-    settings: Settings, engine: SyncEngine, scheduler: Scheduler, metrics: Metrics
-) -> int:
+    settings: Settings,
+    engine: SyncEngine,
+    scheduler: Scheduler,
+    metrics: Metrics,
+    shutdown: Shutdown,
+) -> bool:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+    journal: ChangeJournal | None = None
+    triggers: set[asyncio.Task[None]] = set()
+
+    async def trigger() -> None:
+        # The trainer wrote its checkpoint before it triggered: take in those changes, so
+        # the trigger completes exactly the checkpoints that exist now.
+        if journal is not None:
+            await journal.catch_up()
+        scheduler.request_sync()
+
+    def on_signal_trigger() -> None:
+        task = loop.create_task(trigger())
+        triggers.add(task)
+        task.add_done_callback(triggers.discard)
+
+    def terminate() -> None:
+        shutdown.begin()
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGUSR1, scheduler.request_sync)
+        loop.add_signal_handler(sig, terminate)
+    loop.add_signal_handler(signal.SIGUSR1, on_signal_trigger)
     runner, port = await status_server.start(
-        settings.http_addr, metrics, scheduler.ready.is_set, scheduler.request_sync
+        settings.http_addr, metrics, scheduler.ready.is_set, trigger
     )
+    try:
 
-    def on_change(rel: str, is_dir: bool, removed: bool) -> None:
-        engine.note_change(rel, is_dir, removed)
-        scheduler.wake()
+        def on_change(rel: str, is_dir: bool, removed: bool) -> None:
+            engine.note_change(rel, is_dir, removed)
+            scheduler.wake()
 
-    def on_overflow() -> None:
-        engine.note_overflow()
-        scheduler.wake()
+        def on_overflow() -> None:
+            engine.note_overflow()
+            scheduler.wake()
 
-    journal = start_journal(settings.root, settings.poll_interval, on_change, on_overflow)
-    log.info(
-        "sidecar started",
-        extra={
-            "root": settings.root,
-            "upload_dir": settings.config.upload_dir,
-            "role": settings.role,
-            "http_port": port,
-            "sync_period": settings.config.sync_period,
-            "sync_timeout": settings.config.sync_timeout,
-        },
-    )
-    task = loop.create_task(scheduler.run())
-    stopped = loop.create_task(stop.wait())
-    await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
-    if task.done():
-        stopped.cancel()
-        task.result()  # the scheduler never returns on its own; surface its error
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-    journal.close()
-    log.info("SIGTERM: final sync of everything", extra={"within": settings.final_sync_timeout})
-    ok = await scheduler.final_sync(settings.final_sync_timeout)
-    log.info("final sync finished", extra={"durable": ok})
-    await runner.cleanup()
-    return 0 if ok else 1
+        journal = await start_journal(settings.root, settings.poll_interval, on_change, on_overflow)
+        log.info(
+            "sidecar started",
+            extra={
+                "root": settings.root,
+                "upload_dir": settings.config.upload_dir,
+                "role": settings.role,
+                "http_port": port,
+                "sync_period": settings.config.sync_period,
+                "sync_timeout": settings.config.sync_timeout,
+            },
+        )
+        task = loop.create_task(scheduler.run())
+        stopped = loop.create_task(stop.wait())
+        await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            stopped.cancel()
+            task.result()  # the scheduler never returns on its own; surface its error
+        until = shutdown.begin()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        # The journal stays open: a checkpoint that changes during the final sync must
+        # not be published from what it was before.
+        log.info("SIGTERM: final sync of everything", extra={"within": shutdown.budget})
+        ok = await scheduler.final_sync(until)
+        log.info("final sync finished", extra={"durable": ok})
+        return ok
+    finally:
+        if journal is not None:
+            journal.close()
+        await runner.cleanup()
 
 
 async def _serve_without_syncing(settings: Settings, metrics: Metrics) -> None:
@@ -174,7 +256,7 @@ async def _serve_without_syncing(settings: Settings, metrics: Metrics) -> None:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    runner, _ = await status_server.start(settings.http_addr, metrics, lambda: True, lambda: None)
+    runner, _ = await status_server.start(settings.http_addr, metrics, lambda: True, _no_sync)
     receiver = None
     if settings.config.syncer is None:
         log.info("syncing disabled (syncer=none and no upload dir); idling")
@@ -187,3 +269,7 @@ async def _serve_without_syncing(settings: Settings, metrics: Metrics) -> None:
     if receiver is not None:
         await receiver.cleanup()
     await runner.cleanup()
+
+
+async def _no_sync() -> None:
+    """POST /sync where nothing syncs."""

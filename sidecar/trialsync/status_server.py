@@ -2,22 +2,30 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from trialsync.metrics import Metrics
 
+# The handlers answer at once; stopping must not hold the SIGTERM budget (aiohttp waits
+# 60 s for open requests by default).
+SHUTDOWN_TIMEOUT = 1.0
+
 
 async def start(
-    addr: str, metrics: Metrics, is_ready: Callable[[], bool], request_sync: Callable[[], None]
+    addr: str,
+    metrics: Metrics,
+    is_ready: Callable[[], bool],
+    request_sync: Callable[[], Awaitable[None]],
 ) -> tuple[web.AppRunner, int]:
     """Serve on ``host:port`` (port 0 picks one); returns the runner and the bound port.
 
     ``GET /healthz``: 200 while the process serves. ``GET /readyz``: 200 after the first
     successful sync, 503 before. ``GET /metrics``: Prometheus text. ``POST /sync`` (from
-    localhost only): 202, pending checkpoints are complete, sync now.
+    localhost only): 202 once ``request_sync`` has taken note of the pending checkpoints
+    (they are complete; a checkpoint started after the answer is not), sync now.
     """
 
     async def healthz(_: web.Request) -> web.Response:
@@ -37,7 +45,7 @@ async def start(
         # checkpoints complete; anyone else could get half-written ones published.
         if request.remote not in ("127.0.0.1", "::1"):
             return web.Response(status=403, text="POST /sync is accepted from localhost only\n")
-        request_sync()
+        await request_sync()
         return web.Response(status=202, text="sync requested\n")
 
     app = web.Application()
@@ -49,12 +57,16 @@ async def start(
             web.post("/sync", sync),
         ]
     )
-    return await serve(app, addr)
+    return await serve(app, addr, shutdown_timeout=SHUTDOWN_TIMEOUT)
 
 
-async def serve(app: web.Application, addr: str) -> tuple[web.AppRunner, int]:
-    """Serve ``app`` on ``host:port`` (port 0 picks one); returns the runner and the port."""
-    runner = web.AppRunner(app, access_log=None)
+async def serve(
+    app: web.Application, addr: str, shutdown_timeout: float = 60.0
+) -> tuple[web.AppRunner, int]:
+    """Serve ``app`` on ``host:port`` (port 0 picks one); returns the runner and the port.
+
+    ``shutdown_timeout``: how long cleanup() waits for requests in progress."""
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout)
     await runner.setup()
     host, _, port = addr.rpartition(":")
     await web.TCPSite(runner, host or "0.0.0.0", int(port)).start()

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from trialsync import scanner, tasks, transfer
+from trialsync import local_files, scanner, tasks, transfer
 from trialsync.config import (
     DEFAULT_SYNC_PERIOD,
     DEFAULT_SYNC_TIMEOUT,
@@ -216,22 +216,30 @@ class FsspecSyncer(Syncer):
             if not _excluded(rel, exclude) and not ledger.is_current(rel, st)
         }
         store = self._store(remote_dir)
-        await transfer.upload_files(store, local_dir, todo, transfer.Gates(), ledger.record)
+        failures = await transfer.upload_files(
+            store, local_dir, todo, transfer.Gates(), ledger.record
+        )
+        # A file deleted meanwhile is no failure; one that could not be read is.
+        failed = {
+            rel: f"{f.reason}: {f.detail}"
+            for rel, f in failures.items()
+            if f.reason != local_files.VANISHED
+        }
+        if failed:
+            raise SyncError(f"{len(failed)} files not uploaded: {failed}")
 
     async def _sync_down(self, remote_dir: str, local_dir: str, exclude: list[str]) -> None:
         """Every remote file into ``local_dir``, streamed (never held whole in memory), each
         written to a temp file and renamed into place, ``DOWNLOADS_IN_FLIGHT`` at a time."""
         store = self._store(remote_dir)
-        slots = asyncio.Semaphore(DOWNLOADS_IN_FLIGHT)
 
         async def one(rel: str) -> None:
             target = os.path.join(local_dir, rel)
-            async with slots:
-                await asyncio.to_thread(os.makedirs, os.path.dirname(target), exist_ok=True)
-                await store.get_file(rel, target)
+            await asyncio.to_thread(os.makedirs, os.path.dirname(target), exist_ok=True)
+            await store.get_file(rel, target)
 
         rels = [rel for rel in await store.list() if not _excluded(rel, exclude)]
-        await tasks.run_all([one(rel) for rel in rels])
+        await tasks.bounded(DOWNLOADS_IN_FLIGHT, rels, one)
 
     async def _delete(self, remote_dir: str) -> None:
         store = self._store(remote_dir)

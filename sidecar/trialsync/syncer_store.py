@@ -29,7 +29,9 @@ class SyncerStore:
     def url(self, rel: str) -> str:
         return f"{self.upload_dir}/{rel}" if rel else self.upload_dir
 
-    async def put_file(self, local_path: str, rel: str) -> None:
+    async def put_file(self, local_path: str, rel: str, size: int) -> None:
+        """The syncer sends the whole file as it is now; a file that changed since its
+        scan is caught by the re-check before the checkpoint's manifest."""
         async with self._lock:
             await asyncio.to_thread(self._put_file, local_path, rel)
 
@@ -39,6 +41,11 @@ class SyncerStore:
 
     async def list(self, rel_prefix: str = "") -> dict[str, RemoteObject]:
         return {}
+
+    async def read_bytes(self, rel: str) -> bytes:
+        # A Syncer reads whole directories only. The engine reads what list() reports,
+        # which is nothing.
+        raise FileNotFoundError(f"{self.url(rel)}: a Syncer cannot read single objects")
 
     async def delete(self, rels: Iterable[str]) -> None:
         async with self._lock:

@@ -1,10 +1,12 @@
-"""Running coroutines together with the first failure surfaced as itself."""
+"""Running coroutines together: the first failure surfaced as itself, and bounded fan-out."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
-from typing import Any
+from collections.abc import Awaitable, Callable, Collection, Coroutine
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 async def run_all(coros: list[Coroutine[Any, Any, None]]) -> None:
@@ -22,3 +24,19 @@ async def run_all(coros: list[Coroutine[Any, Any, None]]) -> None:
         if len(failed.exceptions) > 1:
             first.add_note(f"{len(failed.exceptions) - 1} more operations failed")
         raise first from None
+
+
+async def bounded(limit: int, items: Collection[T], each: Callable[[T], Awaitable[None]]) -> None:
+    """Run ``each(item)`` for every item, at most ``limit`` at a time, in the items' order.
+
+    ``limit`` workers take the next item as they finish one, so no more than ``limit``
+    coroutines exist at once, however many items there are. The first failure cancels
+    the rest and is raised as itself (see ``run_all``).
+    """
+    pending = iter(items)
+
+    async def worker() -> None:
+        for item in pending:  # shared: each item goes to exactly one worker
+            await each(item)
+
+    await run_all([worker() for _ in range(min(max(1, limit), len(items)))])

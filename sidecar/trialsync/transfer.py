@@ -8,13 +8,13 @@ import logging
 import os
 from collections.abc import AsyncIterator, Callable
 
-from trialsync import s3_upload, tasks
+from trialsync import defaults, local_files, s3_upload, tasks
 from trialsync.ledger import Stat
-from trialsync.store import DEFAULT_PART_CONCURRENCY, DEFAULT_PART_SIZE, Store
+from trialsync.local_files import FileFailure
+from trialsync.store import Store
+from trialsync.store_errors import ObjectRefused
 
 log = logging.getLogger(__name__)
-
-DEFAULT_MEMORY = 256 * 2**20
 
 
 class Gates:
@@ -23,16 +23,18 @@ class Gates:
     A file smaller than two parts is read into memory whole, a larger one
     ``part_concurrency`` parts at a time; each upload reserves that much of ``memory``
     before it starts, so the sidecar's buffers never exceed it (one file larger than the
-    whole budget still goes, alone).
+    whole budget still goes, alone). Uploads read the scanned size and no more, so a file
+    that grows meanwhile does not break the bound.
     """
 
     def __init__(
         self,
-        files: int = 32,
-        memory: int = DEFAULT_MEMORY,
-        part_size: int = DEFAULT_PART_SIZE,
-        part_concurrency: int = DEFAULT_PART_CONCURRENCY,
+        files: int = defaults.FILES_IN_FLIGHT,
+        memory: int = defaults.UPLOAD_MEMORY,
+        part_size: int = defaults.PART_SIZE,
+        part_concurrency: int = defaults.PART_CONCURRENCY,
     ) -> None:
+        self.files = files
         self._files = asyncio.Semaphore(files)
         self._memory = memory
         self._free = memory
@@ -66,25 +68,33 @@ async def upload_files(
     todo: dict[str, Stat],
     gates: Gates,
     on_uploaded: Callable[[str, Stat], None],
-) -> None:
-    """Upload each root-relative path in ``todo``; call ``on_uploaded`` as each lands.
+) -> dict[str, FileFailure]:
+    """Upload each root-relative path in ``todo`` as scanned; call ``on_uploaded`` as each lands.
 
     Largest first, so long transfers start early and small files fill the gaps. A file
-    that vanished meanwhile is skipped (its deletion is a change the journal reports). On
-    the first failure the rest are cancelled and that failure is raised as itself, not as
-    an ExceptionGroup, with a note of how many others failed.
+    that cannot be sent as scanned (deleted, changed, unreadable) or that the store refuses
+    alone fails alone: it is returned with the reason and the others go on. A failure of
+    the store cancels the rest and is raised as itself, not as an ExceptionGroup.
     """
+    failures: dict[str, FileFailure] = {}
 
-    async def one(rel: str, st: Stat) -> None:
+    async def one(item: tuple[str, Stat]) -> None:
+        rel, st = item
+        path = os.path.join(root, rel)
         try:
             async with gates.slot(st[0]):
-                await store.put_file(os.path.join(root, rel), rel)
-        except FileNotFoundError:
-            if os.path.lexists(os.path.join(root, rel)):  # noqa: ASYNC240 - one stat
-                raise  # the remote side said not found: a real error
-            log.info("file vanished before upload; skipped", extra={"path": rel})
+                await store.put_file(path, rel, st[0])
+        except ObjectRefused as exc:
+            failures[rel] = FileFailure(local_files.REFUSED, str(exc))
+            return
+        except Exception as exc:
+            failure = await asyncio.to_thread(local_files.diagnose, path, st, exc)
+            if failure is None:
+                raise  # the file is fine: the store failed
+            failures[rel] = failure
             return
         on_uploaded(rel, st)
 
     ordered = sorted(todo.items(), key=lambda item: -item[1][0])
-    await tasks.run_all([one(rel, st) for rel, st in ordered])
+    await tasks.bounded(gates.files, ordered, one)
+    return failures

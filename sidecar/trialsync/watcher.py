@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import ctypes
 import ctypes.util
+import dataclasses
 import errno
 import logging
 import os
@@ -19,7 +20,8 @@ import struct
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
-from trialsync import scanner
+from trialsync import defaults, scanner
+from trialsync.ledger import Stat
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +56,11 @@ _HEADER = struct.Struct("iIII")
 
 
 class ChangeJournal(Protocol):
-    def start(self, on_change: OnChange, on_overflow: OnOverflow) -> None: ...
+    async def start(self, on_change: OnChange, on_overflow: OnOverflow) -> None:
+        """Watch from now on; returns once the watch is in place."""
+
+    async def catch_up(self) -> None:
+        """Report every change made before this call (a trigger calls it first)."""
 
     def close(self) -> None: ...
 
@@ -63,10 +69,22 @@ class InotifyUnavailable(OSError):
     pass
 
 
-class InotifyJournal:
-    """Recursive inotify watch of ``root``; must be started inside a running event loop."""
+@dataclasses.dataclass
+class _Walk:
+    """What watching a subtree found: its directories and files, root-relative."""
 
-    def __init__(self, root: str, poll_interval: float = 10.0) -> None:
+    dirs: list[str] = dataclasses.field(default_factory=list)
+    files: list[str] = dataclasses.field(default_factory=list)
+
+
+class InotifyJournal:
+    """Recursive inotify watch of ``root``; must be started inside a running event loop.
+
+    Watching a subtree (a scandir per directory: seconds for a large tree) runs in a worker
+    thread, so the event loop keeps serving ``/healthz`` meanwhile.
+    """
+
+    def __init__(self, root: str, poll_interval: float = defaults.POLL_INTERVAL) -> None:
         self._root = root
         self._poll_interval = poll_interval
         self._fallback: PollingJournal | None = None
@@ -76,7 +94,10 @@ class InotifyJournal:
         if fd < 0:
             raise InotifyUnavailable(ctypes.get_errno(), "inotify_init1 failed")
         self._fd: int = fd
+        # Written by the walking thread as each watch is added (before its directory is
+        # read), so the loop knows a watch as soon as its first event can arrive.
         self._dirs: dict[int, str] = {}
+        self._walks: set[asyncio.Task[None]] = set()
         self._on_change: OnChange = _ignore_change
         self._on_overflow: OnOverflow = _ignore_overflow
 
@@ -84,12 +105,22 @@ class InotifyJournal:
     def watched_dirs(self) -> int:
         return len(self._dirs)
 
-    def start(self, on_change: OnChange, on_overflow: OnOverflow) -> None:
+    async def start(self, on_change: OnChange, on_overflow: OnOverflow) -> None:
         self._on_change, self._on_overflow = on_change, on_overflow
-        self._watch_tree("", announce=False)
+        await asyncio.to_thread(self._watch_tree, "", False)
         asyncio.get_running_loop().add_reader(self._fd, self._read)
 
+    async def catch_up(self) -> None:
+        if self._fd >= 0:
+            self._read()  # a change made before now has its event queued in the kernel
+        while self._walks:  # new subtrees being watched, which announce what they hold
+            await asyncio.wait(set(self._walks))
+        if self._fallback is not None:
+            await self._fallback.catch_up()
+
     def close(self) -> None:
+        for walk in self._walks:
+            walk.cancel()
         if self._fallback is not None:
             self._fallback.close()
         if self._fd >= 0:
@@ -98,8 +129,10 @@ class InotifyJournal:
             os.close(self._fd)
             self._fd = -1
 
-    def _watch_tree(self, rel: str, announce: bool) -> None:
-        """Watch ``rel`` and every directory below it; announce files found (a new subtree)."""
+    def _watch_tree(self, rel: str, collect: bool) -> _Walk:
+        """Watch ``rel`` and every directory below it; with ``collect``, what it holds (a
+        new subtree, to announce). Blocks: run it in a worker thread."""
+        found = _Walk()
         stack = [rel]
         while stack:
             current = stack.pop()
@@ -111,8 +144,8 @@ class InotifyJournal:
                     continue
                 raise InotifyUnavailable(err, f"inotify_add_watch {path}: {os.strerror(err)}")
             self._dirs[wd] = current
-            if announce:
-                self._on_change(current, True, False)
+            if collect:
+                found.dirs.append(current)
             try:
                 entries = list(os.scandir(path))
             except (FileNotFoundError, NotADirectoryError):
@@ -121,8 +154,9 @@ class InotifyJournal:
                 child = f"{current}/{entry.name}" if current else entry.name
                 if entry.is_dir(follow_symlinks=False):
                     stack.append(child)
-                elif announce:
-                    self._on_change(child, False, False)
+                elif collect:
+                    found.files.append(child)
+        return found
 
     def _read(self) -> None:
         while True:
@@ -143,8 +177,7 @@ class InotifyJournal:
             # Events were lost, among them maybe the creation of directories: watch every
             # directory again (adding an existing watch is a no-op), then rescan.
             log.warning("inotify queue overflowed; rewatching and rescanning the tree")
-            self._watch_or_poll("")
-            self._on_overflow()
+            self._walk("", announce=False)
             return
         if mask & _IN_IGNORED:
             self._dirs.pop(wd, None)
@@ -156,14 +189,22 @@ class InotifyJournal:
         is_dir = bool(mask & _IN_ISDIR)
         removed = bool(mask & (_IN_DELETE | _IN_MOVED_FROM))
         if is_dir and mask & (_IN_CREATE | _IN_MOVED_TO):
-            self._watch_or_poll(rel, announce=True)
+            self._on_change(rel, True, False)
+            self._walk(rel, announce=True)
             return
         self._on_change(rel, is_dir, removed)
 
-    def _watch_or_poll(self, rel: str, announce: bool = False) -> None:
+    def _walk(self, rel: str, announce: bool) -> None:
+        """Watch a subtree in a worker thread: a new directory (announcing what was already
+        in it) or, after an overflow, the whole tree (then a rescan)."""
+        task = asyncio.get_running_loop().create_task(self._watch_or_poll(rel, announce))
+        self._walks.add(task)
+        task.add_done_callback(self._walks.discard)
+
+    async def _watch_or_poll(self, rel: str, announce: bool) -> None:
         """Watch a subtree; out of watches, add polling so nothing goes unseen."""
         try:
-            self._watch_tree(rel, announce=announce)
+            found = await asyncio.to_thread(self._watch_tree, rel, announce)
         except InotifyUnavailable as exc:
             if self._fallback is None:
                 log.warning(
@@ -174,7 +215,16 @@ class InotifyJournal:
                     self._poll_interval,
                 )
                 self._fallback = PollingJournal(self._root, self._poll_interval)
-                self._fallback.start(self._on_change, self._on_overflow)
+                await self._fallback.start(self._on_change, self._on_overflow)
+            self._on_overflow()
+            return
+        if announce:
+            for current in found.dirs:
+                if current != rel:
+                    self._on_change(current, True, False)
+            for child in found.files:
+                self._on_change(child, False, False)
+        else:
             self._on_overflow()
 
 
@@ -185,41 +235,52 @@ class PollingJournal:
         self._root = root
         self._interval = interval
         self._task: asyncio.Task[None] | None = None
+        self._on_change: OnChange = _ignore_change
+        self._previous: dict[str, Stat] = {}
+        self._previous_dirs: set[str] = set()
+        self._polling = asyncio.Lock()
 
-    def start(self, on_change: OnChange, on_overflow: OnOverflow) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._poll(on_change))
+    async def start(self, on_change: OnChange, on_overflow: OnOverflow) -> None:
+        self._on_change = on_change
+        self._previous = await asyncio.to_thread(scanner.scan, self._root)
+        self._previous_dirs = _dirs_of(self._previous)
+        self._task = asyncio.get_running_loop().create_task(self._poll_forever())
 
-    def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-
-    async def _poll(self, on_change: OnChange) -> None:
-        previous = await asyncio.to_thread(scanner.scan, self._root)
-        previous_dirs = _dirs_of(previous)
-        while True:
-            await asyncio.sleep(self._interval)
+    async def catch_up(self) -> None:
+        """Poll now (a stat walk: O(files))."""
+        async with self._polling:
             current = await asyncio.to_thread(scanner.scan, self._root)
             current_dirs = _dirs_of(current)
-            for rel in current_dirs - previous_dirs:
+            on_change, previous = self._on_change, self._previous
+            for rel in current_dirs - self._previous_dirs:
                 on_change(rel, True, False)
             for rel, stat in current.items():
                 if previous.get(rel) != stat:
                     on_change(rel, False, False)
             for rel in previous.keys() - current.keys():
                 on_change(rel, False, True)
-            for rel in previous_dirs - current_dirs:
+            for rel in self._previous_dirs - current_dirs:
                 on_change(rel, True, True)
-            previous, previous_dirs = current, current_dirs
+            self._previous, self._previous_dirs = current, current_dirs
+
+    def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+    async def _poll_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            await self.catch_up()
 
 
-def start_journal(
+async def start_journal(
     root: str, poll_interval: float, on_change: OnChange, on_overflow: OnOverflow
 ) -> ChangeJournal:
     """Start inotify where the kernel gives it (and watches suffice), else polling."""
     try:
         inotify = InotifyJournal(root, poll_interval)
         try:
-            inotify.start(on_change, on_overflow)
+            await inotify.start(on_change, on_overflow)
             return inotify
         except InotifyUnavailable:
             inotify.close()
@@ -232,7 +293,7 @@ def start_journal(
             poll_interval,
         )
     polling = PollingJournal(root, poll_interval)
-    polling.start(on_change, on_overflow)
+    await polling.start(on_change, on_overflow)
     return polling
 
 

@@ -75,6 +75,17 @@ def sidecars() -> Iterator[list[Sidecar]]:
         sidecar.stop()
 
 
+@pytest.fixture
+def s3(seaweedfs: Any) -> Backend:
+    """An upload dir on the session's SeaweedFS, through the lean S3 client."""
+    return Backend(
+        "s3",
+        f"s3://{seaweedfs.make_bucket()}/run-{uuid.uuid4().hex[:8]}",
+        seaweedfs.storage_options(),
+        seaweedfs.env(),
+    )
+
+
 @pytest.fixture(params=["s3", "s3-botocore", "gs", "file"])
 def backend(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> Backend:
     run = uuid.uuid4().hex[:8]

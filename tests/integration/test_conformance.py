@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
+import os
 import pathlib
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable
+from contextlib import AbstractAsyncContextManager as AsyncContextManager
 
 from tests.integration.conftest import Backend
 from tests.support import trials
-from trialsync.engine import EngineOptions, Round, SyncEngine
+from tests.support.engines import RunningEngine, running_engine
+from trialsync.engine import Round, SyncEngine
 from trialsync.layout import MANIFEST_NAME, Kind
-from trialsync.metrics import Metrics
 from trialsync.store import RemoteStore
-from trialsync.watcher import InotifyJournal
 
 ALL = frozenset({Kind.EXPERIMENT, Kind.ARTIFACT})
 
@@ -26,8 +26,8 @@ class SpyStore(RemoteStore):
         super().__init__(backend.url, backend.storage_options, **backend.store_options)
         self.calls: list[tuple[str, str]] = []
 
-    async def put_file(self, local_path: str, rel: str) -> None:
-        await super().put_file(local_path, rel)
+    async def put_file(self, local_path: str, rel: str, size: int) -> None:
+        await super().put_file(local_path, rel, size)
         self.calls.append(("put", rel))
 
     async def put_bytes(self, rel: str, data: bytes) -> None:
@@ -38,24 +38,19 @@ class SpyStore(RemoteStore):
         self.calls.append(("list", rel_prefix))
         return await super().list(rel_prefix)  # type: ignore[return-value]
 
+    async def read_bytes(self, rel: str) -> bytes:
+        self.calls.append(("read", rel))
+        return await super().read_bytes(rel)
+
     async def delete(self, rels: Iterable[str]) -> None:
         rels = list(rels)
         await super().delete(rels)
         self.calls.extend(("delete", rel) for rel in rels)
 
 
-@contextlib.asynccontextmanager
-async def engine_on(backend: Backend, root: pathlib.Path) -> AsyncIterator[SyncEngine]:
+def engine_on(backend: Backend, root: pathlib.Path) -> AsyncContextManager[RunningEngine]:
     """A real engine on the backend, fed by a real inotify journal of ``root``."""
-    store = SpyStore(backend)
-    engine = SyncEngine(EngineOptions(root=str(root)), store, Metrics())
-    journal = InotifyJournal(str(root))
-    journal.start(engine.note_change, engine.note_overflow)
-    try:
-        yield engine
-    finally:
-        journal.close()
-        await store.close()
+    return running_engine(SpyStore(backend), root)
 
 
 def spy(engine: SyncEngine) -> SpyStore:
@@ -72,14 +67,11 @@ async def synced(engine: SyncEngine) -> None:
 
 async def restarted(backend: Backend, root: pathlib.Path) -> tuple[list[tuple[str, str]], set[str]]:
     """A new process over ``root``: recover, sync everything once; (its calls, published)."""
-    async with engine_on(backend, root) as engine:
+    async with engine_on(backend, root) as run:
+        engine = run.engine
         await engine.recover(settle=0)
         await engine.run(Round(full=True), settle=0)
         return spy(engine).calls, set(engine.ledger.published)
-
-
-async def settle_events() -> None:
-    await asyncio.sleep(0.2)  # let the loop read the inotify events
 
 
 def make_tree(root: pathlib.Path) -> None:
@@ -91,7 +83,8 @@ def make_tree(root: pathlib.Path) -> None:
 
 async def test_first_sync_mirrors_the_local_layout(backend: Backend, root: pathlib.Path) -> None:
     make_tree(root)
-    async with engine_on(backend, root) as engine:
+    async with engine_on(backend, root) as run:
+        engine = run.engine
         await engine.recover(settle=0)
         await engine.run(Round(full=True), settle=0)
     local = trials.relative_files(root)
@@ -106,7 +99,8 @@ async def test_first_sync_mirrors_the_local_layout(backend: Backend, root: pathl
 
 async def test_no_op_sync_uploads_and_lists_nothing(backend: Backend, root: pathlib.Path) -> None:
     make_tree(root)
-    async with engine_on(backend, root) as engine:
+    async with engine_on(backend, root) as run:
+        engine = run.engine
         await synced(engine)
         for _ in range(3):
             await engine.run(Round(kinds=ALL), settle=0)
@@ -115,11 +109,12 @@ async def test_no_op_sync_uploads_and_lists_nothing(backend: Backend, root: path
 
 async def test_a_change_uploads_only_the_changed_file(backend: Backend, root: pathlib.Path) -> None:
     make_tree(root)
-    async with engine_on(backend, root) as engine:
+    async with engine_on(backend, root) as run:
+        engine = run.engine
         await synced(engine)
         result = root / "exp/trial_00000/result.json"
         result.write_bytes(b'{"loss": 0.5}\n')
-        await settle_events()
+        await run.caught_up()
         await engine.run(Round(kinds=ALL), settle=0)
         assert spy(engine).calls == [("put", "exp/trial_00000/result.json")]
     assert backend.read("exp/trial_00000/result.json") == b'{"loss": 0.5}\n'
@@ -127,15 +122,18 @@ async def test_a_change_uploads_only_the_changed_file(backend: Backend, root: pa
 
 async def test_checkpoint_is_published_marker_last(backend: Backend, root: pathlib.Path) -> None:
     trial = trials.trial(trials.experiment(root))
-    async with engine_on(backend, root) as engine:
+    async with engine_on(backend, root) as run:
+        engine = run.engine
         await synced(engine)
         files = {"model.pt": 2_000_000, "rng.pkl": 10, "extra/state.bin": 50_000}
         trials.checkpoint(trial, 3, files)
-        await settle_events()
+        await run.caught_up()
         loop_now = asyncio.get_running_loop().time()
         checkpoint = "exp/trial_00000/checkpoint_000003"
         assert engine.settled_checkpoints(loop_now + 10, settle=5) == [checkpoint]
-        await engine.run(Round(checkpoints=[checkpoint], explicit=True), settle=5)
+        await engine.run(
+            Round(checkpoints=[checkpoint], complete=frozenset({checkpoint})), settle=5
+        )
         calls = spy(engine).calls
     manifest_rel = f"{checkpoint}/{MANIFEST_NAME}"
     assert calls[-1] == ("put_bytes", manifest_rel)  # the marker is the last write
@@ -148,27 +146,32 @@ async def test_checkpoint_is_published_marker_last(backend: Backend, root: pathl
     assert manifest["total_bytes"] == sum(files.values())
 
 
-async def test_restart_rebuilds_the_ledger_from_one_listing(
+async def test_restart_rebuilds_the_ledger_from_one_listing_and_the_manifests(
     backend: Backend, root: pathlib.Path
 ) -> None:
     make_tree(root)
-    async with engine_on(backend, root) as engine:
-        await synced(engine)
-    # A new process: nothing in memory, everything already remote.
+    async with engine_on(backend, root) as run:
+        await synced(run.engine)
+    # A new process: nothing in memory, everything already remote. It lists the
+    # experiment dir (which holds local state files) and reads each published
+    # checkpoint's manifest, which vouches for its files; it uploads nothing.
     calls, published = await restarted(backend, root)
-    assert calls == [("list", "exp")]  # the experiment dir holds local state files
-    assert published == {f"exp/trial_00000/checkpoint_00000{i}" for i in (1, 2)}
+    checkpoints = [f"exp/trial_00000/checkpoint_00000{i}" for i in (1, 2)]
+    assert calls[0] == ("list", "exp")
+    assert sorted(calls[1:]) == [("read", f"{c}/{MANIFEST_NAME}") for c in checkpoints]
+    assert published == set(checkpoints)
 
 
 async def test_a_worker_lists_only_its_own_trials(backend: Backend, tmp_path: pathlib.Path) -> None:
     first, second = tmp_path / "worker-0", tmp_path / "worker-1"
     for root, name in ((first, "trial_00000"), (second, "trial_00001")):
         trials.checkpoint(trials.trial(root / "exp", name), 1, {"model.pt": 1_000})
-        async with engine_on(backend, root) as engine:
-            await synced(engine)
+        async with engine_on(backend, root) as run:
+            await synced(run.engine)
     # The second worker restarts: it lists its own trial, not the first worker's.
     calls, published = await restarted(backend, second)
-    assert calls == [("list", "exp/trial_00001")]
+    manifest = f"exp/trial_00001/checkpoint_000001/{MANIFEST_NAME}"
+    assert calls == [("list", "exp/trial_00001"), ("read", manifest)]
     assert published == {"exp/trial_00001/checkpoint_000001"}
     assert len(backend.listing()) == 2 * 5  # 3 artifacts, a checkpoint file, its manifest
 
@@ -178,17 +181,21 @@ async def test_a_trial_restored_after_start_loses_its_old_manifest_first(
 ) -> None:
     first, second = tmp_path / "worker-0", tmp_path / "worker-1"
     trials.checkpoint(trials.trial(first / "exp"), 4, {"model.pt": 1_000})
-    async with engine_on(backend, first) as engine:
+    async with engine_on(backend, first) as run:
+        engine = run.engine
         await synced(engine)
     manifest_rel = f"exp/trial_00000/checkpoint_000004/{MANIFEST_NAME}"
     # A new worker starts empty; the trial then lands on it and writes checkpoint 4 anew.
     second.mkdir()
-    async with engine_on(backend, second) as engine:
+    async with engine_on(backend, second) as run:
+        engine = run.engine
         await synced(engine)
         trials.checkpoint(trials.trial(second / "exp"), 4, {"model.pt": 2_000})
-        await settle_events()
+        await run.caught_up()
         checkpoint = "exp/trial_00000/checkpoint_000004"
-        await engine.run(Round(checkpoints=[checkpoint], explicit=True), settle=0)
+        await engine.run(
+            Round(checkpoints=[checkpoint], complete=frozenset({checkpoint})), settle=0
+        )
         calls = spy(engine).calls
     first_put = next(i for i, call in enumerate(calls) if call[0] == "put")
     assert ("delete", manifest_rel) in calls[:first_put]  # withdrawn before any file changed
@@ -197,15 +204,71 @@ async def test_a_trial_restored_after_start_loses_its_old_manifest_first(
     assert manifest["files"]["model.pt"]["size"] == 2_000
 
 
-async def test_a_checkpoint_without_manifest_is_completed_after_restart(
+async def test_a_checkpoint_without_manifest_is_sent_again_and_published_after_restart(
     backend: Backend, root: pathlib.Path
 ) -> None:
     make_tree(root)
-    async with engine_on(backend, root) as engine:
+    async with engine_on(backend, root) as run:
+        engine = run.engine
         await synced(engine)
-    # Simulate a crash between the last file and the marker.
-    manifest_rel = f"exp/trial_00000/checkpoint_000002/{MANIFEST_NAME}"
+    # Simulate a crash between the last file and the marker: without a manifest nothing
+    # says the remote bytes are the local ones, so the checkpoint goes up again.
+    checkpoint = "exp/trial_00000/checkpoint_000002"
+    manifest_rel = f"{checkpoint}/{MANIFEST_NAME}"
     backend.reader().rm(f"{backend._root()}/{manifest_rel}")
     calls, _ = await restarted(backend, root)
-    assert [c for c in calls if c[0] != "list"] == [("put_bytes", manifest_rel)]
+    writes = [c for c in calls if c[0] in ("put", "put_bytes")]
+    assert writes == [("put", f"{checkpoint}/model.pt"), ("put_bytes", manifest_rel)]
     assert manifest_rel in backend.listing()
+
+
+async def test_a_checkpoint_file_rewritten_in_place_while_down_is_sent_again(
+    backend: Backend, root: pathlib.Path
+) -> None:
+    make_tree(root)
+    async with engine_on(backend, root) as run:
+        await synced(run.engine)
+    # While the sidecar is down the trainer rewrites a published file: same size, and an
+    # mtime a nanosecond on, so the remote copy is still "not older" to the second.
+    checkpoint = "exp/trial_00000/checkpoint_000001"
+    model = root / checkpoint / "optimizer.pt"
+    before = model.stat()
+    model.write_bytes(b"x" * before.st_size)
+    os.utime(model, ns=(before.st_atime_ns, before.st_mtime_ns + 1))
+    calls, published = await restarted(backend, root)
+    manifest_rel = f"{checkpoint}/{MANIFEST_NAME}"
+    writes = [c for c in calls if c[0] in ("put", "put_bytes", "delete")]
+    # The manifest says another mtime: withdrawn, the file sent again, published again.
+    assert writes == [
+        ("delete", manifest_rel),
+        ("put", f"{checkpoint}/optimizer.pt"),
+        ("put_bytes", manifest_rel),
+    ]
+    assert backend.read(f"{checkpoint}/optimizer.pt") == model.read_bytes()
+    listed = json.loads(backend.read(manifest_rel))["files"]["optimizer.pt"]
+    assert listed["mtime_ns"] == before.st_mtime_ns + 1
+    assert checkpoint in published
+
+
+async def test_a_manifest_removed_by_someone_else_does_not_fail_later_rounds(
+    backend: Backend, root: pathlib.Path
+) -> None:
+    make_tree(root)
+    checkpoint = "exp/trial_00000/checkpoint_000001"
+    manifest_rel = f"{checkpoint}/{MANIFEST_NAME}"
+    async with engine_on(backend, root) as run:
+        await synced(run.engine)
+        # A lifecycle rule (or a person) deletes the manifest; then the trainer adds a file.
+        backend.reader().rm(f"{backend._root()}/{manifest_rel}")
+        trials.write(root / checkpoint / "extra.pt", b"later")
+        await run.caught_up()
+        for _ in range(2):  # withdrawing the missing manifest is no error, now or later
+            await run.engine.run(
+                Round(checkpoints=[checkpoint], complete=frozenset({checkpoint})), settle=0
+            )
+        assert checkpoint in run.engine.ledger.published
+    assert set(json.loads(backend.read(manifest_rel))["files"]) == {
+        "model.pt",
+        "optimizer.pt",
+        "extra.pt",
+    }

@@ -82,8 +82,8 @@ def test_sync_on_checkpoint_forces_a_sync_to_the_head(
     trial = trials.trial(root / "exp")
     written = time.monotonic()
     trials.checkpoint(trial, 1, {"model.pt": 500_000})
-    wait_for(lambda: (head_root / CKPT / MANIFEST_NAME).exists(), 10, what="the checkpoint")
-    assert time.monotonic() - written < 5  # not the 3600 s period
+    wait_for(lambda: (head_root / CKPT / MANIFEST_NAME).exists(), 60, what="the checkpoint")
+    assert time.monotonic() - written < 60  # on a busy machine, and still not the 3600 s period
     assert (head_root / CKPT / "model.pt").read_bytes() == (root / CKPT / "model.pt").read_bytes()
     assert (head_root / TRIAL / "params.json").exists()  # the whole trial dir went with it
 
@@ -91,17 +91,18 @@ def test_sync_on_checkpoint_forces_a_sync_to_the_head(
 def test_without_sync_on_checkpoint_a_checkpoint_waits_for_the_period(
     tmp_path: pathlib.Path, sidecars: list[Sidecar], head_sidecar: tuple[str, pathlib.Path]
 ) -> None:
+    # The period is long, so nothing periodic can happen during the test however busy the
+    # machine; that the deferred checkpoint goes at the next period is proven on a fake
+    # clock (tests/unit/test_scheduler.py), and here it goes with the final sync.
     head_url, head_root = head_sidecar
     sidecar, root = worker(
-        tmp_path, sidecars, head_url, "--sync-period", "4", "--no-sync-on-checkpoint"
+        tmp_path, sidecars, head_url, "--sync-period", "3600", "--no-sync-on-checkpoint"
     )
-    trial = trials.trial(root / "exp")
-    trials.checkpoint(trial, 1, {"model.pt": 1_000})
-    time.sleep(1.5)  # settled long ago, but no periodic sync since
-    published_early = (head_root / CKPT / MANIFEST_NAME).exists()
-    wait_for(lambda: (head_root / CKPT / MANIFEST_NAME).exists(), 8, what="the periodic sync")
-    assert not published_early, "the checkpoint forced a sync with sync_on_checkpoint off"
-    assert sidecar.metric("trialsync_checkpoints_published_total") == 1
+    trials.checkpoint(trials.trial(root / "exp"), 1, {"model.pt": 1_000})
+    time.sleep(2)  # settled long ago (0.3 s), and no periodic sync since
+    assert not (head_root / CKPT / MANIFEST_NAME).exists(), "the checkpoint forced a sync"
+    assert sidecar.stop() == 0
+    assert (head_root / CKPT / MANIFEST_NAME).exists()
 
 
 def test_a_worker_with_the_wrong_token_reports_failures_and_writes_nothing(
@@ -173,11 +174,6 @@ def test_a_restarted_worker_sidecar_keeps_its_identity_and_its_trial_dirs(
     assert again.metric("trialsync_head_refusals_total") == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the engine does not yet fail only the checkpoint or artifact of an "
-    "ObjectRefused upload; remove this mark when it does",
-)
 def test_one_refused_trial_dir_does_not_hold_up_the_workers_other_trial_dirs(
     tmp_path: pathlib.Path, sidecars: list[Sidecar], head_sidecar: tuple[str, pathlib.Path]
 ) -> None:

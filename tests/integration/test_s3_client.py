@@ -145,18 +145,31 @@ async def test_throttling_that_persists_is_reported(
     assert proxy.throttled == s3_client.ATTEMPTS
 
 
-async def test_a_stalled_request_is_cancellable(
-    seaweedfs: Any, proxied: tuple[StallProxy, S3Client]
+async def test_a_stalled_body_write_ends_at_the_write_timeout_and_is_retried(
+    seaweedfs: Any, stall_proxy_factory: Callable[[str, int], StallProxy]
 ) -> None:
-    proxy, client = proxied
+    host, port = seaweedfs.endpoint_url.rsplit("//", 1)[1].split(":")
+    proxy = stall_proxy_factory(host, int(port))
+    credentials = Credentials(seaweedfs.access_key, seaweedfs.secret_key)
+    # aiohttp bounds reading the answer (read_timeout) but not sending the body: a peer
+    # that stops reading held the request until the sync's own timeout.
+    client = S3Client(
+        proxy.endpoint_url, "us-east-1", credentials, True, retry_base=0.01, write_timeout=1
+    )
     bucket = seaweedfs.make_bucket()
-    proxy.stall()
+    proxy.stall()  # accepts connections, reads nothing: the socket buffers fill up
+    started = asyncio.get_running_loop().time()
     try:
-        with pytest.raises(TimeoutError):
-            await asyncio.wait_for(client.put_object(bucket, "k", b"x"), timeout=0.5)
+        with pytest.raises(OSError, match=r"PUT s3://.*/k"):
+            # The outer bound only keeps a regression from hanging the suite.
+            await asyncio.wait_for(client.put_object(bucket, "k", bytes(32 * 2**20)), 60)
     finally:
         proxy.resume()
         await client.close()
+    took = asyncio.get_running_loop().time() - started
+    # Each attempt ends a second after the last byte went out; five attempts in all.
+    assert took < 30, f"took {took:.1f}s"
+    assert proxy.connections_accepted == s3_client.ATTEMPTS
 
 
 class RecordingApi:

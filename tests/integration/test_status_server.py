@@ -24,9 +24,11 @@ async def test_endpoints_and_a_trigger_only_from_the_pod_itself() -> None:
 
     ready = False
     triggers: list[int] = []
-    runner, port = await status_server.start(
-        "127.0.0.1:0", Metrics(), lambda: ready, lambda: triggers.append(1)
-    )
+
+    async def trigger() -> None:
+        triggers.append(1)
+
+    runner, port = await status_server.start("127.0.0.1:0", Metrics(), lambda: ready, trigger)
     try:
 
         def call(method: str, path: str, source: str = "127.0.0.1") -> int:

@@ -10,7 +10,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from tests.support.processes import free_port
 
@@ -32,8 +32,15 @@ def wait_for(check: Callable[[], T], timeout: float, interval: float = 0.05, wha
 class Sidecar:
     """A ``trialsync sync`` process with its HTTP port; stop() sends SIGTERM."""
 
-    def __init__(self, args: Sequence[str], env: Mapping[str, str], log_path: str) -> None:
-        self.port = free_port()
+    def __init__(
+        self,
+        args: Sequence[str],
+        env: Mapping[str, str],
+        log_path: str,
+        port: int | None = None,
+        preexec_fn: Callable[[], None] | None = None,
+    ) -> None:
+        self.port = port or free_port()
         self.log_path = log_path
         self.args = [*args, "--http-addr", f"127.0.0.1:{self.port}"]
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
@@ -42,12 +49,16 @@ class Sidecar:
             env={**os.environ, **env},
             stdout=self._log,
             stderr=subprocess.STDOUT,
+            preexec_fn=preexec_fn,
         )
 
     @classmethod
-    def start(cls, args: Sequence[str], env: Mapping[str, str], log_path: str) -> Sidecar:
-        """Start the process and wait until it serves /healthz."""
-        sidecar = cls(args, env, log_path)
+    def start(
+        cls, args: Sequence[str], env: Mapping[str, str], log_path: str, **options: Any
+    ) -> Sidecar:
+        """Start the process (``options``: see ``__init__``) and wait until it serves
+        /healthz."""
+        sidecar = cls(args, env, log_path, **options)
         wait_for(sidecar.healthy, 30, what="the sidecar's /healthz")
         return sidecar
 
@@ -82,6 +93,12 @@ class Sidecar:
     def log(self) -> str:
         with open(self.log_path, "rb") as handle:
             return handle.read().decode(errors="replace")
+
+    def kill(self) -> None:
+        """SIGKILL: no final sync, no clean-up, as the kernel's OOM killer or a node loss."""
+        self.proc.kill()
+        self.proc.wait()
+        self._log.close()
 
     def stop(self, timeout: float = 30) -> int:
         """SIGTERM, wait for the exit code."""

@@ -1,7 +1,8 @@
 """A loopback TCP proxy that can be told to stop forwarding, for timeout tests.
 
 :class:`StallProxy` listens on 127.0.0.1 (free port), forwards bytes both ways to a target,
-and runs its own asyncio loop in a daemon thread, so it works under sync and async tests.
+and runs its own asyncio loop in a daemon thread (a ``LoopbackServer``), so it works under
+sync and async tests.
 :meth:`StallProxy.stall` freezes it: connections are still accepted and held open, but no
 byte moves in either direction (existing connections included) until :meth:`resume`. A
 client therefore sees a silent, open peer, which is what a hung object store looks like.
@@ -15,16 +16,15 @@ import asyncio
 import contextlib
 import threading
 from collections.abc import Callable, Iterator
-from types import TracebackType
-from typing import Any
 
 import pytest
 
-HOST = "127.0.0.1"
+from tests.support.loopback_server import LoopbackServer
+
 _CHUNK = 64 * 1024
 
 
-class StallProxy:
+class StallProxy(LoopbackServer):
     """Forward 127.0.0.1:``port`` to ``target_host:target_port``; stall/resume on demand.
 
     Counters (``connections_accepted``, ``bytes_forwarded``) are updated on the proxy thread
@@ -32,68 +32,21 @@ class StallProxy:
     """
 
     def __init__(self, target_host: str, target_port: int) -> None:
+        super().__init__()
         self.target_host = target_host
         self.target_port = target_port
-        self.port = 0
         self.connections_accepted = 0
         self.bytes_forwarded = 0
         self.throttled = 0
         self._throttle = 0
         self._stalled = False
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._server: asyncio.Server | None = None
         self._flowing: asyncio.Event | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
 
     # ------------------------------------------------------------------ public API
 
     @property
-    def endpoint_url(self) -> str:
-        """``http://127.0.0.1:<port>``, for clients that take an endpoint URL."""
-        return f"http://{HOST}:{self.port}"
-
-    @property
     def stalled(self) -> bool:
         return self._stalled
-
-    def start(self) -> StallProxy:
-        """Bind the listening socket and start forwarding; returns self."""
-        if self._thread is not None:
-            raise RuntimeError("StallProxy already started")
-        loop = asyncio.new_event_loop()
-        ready = threading.Event()
-        error: list[BaseException] = []
-
-        def run() -> None:
-            asyncio.set_event_loop(loop)
-            try:
-                loop.run_until_complete(self._open())
-            except BaseException as e:
-                error.append(e)
-                ready.set()
-                return
-            ready.set()
-            loop.run_forever()
-            loop.run_until_complete(loop.shutdown_asyncgens())
-            loop.close()
-
-        self._loop = loop
-        self._thread = threading.Thread(target=run, name=f"stall-proxy-{id(self):x}", daemon=True)
-        self._thread.start()
-        ready.wait()
-        if error:
-            raise error[0]
-        return self
-
-    def stop(self) -> None:
-        """Close the listener and every connection, and join the thread; idempotent."""
-        loop, thread = self._loop, self._thread
-        if loop is None or thread is None or not thread.is_alive():
-            return
-        asyncio.run_coroutine_threadsafe(self._close(), loop).result(timeout=10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=10)
 
     def stall(self) -> None:
         """Stop forwarding bytes (new and existing connections) until :meth:`resume`."""
@@ -109,17 +62,6 @@ class StallProxy:
         """Answer the first request of each of the next ``connections`` new connections
         with S3's ``503 SlowDown`` (then close it) instead of forwarding it."""
         self._throttle = connections
-
-    def __enter__(self) -> StallProxy:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # ------------------------------------------------------------------ internals
 
@@ -137,25 +79,11 @@ class StallProxy:
         self._loop.call_soon_threadsafe(apply)
         done.wait(timeout=10)
 
-    async def _open(self) -> None:
+    async def _opened(self) -> None:
         self._flowing = asyncio.Event()
         self._flowing.set()
-        self._server = await asyncio.start_server(self._handle, HOST, 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def _close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._server is not None:
-            await self._server.wait_closed()
 
     async def _handle(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
         self.connections_accepted += 1
         upstream_w: asyncio.StreamWriter | None = None
         try:
@@ -180,7 +108,6 @@ class StallProxy:
                     w.close()
                     with contextlib.suppress(Exception):
                         await w.wait_closed()
-            self._tasks.discard(task)
 
     async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         assert self._flowing is not None

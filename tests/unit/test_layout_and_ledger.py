@@ -38,12 +38,15 @@ def test_excludes_and_custom_checkpoint_pattern_apply() -> None:
     assert layout.checkpoint_dir("exp/t") is None
 
 
-def test_rebuild_trusts_a_remote_copy_of_same_size_not_older_than_local() -> None:
+def test_rebuild_trusts_an_artifact_of_same_size_not_older_than_local_to_the_second() -> None:
     mtime = 1_700_000_000
     local = {
         "same": (10, mtime * 10**9),
         "resized": (10, mtime * 10**9),
         "newer_locally": (10, (mtime + 60) * 10**9),
+        # S3 keeps whole seconds: an upload 0.3 s after a change at .7 shows .0.
+        "same_second": (10, mtime * 10**9 + 700_000_000),
+        "second_before": (10, mtime * 10**9 + 700_000_000),
         "missing": (10, mtime * 10**9),
         "no_mtime": (10, mtime * 10**9),
     }
@@ -51,11 +54,36 @@ def test_rebuild_trusts_a_remote_copy_of_same_size_not_older_than_local() -> Non
         "same": RemoteObject(10, mtime + 5.0),
         "resized": RemoteObject(11, mtime + 5.0),
         "newer_locally": RemoteObject(10, mtime + 5.0),
+        "same_second": RemoteObject(10, float(mtime)),
+        "second_before": RemoteObject(10, float(mtime - 1)),
         "no_mtime": RemoteObject(10, None),
     }
-    ledger = Ledger.rebuild(local, remote, published={"exp/t/checkpoint_000001"})
-    assert {rel for rel in local if ledger.is_current(rel, local[rel])} == {"same", "no_mtime"}
+    ledger = Ledger.rebuild(local, remote, {"exp/t/checkpoint_000001"}, {}, lambda rel: False)
+    trusted = {rel for rel in local if ledger.is_current(rel, local[rel])}
+    assert trusted == {"same", "same_second", "no_mtime"}
     assert ledger.published == {"exp/t/checkpoint_000001"}
+
+
+def test_rebuild_trusts_a_checkpoint_file_only_as_its_manifest_lists_it() -> None:
+    ckpt = "exp/t/checkpoint_000001"
+    mtime_ns = 1_700_000_000 * 10**9
+    local = {
+        f"{ckpt}/listed": (10, mtime_ns),
+        f"{ckpt}/rewritten": (10, mtime_ns + 1),  # same size, one nanosecond later
+        f"{ckpt}/unlisted": (10, mtime_ns),  # no manifest entry: a crash before it
+        f"{ckpt}/gone_remotely": (10, mtime_ns),
+    }
+    # Every remote copy is newer than the local file: the artifact rule would trust all.
+    remote = {rel: RemoteObject(10, mtime_ns / 1e9 + 5) for rel in local}
+    del remote[f"{ckpt}/gone_remotely"]
+    manifests = {
+        f"{ckpt}/listed": (10, mtime_ns),
+        f"{ckpt}/rewritten": (10, mtime_ns),
+        f"{ckpt}/gone_remotely": (10, mtime_ns),
+    }
+    ledger = Ledger.rebuild(local, remote, {ckpt}, manifests, lambda rel: rel.startswith(ckpt))
+    trusted = {rel for rel in local if ledger.is_current(rel, local[rel])}
+    assert trusted == {f"{ckpt}/listed"}
 
 
 def test_forgetting_a_checkpoint_drops_its_files_and_its_publication() -> None:

@@ -27,7 +27,8 @@ class FakeEngine:
         self.hang_next = 0
         self.fail_next = 0
         self.duration = 0.0
-        self.ledger_published: set[str] = set()
+        self.failed: dict[str, str] = {}
+        self.unsynced: list[str] = []
 
     def settled_checkpoints(self, now: float, settle: float) -> list[str]:
         return sorted(c for c, t in self.activity.items() if now - t >= settle)
@@ -37,6 +38,9 @@ class FakeEngine:
 
     async def recover(self, settle: float) -> None:
         pass
+
+    def unsynced_files(self) -> list[str]:
+        return self.unsynced
 
     async def run(self, work: Round, settle: float) -> None:
         loop = asyncio.get_running_loop()
@@ -53,7 +57,8 @@ class FakeEngine:
             raise ConnectionError("store unavailable")
         await asyncio.sleep(self.duration)
         for checkpoint in work.checkpoints:
-            self.activity.pop(checkpoint, None)
+            if checkpoint in work.complete or loop.time() - self.activity[checkpoint] >= settle:
+                self.activity.pop(checkpoint, None)
 
 
 @contextlib.asynccontextmanager
@@ -196,3 +201,92 @@ async def test_a_triggered_sync_that_fails_is_retried_as_triggered() -> None:
     assert times(engine) == [10, 11]
     assert [work.explicit for _, work in engine.runs] == [True, True]
     assert engine.runs[1][1].checkpoints == ["exp/t/checkpoint_000004"]
+
+
+async def test_a_coalesced_trigger_completes_only_the_checkpoints_pending_when_it_came() -> None:
+    # The trainer: a big checkpoint and a trigger; a second checkpoint and a
+    # trigger coalesced behind the running upload; then a third checkpoint that grows.
+    engine = FakeEngine()
+    engine.duration = 10  # the first checkpoint's upload
+    plan = periodic_plan(periodic_kinds=frozenset(), settle=600.0)
+    loop = asyncio.get_running_loop()
+    first, second, third = (f"exp/t/checkpoint_00000{i}" for i in (1, 2, 3))
+    async with running(engine, plan) as scheduler:
+        engine.activity[first] = loop.time()
+        scheduler.request_sync()
+        await asyncio.sleep(0.5)
+        engine.activity[second] = loop.time()
+        scheduler.request_sync()
+        await asyncio.sleep(0.5)
+        engine.activity[third] = loop.time()  # still being written
+        await asyncio.sleep(100)
+    assert times(engine) == [0, 10]
+    coalesced = engine.runs[1][1]
+    assert coalesced.complete == {second}
+    assert coalesced.checkpoints == [second]  # the third is neither settled nor triggered
+    assert third in engine.activity
+
+
+async def test_a_retried_trigger_completes_only_what_the_failed_run_was_asked() -> None:
+    engine = FakeEngine()
+    engine.fail_next = 1
+    loop = asyncio.get_running_loop()
+    first, later = "exp/t/checkpoint_000001", "exp/t/checkpoint_000002"
+    async with running(engine, periodic_plan(periodic_kinds=frozenset())) as scheduler:
+        engine.activity[first] = loop.time()
+        scheduler.request_sync()
+        await asyncio.sleep(0.5)  # the run fails at once; its retry comes after 1 s
+        engine.activity[later] = loop.time()
+        await asyncio.sleep(1)
+    assert times(engine) == [0, 1]
+    retry = engine.runs[1][1]
+    assert retry.explicit
+    assert retry.complete == {first}
+    assert retry.checkpoints == [first]
+
+
+async def test_the_final_sync_gives_up_at_its_deadline_and_a_cut_brings_it_forward() -> None:
+    engine = FakeEngine()
+    loop = asyncio.get_running_loop()
+
+    async def keeps_changing(work: Round, settle: float) -> None:
+        engine.runs.append((loop.time(), work))
+        engine.activity["exp/t/checkpoint_000001"] = loop.time()
+
+    engine.run = keeps_changing  # type: ignore[method-assign]
+    scheduler = Scheduler(engine, periodic_plan(), Metrics())  # type: ignore[arg-type]
+    assert await scheduler.final_sync(loop.time() + 25) is False
+    # It stops when the next settle would come too late: what is left of the budget is
+    # for aborting uploads and closing.
+    assert 22 <= loop.time() <= 25
+    started = loop.time()
+    final = asyncio.create_task(scheduler.final_sync(started + 1000))
+    await asyncio.sleep(2)
+    scheduler.cut_final_sync(started + 7)  # SIGTERM during --once
+    assert await final is False
+    assert started + 2 < loop.time() <= started + 7
+
+
+async def test_the_final_sync_reports_unreadable_files_as_not_durable() -> None:
+    engine = FakeEngine()
+    engine.failed = {"exp/t/checkpoint_000001/model.pt": "Permission denied"}
+    scheduler = Scheduler(engine, periodic_plan(), Metrics())  # type: ignore[arg-type]
+    assert await scheduler.final_sync(asyncio.get_running_loop().time() + 25) is False
+    engine.failed = {}
+    assert await scheduler.final_sync(asyncio.get_running_loop().time() + 25) is True
+
+
+async def test_a_stop_that_comes_with_a_change_still_stops_the_scheduler() -> None:
+    # A checkpoint that keeps growing wakes the scheduler many times a second, so SIGTERM's
+    # cancel can arrive in the same instant as a wake (asyncio.wait_for lost it in 3.11).
+    engine = FakeEngine()
+    loop = asyncio.get_running_loop()
+    engine.activity["exp/t/checkpoint_000001"] = loop.time()
+    scheduler = Scheduler(engine, periodic_plan(periodic_kinds=frozenset()), Metrics())  # type: ignore[arg-type]
+    task = asyncio.create_task(scheduler.run())
+    await asyncio.sleep(1)  # asleep until the checkpoint settles
+    scheduler.wake()
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=60)
+    assert task in done
+    assert task.cancelled()

@@ -4,34 +4,76 @@ from __future__ import annotations
 
 import pathlib
 import re
+from collections.abc import Callable
 
 import pytest
 
-from trialsync import cli
-from trialsync.settings import ConfigError, parse, unknown_env
+import trialsync.defaults
+from trialsync import cli, settings
+from trialsync.settings import ConfigError, Settings, parse, unknown_env
+
+# Every flag: its TRIALSYNC_* value, and where Settings shows it (not the default).
+Check = tuple[str, Callable[[Settings], object], object]
+CLOUD: dict[str, Check] = {
+    "upload_dir": ("s3://bucket/exp", lambda s: s.config.upload_dir, "s3://bucket/exp"),
+    "receiver_addr": ("127.0.0.1:7000", lambda s: s.receiver_addr, "127.0.0.1:7000"),
+    "role": ("head", lambda s: s.role, "head"),
+    "sync_period": ("60", lambda s: s.config.sync_period, 60),
+    "sync_timeout": ("90", lambda s: s.config.sync_timeout, 90),
+    "sync_artifacts": ("false", lambda s: s.config.sync_artifacts, False),
+    "sync_on_checkpoint": ("no", lambda s: s.config.sync_on_checkpoint, False),
+    "checkpoint_pattern": ("ckpt-*", lambda s: s.layout.checkpoint_pattern, "ckpt-*"),
+    "exclude": ("*.tmp,*.lock", lambda s: s.layout.excludes, ("*.tmp", "*.lock")),
+    "checkpoint_settle": ("7.5", lambda s: s.checkpoint_settle, 7.5),
+    "once": ("true", lambda s: s.once, True),
+    "final_sync_timeout": ("11", lambda s: s.final_sync_timeout, 11),
+    "mirror_deletes": ("1", lambda s: s.mirror_deletes, True),
+    "storage_option": ("anon=true", lambda s: s.storage_options["anon"], True),
+    "s3_client": ("botocore", lambda s: s.s3_client, "botocore"),
+    "http_addr": ("127.0.0.1:7001", lambda s: s.http_addr, "127.0.0.1:7001"),
+    "files_in_flight": ("7", lambda s: s.files_in_flight, 7),
+    "part_size": (str(8 * 2**20), lambda s: s.part_size, 8 * 2**20),
+    "upload_memory": (str(2**30), lambda s: s.upload_memory, 2**30),
+    "reconcile_interval": ("0", lambda s: s.reconcile_interval, 0),
+    "poll_interval": ("2", lambda s: s.poll_interval, 2),
+    "max_backoff": ("9", lambda s: s.max_backoff, 9),
+    "log_level": ("debug", lambda s: s.log_level, "debug"),
+}
+# The flags that only fit a worker syncing to the head node, or the head serving it.
+HEAD: dict[str, Check] = {
+    "head_url": ("http://head:9747", lambda s: s.head_url, "http://head:9747"),
+    "head_token_file": ("<token file>", lambda s: s.head_token, "s3cret"),
+    "syncer": ("pkg.mod:Cls", lambda s: s.config.syncer, "pkg.mod:Cls"),
+    "head_identity_file": ("/scratch/id", lambda s: s.head_identity_file, "/scratch/id"),
+    "receiver_max_object_size": ("1000", lambda s: s.receiver_max_object_size, 1000),
+    "receiver_max_uploads": ("3", lambda s: s.receiver_max_uploads, 3),
+    "receiver_claim_lease": ("90", lambda s: s.receiver_claim_lease, 90),
+    "receiver_state_dir": ("/state", lambda s: s.receiver_state_dir, "/state"),
+}
 
 
 def test_every_flag_falls_back_to_its_environment_variable(tmp_path: pathlib.Path) -> None:
+    assert {"root", *CLOUD, *HEAD} == set(settings._flag_names()), "a flag without a check"
+    token = tmp_path / "token"
+    token.write_text("s3cret\n")
+    for checks in (CLOUD, HEAD):
+        env = {f"TRIALSYNC_{dest.upper()}": raw for dest, (raw, _, _) in checks.items()}
+        env["TRIALSYNC_ROOT"] = str(tmp_path)
+        if "TRIALSYNC_HEAD_TOKEN_FILE" in env:
+            env["TRIALSYNC_HEAD_TOKEN_FILE"] = str(token)
+        parsed = parse([], env)
+        assert parsed.root == str(tmp_path)
+        for dest, (raw, read, expected) in checks.items():
+            assert read(parsed) == expected, f"TRIALSYNC_{dest.upper()}={raw}"
+    # The two variables that are not flags.
     env = {
         "TRIALSYNC_ROOT": str(tmp_path),
         "TRIALSYNC_UPLOAD_DIR": "s3://bucket/exp",
-        "TRIALSYNC_ROLE": "head",
-        "TRIALSYNC_SYNC_PERIOD": "60",
-        "TRIALSYNC_SYNC_TIMEOUT": "90",
-        "TRIALSYNC_SYNC_ARTIFACTS": "false",
-        "TRIALSYNC_SYNC_ON_CHECKPOINT": "no",
-        "TRIALSYNC_EXCLUDE": "*.tmp,*.lock",
         "TRIALSYNC_STORAGE_OPTIONS": '{"client_kwargs": {"region_name": "eu-west-1"}}',
     }
-    settings = parse([], env)
-    assert settings.root == str(tmp_path)
-    assert settings.role == "head"
-    assert settings.config.upload_dir == "s3://bucket/exp"
-    assert (settings.config.sync_period, settings.config.sync_timeout) == (60, 90)
-    assert settings.config.sync_artifacts is False
-    assert settings.config.sync_on_checkpoint is False
-    assert settings.layout.excludes == ("*.tmp", "*.lock")
-    assert settings.storage_options == {"client_kwargs": {"region_name": "eu-west-1"}}
+    assert parse([], env).storage_options == {"client_kwargs": {"region_name": "eu-west-1"}}
+    env = {"TRIALSYNC_ROOT": str(tmp_path), "TRIALSYNC_HEAD_URL": "http://head:9747"}
+    assert parse([], {**env, "TRIALSYNC_HEAD_TOKEN": "tok"}).head_token == "tok"
 
 
 def test_a_flag_wins_over_the_environment(tmp_path: pathlib.Path) -> None:
@@ -177,3 +219,46 @@ def test_bad_head_service_flags_say_what_to_fix(
     flags = [flag.replace("{root}", str(tmp_path)) for flag in flags]
     with pytest.raises(ConfigError, match=re.escape(says)):
         parse(["--root", str(tmp_path), *flags], {"TRIALSYNC_HEAD_TOKEN": "t"})
+
+
+def _readme_default(value: object) -> str:
+    """How the README's flag table writes a default."""
+    if value is None or value == ():
+        return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, int | float):
+        if value >= 2**30:
+            return f"{value // 2**30} GiB"
+        return f"{value // 2**20} MiB" if value >= 2**20 else f"{value:g}"
+    return f"`{value}`"
+
+
+def test_the_readme_states_every_flag_its_variable_and_its_default(tmp_path: pathlib.Path) -> None:
+    readme = (pathlib.Path(__file__).resolve().parents[2] / "README.md").read_text()
+    rows: dict[str, tuple[str, str]] = {}
+    for line in readme.splitlines():
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        if line.startswith("| `--") and len(cells) >= 3:
+            dest = cells[0].strip("`").split()[0].replace("--[no-]", "--")[2:].replace("-", "_")
+            rows[dest] = (cells[1], cells[2])
+    assert set(rows) == set(settings._flag_names())
+    defaults = parse(["--root", str(tmp_path), "--upload-dir", "s3://bucket/x"], {})
+    actual = {
+        **{dest: getattr(defaults, dest, None) for dest in rows},
+        **{
+            name: getattr(defaults.config, name)
+            for name in ("sync_period", "sync_timeout", "sync_artifacts", "sync_on_checkpoint")
+        },
+        "upload_dir": None,
+        "syncer": defaults.config.syncer,
+        "checkpoint_pattern": defaults.layout.checkpoint_pattern,
+        "exclude": defaults.layout.excludes,
+        "storage_option": None,
+        "head_token_file": None,
+        "receiver_state_dir": f"<root>/{trialsync.defaults.RECEIVER_STATE_DIR}",
+    }
+    for dest, (env, default) in rows.items():
+        assert f"`TRIALSYNC_{dest.upper()}" in env or dest == "storage_option", dest
+        expected = "(required)" if dest == "root" else _readme_default(actual[dest])
+        assert default == expected, f"--{dest}: README says {default}, the code {expected}"
