@@ -144,6 +144,11 @@ class Buildah:
         policy = cache / "policy.json"
         # Only local images are used; nothing is pulled or verified against a registry.
         policy.write_text(json.dumps({"default": [{"type": "insecureAcceptAnything"}]}))
+        # buildah's network backend creates its config dir (/etc/cni/net.d by default) on
+        # the host the first time it builds; keep it in the cache.
+        containers_conf = cache / "containers.conf"
+        containers_conf.write_text(f'[network]\nnetwork_config_dir = "{cache / "cni"}"\n')
+        self.env = {**os.environ, "CONTAINERS_CONF": str(containers_conf)}
         self.global_args = [
             "buildah",
             f"--root={cache / 'storage'}",
@@ -153,13 +158,14 @@ class Buildah:
         self.policy = policy
 
     def __call__(self, *args: str, capture: bool = True) -> str:
-        return run([*self.global_args, *args], capture=capture)
+        return run([*self.global_args, *args], capture=capture, env=self.env)
 
     def image_config(self, ref: str) -> dict[str, Any] | None:
         done = subprocess.run(
             [*self.global_args, "inspect", "--type", "image", ref],
             capture_output=True,
             text=True,
+            env=self.env,
             check=False,
         )
         if done.returncode != 0:
@@ -212,7 +218,9 @@ def ensure_base(buildah: Buildah) -> str:
             )
             buildah("commit", f"--signature-policy={buildah.policy}", container, BASE_REF)
         finally:
-            subprocess.run([*buildah.global_args, "rm", container], capture_output=True)
+            subprocess.run(
+                [*buildah.global_args, "rm", container], capture_output=True, env=buildah.env
+            )
     log(f"made {BASE_REF} in {time.monotonic() - started:.0f}s")
     info = buildah.image_config(BASE_REF)
     if info is None:

@@ -123,6 +123,8 @@ def components(files: ClusterFiles, bin_dir: Path, api_port: int) -> dict[str, C
                 "--bind-address=127.0.0.1",
                 f"--secure-port={layout.CONTROLLER_MANAGER_PORT}",
                 f"--cert-dir={files.root / 'controller-manager-certs'}",
+                # Its default, /usr/libexec/kubernetes/..., is created on the host's /usr.
+                f"--flex-volume-plugin-dir={files.root / 'volume-plugins'}",
                 "--leader-elect=false",
                 "--profiling=false",
             ],
