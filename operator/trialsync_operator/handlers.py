@@ -37,7 +37,7 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
         runtime.index_populated()
         if type == "DELETED" or not runtime.is_leader:
             return
-        await runtime.reconciler.reconcile(view_of(body, sidecar), body.get("status") or {})
+        await runtime.reconcile(body)
 
     @kopf.on.validate(
         names.GROUP,

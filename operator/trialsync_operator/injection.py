@@ -32,9 +32,10 @@ JsonDict = dict[str, Any]
 Lookup = Callable[[str, str], ConfigView | None]
 
 STATUS_VERSION = 1
-#: Seconds the sidecar needs on top of its final sync at SIGTERM: aborting multipart
-#: uploads cut short, and exiting.
-SHUTDOWN_MARGIN = 10
+#: Seconds of the grace period to leave beside the sidecar's own bound: the sidecar gets
+#: SIGTERM only once the trainer has exited, and its --final-sync-timeout bounds all it
+#: does after that (the final sync, aborting cancelled uploads, exiting).
+SHUTDOWN_MARGIN = 5
 #: The kubelet's default when a pod sets no terminationGracePeriodSeconds.
 DEFAULT_GRACE = 30
 #: Upload buffers take at most this share of the sidecar's memory limit.
@@ -245,10 +246,10 @@ def _inject(
     needed = view.final_sync_timeout + SHUTDOWN_MARGIN
     if isinstance(grace, int) and grace < needed:
         warnings.append(
-            f"terminationGracePeriodSeconds={grace} is shorter than the sidecar's final sync "
-            f"needs ({view.final_sync_timeout} s of spec.finalSyncTimeoutSeconds + "
-            f"{SHUTDOWN_MARGIN} s to abort uploads and exit): the last checkpoint may not "
-            f"be durable; set it to at least {needed}"
+            f"terminationGracePeriodSeconds={grace} is shorter than the sidecar's shutdown "
+            f"needs ({view.final_sync_timeout} s of spec.finalSyncTimeoutSeconds after the "
+            f"trainer exits, + {SHUTDOWN_MARGIN} s for the trainer to stop): the last "
+            f"checkpoint may not be durable; set it to at least {needed}"
         )
 
     sidecar: JsonDict = {

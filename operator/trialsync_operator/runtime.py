@@ -96,11 +96,21 @@ class Runtime:
             path = kube.namespaced(SYNCCONFIGS, namespace) if namespace else "/" + SYNCCONFIGS
             listing = await self.kube.get(path)
             for item in listing.get("items") or []:
-                view = view_of(item, self.settings.sidecar)
-                try:
-                    await self.reconciler.reconcile(view, item.get("status") or {})
-                except kube.ApiError as exc:
-                    log.error("reconcile of %s/%s failed: %s", view.namespace, view.name, exc)
+                await self.reconcile(item)
+
+    async def reconcile(self, body: Mapping[str, Any]) -> None:
+        """Reconcile one SyncConfig; an API error is logged and left to the next event or
+        resync (a namespace being deleted refuses new objects, for one)."""
+        view = view_of(body, self.settings.sidecar)
+        try:
+            await self.reconciler.reconcile(view, body.get("status") or {})
+        except (kube.ApiError, OSError, TimeoutError) as exc:
+            log.warning(
+                "reconcile of %s/%s failed; retried at the next change or resync: %s",
+                view.namespace,
+                view.name,
+                exc,
+            )
 
     # -- admission -----------------------------------------------------------------------
 
