@@ -5,16 +5,24 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# Built binaries (kube-apiserver, etcd, helm) live outside the checkout so clones share them.
+# Built binaries and images live outside the checkout so clones share them.
 export TRIALSYNC_CACHE ?= $(HOME)/.cache/trialsync
 STAMP := $(VENV)/.installed
+# The local cluster (a real node) needs Linux and root; elsewhere its tests skip, and in CI
+# (TRIALSYNC_REQUIRE_CLUSTER=1) a node that cannot start is an error.
+NODE := $(shell [ "$${TRIALSYNC_REQUIRE_CLUSTER:-0}" = 1 ] || { [ "$$(uname -s)" = Linux ] && [ "$$(id -u)" = 0 ]; } && echo --node)
+TOOLS_BIN = $$(bash tools/build.sh $(NODE) --bin-dir)
+IMAGES_MANIFEST = $$($(BIN)/python images/build.py --manifest)
 
-.PHONY: help venv tools lint test test-unit demo bench crds docs clean
+.PHONY: help venv system-deps tools images lint test test-unit demo bench crds docs clean \
+	cluster-up cluster-down
 
 help:
 	@echo "make demo   - run the sidecar against a local S3 server over a simulated trial"
 	@echo "make test   - lint, type-check and run every test (builds the test control plane once)"
-	@echo "make tools  - build or reuse kube-apiserver, etcd and helm in $(TRIALSYNC_CACHE)"
+	@echo "make tools  - build or reuse the test cluster's binaries in $(TRIALSYNC_CACHE)"
+	@echo "make images - build the sidecar, operator and pause images with buildah"
+	@echo "make cluster-up / cluster-down - a local cluster with a node, for kubectl and helm"
 	@echo "make bench  - benchmarks against s5cmd, rclone and aws s3 (not part of make test)"
 
 $(STAMP): pyproject.toml constraints.txt
@@ -25,16 +33,31 @@ $(STAMP): pyproject.toml constraints.txt
 
 venv: $(STAMP)
 
-tools:
-	@bash tools/build.sh
+# Debian packages the node and the image builds need (no-op when present; root only).
+system-deps:
+	@bash tools/system-deps.sh
+
+tools: system-deps
+	@bash tools/build.sh $(NODE)
+
+images: $(STAMP) tools
+	@$(BIN)/python images/build.py
 
 lint: $(STAMP)
-	$(BIN)/ruff check sidecar operator tests bench demo tools
-	$(BIN)/ruff format --check sidecar operator tests bench demo tools
+	$(BIN)/ruff check sidecar operator tests bench demo tools images
+	$(BIN)/ruff format --check sidecar operator tests bench demo tools images
 	$(BIN)/mypy
 
-test: $(STAMP) tools lint
-	TRIALSYNC_TOOLS_BIN="$$(bash tools/build.sh --bin-dir)" $(BIN)/pytest -ra
+test: $(STAMP) tools images lint
+	TRIALSYNC_TOOLS_BIN="$(TOOLS_BIN)" TRIALSYNC_IMAGES="$(IMAGES_MANIFEST)" $(BIN)/pytest -ra
+
+# Prints KUBECONFIG=... and CLUSTER_NET="nsenter --net=... --" once the node is Ready.
+cluster-up: $(STAMP) tools images
+	@TRIALSYNC_TOOLS_BIN="$(TOOLS_BIN)" TRIALSYNC_IMAGES="$(IMAGES_MANIFEST)" \
+		$(BIN)/python -m tests.support.cluster up
+
+cluster-down: $(STAMP)
+	@$(BIN)/python -m tests.support.cluster down
 
 test-unit: $(STAMP)
 	$(BIN)/pytest -ra tests/unit

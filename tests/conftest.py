@@ -10,4 +10,5 @@ pytest_plugins = [
     "tests.support.object_stores",
     "tests.support.control_plane",
     "tests.support.head_service",
+    "tests.support.cluster.fixtures",
 ]

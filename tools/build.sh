@@ -1,47 +1,64 @@
 #!/usr/bin/env bash
-# Build the test control plane binaries (kube-apiserver, etcd, helm) from the Go module
-# pinned in tools/go.mod, into a cache outside the checkout:
+# Build the test cluster's binaries from the Go modules pinned under tools/, into a cache
+# outside the checkout:
 #
 #   ${TRIALSYNC_CACHE:-$HOME/.cache/trialsync}/tools/<key>/bin/
 #
-# <key> hashes go.mod, go.sum, this script, the Go sources in tools/ and the Go version, so
-# editing any pin gives a new directory and an unchanged tree reuses the old one (a no-op
-# run takes well under a second). Binaries are built into a temporary directory that is
-# renamed into place only once every binary linked, so an interrupted build leaves no
-# half-filled cache behind.
+# Two sets, each built only when one of its binaries is missing:
+#   control plane (always):  kube-apiserver, etcd, helm                  (tools/go.mod)
+#   node (with --node):      kubelet, kube-controller-manager, kube-scheduler, kube-proxy
+#                                                                          (tools/go.mod)
+#                            containerd, ctr, containerd-shim-runc-v2      (tools/containerd)
+#                            runc, with seccomp                            (tools/runc)
+#                            cni/{bridge,host-local,loopback,portmap}      (tools/cni)
+#                            coredns                                       (tools/coredns)
+#                            pause, the pods' sandbox process              (tools/pause)
+#
+# <key> hashes every go.mod, go.sum, Go and C source under tools/, this script and the Go
+# version, so editing any pin gives a new directory and an unchanged tree reuses the old one
+# (a no-op run takes well under a second). Each set is built into a temporary directory and
+# moved into bin/ only once every binary of the set linked, so an interrupted build leaves
+# no half-built set behind.
 #
 # Usage:
-#   bash tools/build.sh            build if needed; logs go to stderr
-#   bash tools/build.sh --bin-dir  build if needed, then print ONLY the bin directory
+#   bash tools/build.sh [--node]            build if needed; logs go to stderr
+#   bash tools/build.sh [--node] --bin-dir  build if needed, then print ONLY the bin directory
+#
+# The node set needs Linux, gcc and libseccomp-dev (tools/system-deps.sh installs them).
 #
 # If KUBEBUILDER_ASSETS names a directory holding executable kube-apiserver and etcd, only
 # helm is built (into .../tools/<key>/helm-only/bin) unless the full cache already exists;
 # --bin-dir then prints that helm-only directory and callers must take kube-apiserver and
-# etcd from KUBEBUILDER_ASSETS (tests/support/control_plane.py does).
+# etcd from KUBEBUILDER_ASSETS (tests/support/control_plane.py does). --node ignores
+# KUBEBUILDER_ASSETS: the local cluster runs its own apiserver.
 set -euo pipefail
 
 print_bin_dir=0
-case "${1:-}" in
-    --bin-dir) print_bin_dir=1 ;;
-    "") ;;
-    -h | --help)
-        sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'
-        exit 0
-        ;;
-    *)
-        echo "build.sh: unknown argument: $1 (try --help)" >&2
-        exit 2
-        ;;
-esac
+node=0
+for arg in "$@"; do
+    case "$arg" in
+        --bin-dir) print_bin_dir=1 ;;
+        --node) node=1 ;;
+        -h | --help)
+            sed -n '2,33p' "$0" | sed 's/^# \{0,1\}//'
+            exit 0
+            ;;
+        *)
+            echo "build.sh: unknown argument: $arg (try --help)" >&2
+            exit 2
+            ;;
+    esac
+done
 
 # Everything below logs to stderr so that --bin-dir's stdout is exactly one path.
 exec 3>&1 1>&2
 
 tools_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cache_root="${TRIALSYNC_CACHE:-$HOME/.cache/trialsync}/tools"
+jobs="${TRIALSYNC_BUILD_JOBS:-2}"
 
 if ! command -v go >/dev/null 2>&1; then
-    echo "build.sh: 'go' is not on PATH; install Go >= 1.26 to build the test control plane" >&2
+    echo "build.sh: 'go' is not on PATH; install Go >= 1.26 to build the test cluster" >&2
     exit 1
 fi
 
@@ -49,8 +66,8 @@ cd "$tools_dir"
 # The key covers every input of the build, including the toolchain that compiles it.
 key="$(
     {
-        cat go.mod go.sum build.sh
-        find . -name '*.go' -type f | LC_ALL=C sort | xargs cat
+        find . -type f \( -name go.mod -o -name go.sum -o -name '*.go' -o -name '*.c' \
+            -o -name build.sh \) | LC_ALL=C sort | xargs cat
         go env GOVERSION GOOS GOARCH
     } | sha256sum | cut -c1-16
 )"
@@ -58,62 +75,171 @@ key_dir="$cache_root/$key"
 full_bin="$key_dir/bin"
 helm_only_bin="$key_dir/helm-only/bin"
 
+control_plane=(kube-apiserver etcd helm)
+node_set=(
+    kubelet kube-controller-manager kube-scheduler kube-proxy
+    containerd ctr containerd-shim-runc-v2 runc coredns pause
+    cni/bridge cni/host-local cni/loopback cni/portmap
+)
+
+# complete DIR NAME... : every NAME is an executable file in DIR.
+complete() {
+    local dir="$1" name
+    shift
+    for name in "$@"; do
+        [[ -x "$dir/$name" ]] || return 1
+    done
+}
+
 assets="${KUBEBUILDER_ASSETS:-}"
 use_assets=0
-if [[ -n "$assets" && -x "$assets/kube-apiserver" && -x "$assets/etcd" ]]; then
+if [[ $node == 0 && -n "$assets" && -x "$assets/kube-apiserver" && -x "$assets/etcd" ]]; then
     use_assets=1
 fi
 
-if [[ -x "$full_bin/kube-apiserver" && -x "$full_bin/etcd" && -x "$full_bin/helm" ]]; then
+if complete "$full_bin" "${control_plane[@]}"; then
     bin_dir="$full_bin"
-elif [[ $use_assets == 1 && -x "$helm_only_bin/helm" ]]; then
+elif [[ $use_assets == 1 ]] && complete "$helm_only_bin" helm; then
+    bin_dir="$helm_only_bin"
+elif [[ $use_assets == 1 ]]; then
     bin_dir="$helm_only_bin"
 else
+    bin_dir="$full_bin"
+fi
+
+# With KUBEBUILDER_ASSETS the control plane set is helm alone.
+control_plane_set=("${control_plane[@]}")
+if [[ $bin_dir == "$helm_only_bin" ]]; then
+    control_plane_set=(helm)
+fi
+need_control_plane=0
+need_node=0
+complete "$bin_dir" "${control_plane_set[@]}" || need_control_plane=1
+if [[ $node == 1 ]] && ! complete "$bin_dir" "${node_set[@]}"; then
+    need_node=1
+fi
+
+if [[ $need_control_plane == 1 || $need_node == 1 ]]; then
     mkdir -p "$key_dir"
     # Serialise concurrent builds of the same key (e.g. two checkouts sharing the cache).
     exec 9>"$key_dir/.lock"
     flock 9
-    if [[ $use_assets == 1 ]]; then
-        bin_dir="$helm_only_bin"
-        targets=(helm.sh/helm/v3/cmd/helm)
-        echo "build.sh: kube-apiserver and etcd come from KUBEBUILDER_ASSETS=$assets; building helm only" >&2
-    else
-        bin_dir="$full_bin"
-        targets=(k8s.io/kubernetes/cmd/kube-apiserver ./etcd helm.sh/helm/v3/cmd/helm)
-    fi
+    # Leftovers of interrupted builds; safe to remove while we hold the lock.
+    rm -rf "$key_dir"/.build.*
+    tmp="$(mktemp -d "$key_dir/.build.XXXXXX")"
+    trap 'rm -rf "$tmp"' EXIT
+
+    # module_version DIR MODULE: the version of MODULE that DIR's go.mod resolves.
+    module_version() {
+        (cd "$1" && go list -mod=readonly -m -f '{{.Version}}' "$2")
+    }
+    k8s_version="$(module_version . k8s.io/kubernetes)"
+    k8s_minor="${k8s_version#v1.}"
+    k8s_minor="${k8s_minor%%.*}"
+    # Without these stamps `kubectl version` reports the server as v0.0.0-master and the
+    # kubelet registers its node as that version; they change nothing else at run time.
+    k8s_ldflags=(
+        -s -w
+        -X "k8s.io/component-base/version.gitVersion=$k8s_version"
+        -X "k8s.io/component-base/version.gitMajor=1"
+        -X "k8s.io/component-base/version.gitMinor=$k8s_minor"
+        -X "k8s.io/component-base/version.gitTreeState=clean"
+        -X "k8s.io/client-go/pkg/version.gitVersion=$k8s_version"
+        -X "k8s.io/client-go/pkg/version.gitMajor=1"
+        -X "k8s.io/client-go/pkg/version.gitMinor=$k8s_minor"
+    )
+
+    # install_set SRC NAME...: move a fully built set into bin_dir. Each rename is atomic and
+    # a set only moves once all of it linked, so a reader never runs a half-written binary.
+    install_set() {
+        local src="$1" name
+        shift
+        for name in "$@"; do
+            mkdir -p "$(dirname "$bin_dir/$name")"
+            mv -f "$src/$name" "$bin_dir/$name"
+        done
+    }
+
     # Another process may have finished the same build while this one waited for the lock.
-    if [[ ! -x "$bin_dir/helm" ]]; then
-        # Leftovers of interrupted builds; safe to remove while we hold the lock.
-        rm -rf "$key_dir"/.build.*
-        k8s_version="$(go list -mod=readonly -m -f '{{.Version}}' k8s.io/kubernetes)"
-        helm_version="$(go list -mod=readonly -m -f '{{.Version}}' helm.sh/helm/v3)"
-        k8s_minor="${k8s_version#v1.}"
-        k8s_minor="${k8s_minor%%.*}"
-        # Without these stamps `kubectl version` reports the server as v0.0.0-master and
-        # `helm version` as a dev build; they change nothing else at run time.
-        ldflags=(
-            -s -w
-            -X "k8s.io/component-base/version.gitVersion=$k8s_version"
-            -X "k8s.io/component-base/version.gitMajor=1"
-            -X "k8s.io/component-base/version.gitMinor=$k8s_minor"
-            -X "k8s.io/component-base/version.gitTreeState=clean"
-            -X "k8s.io/client-go/pkg/version.gitVersion=$k8s_version"
-            -X "k8s.io/client-go/pkg/version.gitMajor=1"
-            -X "k8s.io/client-go/pkg/version.gitMinor=$k8s_minor"
-            -X "helm.sh/helm/v3/internal/version.version=$helm_version"
-            -X "helm.sh/helm/v3/internal/version.gitTreeState=clean"
-        )
-        tmp="$(mktemp -d "$key_dir/.build.XXXXXX")"
-        trap 'rm -rf "$tmp"' EXIT
-        echo "build.sh: building ${targets[*]##*/} (kubernetes $k8s_version, helm $helm_version) into $bin_dir; a cold build takes several minutes" >&2
+    if [[ $need_control_plane == 1 ]] && ! complete "$bin_dir" "${control_plane_set[@]}"; then
+        helm_version="$(module_version . helm.sh/helm/v3)"
+        names=("${control_plane_set[@]}")
+        if [[ $bin_dir == "$helm_only_bin" ]]; then
+            targets=(helm.sh/helm/v3/cmd/helm)
+            echo "build.sh: kube-apiserver and etcd come from KUBEBUILDER_ASSETS=$assets; building helm only" >&2
+        else
+            targets=(k8s.io/kubernetes/cmd/kube-apiserver ./etcd helm.sh/helm/v3/cmd/helm)
+        fi
+        echo "build.sh: building ${names[*]} (kubernetes $k8s_version, helm $helm_version) into $bin_dir; a cold build takes several minutes" >&2
         start=$SECONDS
-        mkdir -p "$tmp/bin"
-        CGO_ENABLED=0 go build -mod=readonly -p "${TRIALSYNC_BUILD_JOBS:-2}" -trimpath \
-            -ldflags="${ldflags[*]}" -o "$tmp/bin/" "${targets[@]}"
-        rm -rf "$bin_dir"
-        mkdir -p "$(dirname "$bin_dir")"
-        mv "$tmp/bin" "$bin_dir"
-        echo "build.sh: built in $((SECONDS - start))s" >&2
+        mkdir -p "$tmp/cp"
+        CGO_ENABLED=0 go build -mod=readonly -p "$jobs" -trimpath \
+            -ldflags="${k8s_ldflags[*]} -X helm.sh/helm/v3/internal/version.version=$helm_version -X helm.sh/helm/v3/internal/version.gitTreeState=clean" \
+            -o "$tmp/cp/" "${targets[@]}"
+        install_set "$tmp/cp" "${names[@]}"
+        echo "build.sh: control plane built in $((SECONDS - start))s" >&2
+    fi
+
+    if [[ $need_node == 1 ]] && ! complete "$bin_dir" "${node_set[@]}"; then
+        if [[ "$(uname -s)" != Linux ]]; then
+            echo "build.sh: --node needs Linux (the kubelet, containerd and runc are Linux-only)" >&2
+            exit 1
+        fi
+        containerd_version="$(module_version containerd github.com/containerd/containerd/v2)"
+        runc_version="$(module_version runc github.com/opencontainers/runc)"
+        cni_version="$(module_version cni github.com/containernetworking/plugins)"
+        coredns_version="$(module_version coredns github.com/coredns/coredns)"
+        # The pause image's version is the one kubeadm pins for this Kubernetes release.
+        pause_version="$(sed -n 's/^\tPauseVersion = "\(.*\)"$/\1/p' \
+            "$(go list -mod=readonly -m -f '{{.Dir}}' k8s.io/kubernetes)/cmd/kubeadm/app/constants/constants.go")"
+        echo "build.sh: building the node (kubernetes $k8s_version, containerd $containerd_version," \
+            "runc $runc_version, CNI plugins $cni_version, CoreDNS $coredns_version) into $bin_dir;" \
+            "a cold build takes several minutes" >&2
+        start=$SECONDS
+        out="$tmp/node"
+        mkdir -p "$out/cni"
+
+        CGO_ENABLED=0 go build -mod=readonly -p "$jobs" -trimpath -ldflags="${k8s_ldflags[*]}" \
+            -o "$out/" k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-controller-manager \
+            k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kube-proxy
+        echo "build.sh: kubernetes node components built after $((SECONDS - start))s" >&2
+
+        # The btrfs, devmapper, zfs and aufs snapshotters need C libraries; overlayfs is used.
+        (cd containerd && CGO_ENABLED=0 go build -mod=readonly -p "$jobs" -trimpath \
+            -tags "no_btrfs no_devmapper no_zfs no_aufs" \
+            -ldflags="-s -w -X github.com/containerd/containerd/v2/version.Version=$containerd_version" \
+            -o "$out/" github.com/containerd/containerd/v2/cmd/containerd \
+            github.com/containerd/containerd/v2/cmd/ctr \
+            github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2)
+        echo "build.sh: containerd built after $((SECONDS - start))s" >&2
+
+        # As runc's own `make static`: cgo for libseccomp, linked statically so the binary does
+        # not depend on the machine's libseccomp at run time.
+        (cd runc && CGO_ENABLED=1 go build -mod=readonly -p "$jobs" -trimpath \
+            -tags "seccomp urfave_cli_no_docs netgo osusergo" \
+            -ldflags="-s -w -extldflags -static" \
+            -o "$out/runc" github.com/opencontainers/runc)
+        echo "build.sh: runc built after $((SECONDS - start))s" >&2
+
+        (cd cni && CGO_ENABLED=0 go build -mod=readonly -p "$jobs" -trimpath \
+            -ldflags="-s -w -X github.com/containernetworking/plugins/pkg/utils/buildversion.BuildVersion=$cni_version" \
+            -o "$out/cni/" github.com/containernetworking/plugins/plugins/main/bridge \
+            github.com/containernetworking/plugins/plugins/ipam/host-local \
+            github.com/containernetworking/plugins/plugins/main/loopback \
+            github.com/containernetworking/plugins/plugins/meta/portmap)
+        echo "build.sh: CNI plugins built after $((SECONDS - start))s" >&2
+
+        (cd coredns && CGO_ENABLED=0 go build -mod=readonly -p "$jobs" -trimpath \
+            -ldflags="-s -w -X github.com/coredns/coredns/coremain.GitCommit=$coredns_version" \
+            -o "$out/coredns" github.com/coredns/coredns)
+        echo "build.sh: CoreDNS built after $((SECONDS - start))s" >&2
+
+        cc="${CC:-gcc}"
+        "$cc" -static -Os -s -Wall -Werror -DPAUSE_VERSION="\"$pause_version\"" \
+            -o "$out/pause" pause/pause.c
+
+        install_set "$out" "${node_set[@]}"
+        echo "build.sh: node built in $((SECONDS - start))s" >&2
     fi
 fi
 

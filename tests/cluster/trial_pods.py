@@ -1,0 +1,160 @@
+"""Pods of simulated Ray trials with the sidecar injected, and how to read what they did."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from tests.support.cluster.fixtures import ClusterS3
+from tests.support.cluster.harness import Cluster, Manifest, workload
+from tests.support.object_stores import S3Server
+from tests.support.sidecar_pod import SIDECAR_NAME, SidecarSpec, inject
+
+MANIFEST_NAME = ".trialsync-manifest.json"
+TRIAL_ROOT = "/trial"
+#: The restricted Pod Security profile for the trainer too: the sidecar must not be the
+#: only container that could run under it.
+RESTRICTED = {
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+    "runAsNonRoot": True,
+}
+#: Settings that keep the tests quick: short settle window and retry backoff, and a final
+#: sync bounded well inside the pods' grace period.
+FAST_SIDECAR_ENV = {
+    "TRIALSYNC_CHECKPOINT_SETTLE": "1",
+    "TRIALSYNC_MAX_BACKOFF": "2",
+    "TRIALSYNC_FINAL_SYNC_TIMEOUT": "20",
+    "TRIALSYNC_UPLOAD_MEMORY": str(64 * 2**20),
+    "TRIALSYNC_LOG_LEVEL": "info",
+}
+
+
+def trainer(
+    image: str,
+    *,
+    trial: str,
+    experiment: str = "exp",
+    checkpoints: int = 3,
+    size: int = 256 * 1024,
+    interval: float = 0.5,
+    trigger: bool = False,
+    then: str = "exit",
+    name: str = "trainer",
+) -> Manifest:
+    """A container running ``tests/cluster/workloads/trainer.py``: ``checkpoints`` checkpoints
+    of ``trial`` under the trial volume, ``interval`` seconds apart; ``trigger`` announces
+    each to the sidecar, ``then`` is ``exit`` or ``sleep`` (until SIGTERM)."""
+    args = [
+        f"--root={TRIAL_ROOT}",
+        f"--experiment={experiment}",
+        f"--trial={trial}",
+        f"--checkpoints={checkpoints}",
+        f"--size={size}",
+        f"--interval={interval}",
+        f"--then={then}",
+    ]
+    if trigger:
+        args.append("--trigger")
+    return {
+        "name": name,
+        "image": image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["python3", "-c", workload("trainer")],
+        "args": args,
+        "resources": {
+            "requests": {"cpu": "50m", "memory": "64Mi"},
+            "limits": {"cpu": "1", "memory": "256Mi"},
+        },
+        "securityContext": RESTRICTED,
+    }
+
+
+def s3_sidecar(
+    cluster: Cluster,
+    s3: ClusterS3,
+    endpoint_url: str,
+    upload_dir: str,
+    env: Mapping[str, str] | None = None,
+) -> SidecarSpec:
+    """The sidecar of a worker syncing to ``upload_dir`` on the test's SeaweedFS."""
+    return SidecarSpec(
+        image=cluster.images.sidecar,
+        mount_path=TRIAL_ROOT,
+        env={
+            **FAST_SIDECAR_ENV,
+            "TRIALSYNC_UPLOAD_DIR": upload_dir,
+            "TRIALSYNC_STORAGE_OPTIONS": s3.storage_options(endpoint_url),
+            **(env or {}),
+        },
+        secret_env=s3.credentials(),
+    )
+
+
+def trial_pod(
+    name: str,
+    sidecar: SidecarSpec,
+    containers: Iterable[Manifest],
+    *,
+    init_containers: Iterable[Manifest] = (),
+    labels: Mapping[str, str] | None = None,
+    grace_seconds: int = 30,
+    pod_security: Mapping[str, Any] | None = None,
+) -> Manifest:
+    """A Pod (restartPolicy Never) running ``containers``, with the sidecar injected."""
+    pod: Manifest = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": dict(labels or {})},
+        "spec": {
+            "restartPolicy": "Never",
+            "terminationGracePeriodSeconds": grace_seconds,
+            "securityContext": dict(pod_security or {}),
+            "initContainers": list(init_containers),
+            "containers": list(containers),
+        },
+    }
+    return inject(pod, sidecar)
+
+
+def trainer_events(logs: str) -> list[dict[str, Any]]:
+    """The trainer's JSON event lines (anything else in the log is ignored)."""
+    events = []
+    for line in logs.splitlines():
+        if line.startswith("{"):
+            events.append(json.loads(line))
+    return events
+
+
+def sidecar_records(cluster: Cluster, pod: str, namespace: str) -> list[dict[str, Any]]:
+    """The sidecar's JSON log records, read with ``kubectl logs``."""
+    records = []
+    for line in cluster.logs(pod, namespace, SIDECAR_NAME).splitlines():
+        if line.startswith("{"):
+            records.append(json.loads(line))
+    return records
+
+
+def written_files(events: Iterable[Mapping[str, Any]]) -> dict[str, str]:
+    """checkpoint-relative path -> sha256 of every checkpoint file the trainer wrote."""
+    files: dict[str, str] = {}
+    for event in events:
+        if event["event"] == "checkpoint":
+            files.update(event["files"])
+    return files
+
+
+def bucket_objects(server: S3Server, bucket: str, prefix: str = "") -> dict[str, bytes]:
+    """Every object under ``prefix`` in ``bucket``: key -> content."""
+    client = server.client()
+    try:
+        objects: dict[str, bytes] = {}
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            for item in page.get("Contents", []):
+                body = client.get_object(Bucket=bucket, Key=item["Key"])["Body"]
+                objects[item["Key"]] = body.read()
+        return objects
+    finally:
+        client.close()
