@@ -18,7 +18,7 @@ IMAGES_MANIFEST = $$($(BIN)/python images/build.py --manifest)
 	cluster-up cluster-down
 
 help:
-	@echo "make demo   - run the sidecar against a local S3 server over a simulated trial"
+	@echo "make demo   - helm install, a SyncConfig and a training Job on a local cluster"
 	@echo "make test   - lint, type-check and run every test (builds the test control plane once)"
 	@echo "make tools  - build or reuse the test cluster's binaries in $(TRIALSYNC_CACHE)"
 	@echo "make images - build the sidecar, operator and pause images with buildah"
@@ -62,8 +62,11 @@ cluster-down: $(STAMP)
 test-unit: $(STAMP)
 	$(BIN)/pytest -ra tests/unit
 
-demo: $(STAMP) tools
-	PYTHONPATH=. $(BIN)/python demo/demo.py
+# On Linux as root: the whole story on the local cluster. Elsewhere the demo says so, says
+# how to run it on kind, and shows the sidecar alone.
+demo: $(STAMP) tools $(if $(NODE),images)
+	TRIALSYNC_TOOLS_BIN="$(TOOLS_BIN)" $(if $(NODE),TRIALSYNC_IMAGES="$(IMAGES_MANIFEST)") \
+		PYTHONPATH=. $(BIN)/python demo/demo.py
 
 bench: $(STAMP)
 	PYTHONPATH=. $(BIN)/python bench/run.py

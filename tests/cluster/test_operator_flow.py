@@ -1,0 +1,226 @@
+"""The operator beside the local cluster, end to end: its webhook injects real pods that run.
+
+The operator runs as a process on the host's loopback; the apiserver, inside the
+cluster's network namespace, reaches its webhook at the same address through a forwarder
+(``reach_host``). Pods opt in with the label and annotations only: everything else (the
+sidecar, its settings, the head-node Service and token) comes from the operator.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.cluster.trial_pods import (
+    MANIFEST_NAME,
+    RESTRICTED,
+    TRIAL_ROOT,
+    bucket_objects,
+    trainer,
+    trainer_events,
+    written_files,
+)
+from tests.support.cluster.fixtures import ClusterS3
+from tests.support.cluster.harness import Cluster, Manifest, container_status
+from tests.support.operator_process import Operator, delete_webhooks, start_operator
+from tests.support.pods import sidecars
+from trialsync_operator import names
+
+pytestmark = pytest.mark.timeout(600)
+WEBHOOK = "trialsync-cluster-flow"
+#: Lists a trial volume: relative path -> sha256 (run in a pod's container).
+LIST_VOLUME = """
+import hashlib, json, os
+out = {}
+for d, _, files in os.walk("/trial"):
+    for f in files:
+        p = os.path.join(d, f)
+        out[os.path.relpath(p, "/trial")] = hashlib.sha256(open(p, "rb").read()).hexdigest()
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def operator_beside(
+    cluster: Cluster, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Operator]:
+    if cluster.local is None:
+        pytest.skip("the operator process needs the local cluster's network (reach_host)")
+    operator = start_operator(
+        cluster.kube,
+        tmp_path_factory.mktemp("operator"),
+        extra_args=["--sidecar-image", cluster.images.sidecar],
+        webhook_name=WEBHOOK,
+    )
+    try:
+        with cluster.local.reach_host(operator.webhook_port):
+            yield operator
+    finally:
+        delete_webhooks(cluster.kube, WEBHOOK)
+        operator.stop()
+
+
+def _opted_in(role: str = "worker") -> dict[str, Any]:
+    return {
+        "labels": {names.INJECT_LABEL: "true"},
+        "annotations": {
+            names.CONFIG_ANNOTATION: "exp",
+            names.MOUNT_PATH_ANNOTATION: TRIAL_ROOT,
+            names.ROLE_ANNOTATION: role,
+        },
+    }
+
+
+def _syncconfig(spec: dict[str, Any]) -> Manifest:
+    return {
+        "apiVersion": names.API_VERSION,
+        "kind": names.KIND,
+        "metadata": {"name": "exp"},
+        "spec": spec,
+    }
+
+
+def _wait_ready_condition(cluster: Cluster, ns: str) -> None:
+    cluster.wait_for("syncconfig", "exp", ns, "condition=Ready", 60)
+
+
+def test_a_labelled_job_is_injected_runs_to_complete_and_publishes_its_checkpoints(
+    cluster: Cluster, operator_beside: Operator, cluster_s3: ClusterS3, cluster_namespace: str
+) -> None:
+    ns = cluster_namespace
+    endpoint = cluster_s3.install(cluster, ns)
+    bucket = cluster_s3.server.make_bucket()
+    spec = {
+        "uploadDir": f"s3://{bucket}/results",
+        "storage": {
+            "endpoint": endpoint,
+            "region": cluster_s3.server.region,
+            "addressingStyle": "path",
+        },
+        "credentials": {"secretRef": {"name": ClusterS3.CREDENTIALS_SECRET}},
+        "checkpointSettleSeconds": 1,
+        "finalSyncTimeoutSeconds": 20,
+    }
+    cluster.apply(_syncconfig(spec), ns)
+    _wait_ready_condition(cluster, ns)
+    job = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": "train"},
+        "spec": {
+            "backoffLimit": 0,
+            "template": {
+                "metadata": _opted_in(),
+                "spec": {
+                    "restartPolicy": "Never",
+                    "terminationGracePeriodSeconds": 30,
+                    "containers": [trainer(cluster.images.sidecar, trial="t0", checkpoints=3)],
+                },
+            },
+        },
+    }
+    cluster.apply(job, ns)
+    cluster.wait_for("job", "train", ns, "condition=Complete", 240)
+
+    [pod] = json.loads(
+        cluster.kube.kubectl("get", "pods", "-n", ns, "-l", "job-name=train", "-o", "json").stdout
+    )["items"]
+    assert len(sidecars(pod)) == 1
+    status = json.loads(pod["metadata"]["annotations"][names.STATUS_ANNOTATION])
+    assert status["config"] == "exp"
+    sidecar = container_status(pod, names.SIDECAR_NAME)
+    assert sidecar["state"]["terminated"]["exitCode"] == 0
+    events = trainer_events(cluster.logs(pod["metadata"]["name"], ns, "trainer"))
+    # The startup probe held the trainer until the sidecar was ready.
+    assert events[0]["readyz"] == 200
+    objects = bucket_objects(cluster_s3.server, bucket, "results/")
+    written = written_files(events)
+    assert len(written) == 6
+    for rel in written:
+        checkpoint = rel.split("/")[0]
+        assert f"results/exp/t0/{checkpoint}/{MANIFEST_NAME}" in objects
+        assert f"results/exp/t0/{rel}" in objects
+    for checkpoint in ("checkpoint_000001", "checkpoint_000002", "checkpoint_000003"):
+        manifest = json.loads(objects[f"results/exp/t0/{checkpoint}/{MANIFEST_NAME}"])
+        assert sorted(manifest["files"]) == sorted(
+            rel.split("/", 1)[1] for rel in written if rel.startswith(checkpoint)
+        )
+
+
+def test_without_an_upload_dir_workers_reach_the_head_through_the_operators_service(
+    cluster: Cluster, operator_beside: Operator, cluster_namespace: str
+) -> None:
+    ns = cluster_namespace
+    cluster.apply(
+        _syncconfig({"syncPeriod": 5, "checkpointSettleSeconds": 1, "finalSyncTimeoutSeconds": 20}),
+        ns,
+    )
+    _wait_ready_condition(cluster, ns)
+    user = {"runAsUser": 65532, "runAsGroup": 65532, "fsGroup": 65532}
+    driver = {
+        "name": "driver",
+        "image": cluster.images.sidecar,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["python3", "-c", "import time; time.sleep(3600)"],
+        "securityContext": RESTRICTED,
+    }
+    head = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "head", **_opted_in("head")},
+        "spec": {
+            "terminationGracePeriodSeconds": 5,
+            "securityContext": user,
+            "containers": [driver],
+        },
+    }
+    cluster.apply(head, ns)
+    cluster.wait_for("pod", "head", ns, "condition=Ready", 120)
+    for i in range(2):
+        worker = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": f"worker-{i}", **_opted_in()},
+            "spec": {
+                "restartPolicy": "Never",
+                "terminationGracePeriodSeconds": 30,
+                "securityContext": user,
+                "containers": [
+                    trainer(
+                        cluster.images.sidecar,
+                        trial=f"trial_{i}",
+                        checkpoints=2,
+                        size=65536,
+                        trigger=True,
+                    )
+                ],
+            },
+        }
+        cluster.apply(worker, ns)
+    for i in range(2):
+        done = cluster.poll_pod(
+            f"worker-{i}",
+            ns,
+            lambda p: p["status"].get("phase") in ("Succeeded", "Failed"),
+            "finished",
+            180,
+        )
+        assert done["status"]["phase"] == "Succeeded", done["status"]
+        env = {e["name"]: e for e in sidecars(done)[0]["env"]}
+        assert env["TRIALSYNC_HEAD_URL"]["value"] == names.head_url("exp", ns)
+        assert "secretKeyRef" in env["TRIALSYNC_HEAD_TOKEN"]["valueFrom"]
+
+    on_head = json.loads(
+        cluster.kube.kubectl(
+            "exec", "head", "-n", ns, "-c", "driver", "--", "python3", "-c", LIST_VOLUME
+        ).stdout
+    )
+    for i in range(2):
+        written = written_files(trainer_events(cluster.logs(f"worker-{i}", ns, "trainer")))
+        assert len(written) == 4
+        for rel, sha in written.items():
+            assert on_head.get(f"exp/trial_{i}/{rel}") == sha, (i, rel, sorted(on_head))
+        assert f"exp/trial_{i}/checkpoint_000002/{MANIFEST_NAME}" in on_head
