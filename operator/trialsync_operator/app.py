@@ -12,7 +12,7 @@ import contextlib
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
+from typing import Any, cast
 
 import kopf
 
@@ -83,6 +83,9 @@ async def run(settings: Settings, shutdown_delay: float = SHUTDOWN_DELAY) -> Non
             registry=registry,
             settings=kopf_settings(server),
             standalone=True,
+            # Our identity: kopf would otherwise ask getpass.getuser(), which fails for a
+            # uid with no passwd entry (any runAsUser).
+            identity=cast(Any, settings.identity),
             clusterwide=not settings.namespaces,
             namespaces=list(settings.namespaces),
             stop_flag=stop_flag,
