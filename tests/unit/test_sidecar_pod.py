@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
+
+from tests.support.pods import DEFAULTS, apply, lookup_for, sidecars
 from tests.support.sidecar_pod import (
     DEFAULT_UID,
     SIDECAR_NAME,
@@ -14,6 +17,7 @@ from tests.support.sidecar_pod import (
     SidecarSpec,
     inject,
 )
+from trialsync_operator import injection, names
 
 SIDECAR = SidecarSpec(
     image="docker.io/trialsync/sidecar:0.1.0",
@@ -116,3 +120,53 @@ def test_status_annotation_records_what_was_injected() -> None:
         "volumes": [TRIAL_VOLUME, TMP_VOLUME],
         "config": "hand-written",
     }
+
+
+@pytest.mark.parametrize(
+    ("role", "upload_dir", "user"),
+    [("worker", "s3://bucket/x", None), ("head", None, 1000), ("worker", None, None)],
+)
+def test_the_operators_injection_makes_the_hand_written_specs_runtime_choices(
+    role: str, upload_dir: str | None, user: int | None
+) -> None:
+    """The node tests run the hand-written spec; the operator must inject the same sidecar
+    (what the node proves of one holds for the other)."""
+    pod: dict[str, Any] = {
+        "metadata": {
+            "name": "p",
+            "labels": {names.INJECT_LABEL: "true"},
+            "annotations": {
+                names.CONFIG_ANNOTATION: "exp",
+                names.MOUNT_PATH_ANNOTATION: "/trial",
+                names.ROLE_ANNOTATION: role,
+            },
+        },
+        "spec": {"terminationGracePeriodSeconds": 60, "containers": [{"name": "t", "image": "t"}]},
+    }
+    if user is not None:
+        pod["spec"]["securityContext"] = {"runAsUser": user, "runAsGroup": user}
+    spec = {"uploadDir": upload_dir} if upload_dir else {}
+    config = {"metadata": {"name": "exp", "namespace": "ml", "uid": "u"}, "spec": spec}
+    result = injection.plan(pod, "ml", lookup_for(config), DEFAULTS).patch
+    [operator] = sidecars(apply(pod, result))
+    env = {"TRIALSYNC_UPLOAD_DIR": upload_dir} if upload_dir else {}
+    [hand] = sidecars(
+        inject(pod, SidecarSpec(image=DEFAULTS.image, mount_path="/trial", role=role, env=env))
+    )
+    for field in (
+        "name",
+        "args",
+        "restartPolicy",
+        "securityContext",
+        "startupProbe",
+        "livenessProbe",
+        "ports",
+        "volumeMounts",
+        "terminationMessagePolicy",
+        "imagePullPolicy",
+    ):
+        assert operator[field] == hand[field], field
+    operator_env = {e["name"]: e.get("value") for e in operator["env"]}
+    hand_env = {e["name"]: e.get("value") for e in hand["env"]}
+    for name in ("TRIALSYNC_ROOT", "TRIALSYNC_ROLE", "TMPDIR", "HOME"):
+        assert operator_env[name] == hand_env[name], name
