@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 import fsspec
 from fsspec.core import split_protocol
+from fsspec.implementations.local import LocalFileSystem
 
 from trialsync import (
     aborts,
@@ -187,9 +188,37 @@ class RemoteStore:
             await _close_client(clients.fs, self.protocol)
 
     async def connect(self) -> None:
+        """Build the clients and make one cheap authenticated request, so readiness means
+        the store answers with these credentials (a missing bucket or a refused key fails
+        here, named, instead of at the first checkpoint)."""
         # Building the s3fs/gcsfs client (botocore's endpoint data, Google's auth) took
         # 0.16 s here: spend it at start-up rather than on the first checkpoint.
-        await self._fresh()
+        async with self._clients() as c:
+            await self._probe(c)
+
+    async def _probe(self, c: _Clients) -> None:
+        if c.s3 is not None:
+            # One page of at most one key under the upload dir; NoSuchBucket and an
+            # AccessDenied raise (an empty prefix is fine).
+            prefix = f"{c.prefix}/" if c.prefix else ""
+            listing = (
+                c.s3.list_objects(c.bucket, prefix, page_size=1)
+                if isinstance(c.s3, s3_client.S3Client)
+                else c.s3.list_objects(c.bucket, prefix)
+            )
+            try:
+                async for _ in listing:
+                    break
+            except FileNotFoundError as exc:
+                raise FileNotFoundError(
+                    f"{self.upload_dir}: the bucket does not exist ({exc})"
+                ) from exc
+            return
+        if not self.is_async:
+            await asyncio.to_thread(_check_writable_dir, c.fs, c.root, self.upload_dir)
+            return
+        with contextlib.suppress(FileNotFoundError):  # nothing uploaded there yet
+            await c.fs._ls(c.root)
 
     @staticmethod
     def _key(clients: _Clients, rel: str) -> str:
@@ -376,6 +405,21 @@ def _copy_blocking(fs: Any, local_path: str, target: str, size: int) -> None:
 def _pipe_blocking(fs: Any, target: str, data: bytes) -> None:
     fs.makedirs(posixpath.dirname(target), exist_ok=True)
     fs.pipe_file(target, data)
+
+
+def _check_writable_dir(fs: Any, root: str, url: str) -> None:
+    """A local-like store: the upload dir, or the nearest existing parent, is a directory
+    this process may write to (for file://, a mounted volume)."""
+    path = root
+    while not fs.exists(path):
+        parent = posixpath.dirname(path.rstrip("/"))
+        if parent == path:
+            break
+        path = parent
+    if not fs.isdir(path):
+        raise NotADirectoryError(f"{url}: {path} is not a directory")
+    if isinstance(fs, LocalFileSystem) and not os.access(path, os.W_OK):
+        raise PermissionError(f"{url}: {path} is not writable by this process")
 
 
 def _remote_object(info: Mapping[str, Any]) -> RemoteObject:
