@@ -52,6 +52,7 @@ from tests.support.operator_process import (
     OPERATOR_NAMESPACE,
     Operator,
     delete_webhooks,
+    pod_admission_review,
     start_operator,
 )
 from tests.support.processes import free_port
@@ -102,20 +103,7 @@ def _syncconfig(name: str) -> str:
 
 
 async def _latency(operator: Operator, ca: str, namespace: str, count: int) -> list[float]:
-    review = {
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": str(uuid.uuid4()),
-            "kind": {"group": "", "version": "v1", "kind": "Pod"},
-            "resource": {"group": "", "version": "v1", "resource": "pods"},
-            "namespace": namespace,
-            "operation": "CREATE",
-            "userInfo": {"username": "bench"},
-            "object": _pod("", True),
-            "dryRun": False,
-        },
-    }
+    review = pod_admission_review(_pod("", True), namespace)
     body = json.dumps(review).encode()
     context = ssl.create_default_context(cadata=ca)
     url = f"https://127.0.0.1:{operator.webhook_port}/mutate-pods"

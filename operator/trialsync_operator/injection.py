@@ -175,45 +175,20 @@ def _inject(
     volumes = [dict(v) for v in _list(spec.get("volumes"))]
     containers = [copy.deepcopy(dict(c)) for c in _list(spec.get("containers"))]
     init_containers = [copy.deepcopy(dict(c)) for c in _list(spec.get("initContainers"))]
-    volume_names = {v.get("name") for v in volumes}
-    warnings: list[str] = []
-    added_volumes: list[str] = []
-
-    writable = request.role == "head" and view.mode == "head"  # the head receives trials
-    if request.volume is not None:
-        if request.volume not in volume_names:
-            raise Refusal(
-                f"annotation {names.VOLUME_ANNOTATION}={request.volume!r} names no volume of "
-                f"the pod (it has: {', '.join(sorted(map(str, volume_names))) or 'none'})"
-            )
-        root = names.TRIAL_MOUNT
-        trial_mount: JsonDict = {"name": request.volume, "mountPath": root}
-    else:
-        assert request.mount_path is not None
-        root = request.mount_path
-        if names.TRIAL_VOLUME in volume_names:
-            raise Refusal(f"the pod already has a volume named {names.TRIAL_VOLUME!r}")
-        volumes.append({"name": names.TRIAL_VOLUME, "emptyDir": {}})
-        added_volumes.append(names.TRIAL_VOLUME)
-        for container in [*init_containers, *containers]:
-            _mount_trial_dir(container, root)
-        trial_mount = {"name": names.TRIAL_VOLUME, "mountPath": root}
-    if not writable:
-        trial_mount["readOnly"] = True
-
+    names_before = {v.get("name") for v in volumes}
     for reserved in (names.SCRATCH_VOLUME, names.CREDENTIALS_VOLUME):
-        if reserved in volume_names:
+        if reserved in names_before:
             raise Refusal(f"the pod already has a volume named {reserved!r}")
+
+    root, mounts = _trial_volume(request, view, volumes, [*init_containers, *containers])
     volumes.append({"name": names.SCRATCH_VOLUME, "emptyDir": {"sizeLimit": defaults.scratch_size}})
-    added_volumes.append(names.SCRATCH_VOLUME)
-    mounts: list[JsonDict] = [trial_mount, {"name": names.SCRATCH_VOLUME, "mountPath": "/tmp"}]
+    mounts.append({"name": names.SCRATCH_VOLUME, "mountPath": "/tmp"})
     env_from: list[JsonDict] = []
     if view.credentials_secret:
         env_from.append({"secretRef": {"name": view.credentials_secret}})
         volumes.append(
             {"name": names.CREDENTIALS_VOLUME, "secret": {"secretName": view.credentials_secret}}
         )
-        added_volumes.append(names.CREDENTIALS_VOLUME)
         mounts.append(
             {
                 "name": names.CREDENTIALS_VOLUME,
@@ -221,37 +196,11 @@ def _inject(
                 "readOnly": True,
             }
         )
-
     resources = _resources(view, defaults)
     env = _env(namespace, request, view, root, resources)
     if view.workload_identity:
         env, mounts = _copy_web_identity(containers, env, mounts)
-
-    security, security_warnings = _security_context(spec, containers)
-    warnings.extend(security_warnings)
-    if (
-        writable
-        and _first_int(
-            _mapping(spec.get("securityContext")).get("runAsUser"),
-            _mapping(containers[0].get("securityContext")).get("runAsUser") if containers else None,
-        )
-        is None
-    ):
-        warnings.append(
-            "this head pod sets no runAsUser: its sidecar receives the workers' trial dirs "
-            f"as uid {NON_ROOT_UID}, but Ray's driver creates those dirs as the image's user; "
-            "set securityContext.runAsUser (and fsGroup) so both write as one user"
-        )
-    grace = spec.get("terminationGracePeriodSeconds", DEFAULT_GRACE)
-    needed = view.final_sync_timeout + SHUTDOWN_MARGIN
-    if isinstance(grace, int) and grace < needed:
-        warnings.append(
-            f"terminationGracePeriodSeconds={grace} is shorter than the sidecar's shutdown "
-            f"needs ({view.final_sync_timeout} s of spec.finalSyncTimeoutSeconds after the "
-            f"trainer exits, + {SHUTDOWN_MARGIN} s for the trainer to stop): the last "
-            f"checkpoint may not be durable; set it to at least {needed}"
-        )
-
+    uid, gid = _trainer_user(spec, containers)
     sidecar: JsonDict = {
         "name": names.SIDECAR_NAME,
         "image": view.image or defaults.image,
@@ -275,7 +224,7 @@ def _inject(
             "failureThreshold": 6,
         },
         "resources": resources,
-        "securityContext": security,
+        "securityContext": _security_context(uid, gid),
         "volumeMounts": mounts,
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
@@ -283,6 +232,55 @@ def _inject(
         sidecar["envFrom"] = env_from
     init_containers.append(sidecar)
 
+    added = [v["name"] for v in volumes if v.get("name") not in names_before]
+    patch: JsonDict = {
+        **_metadata(pod, view, request, sidecar["image"], added),
+        "initContainers": init_containers,
+        "volumes": volumes,
+    }
+    if request.mount_path is not None:
+        patch["containers"] = containers
+    warnings = _warnings(spec, view, uid, receives=_receives(request, view))
+    return Result(patch=patch, warnings=warnings, config=view)
+
+
+def _receives(request: PodRequest, view: ConfigView) -> bool:
+    """A head with no uploadDir receives the workers' trial dirs: its mount is writable."""
+    return request.role == "head" and view.mode == "head"
+
+
+def _trial_volume(
+    request: PodRequest, view: ConfigView, volumes: list[JsonDict], containers: list[JsonDict]
+) -> tuple[str, list[JsonDict]]:
+    """The sidecar's root and its mount of the trial volume; with a mount path, the
+    emptyDir is added to ``volumes`` and mounted in every one of ``containers``."""
+    present = {v.get("name") for v in volumes}
+    if request.volume is not None:
+        if request.volume not in present:
+            raise Refusal(
+                f"annotation {names.VOLUME_ANNOTATION}={request.volume!r} names no volume of "
+                f"the pod (it has: {', '.join(sorted(map(str, present))) or 'none'})"
+            )
+        root, volume = names.TRIAL_MOUNT, request.volume
+    else:
+        assert request.mount_path is not None
+        if names.TRIAL_VOLUME in present:
+            raise Refusal(f"the pod already has a volume named {names.TRIAL_VOLUME!r}")
+        root, volume = request.mount_path, names.TRIAL_VOLUME
+        volumes.append({"name": names.TRIAL_VOLUME, "emptyDir": {}})
+        for container in containers:
+            _mount_trial_dir(container, root)
+    mount: JsonDict = {"name": volume, "mountPath": root}
+    if not _receives(request, view):
+        mount["readOnly"] = True
+    return root, [mount]
+
+
+def _metadata(
+    pod: Mapping[str, Any], view: ConfigView, request: PodRequest, image: str, added: list[str]
+) -> JsonDict:
+    """The pod's labels (the head Service selects on them) and annotations, with the status
+    annotation that records what was injected."""
     meta = _mapping(pod.get("metadata"))
     labels = {str(k): str(v) for k, v in _mapping(meta.get("labels")).items()}
     labels[names.CONFIG_LABEL] = view.name
@@ -292,25 +290,46 @@ def _inject(
         {
             "version": STATUS_VERSION,
             "container": names.SIDECAR_NAME,
-            "volumes": added_volumes,
+            "volumes": added,
             "config": view.name,
             "generation": view.generation,
             "uid": view.uid,
-            "image": sidecar["image"],
+            "image": image,
             "role": request.role,
         },
         sort_keys=True,
         separators=(",", ":"),
     )
-    patch: JsonDict = {
-        "labels": labels,
-        "annotations": annotations,
-        "initContainers": init_containers,
-        "volumes": volumes,
-    }
-    if request.mount_path is not None:
-        patch["containers"] = containers
-    return Result(patch=patch, warnings=warnings, config=view)
+    return {"labels": labels, "annotations": annotations}
+
+
+def _warnings(
+    spec: Mapping[str, Any], view: ConfigView, uid: int | None, receives: bool
+) -> list[str]:
+    """What the admission warns about: a pod running as root, a receiving head whose
+    user the sidecar cannot match, a grace period too short for the final sync."""
+    warnings = []
+    if uid == 0:
+        warnings.append(
+            "the pod runs as root (runAsUser: 0), so the trialsync sidecar does too, with "
+            "every capability dropped; run the pod as a non-root user where you can"
+        )
+    if receives and uid is None:
+        warnings.append(
+            "this head pod sets no runAsUser: its sidecar receives the workers' trial dirs "
+            f"as uid {NON_ROOT_UID}, but Ray's driver creates those dirs as the image's user; "
+            "set securityContext.runAsUser (and fsGroup) so both write as one user"
+        )
+    grace = spec.get("terminationGracePeriodSeconds", DEFAULT_GRACE)
+    needed = view.final_sync_timeout + SHUTDOWN_MARGIN
+    if isinstance(grace, int) and grace < needed:
+        warnings.append(
+            f"terminationGracePeriodSeconds={grace} is shorter than the sidecar's shutdown "
+            f"needs ({view.final_sync_timeout} s of spec.finalSyncTimeoutSeconds after the "
+            f"trainer exits, + {SHUTDOWN_MARGIN} s for the trainer to stop): the last "
+            f"checkpoint may not be durable; set it to at least {needed}"
+        )
+    return warnings
 
 
 def json_patch(pod: Mapping[str, Any], changes: Mapping[str, Any]) -> list[JsonDict]:
@@ -455,32 +474,34 @@ def upload_memory(resources: Mapping[str, Mapping[str, str]]) -> int:
     return max(UPLOAD_MEMORY_MIN, min(UPLOAD_MEMORY_MAX, share))
 
 
-def _security_context(
+def _trainer_user(
     spec: Mapping[str, Any], containers: Sequence[Mapping[str, Any]]
-) -> tuple[JsonDict, list[str]]:
-    """Restrictive, and as the pod's (else the main container's) user where set."""
+) -> tuple[int | None, int | None]:
+    """The uid and gid the trainer runs as where the pod says: the pod's, else the main
+    (first) container's; None where neither sets one."""
     pod_context = _mapping(spec.get("securityContext"))
     main = _mapping(containers[0].get("securityContext")) if containers else {}
     uid = _first_int(pod_context.get("runAsUser"), main.get("runAsUser"))
     gid = _first_int(pod_context.get("runAsGroup"), main.get("runAsGroup"))
-    warnings: list[str] = []
+    return uid, gid
+
+
+def _security_context(uid: int | None, gid: int | None) -> JsonDict:
+    """Restrictive, and as the trainer's user where known (so the sidecar can read what
+    it writes), else the image's non-root user."""
+    user = NON_ROOT_UID if uid is None else uid
     context: JsonDict = {
         "readOnlyRootFilesystem": True,
         "allowPrivilegeEscalation": False,
         "privileged": False,
         "capabilities": {"drop": ["ALL"]},
         "seccompProfile": {"type": "RuntimeDefault"},
-        "runAsUser": NON_ROOT_UID if uid is None else uid,
-        "runAsGroup": (NON_ROOT_UID if uid is None else uid) if gid is None else gid,
+        "runAsUser": user,
+        "runAsGroup": user if gid is None else gid,
     }
-    if context["runAsUser"] == 0:
-        warnings.append(
-            "the pod runs as root (runAsUser: 0), so the trialsync sidecar does too, with "
-            "every capability dropped; run the pod as a non-root user where you can"
-        )
-    else:
+    if user != 0:
         context["runAsNonRoot"] = True
-    return context, warnings
+    return context
 
 
 def _copy_web_identity(

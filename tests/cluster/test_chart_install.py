@@ -24,8 +24,10 @@ from tests.cluster.trial_pods import (
     MANIFEST_NAME,
     TRIAL_ROOT,
     bucket_objects,
+    s3_syncconfig_spec,
     trainer,
     trainer_events,
+    training_job,
     written_files,
 )
 from tests.support.cluster.fixtures import ClusterS3
@@ -150,37 +152,14 @@ def test_a_syncconfig_and_a_labelled_job_publish_every_checkpoint(
     ns = cluster_namespace
     endpoint = cluster_s3.install(cluster, ns)
     bucket = cluster_s3.server.make_bucket()
-    spec = {
-        "uploadDir": f"s3://{bucket}/results",
-        "storage": {
-            "endpoint": endpoint,
-            "region": cluster_s3.server.region,
-            "addressingStyle": "path",
-        },
-        "credentials": {"secretRef": {"name": ClusterS3.CREDENTIALS_SECRET}},
-        "checkpointSettleSeconds": 1,
-        "finalSyncTimeoutSeconds": 20,
-    }
+    spec = s3_syncconfig_spec(cluster_s3, endpoint, f"s3://{bucket}/results")
     cluster.apply(_syncconfig("exp", spec), ns)
     cluster.wait_for("syncconfig", "exp", ns, "condition=Ready", 60)
     row = cluster.kube.kubectl("get", "syncconfig", "exp", "-n", ns, "--no-headers").stdout.split()
     assert row[1:5] == [f"s3://{bucket}/results", "300", "1800", "True"]
-    job = {
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": {"name": "train"},
-        "spec": {
-            "backoffLimit": 0,
-            "template": {
-                "metadata": _opted_in("exp"),
-                "spec": {
-                    "restartPolicy": "Never",
-                    "terminationGracePeriodSeconds": 30,
-                    "containers": [trainer(cluster.images.sidecar, trial="t0", checkpoints=3)],
-                },
-            },
-        },
-    }
+    job = training_job(
+        "train", _opted_in("exp"), trainer(cluster.images.sidecar, trial="t0", checkpoints=3)
+    )
     cluster.apply(job, ns)
     cluster.wait_for("job", "train", ns, "condition=Complete", 240)
     [pod] = json.loads(

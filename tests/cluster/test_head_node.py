@@ -3,7 +3,6 @@ Service, by its DNS name, with no object storage at all."""
 
 from __future__ import annotations
 
-import json
 import secrets
 
 import pytest
@@ -16,6 +15,7 @@ from tests.cluster.trial_pods import (
     trainer,
     trainer_events,
     trial_pod,
+    trial_volume_files,
     written_files,
 )
 from tests.support.cluster.harness import Cluster, container_status
@@ -24,17 +24,6 @@ from tests.support.sidecar_pod import HEAD_PORT, SIDECAR_NAME, SidecarSpec, inje
 pytestmark = pytest.mark.timeout(600)
 
 TOKEN_SECRET = "head-token"
-#: Lists the head's trial volume: relative path -> sha256 (run in the head's driver).
-LIST_VOLUME = """
-import hashlib, json, os
-root = "/trial"
-out = {}
-for d, _, files in os.walk(root):
-    for f in files:
-        p = os.path.join(d, f)
-        out[os.path.relpath(p, root)] = hashlib.sha256(open(p, "rb").read()).hexdigest()
-print(json.dumps(out))
-"""
 
 
 def test_workers_sync_trial_dirs_to_the_head_through_its_service(
@@ -125,11 +114,7 @@ def test_workers_sync_trial_dirs_to_the_head_through_its_service(
         assert done["status"]["phase"] == "Succeeded", done["status"]
         assert container_status(done, SIDECAR_NAME)["state"]["terminated"]["exitCode"] == 0
 
-    on_head = json.loads(
-        cluster.kube.kubectl(
-            "exec", "head", "-n", ns, "-c", "driver", "--", "python3", "-c", LIST_VOLUME
-        ).stdout
-    )
+    on_head = trial_volume_files(cluster, "head", ns, "driver")
     for name, trial in workers.items():
         written = written_files(trainer_events(cluster.logs(name, ns, "trainer")))
         assert len(written) == 4

@@ -19,8 +19,11 @@ from tests.cluster.trial_pods import (
     RESTRICTED,
     TRIAL_ROOT,
     bucket_objects,
+    s3_syncconfig_spec,
     trainer,
     trainer_events,
+    training_job,
+    trial_volume_files,
     written_files,
 )
 from tests.support.cluster.fixtures import ClusterS3
@@ -31,16 +34,6 @@ from trialsync_operator import names
 
 pytestmark = pytest.mark.timeout(600)
 WEBHOOK = "trialsync-cluster-flow"
-#: Lists a trial volume: relative path -> sha256 (run in a pod's container).
-LIST_VOLUME = """
-import hashlib, json, os
-out = {}
-for d, _, files in os.walk("/trial"):
-    for f in files:
-        p = os.path.join(d, f)
-        out[os.path.relpath(p, "/trial")] = hashlib.sha256(open(p, "rb").read()).hexdigest()
-print(json.dumps(out))
-"""
 
 
 @pytest.fixture(scope="module")
@@ -93,35 +86,12 @@ def test_a_labelled_job_is_injected_runs_to_complete_and_publishes_its_checkpoin
     ns = cluster_namespace
     endpoint = cluster_s3.install(cluster, ns)
     bucket = cluster_s3.server.make_bucket()
-    spec = {
-        "uploadDir": f"s3://{bucket}/results",
-        "storage": {
-            "endpoint": endpoint,
-            "region": cluster_s3.server.region,
-            "addressingStyle": "path",
-        },
-        "credentials": {"secretRef": {"name": ClusterS3.CREDENTIALS_SECRET}},
-        "checkpointSettleSeconds": 1,
-        "finalSyncTimeoutSeconds": 20,
-    }
+    spec = s3_syncconfig_spec(cluster_s3, endpoint, f"s3://{bucket}/results")
     cluster.apply(_syncconfig(spec), ns)
     _wait_ready_condition(cluster, ns)
-    job = {
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": {"name": "train"},
-        "spec": {
-            "backoffLimit": 0,
-            "template": {
-                "metadata": _opted_in(),
-                "spec": {
-                    "restartPolicy": "Never",
-                    "terminationGracePeriodSeconds": 30,
-                    "containers": [trainer(cluster.images.sidecar, trial="t0", checkpoints=3)],
-                },
-            },
-        },
-    }
+    job = training_job(
+        "train", _opted_in(), trainer(cluster.images.sidecar, trial="t0", checkpoints=3)
+    )
     cluster.apply(job, ns)
     cluster.wait_for("job", "train", ns, "condition=Complete", 240)
 
@@ -213,11 +183,7 @@ def test_without_an_upload_dir_workers_reach_the_head_through_the_operators_serv
         assert env["TRIALSYNC_HEAD_URL"]["value"] == names.head_url("exp", ns)
         assert "secretKeyRef" in env["TRIALSYNC_HEAD_TOKEN"]["valueFrom"]
 
-    on_head = json.loads(
-        cluster.kube.kubectl(
-            "exec", "head", "-n", ns, "-c", "driver", "--", "python3", "-c", LIST_VOLUME
-        ).stdout
-    )
+    on_head = trial_volume_files(cluster, "head", ns, "driver")
     for i in range(2):
         written = written_files(trainer_events(cluster.logs(f"worker-{i}", ns, "trainer")))
         assert len(written) == 4

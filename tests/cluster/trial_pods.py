@@ -158,3 +158,61 @@ def bucket_objects(server: S3Server, bucket: str, prefix: str = "") -> dict[str,
         return objects
     finally:
         client.close()
+
+
+def s3_syncconfig_spec(s3: ClusterS3, endpoint_url: str, upload_dir: str) -> Manifest:
+    """A SyncConfig spec syncing to ``upload_dir`` on the test's SeaweedFS, quick to settle."""
+    return {
+        "uploadDir": upload_dir,
+        "storage": {
+            "endpoint": endpoint_url,
+            "region": s3.server.region,
+            "addressingStyle": "path",
+        },
+        "credentials": {"secretRef": {"name": ClusterS3.CREDENTIALS_SECRET}},
+        "checkpointSettleSeconds": 1,
+        "finalSyncTimeoutSeconds": 20,
+    }
+
+
+def training_job(name: str, pod_metadata: Mapping[str, Any], container: Manifest) -> Manifest:
+    """A Job of one pod (no retries) running ``container``, its template's metadata given."""
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": name},
+        "spec": {
+            "backoffLimit": 0,
+            "template": {
+                "metadata": dict(pod_metadata),
+                "spec": {
+                    "restartPolicy": "Never",
+                    "terminationGracePeriodSeconds": 30,
+                    "containers": [container],
+                },
+            },
+        },
+    }
+
+
+#: Lists the trial volume: relative path -> sha256 (run in a container of the pod).
+LIST_TRIAL_VOLUME = f"""
+import hashlib, json, os
+out = {{}}
+for d, _, files in os.walk({TRIAL_ROOT!r}):
+    for f in files:
+        p = os.path.join(d, f)
+        out[os.path.relpath(p, {TRIAL_ROOT!r})] = hashlib.sha256(open(p, "rb").read()).hexdigest()
+print(json.dumps(out))
+"""
+
+
+def trial_volume_files(
+    cluster: Cluster, pod: str, namespace: str, container: str
+) -> dict[str, str]:
+    """relative path -> sha256 of every file on ``pod``'s trial volume, read in ``container``."""
+    out = cluster.kube.kubectl(
+        "exec", pod, "-n", namespace, "-c", container, "--", "python3", "-c", LIST_TRIAL_VOLUME
+    ).stdout
+    files: dict[str, str] = json.loads(out)
+    return files

@@ -22,6 +22,7 @@ from tests.support.operator_process import (
     OPERATOR_NAMESPACE,
     Operator,
     delete_webhooks,
+    pod_admission_review,
     point_webhooks_at,
     start_operator,
 )
@@ -94,21 +95,7 @@ def _ca(kube: Kube) -> str:
 
 def _review(operator: Operator, ca: str, namespace: str, config: str) -> dict[str, Any]:
     """Call one replica's mutating webhook directly, as the apiserver would."""
-    pod = json.loads(_pod("direct", config))
-    review = {
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": str(uuid.uuid4()),
-            "kind": {"group": "", "version": "v1", "kind": "Pod"},
-            "resource": {"group": "", "version": "v1", "resource": "pods"},
-            "namespace": namespace,
-            "operation": "CREATE",
-            "userInfo": {"username": "tester"},
-            "object": pod,
-            "dryRun": False,
-        },
-    }
+    review = pod_admission_review(json.loads(_pod("direct", config)), namespace)
     context = ssl.create_default_context(cadata=ca)
     request = urllib.request.Request(
         f"https://127.0.0.1:{operator.webhook_port}/mutate-pods",

@@ -15,6 +15,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -152,6 +153,24 @@ class Operator:
 
     def stop(self) -> None:
         stop(self.proc, timeout=20)
+
+
+def pod_admission_review(pod: dict[str, Any], namespace: str) -> dict[str, Any]:
+    """An AdmissionReview of a pod CREATE in ``namespace``, as the apiserver sends one."""
+    return {
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": str(uuid.uuid4()),
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": namespace,
+            "operation": "CREATE",
+            "userInfo": {"username": "tester"},
+            "object": pod,
+            "dryRun": False,
+        },
+    }
 
 
 def apply_crd(kube: Kube) -> None:
