@@ -16,7 +16,7 @@ import kopf
 
 from trialsync_operator import injection, kube, names
 from trialsync_operator.leader import LeaderElector
-from trialsync_operator.reconcile import SYNCCONFIGS, Reconciler
+from trialsync_operator.reconcile import EVENTS, SYNCCONFIGS, Reconciler
 from trialsync_operator.settings import Settings
 from trialsync_operator.syncconfig import ConfigView, view_of
 from trialsync_operator.tls import ServingContext
@@ -24,7 +24,6 @@ from trialsync_operator.webhook_server import respond_with_patch
 
 log = logging.getLogger(__name__)
 
-EVENTS = "api/v1/events"
 #: The leader re-reconciles every SyncConfig this often, catching anything an event missed.
 RESYNC_INTERVAL = 300.0
 
