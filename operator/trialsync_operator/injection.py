@@ -32,9 +32,10 @@ JsonDict = dict[str, Any]
 Lookup = Callable[[str, str], ConfigView | None]
 
 STATUS_VERSION = 1
-#: Seconds of the grace period to leave beside the sidecar's own bound: the sidecar gets
-#: SIGTERM only once the trainer has exited, and its --final-sync-timeout bounds all it
-#: does after that (the final sync, aborting cancelled uploads, exiting).
+#: Seconds of the grace period to leave beside the sidecar's own bound: at pod deletion the
+#: trainer gets SIGTERM first and the sidecar only once the trainer has exited; the
+#: sidecar's --final-sync-timeout then bounds its final sync and clean-up, and its process
+#: needs a moment more to exit (the sidecar's README keeps 2 s for that).
 SHUTDOWN_MARGIN = 5
 #: The kubelet's default when a pod sets no terminationGracePeriodSeconds.
 DEFAULT_GRACE = 30
@@ -43,7 +44,8 @@ UPLOAD_MEMORY_SHARE = Decimal("0.5")
 UPLOAD_MEMORY_MAX = 256 * 2**20
 UPLOAD_MEMORY_MIN = 16 * 2**20
 NON_ROOT_UID = 65532
-_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,61}[a-z0-9])?$")
+#: A SyncConfig name that is also a label value (the webhook labels the pod with it).
+_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,61}[a-z0-9])?")
 #: Environment variables an IRSA-style webhook adds for workload identity on AWS.
 _WEB_IDENTITY_ENV = (
     "AWS_ROLE_ARN",
@@ -97,23 +99,23 @@ class PodRequest:
 def read_request(pod: Mapping[str, Any]) -> PodRequest:
     """The pod's annotations, checked; Refusal saying which annotation is wrong."""
     annotations = _mapping(_mapping(pod.get("metadata")).get("annotations"))
-    config = annotations.get(names.CONFIG_ANNOTATION)
-    if not isinstance(config, str) or not config:
+    config = _annotation(annotations, names.CONFIG_ANNOTATION)
+    if not config:
         raise Refusal(
             f"the pod opts in with {names.INJECT_LABEL}=true but has no "
             f"{names.CONFIG_ANNOTATION} annotation: set it to the name of a SyncConfig in "
             "the pod's namespace"
         )
-    if not _NAME.match(config):
+    if not _NAME.fullmatch(config):
         raise Refusal(
-            f"annotation {names.CONFIG_ANNOTATION}={config!r} is not a SyncConfig name "
+            f"annotation {names.CONFIG_ANNOTATION}={config!r:.100} is not a SyncConfig name "
             "(lowercase letters, digits, '-' and '.', at most 63 characters)"
         )
-    role = annotations.get(names.ROLE_ANNOTATION, "worker")
+    role = _annotation(annotations, names.ROLE_ANNOTATION, default="worker")
     if role not in names.ROLES:
-        raise Refusal(f"annotation {names.ROLE_ANNOTATION}={role!r} must be worker or head")
-    volume = annotations.get(names.VOLUME_ANNOTATION) or None
-    mount_path = annotations.get(names.MOUNT_PATH_ANNOTATION) or None
+        raise Refusal(f"annotation {names.ROLE_ANNOTATION}={role!r:.100} must be worker or head")
+    volume = _annotation(annotations, names.VOLUME_ANNOTATION) or None
+    mount_path = _annotation(annotations, names.MOUNT_PATH_ANNOTATION) or None
     if volume and mount_path:
         raise Refusal(
             f"annotations {names.VOLUME_ANNOTATION} and {names.MOUNT_PATH_ANNOTATION} "
@@ -130,11 +132,22 @@ def read_request(pod: Mapping[str, Any]) -> PodRequest:
         normal = posixpath.normpath(mount_path)
         if not mount_path.startswith("/") or normal == "/" or ":" in mount_path:
             raise Refusal(
-                f"annotation {names.MOUNT_PATH_ANNOTATION}={mount_path!r} must be an "
+                f"annotation {names.MOUNT_PATH_ANNOTATION}={mount_path!r:.200} must be an "
                 "absolute path other than / (and without ':')"
             )
         mount_path = normal
     return PodRequest(config=config, role=role, volume=volume, mount_path=mount_path)
+
+
+def _annotation(annotations: Mapping[str, Any], key: str, default: str = "") -> str:
+    """An annotation's value, ``default`` when absent; Refusal when it is not a string
+    (the apiserver allows only strings, but a body from elsewhere may hold anything)."""
+    value = annotations.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, str):
+        raise Refusal(f"annotation {key} must be a string, got {type(value).__name__}")
+    return value
 
 
 def plan(pod: Mapping[str, Any], namespace: str, lookup: Lookup, defaults: Defaults) -> Result:
@@ -258,7 +271,7 @@ def _trial_volume(
     if request.volume is not None:
         if request.volume not in present:
             raise Refusal(
-                f"annotation {names.VOLUME_ANNOTATION}={request.volume!r} names no volume of "
+                f"annotation {names.VOLUME_ANNOTATION}={request.volume!r:.100} names no volume of "
                 f"the pod (it has: {', '.join(sorted(map(str, present))) or 'none'})"
             )
         root, volume = names.TRIAL_MOUNT, request.volume
@@ -320,14 +333,14 @@ def _warnings(
             f"as uid {NON_ROOT_UID}, but Ray's driver creates those dirs as the image's user; "
             "set securityContext.runAsUser (and fsGroup) so both write as one user"
         )
-    grace = spec.get("terminationGracePeriodSeconds", DEFAULT_GRACE)
+    grace = _first_int(spec.get("terminationGracePeriodSeconds"), DEFAULT_GRACE)
     needed = view.final_sync_timeout + SHUTDOWN_MARGIN
-    if isinstance(grace, int) and grace < needed:
+    if grace is not None and grace < needed:
         warnings.append(
             f"terminationGracePeriodSeconds={grace} is shorter than the sidecar's shutdown "
             f"needs ({view.final_sync_timeout} s of spec.finalSyncTimeoutSeconds after the "
-            f"trainer exits, + {SHUTDOWN_MARGIN} s for the trainer to stop): the last "
-            f"checkpoint may not be durable; set it to at least {needed}"
+            f"trainer exits, + {SHUTDOWN_MARGIN} s for the trainer to stop and the sidecar "
+            f"to exit): the last checkpoint may not be durable; set it to at least {needed}"
         )
     return warnings
 
@@ -353,7 +366,9 @@ def json_patch(pod: Mapping[str, Any], changes: Mapping[str, Any]) -> list[JsonD
     for field in ("initContainers", "containers"):
         if field not in changes:
             continue
-        before_list = spec.get(field) if isinstance(spec.get(field), list) else None
+        raw = spec.get(field)
+        # A list holding anything but objects was not read item by item: replace it whole.
+        before_list = raw if isinstance(raw, list) and len(_list(raw)) == len(raw) else None
         after_list = changes[field]
         for index, old in enumerate(before_list or []):
             mounts = f"/spec/{field}/{index}/volumeMounts"
@@ -477,12 +492,13 @@ def upload_memory(resources: Mapping[str, Mapping[str, str]]) -> int:
 def _trainer_user(
     spec: Mapping[str, Any], containers: Sequence[Mapping[str, Any]]
 ) -> tuple[int | None, int | None]:
-    """The uid and gid the trainer runs as where the pod says: the pod's, else the main
-    (first) container's; None where neither sets one."""
+    """The uid and gid the trainer (the main, first container) runs as, where the pod
+    says: as the kubelet decides, the container's own setting, else the pod's; None where
+    neither sets one."""
     pod_context = _mapping(spec.get("securityContext"))
     main = _mapping(containers[0].get("securityContext")) if containers else {}
-    uid = _first_int(pod_context.get("runAsUser"), main.get("runAsUser"))
-    gid = _first_int(pod_context.get("runAsGroup"), main.get("runAsGroup"))
+    uid = _first_int(main.get("runAsUser"), pod_context.get("runAsUser"))
+    gid = _first_int(main.get("runAsGroup"), pod_context.get("runAsGroup"))
     return uid, gid
 
 

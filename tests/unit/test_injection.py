@@ -173,3 +173,100 @@ def test_a_request_above_a_default_limit_raises_that_limit() -> None:
 )
 def test_upload_buffers_fit_half_the_memory_limit(limit: str, expected: int) -> None:
     assert injection.upload_memory({"limits": {"memory": limit}}) == expected
+
+
+@pytest.mark.parametrize(
+    "annotation",
+    [
+        names.CONFIG_ANNOTATION,
+        names.ROLE_ANNOTATION,
+        names.VOLUME_ANNOTATION,
+        names.MOUNT_PATH_ANNOTATION,
+    ],
+)
+@pytest.mark.parametrize("value", [7, ["v"], {"a": "b"}, True])
+def test_an_annotation_that_is_not_a_string_is_refused_naming_it(
+    annotation: str, value: object
+) -> None:
+    pod = _pod(**{names.MOUNT_PATH_ANNOTATION: "/r"})
+    pod["metadata"]["annotations"][annotation] = value
+    pod["spec"]["volumes"] = [{"name": "v", "emptyDir": {}}]
+    with pytest.raises(injection.Refusal, match=f"annotation {annotation} must be a string"):
+        injection.plan(pod, "ml", lookup_for(CONFIG), DEFAULTS)
+
+
+def test_a_config_name_with_a_trailing_newline_is_refused() -> None:
+    pod = _pod(**{names.MOUNT_PATH_ANNOTATION: "/r"})
+    pod["metadata"]["annotations"][names.CONFIG_ANNOTATION] = "exp\n"
+    with pytest.raises(injection.Refusal, match="is not a SyncConfig name"):
+        injection.plan(pod, "ml", lookup_for(CONFIG), DEFAULTS)
+
+
+def test_a_huge_annotation_gives_a_short_refusal() -> None:
+    pod = _pod(**{names.MOUNT_PATH_ANNOTATION: "/r"})
+    pod["metadata"]["annotations"][names.ROLE_ANNOTATION] = "é" * 10**6
+    with pytest.raises(injection.Refusal) as refused:
+        injection.plan(pod, "ml", lookup_for(CONFIG), DEFAULTS)
+    assert len(str(refused.value)) < 300
+
+
+def test_the_sidecar_runs_as_the_trainer_whose_own_user_wins_over_the_pods() -> None:
+    pod = _pod(**{names.MOUNT_PATH_ANNOTATION: "/r"})
+    pod["spec"]["securityContext"] = {"runAsUser": 1000, "runAsGroup": 100}
+    pod["spec"]["containers"][0]["securityContext"] = {"runAsUser": 2000}
+    result = injection.plan(pod, "ml", lookup_for(CONFIG), DEFAULTS)
+    context = sidecars(apply(pod, result.patch))[0]["securityContext"]
+    assert (context["runAsUser"], context["runAsGroup"]) == (2000, 100)
+
+
+@pytest.mark.parametrize(("grace", "warned"), [(None, True), (34, True), (35, False)])
+def test_the_grace_period_warning_asks_for_the_final_sync_timeout_plus_five_seconds(
+    grace: int | None, warned: bool
+) -> None:
+    config = copy.deepcopy(CONFIG)
+    config["spec"]["finalSyncTimeoutSeconds"] = 30
+    pod = _pod(**{names.MOUNT_PATH_ANNOTATION: "/r"})
+    pod["spec"]["terminationGracePeriodSeconds"] = grace  # None: the kubelet's 30
+    result = injection.plan(pod, "ml", lookup_for(config), DEFAULTS)
+    found = [w for w in result.warnings if "terminationGracePeriodSeconds" in w]
+    assert bool(found) == warned
+    if warned:
+        assert "set it to at least 35" in found[0]
+
+
+def test_the_json_patch_of_a_pod_with_junk_in_its_lists_gives_the_planned_pod() -> None:
+    pod = _pod(**{names.MOUNT_PATH_ANNOTATION: "/r"})
+    pod["spec"]["containers"].insert(0, "junk")
+    pod["spec"]["initContainers"] = [7, {"name": "init", "image": "i"}]
+    result = injection.plan(pod, "ml", lookup_for(CONFIG), DEFAULTS)
+    assert result.patch is not None
+    ops = injection.json_patch(pod, result.patch)
+    assert _apply_adds(pod, ops) == apply(pod, result.patch)
+
+
+def _apply_adds(doc: dict[str, Any], ops: list[dict[str, Any]]) -> dict[str, Any]:
+    """RFC 6902 ``add`` operations (all the injector writes) applied to a copy of ``doc``."""
+    out = copy.deepcopy(doc)
+    for op in ops:
+        assert op["op"] == "add"
+        *parents, last = [
+            p.replace("~1", "/").replace("~0", "~") for p in op["path"].split("/")[1:]
+        ]
+        target: Any = out
+        for part in parents:
+            target = target[int(part)] if isinstance(target, list) else target[part]
+        value = copy.deepcopy(op["value"])
+        if isinstance(target, list):
+            target.insert(len(target) if last == "-" else int(last), value)
+        else:
+            target[last] = value
+    return out
+
+
+def test_the_json_patch_gives_the_planned_pod_for_every_golden_case() -> None:
+    for path in CASES:
+        case = yaml.safe_load(path.read_text())
+        result = _run(case)
+        if result.patch is not None:
+            ops = injection.json_patch(case["pod"], result.patch)
+            assert _apply_adds(case["pod"], ops) == apply(case["pod"], result.patch), path.stem
