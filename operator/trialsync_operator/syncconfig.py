@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -27,6 +28,11 @@ DEFAULT_SETTLE_SECONDS = 3
 DEFAULT_FINAL_SYNC_TIMEOUT = 25
 #: The longest period or timeout accepted: a week (the CRD says the same).
 MAX_SECONDS = 7 * 24 * 3600
+#: The CRD's bounds of the other durations.
+MAX_SETTLE_SECONDS = 3600
+MAX_FINAL_SYNC_TIMEOUT = 24 * 3600
+#: A Secret's name: an RFC 1123 subdomain.
+_SECRET_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 #: Storage option keys that would put a credential into the spec.
 CREDENTIAL_OPTIONS = frozenset(
     {
@@ -206,16 +212,18 @@ def _read_spec(spec: object) -> dict[str, Any]:
     if any("," in e for e in excludes):
         raise SpecError("spec.excludes: a glob may not contain ',' (the sidecar splits on it)")
     out["excludes"] = tuple(excludes)
-    out["settle_seconds"] = _seconds(spec, "checkpointSettleSeconds", DEFAULT_SETTLE_SECONDS)
+    out["settle_seconds"] = _seconds(
+        spec, "checkpointSettleSeconds", DEFAULT_SETTLE_SECONDS, MAX_SETTLE_SECONDS
+    )
     out["final_sync_timeout"] = _seconds(
-        spec, "finalSyncTimeoutSeconds", DEFAULT_FINAL_SYNC_TIMEOUT
+        spec, "finalSyncTimeoutSeconds", DEFAULT_FINAL_SYNC_TIMEOUT, MAX_FINAL_SYNC_TIMEOUT
     )
     out["mirror_deletes"] = _bool(spec, "mirrorDeletes", False)
     out["storage_options"] = json.dumps(_storage_options(spec.get("storage")), sort_keys=True)
     out.update(_credentials(spec.get("credentials")))
     out.update(_sidecar(spec.get("sidecar")))
-    if out["mirror_deletes"] and out["syncer"] not in ("auto", "none"):
-        raise SpecError("spec.mirrorDeletes needs syncer auto: a custom Syncer cannot list")
+    if out["mirror_deletes"] and out["syncer"] != "auto":
+        raise SpecError("spec.mirrorDeletes needs syncer auto (a custom Syncer cannot list)")
     return out
 
 
@@ -267,8 +275,12 @@ def _credentials(credentials: object) -> dict[str, Any]:
             "would shadow the workload identity)"
         )
     if ref is not None:
-        if not isinstance(ref, Mapping) or not isinstance(ref.get("name"), str) or not ref["name"]:
-            raise SpecError("spec.credentials.secretRef.name must name a Secret")
+        name = ref.get("name") if isinstance(ref, Mapping) else None
+        if not isinstance(name, str) or len(name) > 253 or not _SECRET_NAME.fullmatch(name):
+            raise SpecError(
+                "spec.credentials.secretRef.name must name a Secret (lowercase letters, "
+                "digits, '-' and '.', at most 253 characters)"
+            )
         return {"credentials_secret": ref["name"]}
     if identity is not None:
         if not isinstance(identity, Mapping):
@@ -334,16 +346,17 @@ def _resources(resources: object) -> dict[str, dict[str, str]]:
     return out
 
 
-def _seconds(spec: Mapping[str, Any], field: str, default: int) -> int:
+def _seconds(spec: Mapping[str, Any], field: str, default: int, most: int = MAX_SECONDS) -> int:
     value = spec.get(field, default)
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise SpecError(f"spec.{field} must be a whole number of seconds, got {_kind(value)}")
     if isinstance(value, float) and (not math.isfinite(value) or not value.is_integer()):
         raise SpecError(f"spec.{field} must be a whole number of seconds, got {value!r}")
-    if not 0 < value <= MAX_SECONDS:
+    if not 0 < value <= most:
+        bound = f"{most} (a week)" if most == MAX_SECONDS else str(most)
         raise SpecError(
-            f"spec.{field} must be a positive number of seconds, at most {MAX_SECONDS} "
-            f"(a week), got {value!r}"
+            f"spec.{field} must be a positive number of seconds, at most {bound}, "
+            f"got {_shown(value)}"
         )
     return int(value)
 
@@ -382,4 +395,12 @@ def _int_or_zero(value: object) -> int:
 
 
 def _kind(value: object) -> str:
-    return "null" if value is None else f"{type(value).__name__} {value!r:.60}"
+    return "null" if value is None else f"{type(value).__name__} {_shown(value)}"
+
+
+def _shown(value: object) -> str:
+    """``repr(value)``, cut to 60 characters (an int too long to print is not shown)."""
+    try:
+        return f"{value!r:.60}"
+    except ValueError:
+        return "(too long to show)"

@@ -75,6 +75,12 @@ def test_a_custom_image_is_trusted_with_its_backends() -> None:
             "the cpu request 2 is above its limit 500m",
         ),
         ({"sidecar": {"resources": {"limits": {"memory": "lots"}}}}, "not a resource quantity"),
+        ({"sidecar": {"resources": {"limits": {"memory": "1e999"}}}}, "too large"),
+        ({"checkpointSettleSeconds": 3601}, "at most 3600"),
+        ({"finalSyncTimeoutSeconds": 86401}, "at most 86400"),
+        ({"mirrorDeletes": True, "syncer": "none"}, "mirrorDeletes needs syncer auto"),
+        ({"credentials": {"secretRef": {"name": "My Secret"}}}, "must name a Secret"),
+        ({"syncPeriod": 10**5000}, "at most 604800"),
     ],
 )
 def test_an_invalid_spec_is_refused_with_a_message_that_says_what_to_fix(
