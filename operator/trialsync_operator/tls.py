@@ -62,13 +62,15 @@ class ServingContext:
         self.fingerprint = ""
 
     def load(self) -> bool:
-        """Load the files if they changed; True if a new certificate is now served."""
+        """Load the files if they changed; True if a new certificate is now served.
+
+        On the event loop only: it sets ``ready``, an asyncio.Event."""
         try:
             cert = Path(self.cert_path).read_bytes()
             key = Path(self.key_path).read_bytes()
         except FileNotFoundError:
             return False
-        fingerprint = hashlib.sha256(cert + key).hexdigest()
+        fingerprint = _fingerprint(cert, key)
         if fingerprint == self.fingerprint:
             return False
         self.context.load_cert_chain(self.cert_path, self.key_path)
@@ -80,15 +82,25 @@ class ServingContext:
         )
         return True
 
-    def write(self, cert: bytes, key: bytes) -> None:
-        """Write the pair atomically (temp + rename), then load it."""
+    async def serve(self, cert: bytes, key: bytes) -> None:
+        """Serve this pair: unless it is served already, write it (atomically, temp +
+        rename, in a thread) and load it."""
+        if _fingerprint(cert, key) == self.fingerprint:
+            return
+        await asyncio.to_thread(self._write, cert, key)
+        self.load()
+
+    def _write(self, cert: bytes, key: bytes) -> None:
         os.makedirs(os.path.dirname(self.cert_path), exist_ok=True)
         for path, data in ((self.key_path, key), (self.cert_path, cert)):
             temp = f"{path}.tmp"
             with open(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
                 f.write(data)
             os.replace(temp, path)
-        self.load()
+
+
+def _fingerprint(cert: bytes, key: bytes) -> str:
+    return hashlib.sha256(cert + key).hexdigest()
 
 
 async def follow_files(serving: ServingContext, interval: float = FOLLOW_INTERVAL) -> None:
@@ -121,7 +133,7 @@ class SecretTls:
                 secret = await self.client.get_or_none(self._path)
                 material = _material(secret)
                 if material is not None:
-                    await asyncio.to_thread(self.serving.write, material.cert, material.key)
+                    await self.serving.serve(material.cert, material.key)
             except (kube.ApiError, OSError, ssl.SSLError) as exc:
                 log.warning("cannot follow the webhook certificate: %s", exc)
             await asyncio.sleep(interval)

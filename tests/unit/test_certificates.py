@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from trialsync_operator import certificates
+from trialsync_operator import certificates, tls
 
 HOSTS = ["trialsync-webhook.trialsync-system.svc", "trialsync-webhook", "127.0.0.1"]
 YEAR = datetime.timedelta(days=365)
@@ -113,3 +113,19 @@ def test_unreadable_secret_data_is_treated_as_absent() -> None:
     good = certificates.new_material(HOSTS, YEAR, T0).as_secret_data()
     assert certificates.Material.from_secret_data({**good, "tls.crt": b"garbage"}) is None
     assert isinstance(x509.load_pem_x509_certificate(good["tls.crt"]), x509.Certificate)
+
+
+async def test_a_replica_serves_a_new_certificate_and_rewrites_nothing_unchanged(
+    tmp_path: Path,
+) -> None:
+    serving = tls.ServingContext(str(tmp_path / "certs"))
+    material = certificates.new_material(HOSTS, YEAR, T0)
+    await serving.serve(material.cert, material.key)
+    assert serving.ready.is_set()  # set on the loop, so a waiting listener wakes at once
+    cert = tmp_path / "certs" / "tls.crt"
+    inode = cert.stat().st_ino
+    await serving.serve(material.cert, material.key)
+    assert cert.stat().st_ino == inode
+    renewed = certificates.new_material(HOSTS, YEAR, T0 + YEAR)
+    await serving.serve(renewed.cert, renewed.key)
+    assert cert.read_bytes() == renewed.cert
