@@ -83,19 +83,26 @@ class Kube:
         content_type: str = "application/json",
         params: Mapping[str, str] | None = None,
     ) -> JsonDict:
-        """Send one request; the decoded answer, or ApiError with the API's message."""
+        """Send one request; the decoded answer, or ApiError with the API's message
+        (OSError when the API cannot be reached, TimeoutError when it does not answer)."""
         headers = self._headers()
         data = None
         if body is not None:
             headers["Content-Type"] = content_type
             data = json.dumps(body).encode()
-        async with self._client().request(
-            method, self._server + path, data=data, headers=headers, params=params
-        ) as response:
-            text = await response.text()
-            if response.status >= 400:
-                raise ApiError(response.status, _message(method, path, response.status, text))
-            return json.loads(text) if text else {}
+        try:
+            async with self._client().request(
+                method, self._server + path, data=data, headers=headers, params=params
+            ) as response:
+                text = await response.text()
+                status = response.status
+        except aiohttp.ClientError as exc:
+            # Some of aiohttp's errors (a dropped connection) are no OSError: callers
+            # handle one vocabulary, ApiError, OSError and TimeoutError.
+            raise ConnectionError(f"{method} {path}: {exc!r}") from exc
+        if status >= 400:
+            raise ApiError(status, _message(method, path, status, text))
+        return json.loads(text) if text else {}
 
     async def get(self, path: str, params: Mapping[str, str] | None = None) -> JsonDict:
         return await self.request("GET", path, params=params)
