@@ -56,7 +56,7 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
     @kopf.on.mutate("", "v1", "pods", id=MUTATE_PATH, operations=["CREATE"], registry=registry)
     async def mutate_pod(body: kopf.Body, warnings: list[str], dryrun: bool, **kwargs: Any) -> None:
         index: kopf.Index[tuple[str, str], ConfigView] = kwargs["syncconfigs"]
-        runtime.admit_pod(body, warnings, dryrun, lambda key: _first(index, key))
+        runtime.admit_pod(body, warnings, dryrun, lambda ns, name: _first(index, (ns, name)))
 
     return registry
 

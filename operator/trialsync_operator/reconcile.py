@@ -132,14 +132,51 @@ def _labels(view: ConfigView, component: str) -> dict[str, str]:
     }
 
 
+def now() -> str:
+    """The time as the API's timestamps (RFC 3339, seconds) write it."""
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def event_body(
+    namespace: str, involved: Mapping[str, Any], type_: str, reason: str, message: str
+) -> JsonDict:
+    """A core/v1 Event about ``involved`` (apiVersion, kind, name and, if known, uid)."""
+    stamp = now()
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {
+            "generateName": f"{involved.get('name') or 'trialsync'}.",
+            "namespace": namespace,
+        },
+        "involvedObject": {**involved, "namespace": namespace},
+        "type": type_,
+        "reason": reason,
+        "message": message[:1024],
+        "source": {"component": names.MANAGED_BY},
+        "reportingComponent": f"{names.GROUP}/operator",
+        "firstTimestamp": stamp,
+        "lastTimestamp": stamp,
+        "count": 1,
+    }
+
+
+async def record_event(client: kube.Kube, body: JsonDict) -> None:
+    """Create the Event ``body``; a failure is worth a log line, never a retry storm."""
+    namespace = body["metadata"]["namespace"]
+    try:
+        await client.create(kube.namespaced(EVENTS, namespace), body)
+    except (kube.ApiError, OSError, TimeoutError) as exc:
+        log.warning("could not record an Event: %s", exc)
+
+
 class Reconciler:
     def __init__(self, client: kube.Kube) -> None:
         self._kube = client
 
     async def reconcile(self, view: ConfigView, status: Mapping[str, Any]) -> None:
         """Bring one SyncConfig's status and children in line with its spec."""
-        now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        desired = desired_status(view, status, now)
+        desired = desired_status(view, status, now())
         if view.valid and view.mode == "head":
             await self._ensure_head_objects(view)
         else:
@@ -160,32 +197,20 @@ class Reconciler:
 
     async def event(self, view: ConfigView, condition: Mapping[str, Any]) -> None:
         """Record a change of validity as an Event on the SyncConfig."""
-        valid = condition["status"] == "True"
-        now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        body = {
-            "apiVersion": "v1",
-            "kind": "Event",
-            "metadata": {"generateName": f"{view.name}.", "namespace": view.namespace},
-            "involvedObject": {
-                "apiVersion": names.API_VERSION,
-                "kind": names.KIND,
-                "namespace": view.namespace,
-                "name": view.name,
-                "uid": view.uid,
-            },
-            "type": "Normal" if valid else "Warning",
-            "reason": condition["reason"],
-            "message": str(condition["message"])[:1024],
-            "source": {"component": names.MANAGED_BY},
-            "reportingComponent": f"{names.GROUP}/operator",
-            "firstTimestamp": now,
-            "lastTimestamp": now,
-            "count": 1,
+        involved = {
+            "apiVersion": names.API_VERSION,
+            "kind": names.KIND,
+            "name": view.name,
+            "uid": view.uid,
         }
-        try:
-            await self._kube.create(kube.namespaced(EVENTS, view.namespace), body)
-        except kube.ApiError as exc:  # an Event is worth a log line, never a retry storm
-            log.warning("could not record an Event: %s", exc)
+        body = event_body(
+            view.namespace,
+            involved,
+            "Normal" if condition["status"] == "True" else "Warning",
+            condition["reason"],
+            str(condition["message"]),
+        )
+        await record_event(self._kube, body)
 
     async def _ensure_head_objects(self, view: ConfigView) -> None:
         # Create only, never read: the operator needs no permission to read Secrets. A

@@ -7,18 +7,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
 import kopf
 
-from trialsync_operator import injection, kube, names
+from trialsync_operator import injection, kube
 from trialsync_operator.leader import LeaderElector
-from trialsync_operator.reconcile import EVENTS, SYNCCONFIGS, Reconciler
+from trialsync_operator.reconcile import SYNCCONFIGS, Reconciler, event_body, record_event
 from trialsync_operator.settings import Settings
-from trialsync_operator.syncconfig import ConfigView, view_of
+from trialsync_operator.syncconfig import view_of
 from trialsync_operator.tls import ServingContext
 from trialsync_operator.webhook_server import respond_with_patch
 
@@ -26,6 +25,8 @@ log = logging.getLogger(__name__)
 
 #: The leader re-reconciles every SyncConfig this often, catching anything an event missed.
 RESYNC_INTERVAL = 300.0
+#: The reason of the Event recorded when a pod is admitted without its sidecar.
+SIDECAR_NOT_INJECTED = "SidecarNotInjected"
 
 
 class Runtime:
@@ -60,13 +61,17 @@ class Runtime:
                 await asyncio.wait_for(self.index_ready.wait(), 5.0)
 
     async def _any_syncconfig(self) -> bool:
-        scopes = self.settings.namespaces or ("",)
-        for namespace in scopes:
-            path = kube.namespaced(SYNCCONFIGS, namespace) if namespace else "/" + SYNCCONFIGS
+        for path in self._collections():
             listing = await self.kube.get(path, params={"limit": "1"})
             if listing.get("items"):
                 return True
         return False
+
+    def _collections(self) -> list[str]:
+        """The API paths of the SyncConfigs this operator watches."""
+        if not self.settings.namespaces:
+            return [kube.cluster(SYNCCONFIGS)]
+        return [kube.namespaced(SYNCCONFIGS, ns) for ns in self.settings.namespaces]
 
     def ready(self) -> bool:
         return (
@@ -90,9 +95,7 @@ class Runtime:
             await asyncio.sleep(RESYNC_INTERVAL)
 
     async def reconcile_all(self) -> None:
-        scopes = self.settings.namespaces or ("",)
-        for namespace in scopes:
-            path = kube.namespaced(SYNCCONFIGS, namespace) if namespace else "/" + SYNCCONFIGS
+        for path in self._collections():
             listing = await self.kube.get(path)
             for item in listing.get("items") or []:
                 await self.reconcile(item)
@@ -118,7 +121,7 @@ class Runtime:
         body: Mapping[str, Any],
         warnings: list[str],
         dryrun: bool,
-        lookup: Callable[[tuple[str, str]], ConfigView | None],
+        lookup: injection.Lookup,
     ) -> None:
         """Inject the sidecar into a pod, or refuse it (kopf.AdmissionError) saying why."""
         if not self.index_ready.is_set():
@@ -136,9 +139,7 @@ class Runtime:
                 code=400,
             )
         try:
-            result = injection.plan(
-                body, namespace, lambda ns, name: lookup((ns, name)), self.settings.defaults
-            )
+            result = injection.plan(body, namespace, lookup, self.settings.defaults)
         except injection.Refusal as exc:
             if self.settings.on_config_error != "admit":
                 raise kopf.AdmissionError(f"trialsync: {exc}", code=400) from None
@@ -153,35 +154,33 @@ class Runtime:
 
     async def _pod_event(self, pod: Mapping[str, Any], namespace: str, message: str) -> None:
         """A Warning on the pod's owner (a new pod has no name yet when a controller made it)."""
-        meta = pod.get("metadata") or {}
-        owners = meta.get("ownerReferences") or []
-        if owners:
-            ref = owners[0]
-            involved = {k: ref.get(k) for k in ("apiVersion", "kind", "name", "uid")}
-        elif meta.get("name"):
-            involved = {"apiVersion": "v1", "kind": "Pod", "name": meta["name"]}
-        else:
+        involved = _pod_or_owner(pod)
+        if involved is None:
+            log.warning("no sidecar injected in a pod with no name or owner: %s", message)
             return
-        now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        event = {
-            "apiVersion": "v1",
-            "kind": "Event",
-            "metadata": {"generateName": "trialsync.", "namespace": namespace},
-            "involvedObject": {**involved, "namespace": namespace},
-            "type": "Warning",
-            "reason": "SidecarNotInjected",
-            "message": message[:1024],
-            "source": {"component": names.MANAGED_BY},
-            "firstTimestamp": now,
-            "lastTimestamp": now,
-            "count": 1,
-        }
-        try:
-            await self.kube.create(kube.namespaced(EVENTS, namespace), event)
-        except (kube.ApiError, OSError) as exc:
-            log.warning("could not record an Event: %s", exc)
+        body = event_body(namespace, involved, "Warning", SIDECAR_NOT_INJECTED, message)
+        await record_event(self.kube, body)
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+
+def _pod_or_owner(pod: Mapping[str, Any]) -> dict[str, Any] | None:
+    """What an Event about a new pod is recorded on: its controller (a Job, a ReplicaSet...)
+    when it has one, since a pod a controller makes has no name yet; else the pod by name;
+    None for a pod with neither."""
+    meta = _mapping(pod.get("metadata"))
+    owners = [o for o in meta.get("ownerReferences") or [] if isinstance(o, Mapping)]
+    owner = next((o for o in owners if o.get("controller")), owners[0] if owners else None)
+    if owner is not None:
+        return {k: owner.get(k) for k in ("apiVersion", "kind", "name", "uid")}
+    name = meta.get("name")
+    if isinstance(name, str) and name:
+        return {"apiVersion": "v1", "kind": "Pod", "name": name}
+    return None
+
+
+def _mapping(value: object) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}

@@ -1,6 +1,6 @@
 """kopf's WebhookServer, serving our own webhook configurations with a hot-swapped certificate.
 
-Two changes to kopf's server. First, kopf restarts its listener when the certificate
+Four changes to kopf's server. First, kopf restarts its listener when the certificate
 files change, which refuses connections for a moment: an admission under
 ``failurePolicy: Fail`` would fail. Here the certificate is loaded into the live
 SSLContext instead, so rotation never closes the listener. Second, pods made by
@@ -11,9 +11,9 @@ Third, a handler may answer with a JSONPatch it computed itself (``respond_with_
 kopf would build one by deep-copying and diffing the whole pod, which took 0.6 ms of the
 about 1.5 ms of CPU each admission cost; the injector knows exactly what it adds.
 
-kopf also deep-copies the whole reviewed object to diff it against its patch even when
-that patch is empty (``Patch.as_json_patch`` copies before it checks): another 0.6 ms a
-pod. ``skip_copies_for_empty_patches`` makes an empty patch return at once.
+Fourth, kopf deep-copies the whole reviewed object to diff it against its patch even
+when that patch is empty (``Patch.as_json_patch`` copies before it checks): another
+0.6 ms a pod. ``skip_copies_for_empty_patches`` makes an empty patch return at once.
 
 The webhook configurations are ours (the chart's), not kopf's managed ones, so the client
 config this server yields to kopf is not used to write any.
