@@ -82,10 +82,10 @@ def _describe(field: dict[str, Any]) -> str:
 
 def render() -> str:
     crd = yaml.safe_load(CRD.read_text())
-    schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
-    spec_rules = [
-        " ".join(str(r["message"]).split()) for r in schema.get("x-kubernetes-validations", [])
-    ]
+    root = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    schema = root["properties"]["spec"]
+    spec_rules = _messages(schema)
+    object_rules = _messages(root)
     lines = [
         BEGIN,
         "",
@@ -95,9 +95,14 @@ def render() -> str:
         "",
         "Across fields, the apiserver also refuses: " + "; ".join(spec_rules) + ".",
         "",
+        *(["Of the object itself: " + "; ".join(object_rules) + ".", ""] if object_rules else []),
         END,
     ]
     return "\n".join(lines)
+
+
+def _messages(schema: dict[str, Any]) -> list[str]:
+    return [" ".join(str(r["message"]).split()) for r in schema.get("x-kubernetes-validations", [])]
 
 
 def updated(readme: str) -> str:
