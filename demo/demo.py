@@ -239,7 +239,7 @@ def _story(cluster: Cluster, s3: ClusterS3, started: float, install_seconds: flo
     )
     say(
         """
-On your own cluster:
+On your own cluster (the images built and loaded first: the README's quickstart):
 
     helm install trialsync charts/trialsync -n trialsync --create-namespace --wait
     kubectl apply -f syncconfig.yaml            # kind: SyncConfig, your uploadDir

@@ -205,6 +205,17 @@ def test_cert_manager_mode_issues_the_certificate_and_injects_the_ca(kube: Kube)
     assert "--cert-mode=files" in deployment["spec"]["template"]["spec"]["containers"][0]["args"]
 
 
+def test_only_values_the_operator_reads_roll_its_replicas(kube: Kube) -> None:
+    def template(*sets: str) -> Any:
+        [deployment] = [d for d in _render(kube, *sets) if d["kind"] == "Deployment"]
+        return deployment["spec"]["template"]
+
+    default = template()
+    webhook_only = ("webhook.failurePolicy=Ignore", "webhook.timeoutSeconds=3")
+    assert template(*webhook_only) == default
+    assert template("webhook.onConfigError=admit") != default
+
+
 @pytest.mark.parametrize(
     ("value", "says"),
     [
