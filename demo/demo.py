@@ -31,18 +31,25 @@ from tests.support.cluster.harness import Cluster, Images, workload
 from tests.support.control_plane import REPO_ROOT, Kube, external_cluster, kubectl_path
 from tests.support.object_stores import S3Server, start_seaweedfs
 
+from trialsync_operator import __version__
+
 NAMESPACE = "ml"
 CHECKPOINTS = 3
 MODEL_BYTES = 8 * 2**20
 MANIFEST = ".trialsync-manifest.json"
-KIND_HOWTO = """\
-To run the same demo on kind (Docker needed), build and load the images as the README's
-quickstart shows, then:
+#: The images the chart defaults to: the ones images/build.py and the README's docker build make.
+SIDECAR_IMAGE = f"docker.io/trialsync/sidecar:{__version__}"
+OPERATOR_IMAGE = f"docker.io/trialsync/operator:{__version__}"
+KIND_HOWTO = f"""\
+To run the same demo on kind (Docker and Kubernetes 1.29 or later needed): build the two
+images as the README's quickstart shows, then
 
+    kind create cluster --name trialsync
+    kind load docker-image --name trialsync {SIDECAR_IMAGE} {OPERATOR_IMAGE}
     kind get kubeconfig --name trialsync > /tmp/kind.kubeconfig
     export TRIALSYNC_KUBECONFIG=/tmp/kind.kubeconfig
     export TRIALSYNC_CLUSTER_HOST_IP=$(docker network inspect kind \\
-        -f '{{(index .IPAM.Config 0).Gateway}}')
+        -f '{{{{(index .IPAM.Config 0).Gateway}}}}')
     make demo
 """
 
@@ -84,10 +91,7 @@ def _cluster(work: Path, external: str | None) -> Iterator[Cluster]:
     if external:
         step(f"using the cluster of TRIALSYNC_KUBECONFIG={external}")
         kube = external_cluster(Path(external), work)
-        version = "0.1.0"
-        images = Images(
-            f"docker.io/trialsync/sidecar:{version}", f"docker.io/trialsync/operator:{version}"
-        )
+        images = Images(SIDECAR_IMAGE, OPERATOR_IMAGE)
         yield Cluster(kube, images, None, os.environ.get("TRIALSYNC_CLUSTER_HOST_IP") or None)
         return
     step(
@@ -235,7 +239,7 @@ def _story(cluster: Cluster, s3: ClusterS3, started: float, install_seconds: flo
     )
     say(
         """
-On your own cluster:
+On your own cluster (the images built and loaded first: the README's quickstart):
 
     helm install trialsync charts/trialsync -n trialsync --create-namespace --wait
     kubectl apply -f syncconfig.yaml            # kind: SyncConfig, your uploadDir

@@ -8,6 +8,7 @@ permissions, and what the chart does not grant must be refused.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import uuid
 from collections.abc import Iterator
@@ -73,24 +74,77 @@ def test_helm_lint_strict_is_clean(kube: Kube) -> None:
 )
 def test_rendered_manifests_are_valid_kubernetes_objects(kube: Kube, sets: tuple[str, ...]) -> None:
     namespace = kube.create_namespace(f"chart-{uuid.uuid4().hex[:8]}")
+    for watched in _watched_namespaces(sets):  # the chart puts Roles there
+        kube.create_namespace(watched)
     docs = _render(kube, *sets, namespace=namespace)
     kinds = sorted(d["kind"] for d in docs)
     assert "Deployment" in kinds
     assert "MutatingWebhookConfiguration" in kinds
     stream = "\n---\n".join(yaml.safe_dump(d) for d in docs)
-    # The apiserver's own schemas, strictly: an unknown or misplaced field fails.
+    # The apiserver's own schemas, strictly: an unknown or misplaced field fails. Every
+    # namespaced object names its namespace (the release's, or a watched one).
     validated = kube.kubectl(
         "apply",
         "--dry-run=server",
         "--validate=strict",
-        "-n",
-        namespace,
         "-f",
         "-",
         input=stream,
         check=False,
     )
     assert validated.returncode == 0, validated.stderr
+
+
+def _watched_namespaces(sets: tuple[str, ...]) -> list[str]:
+    prefix = "operator.watchNamespaces="
+    return [
+        ns for s in sets if s.startswith(prefix) for ns in s[len(prefix) :].strip("{}").split(",")
+    ]
+
+
+def _rules(docs: list[dict[str, Any]], kind: str, namespace: str | None = None) -> list[Any]:
+    return [
+        rule
+        for d in docs
+        if d["kind"] == kind and d["metadata"].get("namespace") == namespace
+        for rule in d["rules"]
+    ]
+
+
+def _grants(rules: list[Any], resource: str) -> set[str]:
+    return {verb for r in rules if resource in r["resources"] for verb in r["verbs"]}
+
+
+def test_the_operator_is_granted_only_the_verbs_it_calls(kube: Kube) -> None:
+    cluster_wide = _rules(_render(kube), "ClusterRole")
+    # kopf lists and watches; nothing GETs a single SyncConfig.
+    assert _grants(cluster_wide, "syncconfigs") == {"list", "watch"}
+    assert _grants(cluster_wide, "syncconfigs/status") == {"patch"}
+    assert _grants(cluster_wide, "secrets") == {"create"}
+    assert _grants(cluster_wide, "events") == {"create"}
+    assert _grants(cluster_wide, "services") == {"get", "create", "patch", "delete"}
+    assert _grants(cluster_wide, "pods") == set()
+
+
+def test_watched_namespaces_get_roles_instead_of_cluster_wide_syncconfig_rules(
+    kube: Kube,
+) -> None:
+    docs = _render(kube, "operator.watchNamespaces={ml,tune}")
+    cluster_wide = _rules(docs, "ClusterRole")
+    for resource in ("syncconfigs", "syncconfigs/status", "secrets", "events", "services"):
+        assert not _grants(cluster_wide, resource), resource
+    assert _grants(cluster_wide, "mutatingwebhookconfigurations") == {"get", "update"}
+    for namespace in ("ml", "tune"):
+        rules = _rules(docs, "Role", namespace)
+        assert _grants(rules, "syncconfigs") == {"list", "watch"}
+        assert _grants(rules, "services") == {"get", "create", "patch", "delete"}
+        [binding] = [
+            d
+            for d in docs
+            if d["kind"] == "RoleBinding" and d["metadata"]["namespace"] == namespace
+        ]
+        assert binding["subjects"][0]["name"] == "trialsync-operator"
+        assert binding["subjects"][0]["namespace"] == "trialsync-system"
 
 
 def test_the_chart_labels_every_object_and_scopes_its_webhooks(kube: Kube) -> None:
@@ -130,8 +184,17 @@ def test_the_chart_labels_every_object_and_scopes_its_webhooks(kube: Kube) -> No
 
 def test_cert_manager_mode_issues_the_certificate_and_injects_the_ca(kube: Kube) -> None:
     docs = _render(kube, "certificates.certManager.enabled=true")
-    [certificate] = [d for d in docs if d["kind"] == "Certificate"]
-    assert "trialsync-webhook.trialsync-system.svc" in certificate["spec"]["dnsNames"]
+    certificates = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Certificate"}
+    issuers = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Issuer"}
+    serving = certificates["trialsync-webhook-tls"]
+    assert "trialsync-webhook.trialsync-system.svc" in serving["spec"]["dnsNames"]
+    # A CA signs the serving certificate, so renewing it leaves the caBundle as it is.
+    assert not serving["spec"].get("isCA")
+    ca_issuer = issuers[serving["spec"]["issuerRef"]["name"]]
+    ca = certificates["trialsync-webhook-ca"]
+    assert ca["spec"]["isCA"] is True
+    assert ca_issuer["spec"]["ca"]["secretName"] == ca["spec"]["secretName"]
+    assert "selfSigned" in issuers[ca["spec"]["issuerRef"]["name"]]["spec"]
     for kind in ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"):
         [config] = [d for d in docs if d["kind"] == kind]
         assert (
@@ -142,6 +205,17 @@ def test_cert_manager_mode_issues_the_certificate_and_injects_the_ca(kube: Kube)
     assert "--cert-mode=files" in deployment["spec"]["template"]["spec"]["containers"][0]["args"]
 
 
+def test_only_values_the_operator_reads_roll_its_replicas(kube: Kube) -> None:
+    def template(*sets: str) -> Any:
+        [deployment] = [d for d in _render(kube, *sets) if d["kind"] == "Deployment"]
+        return deployment["spec"]["template"]
+
+    default = template()
+    webhook_only = ("webhook.failurePolicy=Ignore", "webhook.timeoutSeconds=3")
+    assert template(*webhook_only) == default
+    assert template("webhook.onConfigError=admit") != default
+
+
 @pytest.mark.parametrize(
     ("value", "says"),
     [
@@ -150,6 +224,7 @@ def test_cert_manager_mode_issues_the_certificate_and_injects_the_ca(kube: Kube)
         ("operator.replicas=0", "replicas"),
         ("sidecar.schemes={S3}", "schemes"),
         ("operator.unknown=1", "unknown"),
+        ("certificates.rotateBeforeDays=365", "rotateBeforeDays"),
     ],
 )
 def test_the_values_schema_refuses_bad_values(kube: Kube, value: str, says: str) -> None:
@@ -167,24 +242,37 @@ def test_the_values_schema_refuses_bad_values(kube: Kube, value: str, says: str)
     assert says in result.stderr
 
 
-@pytest.fixture
-def installed(kube: Kube) -> Iterator[str]:
+@dataclasses.dataclass(frozen=True)
+class Installed:
+    namespace: str  # the release's
+    workload: str  # where the test's SyncConfig and pod go
+    watched: bool  # operator.watchNamespaces=[workload]
+
+
+@pytest.fixture(params=[False, True], ids=["cluster-wide", "watched-namespace"])
+def installed(kube: Kube, request: pytest.FixtureRequest) -> Iterator[Installed]:
     """The chart installed into the test control plane (pods never run here)."""
     if not kube.local:
         pytest.skip("the operator process serves webhooks on this host's 127.0.0.1")
     namespace = "trialsync-system"
-    _helm(kube, "upgrade", "--install", RELEASE, str(CHART), "-n", namespace, "--create-namespace")
-    yield namespace
+    workload = kube.create_namespace(f"rbac-{uuid.uuid4().hex[:8]}")
+    sets = [f"--set=operator.watchNamespaces={{{workload}}}"] if request.param else []
+    _helm(
+        kube,
+        "upgrade", "--install", RELEASE, str(CHART), "-n", namespace, "--create-namespace", *sets,
+    )  # fmt: skip
+    yield Installed(namespace, workload, request.param)
     _helm(kube, "uninstall", RELEASE, "-n", namespace, check=False)
 
 
 def test_the_operator_works_with_exactly_the_charts_permissions(
-    kube: Kube, installed: str, tmp_path: Path
+    kube: Kube, installed: Installed, tmp_path: Path
 ) -> None:
-    account = f"system:serviceaccount:{installed}:trialsync-operator"
+    release_ns, ns = installed.namespace, installed.workload
+    account = f"system:serviceaccount:{release_ns}:trialsync-operator"
     groups = [
         "system:serviceaccounts",
-        f"system:serviceaccounts:{installed}",
+        f"system:serviceaccounts:{release_ns}",
         "system:authenticated",
     ]
     as_operator = kube.user_kubeconfig(account, groups)
@@ -198,15 +286,15 @@ def test_the_operator_works_with_exactly_the_charts_permissions(
             "trialsync-webhook-tls",
             "--service",
             "trialsync-webhook",
+            *(["--watch-namespace", ns] if installed.watched else []),
         ],
         webhook_name="trialsync",
         install_webhooks=False,
         kubeconfig=as_operator,
-        namespace=installed,
+        namespace=release_ns,
     )
     try:
         point_webhooks_at(kube, operator.webhook_port, name="trialsync")
-        ns = kube.create_namespace(f"rbac-{uuid.uuid4().hex[:8]}")
         local = {
             "apiVersion": names.API_VERSION,
             "kind": names.KIND,
@@ -258,8 +346,8 @@ def test_the_operator_works_with_exactly_the_charts_permissions(
             )
             == 1
         )
-        kube.kubectl("get", "lease", "trialsync-operator", "-n", installed)
-        kube.kubectl("get", "secret", "trialsync-webhook-tls", "-n", installed)
+        kube.kubectl("get", "lease", "trialsync-operator", "-n", release_ns)
+        kube.kubectl("get", "secret", "trialsync-webhook-tls", "-n", release_ns)
         config = json.loads(
             kube.kubectl("get", "mutatingwebhookconfiguration", "trialsync", "-o", "json").stdout
         )
@@ -277,9 +365,19 @@ def test_the_operator_works_with_exactly_the_charts_permissions(
         ("get", "pods", ["-n", "default"]),
         ("delete", "syncconfigs.trialsync.io", ["-n", "default"]),
         ("update", "syncconfigs.trialsync.io", ["-n", "default"]),
+        ("get", "syncconfigs.trialsync.io", ["-n", "default"]),
         ("update", "mutatingwebhookconfigurations/other", []),
         ("create", "clusterrolebindings", []),
-        ("get", "secrets/some-other-secret", ["-n", installed]),
+        ("get", "secrets/some-other-secret", ["-n", release_ns]),
+        *(
+            [
+                ("list", "syncconfigs.trialsync.io", ["--all-namespaces"]),
+                ("create", "secrets", ["-n", "default"]),
+                ("patch", "services", ["-n", "default"]),
+            ]
+            if installed.watched
+            else []
+        ),
     ]:
         answer = kube.kubectl(
             "auth", "can-i", verb, resource, *where, f"--as={account}", check=False

@@ -69,3 +69,24 @@ annotations:
   cert-manager.io/inject-ca-from: {{ .Release.Namespace }}/{{ include "trialsync.tlsSecret" . }}
 {{- end -}}
 {{- end -}}
+
+{{/* What the operator calls where SyncConfigs live: kopf lists and watches them (no
+     single GET), the leader patches their status, records Events, creates head-node
+     token Secrets and keeps the head-node Services it owns. */}}
+{{- define "trialsync.syncconfigRules" -}}
+- apiGroups: [trialsync.io]
+  resources: [syncconfigs]
+  verbs: [list, watch]
+- apiGroups: [trialsync.io]
+  resources: [syncconfigs/status]
+  verbs: [patch]
+- apiGroups: [""]
+  resources: [events]
+  verbs: [create]
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [create]
+- apiGroups: [""]
+  resources: [services]
+  verbs: [get, create, patch, delete]
+{{- end -}}
