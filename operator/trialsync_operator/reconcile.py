@@ -114,13 +114,15 @@ def head_service(view: ConfigView) -> JsonDict:
 
 
 def owner_reference(view: ConfigView) -> JsonDict:
+    # No blockOwnerDeletion: setting it needs `update` on syncconfigs/finalizers where the
+    # OwnerReferencesPermissionEnforcement admission plugin is on, and nothing here needs a
+    # foreground deletion to wait for the Secret and the Service.
     return {
         "apiVersion": names.API_VERSION,
         "kind": names.KIND,
         "name": view.name,
         "uid": view.uid,
         "controller": True,
-        "blockOwnerDeletion": True,
     }
 
 
