@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import base64
 import ctypes
-import datetime
 import json
 import os
 import shutil
@@ -45,13 +44,10 @@ from typing import Any
 import pytest
 import trustme
 import yaml
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from kubernetes.client import ApiClient
 from kubernetes.config import new_client_from_config
 
+from tests.support.cluster.pki import ClusterCA, service_account_keys
 from tests.support.processes import free_port, stop, tail
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -133,75 +129,6 @@ def _pem(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
-@dataclass
-class ClientCA:
-    """A CA that signs client certificates; the apiserver trusts it via --client-ca-file."""
-
-    key: ec.EllipticCurvePrivateKey
-    cert: x509.Certificate
-
-    @classmethod
-    def create(cls) -> ClientCA:
-        key = ec.generate_private_key(ec.SECP256R1())
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "trialsync-test-client-ca")])
-        now = datetime.datetime.now(datetime.UTC)
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(hours=1))
-            .not_valid_after(now + datetime.timedelta(days=7))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .sign(key, hashes.SHA256())
-        )
-        return cls(key, cert)
-
-    @property
-    def cert_pem(self) -> bytes:
-        return self.cert.public_bytes(serialization.Encoding.PEM)
-
-    def issue(self, user: str, groups: Sequence[str] = ()) -> tuple[bytes, bytes]:
-        """Return (cert PEM, key PEM) for ``user``; Kubernetes reads CN as user, O as groups."""
-        key = ec.generate_private_key(ec.SECP256R1())
-        attrs = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, g) for g in groups]
-        attrs.append(x509.NameAttribute(NameOID.COMMON_NAME, user))
-        now = datetime.datetime.now(datetime.UTC)
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name(attrs))
-            .issuer_name(self.cert.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(hours=1))
-            .not_valid_after(now + datetime.timedelta(days=7))
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-            .sign(self.key, hashes.SHA256())
-        )
-        key_pem = key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-        return cert.public_bytes(serialization.Encoding.PEM), key_pem
-
-
 def write_kubeconfig(
     path: Path,
     *,
@@ -274,7 +201,7 @@ class Kube:
     local: bool
     workdir: Path
     helm_path: Path | None = None
-    client_ca: ClientCA | None = None
+    client_ca: ClusterCA | None = None
     ca_pem: bytes = b""
     startup_seconds: float = 0.0
     _procs: list[subprocess.Popen[bytes]] = field(default_factory=list, repr=False)
@@ -345,10 +272,15 @@ class Kube:
         """
         if self.client_ca is None:
             raise ControlPlaneError("user_kubeconfig needs the local control plane")
-        cert, key = self.client_ca.issue(user, groups)
+        pair = self.client_ca.issue(user, organizations=groups)
         path = self.workdir / f"kubeconfig-{user.replace(':', '_')}"
         return write_kubeconfig(
-            path, server=self.server, ca_pem=self.ca_pem, cert_pem=cert, key_pem=key, user=user
+            path,
+            server=self.server,
+            ca_pem=self.ca_pem,
+            cert_pem=pair.cert,
+            key_pem=pair.key,
+            user=user,
         )
 
     def create_namespace(self, name: str, labels: dict[str, str] | None = None) -> str:
@@ -416,23 +348,13 @@ def start_control_plane(workdir: Path, binaries: Binaries | None = None) -> Kube
         extra.write_to_path(str(pki / "apiserver.crt"), append=True)
     serving.private_key_pem.write_to_path(str(pki / "apiserver.key"))
 
-    client_ca = ClientCA.create()
+    client_ca = ClusterCA.create("trialsync-test-client-ca")
     (pki / "client-ca.crt").write_bytes(client_ca.cert_pem)
 
     # Service-account token signing pair (RSA: what kube-apiserver expects by default).
-    sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    (pki / "sa.key").write_bytes(
-        sa_key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.TraditionalOpenSSL,
-            serialization.NoEncryption(),
-        )
-    )
-    (pki / "sa.pub").write_bytes(
-        sa_key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    )
+    sa = service_account_keys()
+    (pki / "sa.key").write_bytes(sa.key)
+    (pki / "sa.pub").write_bytes(sa.cert)
 
     etcd_client, etcd_peer, api_port = free_port(), free_port(), free_port()
     etcd_url = f"http://{HOST}:{etcd_client}"
@@ -446,17 +368,17 @@ def start_control_plane(workdir: Path, binaries: Binaries | None = None) -> Kube
         client_ca=client_ca,
         ca_pem=serving_ca.cert_pem.bytes(),
     )
-    admin_cert, admin_key = client_ca.issue("trialsync-admin", ["system:masters"])
+    admin = client_ca.issue("trialsync-admin", organizations=["system:masters"])
     write_kubeconfig(
         kube.kubeconfig,
         server=server,
         ca_pem=kube.ca_pem,
-        cert_pem=admin_cert,
-        key_pem=admin_key,
+        cert_pem=admin.cert,
+        key_pem=admin.key,
         user="trialsync-admin",
     )
-    (pki / "admin.crt").write_bytes(admin_cert)
-    (pki / "admin.key").write_bytes(admin_key)
+    (pki / "admin.crt").write_bytes(admin.cert)
+    (pki / "admin.key").write_bytes(admin.key)
 
     etcd_log = workdir / "etcd.log"
     apiserver_log = workdir / "kube-apiserver.log"
