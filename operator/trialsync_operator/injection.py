@@ -434,7 +434,7 @@ def _env(
                 "name": "TRIALSYNC_HEAD_TOKEN",
                 "valueFrom": {
                     "secretKeyRef": {
-                        "name": names.head_secret_name(view.name),
+                        "name": names.head_secret_name(view.name, view.uid),
                         "key": names.HEAD_TOKEN_KEY,
                     }
                 },

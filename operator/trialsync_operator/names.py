@@ -64,9 +64,13 @@ def head_service_name(config_name: str) -> str:
     return dns_label("trialsync-head", config_name)
 
 
-def head_secret_name(config_name: str) -> str:
-    """The Secret holding the head-node service's token (seed scenario 3)."""
-    return dns_label("trialsync-head", config_name)
+def head_secret_name(config_name: str, config_uid: str) -> str:
+    """The Secret holding the head-node service's token (seed scenario 3).
+
+    Named for this incarnation of the SyncConfig (its uid): one deleted and created again
+    under the same name gets a Secret of its own at once, while the garbage collector
+    removes its predecessor's, so pods never reference a Secret about to go."""
+    return dns_label("trialsync-head", f"{config_name}-{config_uid[:8]}")
 
 
 def head_url(config_name: str, namespace: str) -> str:

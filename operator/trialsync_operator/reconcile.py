@@ -79,7 +79,7 @@ def head_secret(view: ConfigView, token: str) -> JsonDict:
         "kind": "Secret",
         "type": "Opaque",
         "metadata": {
-            "name": names.head_secret_name(view.name),
+            "name": names.head_secret_name(view.name, view.uid),
             "labels": _labels(view, "head-token"),
             "ownerReferences": [owner_reference(view)],
         },
@@ -216,13 +216,19 @@ class Reconciler:
 
     async def _ensure_head_objects(self, view: ConfigView) -> None:
         # Create only, never read: the operator needs no permission to read Secrets. A
-        # Secret already there (this SyncConfig's from before) keeps its token.
+        # Secret already there is this SyncConfig's from before (its name carries the uid)
+        # and keeps its token.
         token = secrets.token_urlsafe(32)
         await self._create(kube.namespaced(SECRETS, view.namespace), head_secret(view, token))
         service_path = kube.namespaced(SERVICES, view.namespace, names.head_service_name(view.name))
         wanted = head_service(view)
         existing = await self._kube.get_or_none(service_path)
         if existing is None:
+            await self._create(kube.namespaced(SERVICES, view.namespace), wanted)
+        elif _owned_by_predecessor(existing, view):
+            # Left by a SyncConfig of this name deleted before: its owner is gone, so the
+            # garbage collector removes it anyway; this one needs its own now.
+            await self._kube.delete(service_path, precondition_uid=existing["metadata"]["uid"])
             await self._create(kube.namespaced(SERVICES, view.namespace), wanted)
         elif not _owned_by(existing, view):
             log.error(
@@ -255,6 +261,20 @@ class Reconciler:
 def _owned_by(obj: Mapping[str, Any], view: ConfigView) -> bool:
     refs = (obj.get("metadata") or {}).get("ownerReferences") or []
     return any(ref.get("uid") == view.uid for ref in refs)
+
+
+def _owned_by_predecessor(obj: Mapping[str, Any], view: ConfigView) -> bool:
+    """Whether ``obj``'s controller is a SyncConfig of this name other than ``view``'s:
+    names are unique, so that one has been deleted."""
+    refs = (obj.get("metadata") or {}).get("ownerReferences") or []
+    return any(
+        ref.get("controller")
+        and ref.get("kind") == names.KIND
+        and str(ref.get("apiVersion", "")).startswith(f"{names.GROUP}/")
+        and ref.get("name") == view.name
+        and ref.get("uid") != view.uid
+        for ref in refs
+    )
 
 
 def _service_drifted(existing: Mapping[str, Any], wanted: Mapping[str, Any]) -> bool:

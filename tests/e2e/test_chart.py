@@ -320,7 +320,10 @@ def test_the_operator_works_with_exactly_the_charts_permissions(
             30,
             what="the head Service",
         )
-        kube.kubectl("get", "secret", names.head_secret_name("local"), "-n", ns)
+        uid = json.loads(kube.kubectl("get", "syncconfig", "local", "-n", ns, "-o", "json").stdout)[
+            "metadata"
+        ]["uid"]
+        kube.kubectl("get", "secret", names.head_secret_name("local", uid), "-n", ns)
         pod = {
             "apiVersion": "v1",
             "kind": "Pod",

@@ -301,6 +301,7 @@ def test_without_an_upload_dir_the_operator_owns_a_token_secret_and_a_head_servi
     assert _apply(kube, ns, _syncconfig("local", {"syncPeriod": 30})).returncode == 0
     config = _get(kube, ns, "syncconfig", "local")
     service_name = names.head_service_name("local")
+    secret_name = names.head_secret_name("local", config["metadata"]["uid"])
     service = wait_for(
         lambda: (
             kube.kubectl("get", "service", service_name, "-n", ns, "-o", "json", check=False).stdout
@@ -308,11 +309,7 @@ def test_without_an_upload_dir_the_operator_owns_a_token_secret_and_a_head_servi
         30,
         what="the head Service",
     )
-    secret = json.loads(
-        kube.kubectl(
-            "get", "secret", names.head_secret_name("local"), "-n", ns, "-o", "json"
-        ).stdout
-    )
+    secret = json.loads(kube.kubectl("get", "secret", secret_name, "-n", ns, "-o", "json").stdout)
     for obj in (json.loads(service), secret):
         [owner] = obj["metadata"]["ownerReferences"]
         assert (owner["kind"], owner["name"], owner["uid"]) == (
@@ -345,9 +342,7 @@ def test_without_an_upload_dir_the_operator_owns_a_token_secret_and_a_head_servi
     [sidecar] = sidecars(_get(kube, ns, "pod", "worker"))
     env = {e["name"]: e for e in sidecar["env"]}
     assert env["TRIALSYNC_HEAD_URL"]["value"] == f"http://{service_name}.{ns}.svc:9747"
-    assert env["TRIALSYNC_HEAD_TOKEN"]["valueFrom"]["secretKeyRef"][
-        "name"
-    ] == names.head_secret_name("local")
+    assert env["TRIALSYNC_HEAD_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == secret_name
     token = base64.b64decode(secret["data"][names.HEAD_TOKEN_KEY]).decode()
     assert token not in json.dumps(_get(kube, ns, "pod", "worker"))
 
@@ -367,8 +362,42 @@ def test_without_an_upload_dir_the_operator_owns_a_token_secret_and_a_head_servi
         30,
         what="the head Service to go",
     )
-    kept = kube.kubectl("get", "secret", names.head_secret_name("local"), "-n", ns, "-o", "json")
+    kept = kube.kubectl("get", "secret", secret_name, "-n", ns, "-o", "json")
     assert json.loads(kept.stdout)["data"] == secret["data"]
+
+
+def test_a_syncconfig_deleted_and_created_again_gets_head_objects_of_its_own_at_once(
+    kube: Kube, ns: str
+) -> None:
+    # This control plane runs no garbage collector: the first SyncConfig's Secret and
+    # Service stay, as they do on a cluster until the collector gets to them.
+    assert _apply(kube, ns, _syncconfig("again", {})).returncode == 0
+    first = _get(kube, ns, "syncconfig", "again")["metadata"]["uid"]
+    service_name = names.head_service_name("again")
+    wait_for(
+        lambda: kube.kubectl("get", "service", service_name, "-n", ns, check=False).returncode == 0,
+        30,
+        what="the first head Service",
+    )
+    kube.kubectl("delete", "syncconfig", "again", "-n", ns)
+    assert _apply(kube, ns, _syncconfig("again", {})).returncode == 0
+    second = _get(kube, ns, "syncconfig", "again")["metadata"]["uid"]
+    assert second != first
+
+    def owner(kind: str, name: str) -> str | None:
+        got = kube.kubectl("get", kind, name, "-n", ns, "-o", "json", check=False)
+        if got.returncode != 0:
+            return None
+        [ref] = json.loads(got.stdout)["metadata"]["ownerReferences"]
+        return str(ref["uid"])
+
+    wait_for(lambda: owner("service", service_name) == second, 30, what="the new head Service")
+    secret_name = names.head_secret_name("again", second)
+    wait_for(lambda: owner("secret", secret_name) == second, 30, what="the new token Secret")
+    assert _apply(kube, ns, _pod("worker", "again")).returncode == 0
+    [sidecar] = sidecars(_get(kube, ns, "pod", "worker"))
+    env = {e["name"]: e for e in sidecar["env"]}
+    assert env["TRIALSYNC_HEAD_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == secret_name
 
 
 def test_kubectl_get_shows_ready_and_where_the_data_goes(kube: Kube, ns: str) -> None:
