@@ -185,9 +185,20 @@ def _head_service_flags(a: Callable[..., Any]) -> None:
     )
 
 
+def env_name(dest: str) -> str:
+    """The variable a flag falls back to: ``--sync-period`` reads ``TRIALSYNC_SYNC_PERIOD``.
+
+    The one exception: the repeatable ``--storage-option K=V`` reads one JSON object,
+    ``TRIALSYNC_STORAGE_OPTIONS``.
+    """
+    return ENV_PREFIX + _ENV_NAMES.get(dest, dest.upper())
+
+
+_ENV_NAMES = {"storage_option": "STORAGE_OPTIONS"}
+
+
 def known_env_names() -> set[str]:
-    extra = {ENV_PREFIX + "STORAGE_OPTIONS", ENV_PREFIX + "HEAD_TOKEN"}
-    return {ENV_PREFIX + name.upper() for name in _flag_names()} | extra
+    return {env_name(dest) for dest in _flag_names()} | {ENV_PREFIX + "HEAD_TOKEN"}
 
 
 def _flag_names() -> list[str]:
@@ -202,14 +213,14 @@ def parse(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
         if given is not None:
             values[dest] = given
             continue
-        raw = environ.get(ENV_PREFIX + dest.upper())
-        if raw is not None and raw != "":
+        raw = environ.get(env_name(dest))
+        if raw is not None and raw != "" and dest != "storage_option":
             values[dest] = _from_env(dest, raw)
     return _build(values, environ)
 
 
 def _from_env(dest: str, raw: str) -> Any:
-    name = ENV_PREFIX + dest.upper()
+    name = env_name(dest)
     action = next(a for a in _parser()._actions if a.dest == dest)
     if isinstance(action, argparse.BooleanOptionalAction):
         lowered = raw.strip().lower()
@@ -225,12 +236,14 @@ def _from_env(dest: str, raw: str) -> Any:
             raise ConfigError(f"{name}={raw!r}: expected a number") from exc
     if action.choices is not None and raw not in action.choices:
         raise ConfigError(f"{name}={raw!r}: expected one of {', '.join(action.choices)}")
-    if dest in ("exclude", "storage_option"):
+    if dest == "exclude":
         return [part for part in raw.split(",") if part]
     return raw
 
 
 def _storage_options(pairs: Sequence[str], environ: Mapping[str, str]) -> dict[str, Any]:
+    """``TRIALSYNC_STORAGE_OPTIONS`` (a JSON object), then each ``--storage-option K=V``
+    over it (V parsed as JSON when it is JSON): a flag wins over the environment per key."""
     options: dict[str, Any] = {}
     raw = environ.get(ENV_PREFIX + "STORAGE_OPTIONS")
     if raw:
