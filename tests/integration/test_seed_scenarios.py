@@ -294,3 +294,21 @@ def test_custom_syncer_publishes_through_the_syncer_interface(
     assert (target / CKPT / "model.pt").read_bytes() == (root / CKPT / "model.pt").read_bytes()
     assert (target / MANIFEST).exists()
     assert (target / "exp/trial_00000/params.json").exists()
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [["--syncer", "none"], ["--role", "head"]],
+    ids=["syncing-disabled", "head-without-upload-dir"],
+)
+def test_once_with_nothing_of_its_own_to_sync_exits_zero_at_once(
+    root: pathlib.Path, flags: list[str]
+) -> None:
+    trials.checkpoint(trials.trial(trials.experiment(root)), 1, {"model.pt": 1_000})
+    code, out = run_once(
+        [*("--root", str(root), "--http-addr", "127.0.0.1:0"), *flags],
+        {"TRIALSYNC_HEAD_TOKEN": "s3cret"},
+        timeout=20,
+    )
+    assert code == 0, out
+    assert "nothing to sync without an upload dir" in out
