@@ -109,6 +109,10 @@ def test_artifacts_stay_local_without_sync_artifacts(
     trial = trials.trial(trials.experiment(root))
     trials.checkpoint(trial, 1, {"model.pt": 1000})
     wait_for(lambda: MANIFEST in s3.listing(), 10, what="the checkpoint's manifest")
+    # Files this worker never syncs (artifacts here, the head's experiment state) are not
+    # pending: the gauge would page someone for work that will never be done.
+    time.sleep(1)  # the gauges are set as the round that wrote the manifest ends
+    assert sidecar.metric("trialsync_pending_files") == 0
     assert sidecar.stop() == 0  # the final sync also leaves artifacts alone
     assert set(s3.listing()) == {f"{CKPT}/model.pt", MANIFEST}
 
