@@ -182,6 +182,10 @@ def test_syncing_with_the_head_node_needs_a_token(tmp_path: pathlib.Path) -> Non
     ("flags", "says"),
     [
         (["--reconcile-interval", "-1"], "--reconcile-interval must be positive, or 0"),
+        (["--reconcile-interval", "nan"], "--reconcile-interval must be positive, or 0"),
+        (["--checkpoint-settle", "0"], "--checkpoint-settle must be a positive number"),
+        (["--final-sync-timeout", "inf"], "--final-sync-timeout must be a positive number"),
+        (["--poll-interval", "nan"], "--poll-interval must be a positive number"),
         (["--http-addr", "localhost"], "--http-addr 'localhost': expected HOST:PORT"),
         (["--part-size", "1024"], "at least 5 MiB"),
         (["--mirror-deletes", "--syncer", "pkg.mod:Cls"], "--mirror-deletes needs the default"),
@@ -233,7 +237,7 @@ def test_head_service_flags_fall_back_to_the_environment_and_have_defaults(
     [
         (["--role=head", "--receiver-max-object-size=0"], "--receiver-max-object-size must be"),
         (["--role=head", "--receiver-max-uploads=0"], "--receiver-max-uploads must be at least 1"),
-        (["--role=head", "--receiver-claim-lease=0"], "--receiver-claim-lease must be positive"),
+        (["--role=head", "--receiver-claim-lease=0"], "--receiver-claim-lease must be a positive"),
         (["--head-url", "http://h:1", "--head-identity-file", "{root}/id"], "is inside --root"),
     ],
 )
