@@ -2,9 +2,10 @@
 
 The engine is fed changed paths by a change journal and keeps four pieces of state: the
 ledger (what is uploaded), the dirty set (experiment and artifact files changed since their
-last upload, of the kinds this sidecar syncs), the activity map (checkpoint dirs not yet published, with the loop time of
-their last change) and the failed files (unreadable ones, which wait for a change). It
-never walks the tree or lists the remote on a steady-state sync.
+last upload, of the kinds this sidecar syncs), the activity map (checkpoint dirs not yet
+published, with the loop time of their last change) and the failed files (unreadable ones,
+which wait for a change). It never walks the tree or lists the remote on a steady-state
+sync.
 """
 
 from __future__ import annotations
