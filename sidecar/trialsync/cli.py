@@ -29,9 +29,12 @@ def use_plain_gcs_client_for_emulators() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    if not args or args[0] in ("-h", "--help"):
+    if not args:
+        print(USAGE, file=sys.stderr)
+        return 2
+    if args[0] in ("-h", "--help"):
         print(USAGE)
-        return 0 if args else 2
+        return 0
     if args[0] != "sync":
         print(f"trialsync: unknown command {args[0]!r}\n{USAGE}", file=sys.stderr)
         return 2

@@ -47,8 +47,9 @@ class SyncConfig:
     ``upload_dir``: URI that checkpoints, artifacts and experiment state are mirrored under
     (``s3://bucket/prefix``, ``gs://...``, ``hdfs://...``, ``file:///...``, any fsspec URI).
     None means workers sync their trial dirs to the head node instead.
-    ``syncer``: ``"auto"`` (the fsspec syncer), None (disable worker-to-head syncing; an
-    error with an upload_dir), a ``Syncer`` instance, or ``"package.module:Class"``.
+    ``syncer``: ``"auto"`` (the fsspec syncer), None or ``"none"`` (disable worker-to-head
+    syncing; an error with an upload_dir), a ``Syncer`` instance or
+    ``"package.module:Class"`` (a custom syncer: an error without an upload_dir).
     ``sync_period``: minimum seconds between two periodic syncs (scenarios 1 and 3).
     ``sync_timeout``: seconds after which a sync is cancelled and retried (scenarios 1, 2).
     ``sync_artifacts``: also sync trial-dir files that are not checkpoints (scenario 4).
@@ -66,16 +67,23 @@ class SyncConfig:
         """Return True if this configuration can sync, else raise ValueError saying why.
 
         Checks the upload_dir URI (scheme known, backend available, well formed), that the
-        syncer fits it, and that the period and timeout are positive. ``backend`` says
-        which storage backends exist; by default, those installed in this Python.
+        syncer fits it (None contradicts an upload_dir, a custom syncer needs one, as in
+        Ray), and that the period and timeout are positive. ``backend`` says which storage
+        backends exist; by default, those installed in this Python.
         """
         _require_positive("sync_period", self.sync_period)
         _require_positive("sync_timeout", self.sync_timeout)
         if isinstance(self.syncer, str):
             validate_syncer_name(self.syncer)
         if not self.upload_dir:
+            if self.syncer is not None and self.syncer not in ("auto", "none"):
+                raise ValueError(
+                    f"syncer {_syncer_name(self.syncer)} is a custom Syncer, which needs an "
+                    "upload_dir to sync to: set upload_dir, or use syncer 'auto' (sync to the "
+                    "head node) or None (no syncing)"
+                )
             return True
-        if self.syncer is None:
+        if self.syncer is None or self.syncer == "none":
             raise ValueError(
                 "syncer=None disables syncing, which contradicts upload_dir="
                 f"{self.upload_dir!r}: remove upload_dir, or set syncer to 'auto'"
@@ -84,6 +92,10 @@ class SyncConfig:
         if not isinstance(self.syncer, str):
             return self.syncer.validate_upload_dir(self.upload_dir)
         return True
+
+
+def _syncer_name(syncer: SyncerSpec) -> str:
+    return repr(syncer) if isinstance(syncer, str) else type(syncer).__name__
 
 
 def _require_positive(name: str, value: object) -> None:

@@ -2,9 +2,10 @@
 
 The engine is fed changed paths by a change journal and keeps four pieces of state: the
 ledger (what is uploaded), the dirty set (experiment and artifact files changed since their
-last upload), the activity map (checkpoint dirs not yet published, with the loop time of
-their last change) and the failed files (unreadable ones, which wait for a change). It
-never walks the tree or lists the remote on a steady-state sync.
+last upload, of the kinds this sidecar syncs), the activity map (checkpoint dirs not yet
+published, with the loop time of their last change) and the failed files (unreadable ones,
+which wait for a change). It never walks the tree or lists the remote on a steady-state
+sync.
 """
 
 from __future__ import annotations
@@ -126,7 +127,7 @@ class SyncEngine:
             assert placement.checkpoint is not None
             if not removed or placement.checkpoint in self.activity:
                 self.activity[placement.checkpoint] = _now()
-        else:
+        elif placement.kind in self.synced_kinds:
             self.dirty.add(rel)
 
     def note_overflow(self) -> None:
@@ -145,8 +146,8 @@ class SyncEngine:
         return self.rescan_needed or bool(self.deleted_checkpoints)
 
     def unsynced_files(self) -> list[str]:
-        """Changed files of the kinds this sidecar syncs that are not uploaded yet."""
-        return sorted(rel for rel in self.dirty if self._kind(rel) in self.synced_kinds)
+        """Changed files not uploaded yet (only kinds this sidecar syncs are kept dirty)."""
+        return sorted(self.dirty)
 
     def _kind(self, rel: str) -> Kind | None:
         placement = self.layout.place(rel)
@@ -279,7 +280,7 @@ class SyncEngine:
                 checkpoints.add(placement.checkpoint)
                 if not current:
                     newest[placement.checkpoint] = max(newest.get(placement.checkpoint, 0), st[1])
-            elif not current:
+            elif not current and placement.kind in self.synced_kinds:
                 self.dirty.add(rel)
         for checkpoint, mtime_ns in newest.items():
             # A checkpoint untouched for the settle window is complete already; a change

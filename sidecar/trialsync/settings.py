@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -185,9 +186,20 @@ def _head_service_flags(a: Callable[..., Any]) -> None:
     )
 
 
+def env_name(dest: str) -> str:
+    """The variable a flag falls back to: ``--sync-period`` reads ``TRIALSYNC_SYNC_PERIOD``.
+
+    The one exception: the repeatable ``--storage-option K=V`` reads one JSON object,
+    ``TRIALSYNC_STORAGE_OPTIONS``.
+    """
+    return ENV_PREFIX + _ENV_NAMES.get(dest, dest.upper())
+
+
+_ENV_NAMES = {"storage_option": "STORAGE_OPTIONS"}
+
+
 def known_env_names() -> set[str]:
-    extra = {ENV_PREFIX + "STORAGE_OPTIONS", ENV_PREFIX + "HEAD_TOKEN"}
-    return {ENV_PREFIX + name.upper() for name in _flag_names()} | extra
+    return {env_name(dest) for dest in _flag_names()} | {ENV_PREFIX + "HEAD_TOKEN"}
 
 
 def _flag_names() -> list[str]:
@@ -202,14 +214,14 @@ def parse(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
         if given is not None:
             values[dest] = given
             continue
-        raw = environ.get(ENV_PREFIX + dest.upper())
-        if raw is not None and raw != "":
+        raw = environ.get(env_name(dest))
+        if raw is not None and raw != "" and dest != "storage_option":
             values[dest] = _from_env(dest, raw)
     return _build(values, environ)
 
 
 def _from_env(dest: str, raw: str) -> Any:
-    name = ENV_PREFIX + dest.upper()
+    name = env_name(dest)
     action = next(a for a in _parser()._actions if a.dest == dest)
     if isinstance(action, argparse.BooleanOptionalAction):
         lowered = raw.strip().lower()
@@ -225,12 +237,14 @@ def _from_env(dest: str, raw: str) -> Any:
             raise ConfigError(f"{name}={raw!r}: expected a number") from exc
     if action.choices is not None and raw not in action.choices:
         raise ConfigError(f"{name}={raw!r}: expected one of {', '.join(action.choices)}")
-    if dest in ("exclude", "storage_option"):
+    if dest == "exclude":
         return [part for part in raw.split(",") if part]
     return raw
 
 
 def _storage_options(pairs: Sequence[str], environ: Mapping[str, str]) -> dict[str, Any]:
+    """``TRIALSYNC_STORAGE_OPTIONS`` (a JSON object), then each ``--storage-option K=V``
+    over it (V parsed as JSON when it is JSON): a flag wins over the environment per key."""
     options: dict[str, Any] = {}
     raw = environ.get(ENV_PREFIX + "STORAGE_OPTIONS")
     if raw:
@@ -258,16 +272,59 @@ def _build(values: dict[str, Any], environ: Mapping[str, str]) -> Settings:
         raise ConfigError("--root (or TRIALSYNC_ROOT) is required: the trial data directory")
     if not os.path.isdir(root):
         raise ConfigError(f"--root {root!r} is not a directory")
-    syncer: str | None = values.get("syncer", SyncConfig.syncer)
-    if syncer == "none":
-        syncer = None
-    upload_dir = values.get("upload_dir") or None
+    config = _seed_config(values)
+    role = values.get("role", defaults.ROLE)
     head_url = values.get("head_url") or None
-    if upload_dir and head_url:
+    _check_role(config, role, head_url)
+    head_token = ""
+    if not config.upload_dir and config.syncer is not None:
+        head_token = _head_token(values.get("head_token_file"), environ)
+    _check_values(values, config)
+    layout = Layout(
+        checkpoint_pattern=values.get("checkpoint_pattern", defaults.CHECKPOINT_PATTERN),
+        excludes=tuple(values.get("exclude", ())),
+    )
+    return Settings(
+        root=os.path.abspath(root),
+        config=config,
+        role=role,
+        head_url=head_url,
+        head_token=head_token,
+        layout=layout,
+        storage_options=_storage_options(values.get("storage_option", []), environ),
+        **{name: values[name] for name in _PLAIN if name in values},
+        **_head_service(os.path.abspath(root), values),
+    )
+
+
+# Settings taken as given once ``_check_values`` accepts them.
+_PLAIN = (
+    "checkpoint_settle",
+    "once",
+    "final_sync_timeout",
+    "mirror_deletes",
+    "http_addr",
+    "files_in_flight",
+    "part_size",
+    "upload_memory",
+    "reconcile_interval",
+    "poll_interval",
+    "max_backoff",
+    "log_level",
+    "receiver_addr",
+    "s3_client",
+)
+
+
+def _seed_config(values: Mapping[str, Any]) -> SyncConfig:
+    """The seed's six fields, validated as ``SyncConfig.validate_upload_dir`` does."""
+    syncer: str | None = values.get("syncer", SyncConfig.syncer)
+    upload_dir = values.get("upload_dir") or None
+    if upload_dir and values.get("head_url"):
         raise ConfigError("give --upload-dir or --head-url, not both")
     config = SyncConfig(
         upload_dir=upload_dir,
-        syncer=syncer,
+        syncer=None if syncer == "none" else syncer,
         sync_period=values.get("sync_period", SyncConfig.sync_period),
         sync_timeout=values.get("sync_timeout", SyncConfig.sync_timeout),
         sync_artifacts=values.get("sync_artifacts", SyncConfig.sync_artifacts),
@@ -277,76 +334,56 @@ def _build(values: dict[str, Any], environ: Mapping[str, str]) -> Settings:
         config.validate_upload_dir()
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
-    role = values.get("role", defaults.ROLE)
-    head_token = ""
+    return config
+
+
+def _check_role(config: SyncConfig, role: str, head_url: str | None) -> None:
+    """Where this role syncs to: a worker needs an upload dir or the head-node service."""
     if head_url and role == "head":
         raise ConfigError("--head-url is for workers; the head serves on --receiver-addr")
-    if not upload_dir and syncer is not None and role == "worker" and not head_url:
+    if not config.upload_dir and config.syncer is not None and role == "worker" and not head_url:
         raise ConfigError(
             "a worker needs --upload-dir (cloud syncing) or --head-url (syncing to the head "
             "node's service); --syncer none disables syncing"
         )
-    if not upload_dir and syncer is not None:
-        head_token = _head_token(values.get("head_token_file"), environ)
+
+
+def _check_values(values: Mapping[str, Any], config: SyncConfig) -> None:
+    """Durations, addresses and sizes: each a clear error naming its flag."""
     for name in ("checkpoint_settle", "final_sync_timeout", "poll_interval", "max_backoff"):
-        if name in values and not values[name] > 0:
-            raise ConfigError(f"--{name.replace('_', '-')} must be positive")
-    if values.get("reconcile_interval", 0) < 0:
+        if name in values and not _positive_seconds(values[name]):
+            raise ConfigError(f"--{_flag(name)} must be a positive number of seconds")
+    interval = values.get("reconcile_interval", 0)
+    if interval != 0 and not _positive_seconds(interval):
         raise ConfigError("--reconcile-interval must be positive, or 0 to never reconcile")
     for name in ("http_addr", "receiver_addr"):
         if name in values:
-            _check_addr(f"--{name.replace('_', '-')}", values[name])
-    if values.get("mirror_deletes") and syncer not in (None, "auto"):
+            _check_addr(f"--{_flag(name)}", values[name])
+    if values.get("mirror_deletes") and config.syncer not in (None, "auto"):
         raise ConfigError("--mirror-deletes needs the default syncer: a Syncer cannot list")
     for name in ("files_in_flight", "part_size", "upload_memory"):
         if name in values and values[name] < 1:
-            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
+            raise ConfigError(f"--{_flag(name)} must be at least 1")
     if values.get("part_size", defaults.PART_SIZE) < S3_MIN_PART_SIZE:
         raise ConfigError("--part-size must be at least 5 MiB (the S3 minimum part size)")
-    layout = Layout(
-        checkpoint_pattern=values.get("checkpoint_pattern", defaults.CHECKPOINT_PATTERN),
-        excludes=tuple(values.get("exclude", ())),
-    )
-    kwargs = {
-        k: values[k]
-        for k in (
-            "checkpoint_settle",
-            "once",
-            "final_sync_timeout",
-            "mirror_deletes",
-            "http_addr",
-            "files_in_flight",
-            "part_size",
-            "upload_memory",
-            "reconcile_interval",
-            "poll_interval",
-            "max_backoff",
-            "log_level",
-            "receiver_addr",
-            "s3_client",
-        )
-        if k in values
-    }
-    return Settings(
-        root=os.path.abspath(root),
-        config=config,
-        role=role,
-        head_url=head_url,
-        head_token=head_token,
-        layout=layout,
-        storage_options=_storage_options(values.get("storage_option", []), environ),
-        **kwargs,
-        **_head_service(os.path.abspath(root), values),
-    )
+
+
+def _positive_seconds(value: float) -> bool:
+    """Positive and finite: NaN and infinity are no durations."""
+    return math.isfinite(value) and value > 0
+
+
+def _flag(dest: str) -> str:
+    return dest.replace("_", "-")
 
 
 def _head_service(root: str, values: dict[str, Any]) -> dict[str, Any]:
     """Settings of the head-node service and of a worker's identity with it, validated."""
     for name in ("receiver_max_object_size", "receiver_max_uploads"):
         if name in values and values[name] < 1:
-            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
-    if "receiver_claim_lease" in values and not values["receiver_claim_lease"] > 0:
-        raise ConfigError("--receiver-claim-lease must be positive")
+            raise ConfigError(f"--{_flag(name)} must be at least 1")
+    if "receiver_claim_lease" in values and not _positive_seconds(values["receiver_claim_lease"]):
+        raise ConfigError("--receiver-claim-lease must be a positive number of seconds")
     state_dir = values.get("receiver_state_dir") or os.path.join(root, defaults.RECEIVER_STATE_DIR)
     identity = os.path.abspath(values.get("head_identity_file") or Settings.head_identity_file)
     if values.get("head_url") and identity.startswith(root + os.sep):

@@ -121,6 +121,13 @@ async def run(settings: Settings) -> int:
     config = settings.config
     metrics = Metrics()
     if config.upload_dir is None and (config.syncer is None or settings.role == "head"):
+        if settings.once:
+            # Nothing of this sidecar's own to sync (syncer none, or the head-node service
+            # that only receives): everything is durable at once.
+            log.info(
+                "sync once: nothing to sync without an upload dir", extra={"role": settings.role}
+            )
+            return 0
         await _serve_without_syncing(settings, metrics)
         return 0
     try:

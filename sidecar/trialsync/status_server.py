@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -12,6 +13,7 @@ from trialsync.metrics import Metrics
 # The handlers answer at once; stopping must not hold the SIGTERM budget (aiohttp waits
 # 60 s for open requests by default).
 SHUTDOWN_TIMEOUT = 1.0
+_LOOPBACK = (ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1"))
 
 
 async def start(
@@ -43,7 +45,7 @@ async def start(
     async def sync(request: web.Request) -> web.Response:
         # Only the pod itself (the trainer shares its network namespace) may declare its
         # checkpoints complete; anyone else could get half-written ones published.
-        if request.remote not in ("127.0.0.1", "::1"):
+        if not from_this_pod(request.remote):
             return web.Response(status=403, text="POST /sync is accepted from localhost only\n")
         await request_sync()
         return web.Response(status=202, text="sync requested\n")
@@ -60,14 +62,31 @@ async def start(
     return await serve(app, addr, shutdown_timeout=SHUTDOWN_TIMEOUT)
 
 
+def from_this_pod(remote: str | None) -> bool:
+    """Whether a peer address is the pod's own loopback: 127.0.0.1 or ::1, also as an
+    IPv4-mapped address (how a dual-stack listener on ``[::]`` sees an IPv4 client).
+
+    Only those two addresses: another address in 127.0.0.0/8 is not assumed to be the pod.
+    """
+    try:
+        address = ipaddress.ip_address(remote or "")
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address in _LOOPBACK
+
+
 async def serve(
     app: web.Application, addr: str, shutdown_timeout: float = 60.0
 ) -> tuple[web.AppRunner, int]:
     """Serve ``app`` on ``host:port`` (port 0 picks one); returns the runner and the port.
 
-    ``shutdown_timeout``: how long cleanup() waits for requests in progress."""
+    An IPv6 host is written in brackets (``[::]:9746``). ``shutdown_timeout``: how long
+    cleanup() waits for requests in progress."""
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout)
     await runner.setup()
     host, _, port = addr.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
     await web.TCPSite(runner, host or "0.0.0.0", int(port)).start()
     return runner, int(runner.addresses[0][1])

@@ -142,8 +142,14 @@ async def test_checkpoint_is_published_marker_last(backend: Backend, root: pathl
     )
     assert ("list", checkpoint) in calls  # verified against the store before the marker
     manifest = json.loads(backend.read(manifest_rel))
+    # The format the README states.
+    assert manifest.keys() == {"version", "checkpoint", "published_at", "total_bytes", "files"}
+    assert (manifest["version"], manifest["checkpoint"]) == (1, checkpoint)
     assert {name: entry["size"] for name, entry in manifest["files"].items()} == files
     assert manifest["total_bytes"] == sum(files.values())
+    for name, entry in manifest["files"].items():
+        assert entry.keys() == {"size", "mtime_ns", "checksum"}
+        assert entry["mtime_ns"] == (root / checkpoint / name).stat().st_mtime_ns
 
 
 async def test_restart_rebuilds_the_ledger_from_one_listing_and_the_manifests(

@@ -109,6 +109,10 @@ def test_artifacts_stay_local_without_sync_artifacts(
     trial = trials.trial(trials.experiment(root))
     trials.checkpoint(trial, 1, {"model.pt": 1000})
     wait_for(lambda: MANIFEST in s3.listing(), 10, what="the checkpoint's manifest")
+    # Files this worker never syncs (artifacts here, the head's experiment state) are not
+    # pending: the gauge would page someone for work that will never be done.
+    time.sleep(1)  # the gauges are set as the round that wrote the manifest ends
+    assert sidecar.metric("trialsync_pending_files") == 0
     assert sidecar.stop() == 0  # the final sync also leaves artifacts alone
     assert set(s3.listing()) == {f"{CKPT}/model.pt", MANIFEST}
 
@@ -294,3 +298,21 @@ def test_custom_syncer_publishes_through_the_syncer_interface(
     assert (target / CKPT / "model.pt").read_bytes() == (root / CKPT / "model.pt").read_bytes()
     assert (target / MANIFEST).exists()
     assert (target / "exp/trial_00000/params.json").exists()
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [["--syncer", "none"], ["--role", "head"]],
+    ids=["syncing-disabled", "head-without-upload-dir"],
+)
+def test_once_with_nothing_of_its_own_to_sync_exits_zero_at_once(
+    root: pathlib.Path, flags: list[str]
+) -> None:
+    trials.checkpoint(trials.trial(trials.experiment(root)), 1, {"model.pt": 1_000})
+    code, out = run_once(
+        [*("--root", str(root), "--http-addr", "127.0.0.1:0"), *flags],
+        {"TRIALSYNC_HEAD_TOKEN": "s3cret"},
+        timeout=20,
+    )
+    assert code == 0, out
+    assert "nothing to sync without an upload dir" in out

@@ -5,6 +5,8 @@ from __future__ import annotations
 import http.client
 import socket
 
+import pytest
+
 from trialsync import status_server
 from trialsync.metrics import Metrics
 
@@ -46,3 +48,48 @@ async def test_endpoints_and_a_trigger_only_from_the_pod_itself() -> None:
         assert triggers == [1]
     finally:
         await runner.cleanup()
+
+
+@pytest.mark.parametrize(
+    ("peer", "trusted"),
+    [
+        ("127.0.0.1", True),
+        ("::1", True),
+        ("::ffff:127.0.0.1", True),  # an IPv4 client of a dual-stack listener on [::]
+        ("127.0.0.2", False),
+        ("10.0.0.7", False),
+        ("::ffff:10.0.0.7", False),
+        ("", False),
+        (None, False),
+    ],
+)
+def test_only_the_pods_own_loopback_may_trigger(peer: str | None, trusted: bool) -> None:
+    assert status_server.from_this_pod(peer) is trusted
+
+
+async def test_an_ipv6_address_is_given_in_brackets() -> None:
+    import asyncio
+
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError as exc:
+        pytest.skip(f"no IPv6 loopback on this machine: {exc}")
+    runner, port = await status_server.start("[::1]:0", Metrics(), lambda: True, _no_sync)
+    try:
+        conn = http.client.HTTPConnection("::1", port, timeout=5)
+        status = await asyncio.to_thread(_status, conn, "POST", "/sync")
+        assert status == 202  # ::1 is the pod itself
+    finally:
+        await runner.cleanup()
+
+
+def _status(conn: http.client.HTTPConnection, method: str, path: str) -> int:
+    conn.request(method, path)
+    status = conn.getresponse().status
+    conn.close()
+    return status
+
+
+async def _no_sync() -> None:
+    pass

@@ -81,25 +81,27 @@ class FaultProxy(LoopbackServer):
                     return
                 head, body, method = request
                 self.requests += 1
-                number = self.requests
-                fault = self._random.random()
-                if fault < self.error_rate:
-                    self.errors += 1
-                    await _answer_error(client_w, self._random.choice(_ERRORS))
-                    return
                 reset_after = False
-                if fault < self.error_rate + self.reset_rate:
-                    self.resets += 1
-                    if self._random.random() < 0.5:
-                        _reset(client_w)
-                        return
-                    reset_after = True
-                if number == self._stall_at:
+                if self.requests == self._stall_at:
+                    # The stalled request gets no other fault: an error answer or a reset
+                    # would end it first, and the stall would never happen.
                     self.stalls += 1
                     self.stalled.append(head.split(b"\r\n", 1)[0].decode(errors="replace"))
                     await asyncio.sleep(self._stall_seconds)
                     if await _hung_up(client_r):
                         return
+                else:
+                    fault = self._random.random()
+                    if fault < self.error_rate:
+                        self.errors += 1
+                        await _answer_error(client_w, self._random.choice(_ERRORS))
+                        return
+                    if fault < self.error_rate + self.reset_rate:
+                        self.resets += 1
+                        if self._random.random() < 0.5:
+                            _reset(client_w)
+                            return
+                        reset_after = True
                 if upstream is None:
                     upstream = await asyncio.open_connection(self.target_host, self.target_port)
                 up_r, up_w = upstream

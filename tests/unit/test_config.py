@@ -62,6 +62,21 @@ def test_syncer_none_with_an_upload_dir_is_an_error() -> None:
 
 def test_syncer_none_without_upload_dir_disables_head_syncing() -> None:
     assert SyncConfig(syncer=None).validate_upload_dir() is True
+    assert SyncConfig(syncer="none").validate_upload_dir() is True
+
+
+def test_syncer_none_by_name_with_an_upload_dir_is_an_error_too() -> None:
+    with pytest.raises(ValueError, match="syncer=None disables syncing"):
+        SyncConfig(upload_dir="s3://bucket/x", syncer="none").validate_upload_dir()
+
+
+@pytest.mark.parametrize("syncer", ["pkg.mod:Class", "instance"])
+def test_a_custom_syncer_without_an_upload_dir_is_an_error(syncer: str) -> None:
+    # As in Ray: a custom syncer moves checkpoints to and from an upload_dir; without one
+    # it would be silently replaced by the head-node syncing.
+    spec = _OnlyMemory() if syncer == "instance" else syncer
+    with pytest.raises(ValueError, match="is a custom Syncer, which needs an upload_dir"):
+        SyncConfig(syncer=spec).validate_upload_dir()
 
 
 @pytest.mark.parametrize(

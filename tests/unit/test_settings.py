@@ -28,7 +28,7 @@ CLOUD: dict[str, Check] = {
     "once": ("true", lambda s: s.once, True),
     "final_sync_timeout": ("11", lambda s: s.final_sync_timeout, 11),
     "mirror_deletes": ("1", lambda s: s.mirror_deletes, True),
-    "storage_option": ("anon=true", lambda s: s.storage_options["anon"], True),
+    "storage_option": ('{"anon": true}', lambda s: s.storage_options["anon"], True),
     "s3_client": ("botocore", lambda s: s.s3_client, "botocore"),
     "http_addr": ("127.0.0.1:7001", lambda s: s.http_addr, "127.0.0.1:7001"),
     "files_in_flight": ("7", lambda s: s.files_in_flight, 7),
@@ -39,11 +39,15 @@ CLOUD: dict[str, Check] = {
     "max_backoff": ("9", lambda s: s.max_backoff, 9),
     "log_level": ("debug", lambda s: s.log_level, "debug"),
 }
+# A custom syncer: with an upload dir, and without --mirror-deletes (it cannot list).
+CUSTOM: dict[str, Check] = {
+    "syncer": ("pkg.mod:Cls", lambda s: s.config.syncer, "pkg.mod:Cls"),
+    "upload_dir": CLOUD["upload_dir"],
+}
 # The flags that only fit a worker syncing to the head node, or the head serving it.
 HEAD: dict[str, Check] = {
     "head_url": ("http://head:9747", lambda s: s.head_url, "http://head:9747"),
     "head_token_file": ("<token file>", lambda s: s.head_token, "s3cret"),
-    "syncer": ("pkg.mod:Cls", lambda s: s.config.syncer, "pkg.mod:Cls"),
     "head_identity_file": ("/scratch/id", lambda s: s.head_identity_file, "/scratch/id"),
     "receiver_max_object_size": ("1000", lambda s: s.receiver_max_object_size, 1000),
     "receiver_max_uploads": ("3", lambda s: s.receiver_max_uploads, 3),
@@ -53,27 +57,36 @@ HEAD: dict[str, Check] = {
 
 
 def test_every_flag_falls_back_to_its_environment_variable(tmp_path: pathlib.Path) -> None:
-    assert {"root", *CLOUD, *HEAD} == set(settings._flag_names()), "a flag without a check"
+    checked = {"root", *CLOUD, *HEAD, *CUSTOM}
+    assert checked == set(settings._flag_names()), "a flag without a check"
     token = tmp_path / "token"
     token.write_text("s3cret\n")
-    for checks in (CLOUD, HEAD):
-        env = {f"TRIALSYNC_{dest.upper()}": raw for dest, (raw, _, _) in checks.items()}
+    for checks in (CLOUD, HEAD, CUSTOM):
+        env = {settings.env_name(dest): raw for dest, (raw, _, _) in checks.items()}
         env["TRIALSYNC_ROOT"] = str(tmp_path)
         if "TRIALSYNC_HEAD_TOKEN_FILE" in env:
             env["TRIALSYNC_HEAD_TOKEN_FILE"] = str(token)
         parsed = parse([], env)
         assert parsed.root == str(tmp_path)
         for dest, (raw, read, expected) in checks.items():
-            assert read(parsed) == expected, f"TRIALSYNC_{dest.upper()}={raw}"
-    # The two variables that are not flags.
-    env = {
-        "TRIALSYNC_ROOT": str(tmp_path),
-        "TRIALSYNC_UPLOAD_DIR": "s3://bucket/exp",
-        "TRIALSYNC_STORAGE_OPTIONS": '{"client_kwargs": {"region_name": "eu-west-1"}}',
-    }
-    assert parse([], env).storage_options == {"client_kwargs": {"region_name": "eu-west-1"}}
+            assert read(parsed) == expected, f"{settings.env_name(dest)}={raw}"
+    # The variable that is not a flag.
     env = {"TRIALSYNC_ROOT": str(tmp_path), "TRIALSYNC_HEAD_URL": "http://head:9747"}
     assert parse([], {**env, "TRIALSYNC_HEAD_TOKEN": "tok"}).head_token == "tok"
+
+
+def test_storage_options_come_from_one_json_variable_and_flags_win_per_key(
+    tmp_path: pathlib.Path,
+) -> None:
+    args = ["--root", str(tmp_path), "--upload-dir", "s3://bucket/x"]
+    env = {"TRIALSYNC_STORAGE_OPTIONS": '{"anon": false, "client_kwargs": {"a": [1, 2]}}'}
+    parsed = parse([*args, "--storage-option", "anon=true", "--storage-option", "k=v"], env)
+    assert parsed.storage_options == {"anon": True, "client_kwargs": {"a": [1, 2]}, "k": "v"}
+    # The singular name is no setting: it is reported as a likely typo, not half-parsed.
+    assert unknown_env({"TRIALSYNC_STORAGE_OPTION": "anon=true"}, set()) == [
+        "TRIALSYNC_STORAGE_OPTION"
+    ]
+    assert parse(args, {"TRIALSYNC_STORAGE_OPTION": "anon=true"}).storage_options == {}
 
 
 def test_a_flag_wins_over_the_environment(tmp_path: pathlib.Path) -> None:
@@ -126,6 +139,17 @@ def test_cli_exits_2_with_the_error_and_runs_nothing(
     assert "syncer=None disables syncing" in capsys.readouterr().err
 
 
+def test_the_command_line_without_a_command_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert cli.main([]) == 2
+    assert "usage: trialsync sync" in capsys.readouterr().err
+    assert cli.main(["--help"]) == 0
+    assert "usage: trialsync sync" in capsys.readouterr().out
+    assert cli.main(["push"]) == 2
+    assert "unknown command 'push'" in capsys.readouterr().err
+
+
 def test_a_misspelled_flag_is_fatal(tmp_path: pathlib.Path) -> None:
     with pytest.raises(SystemExit) as info:
         cli.main(["sync", "--root", str(tmp_path), "--sync-perod", "3"])
@@ -158,6 +182,10 @@ def test_syncing_with_the_head_node_needs_a_token(tmp_path: pathlib.Path) -> Non
     ("flags", "says"),
     [
         (["--reconcile-interval", "-1"], "--reconcile-interval must be positive, or 0"),
+        (["--reconcile-interval", "nan"], "--reconcile-interval must be positive, or 0"),
+        (["--checkpoint-settle", "0"], "--checkpoint-settle must be a positive number"),
+        (["--final-sync-timeout", "inf"], "--final-sync-timeout must be a positive number"),
+        (["--poll-interval", "nan"], "--poll-interval must be a positive number"),
         (["--http-addr", "localhost"], "--http-addr 'localhost': expected HOST:PORT"),
         (["--part-size", "1024"], "at least 5 MiB"),
         (["--mirror-deletes", "--syncer", "pkg.mod:Cls"], "--mirror-deletes needs the default"),
@@ -209,7 +237,7 @@ def test_head_service_flags_fall_back_to_the_environment_and_have_defaults(
     [
         (["--role=head", "--receiver-max-object-size=0"], "--receiver-max-object-size must be"),
         (["--role=head", "--receiver-max-uploads=0"], "--receiver-max-uploads must be at least 1"),
-        (["--role=head", "--receiver-claim-lease=0"], "--receiver-claim-lease must be positive"),
+        (["--role=head", "--receiver-claim-lease=0"], "--receiver-claim-lease must be a positive"),
         (["--head-url", "http://h:1", "--head-identity-file", "{root}/id"], "is inside --root"),
     ],
 )
@@ -259,6 +287,6 @@ def test_the_readme_states_every_flag_its_variable_and_its_default(tmp_path: pat
         "receiver_state_dir": f"<root>/{trialsync.defaults.RECEIVER_STATE_DIR}",
     }
     for dest, (env, default) in rows.items():
-        assert f"`TRIALSYNC_{dest.upper()}" in env or dest == "storage_option", dest
+        assert env.startswith(f"`{settings.env_name(dest)}`"), dest
         expected = "(required)" if dest == "root" else _readme_default(actual[dest])
         assert default == expected, f"--{dest}: README says {default}, the code {expected}"
