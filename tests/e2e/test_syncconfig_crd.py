@@ -63,11 +63,20 @@ def test_the_apiserver_fills_in_the_seeds_defaults(kube: Kube, k8s_namespace: st
         ({"uploadDir": "s3://bucket/a b"}, "uploadDir must not contain spaces"),
         ({"syncer": "not a class"}, "syncer must be auto, none or package.module:Class"),
         (
-            {"syncer": "pkg.mod:Class"},
+            {"syncer": "pkg.mod:Class", "sidecar": {"image": "me/s:1"}},
+            "a custom syncer (package.module:Class) needs an uploadDir",
+        ),
+        (
+            {"syncer": "pkg.mod:Class", "uploadDir": "s3://bucket/x"},
             "a custom syncer (package.module:Class) runs in a sidecar image",
         ),
         (
-            {"syncer": "pkg.mod:Class", "mirrorDeletes": True, "sidecar": {"image": "me/s:1"}},
+            {
+                "syncer": "pkg.mod:Class",
+                "uploadDir": "s3://bucket/x",
+                "mirrorDeletes": True,
+                "sidecar": {"image": "me/s:1"},
+            },
             "mirrorDeletes needs syncer auto",
         ),
         (
