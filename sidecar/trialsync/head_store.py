@@ -14,6 +14,11 @@ token: every request fails), 404 ``FileNotFoundError``, a local file that shrink
 it is sent ``OSError``, any other non-2xx ``HeadStoreError``; each message has the method,
 URL, status and the receiver's answer.
 
+Timeouts, per attempt: connecting and each read of the answer (``timeout``); sending a
+file's body, which must make progress every ``write_timeout`` seconds (aiohttp has no
+bound there: a head that stops reading would hold the upload until the sync's own
+timeout), ``TimeoutError`` when it does not.
+
 A busy receiver (503) or one that cannot be reached is retried with jittered exponential
 backoff that honours ``Retry-After``, up to ``RETRIES`` times; an identity the head no
 longer knows (401) is replaced by registering again.
@@ -56,6 +61,7 @@ READ_CHUNK = 1 << 20
 # No total timeout: a large checkpoint may take longer than any fixed bound, and the engine
 # cancels a hung sync at syncTimeout. Connect and per-read stalls still fail fast enough.
 DEFAULT_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=300)
+DEFAULT_WRITE_TIMEOUT = 300.0
 # Retries of a busy (503) or unreachable head wait 0.5, 1, 2, 4, 8, 15, 15 and 15 s (at
 # least Retry-After; each times a random 1 to 1.5): about 90 s at most. Then the sync
 # fails, and the scheduler retries it with its own backoff.
@@ -96,6 +102,7 @@ class HeadStore:
         identity_file: str | None = None,
         name: str | None = None,
         metrics: Metrics | None = None,
+        write_timeout: float | None = None,
     ) -> None:
         self.head_url = head_url.rstrip("/")
         self.prefix = prefix.strip("/")
@@ -104,6 +111,7 @@ class HeadStore:
         self._name = name or socket.gethostname()
         self._metrics = metrics
         self._timeout = timeout
+        self._write_timeout = write_timeout or timeout.sock_read or DEFAULT_WRITE_TIMEOUT
         self._session: aiohttp.ClientSession | None = None
         self._identity: str | None = None
         self._forgotten: set[str] = set()  # identities the head refused: never reused
@@ -211,7 +219,8 @@ class HeadStore:
                 extra={"head_url": self.head_url, "error": f"{type(exc).__name__}: {exc}"},
             )
             return
-        log.info("claims on trial dirs released", extra={"trial_dirs": answer["released"]})
+        released = answer.get("released") if isinstance(answer, dict) else None
+        log.info("claims on trial dirs released", extra={"trial_dirs": released})
 
     # -- identity --------------------------------------------------------------------------
 
@@ -278,26 +287,29 @@ class HeadStore:
         while True:
             credential = self._token if shared else await self._credential()
             sent = {**(headers or {}), "Authorization": f"Bearer {credential}"}
-            data = body.chunks() if isinstance(body, _FileBody) else body
+            watchdog = asyncio.timeout(None)
             try:
-                async with self._client().request(
-                    method,
-                    url,
-                    data=data,
-                    params=params,
-                    headers=sent,
-                    expect100=isinstance(body, _FileBody),
-                ) as response:
-                    if response.status == 401 and not shared and not registered_again:
-                        registered_again = True
-                        await self._forget(credential)
-                        continue
-                    if response.status == 503 and attempt < retries:
-                        attempt += 1
-                        await self._pause(attempt, response.headers.get("Retry-After"), url)
-                        continue
-                    await self._check(response)
-                    return await read(response)
+                async with watchdog:
+                    data = self._watched(body, watchdog)
+                    async with self._client().request(
+                        method,
+                        url,
+                        data=data,
+                        params=params,
+                        headers=sent,
+                        expect100=isinstance(body, _FileBody),
+                    ) as response:
+                        watchdog.reschedule(None)  # sent: the read timeout bounds the rest
+                        if response.status == 401 and not shared and not registered_again:
+                            registered_again = True
+                            await self._forget(credential)
+                            continue
+                        if response.status == 503 and attempt < retries:
+                            attempt += 1
+                            await self._pause(attempt, response.headers.get("Retry-After"), url)
+                            continue
+                        await self._check(response)
+                        return await read(response)
             except aiohttp.ClientConnectionError as exc:
                 if isinstance(body, _FileBody) and body.error is not None:
                     raise body.error from exc  # our own file, not the connection, failed
@@ -305,6 +317,28 @@ class HeadStore:
                     raise
                 attempt += 1
                 await self._pause(attempt, None, url, exc)
+            except TimeoutError as exc:
+                if not watchdog.expired():
+                    raise
+                raise TimeoutError(
+                    f"{method} {url}: the head took no more of the body for "
+                    f"{self._write_timeout:g} s"
+                ) from exc
+
+    def _watched(
+        self, body: _FileBody | bytes | None, watchdog: asyncio.Timeout
+    ) -> AsyncIterator[bytes] | bytes | None:
+        """``body`` as aiohttp sends it; a file's each chunk, and the connection and the
+        wait for ``100 Continue`` before it, must make progress within ``write_timeout``."""
+        if not isinstance(body, _FileBody):
+            return body
+        loop = asyncio.get_running_loop()
+
+        def progress() -> None:
+            watchdog.reschedule(loop.time() + self._write_timeout)
+
+        progress()
+        return body.chunks(progress)
 
     async def _pause(
         self, attempt: int, retry_after: str | None, url: URL, error: Exception | None = None
@@ -372,10 +406,13 @@ class _FileBody:
         self.handle, self.size, self.path = handle, size, path
         self.error: OSError | None = None
 
-    async def chunks(self) -> AsyncIterator[bytes]:
+    async def chunks(self, progress: Callable[[], None]) -> AsyncIterator[bytes]:
+        """The bytes in chunks; ``progress`` is called each time aiohttp asks for the next
+        one, which it does once the previous one went to the socket."""
         await asyncio.to_thread(self.handle.seek, 0)
         left = self.size
         while left > 0:
+            progress()
             chunk = await asyncio.to_thread(self.handle.read, min(READ_CHUNK, left))
             if not chunk:
                 done = self.size - left
@@ -385,6 +422,7 @@ class _FileBody:
                 raise self.error
             left -= len(chunk)
             yield chunk
+        progress()  # all of it is written: the answer's headers are next
 
 
 def _read_identity(path: str, head_url: str) -> str | None:

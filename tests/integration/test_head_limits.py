@@ -6,11 +6,12 @@ import asyncio
 import contextlib
 import os
 import pathlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 
 from tests.support.head_service import TOKEN, Receiver, open_put, read_answer, tree
+from tests.support.stall_proxy import StallProxy
 from trialsync import head_store
 from trialsync.head_store import HeadStore, HeadStoreError
 from trialsync.metrics import Metrics
@@ -242,3 +243,61 @@ async def test_head_store_reports_an_object_over_the_limit_as_refused_for_good(
     assert metrics.head_refusals.labels("too_large")._value.get() == 1
     assert metrics.head_busy_retries._value.get() == 0
     assert tree(root) == {}
+
+
+async def test_a_head_that_stops_answering_ends_an_upload_at_the_write_timeout(
+    head: Receiver,
+    tmp_path: pathlib.Path,
+    stall_proxy_factory: Callable[[str, int], StallProxy],
+) -> None:
+    proxy = stall_proxy_factory("127.0.0.1", head.port)
+    store = HeadStore(proxy.endpoint_url, TOKEN, write_timeout=1)
+    small, large = tmp_path / "small", tmp_path / "large"
+    small.write_bytes(b"x")
+    large.write_bytes(bytes(32 * 2**20))
+    try:
+        await store.put_file(str(small), "exp/trial_0/small")  # registered, connection kept
+        proxy.stall()  # the head's answers, "100 Continue" included, never come
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(TimeoutError, match="took no more of the body for 1 s"):
+            # The outer bound only keeps a regression from hanging the suite (the read
+            # timeout alone would end it after 300 s).
+            await asyncio.wait_for(store.put_file(str(large), "exp/trial_0/large"), 30)
+        assert asyncio.get_running_loop().time() - started < 10
+    finally:
+        proxy.resume()
+        await store.close()
+
+
+async def test_a_head_that_stops_reading_mid_body_ends_the_upload_at_the_write_timeout(
+    tmp_path: pathlib.Path,
+) -> None:
+    """A peer that lets the body start ("100 Continue") and then reads no more of it."""
+    stalled = asyncio.Event()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            # (a request's small body, if any, is read as the start of the next head)
+            if b"PUT /" in head and b"100-continue" in head.lower():
+                writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                await writer.drain()
+                stalled.set()
+                await asyncio.sleep(60)  # reads nothing: the socket buffers fill up
+            answer = b'{"id": "w-1", "identity": "w-1.mac", "released": []}'
+            writer.write(b"HTTP/1.1 201 Created\r\nContent-Type: application/json\r\n")
+            writer.write(b"Content-Length: %d\r\n\r\n%s" % (len(answer), answer))
+            await writer.drain()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    store = HeadStore(f"http://127.0.0.1:{port}", TOKEN, write_timeout=1)
+    large = tmp_path / "large"
+    large.write_bytes(bytes(64 * 2**20))
+    try:
+        with pytest.raises(TimeoutError, match="took no more of the body for 1 s"):
+            await asyncio.wait_for(store.put_file(str(large), "exp/trial_0/large"), 30)
+        assert stalled.is_set()
+    finally:
+        await store.close()
+        server.close()
