@@ -179,7 +179,7 @@ def _check(view: ConfigView, sidecar: SidecarImage) -> None:
         sync_artifacts=view.sync_artifacts,
         sync_on_checkpoint=view.sync_on_checkpoint,
     )
-    seed.validate_upload_dir(any_scheme if view.image else sidecar.check_backend)
+    seed.validate_upload_dir(backend=any_scheme if view.image else sidecar.check_backend)
     if view.syncer not in ("auto", "none") and not view.image:
         raise ValueError(
             f"syncer {view.syncer!r} is a custom Syncer class: it runs in a sidecar image "

@@ -63,19 +63,23 @@ class SyncConfig:
     sync_artifacts: bool = True
     sync_on_checkpoint: bool = True
 
-    def validate_upload_dir(self, backend: BackendCheck | None = None) -> bool:
+    def validate_upload_dir(
+        self, upload_dir: str | None = None, *, backend: BackendCheck | None = None
+    ) -> bool:
         """Return True if this configuration can sync, else raise ValueError saying why.
 
         Checks the upload_dir URI (scheme known, backend available, well formed), that the
         syncer fits it (None contradicts an upload_dir, a custom syncer needs one, as in
-        Ray), and that the period and timeout are positive. ``backend`` says which storage
+        Ray), and that the period and timeout are positive. ``upload_dir``: the path to
+        validate, as in Ray (default: this config's). ``backend`` says which storage
         backends exist; by default, those installed in this Python.
         """
+        upload_dir = upload_dir or self.upload_dir
         _require_positive("sync_period", self.sync_period)
         _require_positive("sync_timeout", self.sync_timeout)
         if isinstance(self.syncer, str):
             validate_syncer_name(self.syncer)
-        if not self.upload_dir:
+        if not upload_dir:
             if self.syncer is not None and self.syncer not in ("auto", "none"):
                 raise ValueError(
                     f"syncer {_syncer_name(self.syncer)} is a custom Syncer, which needs an "
@@ -86,11 +90,11 @@ class SyncConfig:
         if self.syncer is None or self.syncer == "none":
             raise ValueError(
                 "syncer=None disables syncing, which contradicts upload_dir="
-                f"{self.upload_dir!r}: remove upload_dir, or set syncer to 'auto'"
+                f"{upload_dir!r}: remove upload_dir, or set syncer to 'auto'"
             )
-        validate_uri(self.upload_dir, backend)
+        validate_uri(upload_dir, backend)
         if not isinstance(self.syncer, str):
-            return self.syncer.validate_upload_dir(self.upload_dir)
+            return self.syncer.validate_upload_dir(upload_dir)
         return True
 
 

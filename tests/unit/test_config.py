@@ -36,6 +36,14 @@ def test_no_upload_dir_is_valid() -> None:
     assert SyncConfig().validate_upload_dir() is True
 
 
+def test_a_path_given_to_validate_upload_dir_is_validated_instead_as_in_ray() -> None:
+    assert SyncConfig().validate_upload_dir("s3://bucket/x") is True
+    with pytest.raises(ValueError, match="'bucket/x' has no scheme"):
+        SyncConfig(upload_dir="s3://bucket/x").validate_upload_dir("bucket/x")
+    with pytest.raises(ValueError, match="syncer=None disables syncing"):
+        SyncConfig(syncer=None).validate_upload_dir("s3://bucket/x")
+
+
 @pytest.mark.parametrize(
     ("uri", "says"),
     [
@@ -140,12 +148,12 @@ def test_a_backend_check_decides_which_schemes_are_served() -> None:
         if scheme != "s3":
             raise ValueError(f"{uri}: the sidecar image serves s3 only")
 
-    assert SyncConfig(upload_dir="s3://bucket/x").validate_upload_dir(only_s3)
+    assert SyncConfig(upload_dir="s3://bucket/x").validate_upload_dir(backend=only_s3)
     with pytest.raises(ValueError, match="serves s3 only"):
-        SyncConfig(upload_dir="gs://bucket/x").validate_upload_dir(only_s3)
+        SyncConfig(upload_dir="gs://bucket/x").validate_upload_dir(backend=only_s3)
     # The form is checked before the backend is asked.
     with pytest.raises(ValueError, match="no valid bucket name"):
-        SyncConfig(upload_dir="s3://B/x").validate_upload_dir(only_s3)
+        SyncConfig(upload_dir="s3://B/x").validate_upload_dir(backend=only_s3)
 
 
 @pytest.mark.parametrize("syncer", ["auto", "none", "pkg.mod:Class", "a:B"])
