@@ -203,7 +203,10 @@ def _seaweedfs_argv(weed: Path, workdir: Path, ports: list[int], s3_config: Path
         f"-master.port.grpc={master_grpc}",
         # Small volumes: the default 30 GiB limit makes volume growth preallocate needlessly.
         "-master.volumeSizeLimitMB=64",
-        "-volume.max=0",
+        # A fixed count, not 0 (derived from the free disk: about 540 volumes with 35 GB free,
+        # and each bucket takes 7, so about 77 buckets). Volumes are not preallocated: an
+        # unused one costs a few bytes of disk.
+        "-volume.max=5000",
         f"-volume.port={vol}",
         f"-volume.port.grpc={vol_grpc}",
         "-volume.preStopSeconds=0",  # default 10 s delays every shutdown
