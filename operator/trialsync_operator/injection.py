@@ -16,7 +16,6 @@ Kept apart from the webhook plumbing so it is tested without a server (golden fi
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import posixpath
@@ -185,9 +184,11 @@ def _inject(
     defaults: Defaults,
 ) -> Result:
     spec = _mapping(pod.get("spec"))
+    # Shallow copies: the injection only replaces a container's volumeMounts list (see
+    # _mount_trial_dir), never changes anything nested in the pod.
     volumes = [dict(v) for v in _list(spec.get("volumes"))]
-    containers = [copy.deepcopy(dict(c)) for c in _list(spec.get("containers"))]
-    init_containers = [copy.deepcopy(dict(c)) for c in _list(spec.get("initContainers"))]
+    containers = [dict(c) for c in _list(spec.get("containers"))]
+    init_containers = [dict(c) for c in _list(spec.get("initContainers"))]
     names_before = {v.get("name") for v in volumes}
     for reserved in (names.SCRATCH_VOLUME, names.CREDENTIALS_VOLUME):
         if reserved in names_before:
