@@ -4,8 +4,9 @@ The reconciler, leader election and the TLS manager send a handful of JSON reque
 aiohttp session on the operator's event loop does that without worker threads or model
 classes. Credentials come from the ``kubernetes`` package's configuration loaders
 (in-cluster first, then ``$KUBECONFIG``/``~/.kube/config``), the same order kopf's login
-uses, so both talk to the same cluster as the same user. The admission path makes no API
-call at all: it answers from the SyncConfig index.
+uses, so both talk to the same cluster as the same user. An admission waits on no API
+call: it answers from the SyncConfig index (the Event about a pod admitted without its
+sidecar, under ``--on-config-error=admit``, is written in the background).
 """
 
 from __future__ import annotations
