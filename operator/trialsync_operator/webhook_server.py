@@ -31,7 +31,7 @@ from typing import Any, cast
 
 import aiohttp.web
 import kopf
-from kopf._cogs.structs import patches
+from kopf._cogs.structs import patches as kopf_patches
 
 from trialsync_operator.tls import ServingContext
 
@@ -72,17 +72,17 @@ async def review_with_patches(fn: kopf.WebhookFn, data: Any, **kwargs: Any) -> A
 def skip_copies_for_empty_patches() -> None:
     """Make kopf's ``Patch.as_json_patch`` return ``[]`` for an empty patch before it
     deep-copies the object (the answer is the same; kopf 1.45 copies first)."""
-    original = patches.Patch.as_json_patch
+    original = kopf_patches.Patch.as_json_patch
     if getattr(original, "_trialsync", False):
         return
 
-    def as_json_patch(self: patches.Patch, body: Any = None) -> Any:
+    def as_json_patch(self: kopf_patches.Patch, body: Any = None) -> Any:
         if not self and not self.fns:
             return []
         return original(self, body)
 
     as_json_patch._trialsync = True  # type: ignore[attr-defined]
-    patches.Patch.as_json_patch = as_json_patch  # type: ignore[method-assign]
+    kopf_patches.Patch.as_json_patch = as_json_patch  # type: ignore[method-assign]
 
 
 def with_request_namespace(request: Any) -> Any:
