@@ -57,6 +57,7 @@ from tests.support.operator_process import (
     pod_admission_review,
     start_operator,
 )
+from tests.support.pods import opted_in_pod, syncconfig
 from tests.support.processes import free_port
 from tests.support.sidecar_process import wait_for
 from tests.support.webhook import WebhookTLS, mutating_webhook_configuration
@@ -78,30 +79,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _pod(name: str, labelled: bool) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {
-            "name": name,
-            "labels": {names.INJECT_LABEL: "true"} if labelled else {"app": "trainer"},
-            "annotations": {names.CONFIG_ANNOTATION: "exp", names.MOUNT_PATH_ANNOTATION: "/r"},
-        },
-        "spec": {
-            "terminationGracePeriodSeconds": 60,
-            "containers": [{"name": "trainer", "image": "example.com/trainer:1"}],
-        },
-    }
+    return opted_in_pod(name, "exp", labelled=labelled)
 
 
 def _syncconfig(name: str) -> str:
-    return json.dumps(
-        {
-            "apiVersion": names.API_VERSION,
-            "kind": names.KIND,
-            "metadata": {"name": name},
-            "spec": {"uploadDir": f"s3://bucket/{name}"},
-        }
-    )
+    return json.dumps(syncconfig(name, {"uploadDir": f"s3://bucket/{name}"}))
 
 
 async def _latency(operator: Operator, ca: str, namespace: str, count: int) -> list[float]:

@@ -24,6 +24,7 @@ from tests.cluster.trial_pods import (
     MANIFEST_NAME,
     TRIAL_ROOT,
     bucket_objects,
+    opted_in,
     s3_syncconfig_spec,
     trainer,
     trainer_events,
@@ -33,7 +34,7 @@ from tests.cluster.trial_pods import (
 from tests.support.cluster.fixtures import ClusterS3
 from tests.support.cluster.harness import Cluster, Manifest
 from tests.support.control_plane import REPO_ROOT
-from tests.support.pods import sidecars
+from tests.support.pods import sidecars, syncconfig
 from tests.support.sidecar_process import wait_for
 from trialsync_operator import names
 
@@ -90,28 +91,8 @@ def installed(cluster: Cluster, cluster_timings: dict[str, float]) -> Iterator[s
             cluster.kube.kubectl("delete", kind, RELEASE, "--ignore-not-found", check=False)
 
 
-def _syncconfig(name: str, spec: dict[str, Any]) -> Manifest:
-    return {
-        "apiVersion": names.API_VERSION,
-        "kind": names.KIND,
-        "metadata": {"name": name},
-        "spec": spec,
-    }
-
-
-def _opted_in(config: str, role: str = "worker") -> dict[str, Any]:
-    return {
-        "labels": {names.INJECT_LABEL: "true"},
-        "annotations": {
-            names.CONFIG_ANNOTATION: config,
-            names.MOUNT_PATH_ANNOTATION: TRIAL_ROOT,
-            names.ROLE_ANNOTATION: role,
-        },
-    }
-
-
 def _idle_pod(name: str, config: str, image: str, labelled: bool = True) -> Manifest:
-    meta = _opted_in(config) if labelled else {}
+    meta = opted_in(config) if labelled else {}
     return {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -137,7 +118,7 @@ def test_helm_install_brings_up_two_ready_replicas_that_inject_through_the_servi
         assert pod["spec"]["serviceAccountName"] == "trialsync-operator"
         assert pod["spec"]["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
     ns = cluster_namespace
-    cluster.apply(_syncconfig("exp", {"uploadDir": "s3://bucket/x"}), ns)
+    cluster.apply(syncconfig("exp", {"uploadDir": "s3://bucket/x"}), ns)
     cluster.wait_for("syncconfig", "exp", ns, "condition=Ready", 60)
     created = _create(cluster, ns, _idle_pod("probe", "exp", cluster.images.sidecar))
     assert created.returncode == 0, created.stderr
@@ -153,12 +134,12 @@ def test_a_syncconfig_and_a_labelled_job_publish_every_checkpoint(
     endpoint = cluster_s3.install(cluster, ns)
     bucket = cluster_s3.server.make_bucket()
     spec = s3_syncconfig_spec(cluster_s3, endpoint, f"s3://{bucket}/results")
-    cluster.apply(_syncconfig("exp", spec), ns)
+    cluster.apply(syncconfig("exp", spec), ns)
     cluster.wait_for("syncconfig", "exp", ns, "condition=Ready", 60)
     row = cluster.kube.kubectl("get", "syncconfig", "exp", "-n", ns, "--no-headers").stdout.split()
     assert row[1:5] == [f"s3://{bucket}/results", "300", "1800", "True"]
     job = training_job(
-        "train", _opted_in("exp"), trainer(cluster.images.sidecar, trial="t0", checkpoints=3)
+        "train", opted_in("exp"), trainer(cluster.images.sidecar, trial="t0", checkpoints=3)
     )
     cluster.apply(job, ns)
     cluster.wait_for("job", "train", ns, "condition=Complete", 240)
@@ -177,7 +158,7 @@ def test_the_head_node_scenario_runs_through_the_charts_operator(
 ) -> None:
     ns = cluster_namespace
     cluster.apply(
-        _syncconfig("local", {"checkpointSettleSeconds": 1, "finalSyncTimeoutSeconds": 20}), ns
+        syncconfig("local", {"checkpointSettleSeconds": 1, "finalSyncTimeoutSeconds": 20}), ns
     )
     cluster.wait_for("syncconfig", "local", ns, "condition=Ready", 60)
     user = {"runAsUser": 65532, "runAsGroup": 65532, "fsGroup": 65532}
@@ -189,7 +170,7 @@ def test_the_head_node_scenario_runs_through_the_charts_operator(
     worker = {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {"name": "worker", **_opted_in("local")},
+        "metadata": {"name": "worker", **opted_in("local")},
         "spec": {
             "restartPolicy": "Never",
             "terminationGracePeriodSeconds": 30,
@@ -271,7 +252,7 @@ def test_a_forced_certificate_rotation_fails_no_pod_creation(
     cluster: Cluster, installed: str, cluster_namespace: str
 ) -> None:
     ns = cluster_namespace
-    cluster.apply(_syncconfig("exp", {"uploadDir": "s3://bucket/x"}), ns)
+    cluster.apply(syncconfig("exp", {"uploadDir": "s3://bucket/x"}), ns)
     cluster.wait_for("syncconfig", "exp", ns, "condition=Ready", 60)
     before = _served_certificates(cluster)
     assert len(before) == 1  # every replica serves the Secret's certificate
@@ -305,7 +286,7 @@ def test_helm_upgrade_rolls_the_replicas_without_a_failed_admission(
     cluster: Cluster, installed: str, cluster_namespace: str
 ) -> None:
     ns = cluster_namespace
-    cluster.apply(_syncconfig("exp", {"uploadDir": "s3://bucket/x"}), ns)
+    cluster.apply(syncconfig("exp", {"uploadDir": "s3://bucket/x"}), ns)
     cluster.wait_for("syncconfig", "exp", ns, "condition=Ready", 60)
     old = {p["metadata"]["name"] for p in _operator_pods(cluster)}
     with _PodStream(cluster, ns, "exp") as stream:
@@ -326,7 +307,7 @@ def test_with_the_operator_scaled_to_zero_the_failure_policy_decides(
     cluster: Cluster, installed: str, cluster_namespace: str
 ) -> None:
     ns = cluster_namespace
-    cluster.apply(_syncconfig("exp", {"uploadDir": "s3://bucket/x"}), ns)
+    cluster.apply(syncconfig("exp", {"uploadDir": "s3://bucket/x"}), ns)
     deployment = "deployment/trialsync-operator"
     cluster.kube.kubectl("scale", deployment, "-n", installed, "--replicas=0")
     wait_for(lambda: not _operator_pods(cluster, terminating=True), 120, what="no operator pod")

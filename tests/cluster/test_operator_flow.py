@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
 from tests.cluster.trial_pods import (
     MANIFEST_NAME,
     RESTRICTED,
-    TRIAL_ROOT,
     bucket_objects,
+    opted_in,
     s3_syncconfig_spec,
     trainer,
     trainer_events,
@@ -27,9 +26,9 @@ from tests.cluster.trial_pods import (
     written_files,
 )
 from tests.support.cluster.fixtures import ClusterS3
-from tests.support.cluster.harness import Cluster, Manifest, container_status
+from tests.support.cluster.harness import Cluster, container_status
 from tests.support.operator_process import Operator, delete_webhooks, start_operator
-from tests.support.pods import sidecars
+from tests.support.pods import sidecars, syncconfig
 from trialsync_operator import names
 
 pytestmark = pytest.mark.timeout(600)
@@ -56,26 +55,6 @@ def operator_beside(
         operator.stop()
 
 
-def _opted_in(role: str = "worker") -> dict[str, Any]:
-    return {
-        "labels": {names.INJECT_LABEL: "true"},
-        "annotations": {
-            names.CONFIG_ANNOTATION: "exp",
-            names.MOUNT_PATH_ANNOTATION: TRIAL_ROOT,
-            names.ROLE_ANNOTATION: role,
-        },
-    }
-
-
-def _syncconfig(spec: dict[str, Any]) -> Manifest:
-    return {
-        "apiVersion": names.API_VERSION,
-        "kind": names.KIND,
-        "metadata": {"name": "exp"},
-        "spec": spec,
-    }
-
-
 def _wait_ready_condition(cluster: Cluster, ns: str) -> None:
     cluster.wait_for("syncconfig", "exp", ns, "condition=Ready", 60)
 
@@ -87,10 +66,10 @@ def test_a_labelled_job_is_injected_runs_to_complete_and_publishes_its_checkpoin
     endpoint = cluster_s3.install(cluster, ns)
     bucket = cluster_s3.server.make_bucket()
     spec = s3_syncconfig_spec(cluster_s3, endpoint, f"s3://{bucket}/results")
-    cluster.apply(_syncconfig(spec), ns)
+    cluster.apply(syncconfig("exp", spec), ns)
     _wait_ready_condition(cluster, ns)
     job = training_job(
-        "train", _opted_in(), trainer(cluster.images.sidecar, trial="t0", checkpoints=3)
+        "train", opted_in("exp"), trainer(cluster.images.sidecar, trial="t0", checkpoints=3)
     )
     cluster.apply(job, ns)
     cluster.wait_for("job", "train", ns, "condition=Complete", 240)
@@ -125,7 +104,9 @@ def test_without_an_upload_dir_workers_reach_the_head_through_the_operators_serv
 ) -> None:
     ns = cluster_namespace
     cluster.apply(
-        _syncconfig({"syncPeriod": 5, "checkpointSettleSeconds": 1, "finalSyncTimeoutSeconds": 20}),
+        syncconfig(
+            "exp", {"syncPeriod": 5, "checkpointSettleSeconds": 1, "finalSyncTimeoutSeconds": 20}
+        ),
         ns,
     )
     _wait_ready_condition(cluster, ns)
@@ -140,7 +121,7 @@ def test_without_an_upload_dir_workers_reach_the_head_through_the_operators_serv
     head = {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {"name": "head", **_opted_in("head")},
+        "metadata": {"name": "head", **opted_in("exp", "head")},
         "spec": {
             "terminationGracePeriodSeconds": 5,
             "securityContext": user,
@@ -153,7 +134,7 @@ def test_without_an_upload_dir_workers_reach_the_head_through_the_operators_serv
         worker = {
             "apiVersion": "v1",
             "kind": "Pod",
-            "metadata": {"name": f"worker-{i}", **_opted_in()},
+            "metadata": {"name": f"worker-{i}", **opted_in("exp")},
             "spec": {
                 "restartPolicy": "Never",
                 "terminationGracePeriodSeconds": 30,

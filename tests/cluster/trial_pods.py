@@ -10,6 +10,7 @@ from tests.support.cluster.fixtures import ClusterS3
 from tests.support.cluster.harness import Cluster, Manifest, workload
 from tests.support.object_stores import S3Server
 from tests.support.sidecar_pod import SIDECAR_NAME, SidecarSpec, inject
+from trialsync_operator import names
 
 MANIFEST_NAME = ".trialsync-manifest.json"
 TRIAL_ROOT = "/trial"
@@ -172,6 +173,19 @@ def s3_syncconfig_spec(s3: ClusterS3, endpoint_url: str, upload_dir: str) -> Man
         "credentials": {"secretRef": {"name": ClusterS3.CREDENTIALS_SECRET}},
         "checkpointSettleSeconds": 1,
         "finalSyncTimeoutSeconds": 20,
+    }
+
+
+def opted_in(config: str, role: str = "worker") -> dict[str, Any]:
+    """Pod metadata that opts in to injection with SyncConfig ``config``, mounting the
+    trial volume at ``TRIAL_ROOT``."""
+    return {
+        "labels": {names.INJECT_LABEL: "true"},
+        "annotations": {
+            names.CONFIG_ANNOTATION: config,
+            names.MOUNT_PATH_ANNOTATION: TRIAL_ROOT,
+            names.ROLE_ANNOTATION: role,
+        },
     }
 
 

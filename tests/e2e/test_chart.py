@@ -20,7 +20,7 @@ import yaml
 
 from tests.support.control_plane import REPO_ROOT, Kube
 from tests.support.operator_process import CRD_PATH, point_webhooks_at, start_operator
-from tests.support.pods import sidecars
+from tests.support.pods import opted_in_pod, sidecars, syncconfig
 from tests.support.sidecar_process import wait_for
 from trialsync_operator import names
 
@@ -295,12 +295,7 @@ def test_the_operator_works_with_exactly_the_charts_permissions(
     )
     try:
         point_webhooks_at(kube, operator.webhook_port, name="trialsync")
-        local = {
-            "apiVersion": names.API_VERSION,
-            "kind": names.KIND,
-            "metadata": {"name": "local"},
-            "spec": {},
-        }
+        local = syncconfig("local", {})
         kube.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(local))
         status = wait_for(
             lambda: json.loads(
@@ -324,22 +319,7 @@ def test_the_operator_works_with_exactly_the_charts_permissions(
             "metadata"
         ]["uid"]
         kube.kubectl("get", "secret", names.head_secret_name("local", uid), "-n", ns)
-        pod = {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {
-                "name": "worker",
-                "labels": {names.INJECT_LABEL: "true"},
-                "annotations": {
-                    names.CONFIG_ANNOTATION: "local",
-                    names.MOUNT_PATH_ANNOTATION: "/r",
-                },
-            },
-            "spec": {
-                "terminationGracePeriodSeconds": 60,
-                "containers": [{"name": "t", "image": "t:1"}],
-            },
-        }
+        pod = opted_in_pod("worker", "local")
         kube.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(pod))
         assert (
             len(

@@ -22,7 +22,7 @@ from tests.support.operator_process import (
     Operator,
     operator,
 )
-from tests.support.pods import DEFAULTS, SIDECAR, apply, sidecars
+from tests.support.pods import DEFAULTS, SIDECAR, apply, opted_in_pod, sidecars, syncconfig
 from tests.support.sidecar_process import wait_for
 from trialsync_operator import injection, names
 from trialsync_operator.syncconfig import view_of
@@ -31,33 +31,10 @@ pytestmark = pytest.mark.k8s
 __all__ = ["operator"]  # the module-scoped fixture
 
 
-def _syncconfig(name: str, spec: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "apiVersion": names.API_VERSION,
-        "kind": names.KIND,
-        "metadata": {"name": name},
-        "spec": spec,
-    }
-
-
 def _pod(name: str, config: str, labelled: bool = True, **annotations: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {
-            "name": name,
-            "labels": {names.INJECT_LABEL: "true"} if labelled else {"app": "trainer"},
-            "annotations": {
-                names.CONFIG_ANNOTATION: config,
-                names.MOUNT_PATH_ANNOTATION: "/root/ray_results",
-                **annotations,
-            },
-        },
-        "spec": {
-            "terminationGracePeriodSeconds": 60,
-            "containers": [{"name": "trainer", "image": "example.com/trainer:1.0"}],
-        },
-    }
+    return opted_in_pod(
+        name, config, labelled=labelled, mount_path="/root/ray_results", **annotations
+    )
 
 
 def _apply(kube: Kube, namespace: str, body: dict[str, Any]) -> Any:
@@ -97,7 +74,7 @@ def test_the_operator_fills_in_the_ca_bundles_of_both_webhook_configurations(
 
 def test_an_opted_in_pod_gets_exactly_what_the_injection_function_says(kube: Kube, ns: str) -> None:
     spec = {"uploadDir": "s3://bucket/exp", "storage": {"endpoint": "http://s3.storage:8333"}}
-    assert _apply(kube, ns, _syncconfig("exp", spec)).returncode == 0
+    assert _apply(kube, ns, syncconfig("exp", spec)).returncode == 0
     wait_for(lambda: (_ready(kube, ns, "exp") or {}).get("status") == "True", 30, what="Ready")
     created = _apply(kube, ns, _pod("trainer", "exp"))
     assert created.returncode == 0, created.stderr
@@ -133,7 +110,7 @@ def test_an_opted_in_pod_gets_exactly_what_the_injection_function_says(kube: Kub
 
 
 def test_the_same_spec_twice_or_an_injected_spec_gives_one_sidecar(kube: Kube, ns: str) -> None:
-    assert _apply(kube, ns, _syncconfig("exp", {"uploadDir": "s3://bucket/exp"})).returncode == 0
+    assert _apply(kube, ns, syncconfig("exp", {"uploadDir": "s3://bucket/exp"})).returncode == 0
     wait_for(lambda: _ready(kube, ns, "exp"), 30, what="a status")
     for name in ("first", "second"):
         assert _apply(kube, ns, _pod(name, "exp")).returncode == 0
@@ -162,7 +139,7 @@ def test_the_same_spec_twice_or_an_injected_spec_gives_one_sidecar(kube: Kube, n
 
 
 def test_a_pod_created_without_a_namespace_in_its_body_is_injected(kube: Kube, ns: str) -> None:
-    assert _apply(kube, ns, _syncconfig("exp", {"uploadDir": "s3://bucket/exp"})).returncode == 0
+    assert _apply(kube, ns, syncconfig("exp", {"uploadDir": "s3://bucket/exp"})).returncode == 0
     wait_for(lambda: _ready(kube, ns, "exp"), 30, what="a status")
     body = _pod("", "exp")
     body["metadata"].pop("name")
@@ -177,7 +154,7 @@ def test_a_pod_created_without_a_namespace_in_its_body_is_injected(kube: Kube, n
 def test_pods_without_the_label_or_in_excluded_namespaces_are_untouched(
     kube: Kube, ns: str, operator: Operator
 ) -> None:
-    assert _apply(kube, ns, _syncconfig("exp", {"uploadDir": "s3://bucket/exp"})).returncode == 0
+    assert _apply(kube, ns, syncconfig("exp", {"uploadDir": "s3://bucket/exp"})).returncode == 0
     assert _apply(kube, ns, _pod("unlabelled", "exp", labelled=False)).returncode == 0
     assert not sidecars(_get(kube, ns, "pod", "unlabelled"))
     assert (
@@ -206,18 +183,18 @@ def test_a_pod_naming_a_missing_syncconfig_is_refused_naming_it(kube: Kube, ns: 
 def test_the_validating_webhook_refuses_what_validate_upload_dir_refuses_with_its_message(
     kube: Kube, ns: str
 ) -> None:
-    config = _syncconfig("hdfs", {"uploadDir": "hdfs://namenode:8020/exp"})
+    config = syncconfig("hdfs", {"uploadDir": "hdfs://namenode:8020/exp"})
     refused = _apply(kube, ns, config)
     assert refused.returncode != 0
     expected = view_of({**config, "metadata": {"name": "hdfs", "namespace": ns}}, SIDECAR).message
     assert "needs pyarrow" in expected
     assert expected in refused.stderr
     # gs:// is served by the sidecar image even though no gcsfs is beside the operator.
-    assert _apply(kube, ns, _syncconfig("gcs", {"uploadDir": "gs://bucket/exp"})).returncode == 0
+    assert _apply(kube, ns, syncconfig("gcs", {"uploadDir": "gs://bucket/exp"})).returncode == 0
 
 
 def test_status_conditions_and_events_follow_validity(kube: Kube, ns: str) -> None:
-    assert _apply(kube, ns, _syncconfig("flip", {"uploadDir": "s3://bucket/exp"})).returncode == 0
+    assert _apply(kube, ns, syncconfig("flip", {"uploadDir": "s3://bucket/exp"})).returncode == 0
     wait_for(lambda: (_ready(kube, ns, "flip") or {}).get("reason") == "Valid", 30, what="Valid")
     # An invalid spec can reach the cluster past the webhook only while it is away (or
     # with failurePolicy Ignore): simulate that.
@@ -282,7 +259,7 @@ def test_a_pod_naming_an_invalid_syncconfig_is_refused_with_the_reason(kube: Kub
     kube.kubectl("delete", "validatingwebhookconfiguration", WEBHOOK_NAME)
     try:
         assert (
-            _apply(kube, ns, _syncconfig("bad", {"uploadDir": "hdfs://nn:8020/x"})).returncode == 0
+            _apply(kube, ns, syncconfig("bad", {"uploadDir": "hdfs://nn:8020/x"})).returncode == 0
         )
     finally:
         restored = json.loads(validating)
@@ -298,7 +275,7 @@ def test_a_pod_naming_an_invalid_syncconfig_is_refused_with_the_reason(kube: Kub
 def test_without_an_upload_dir_the_operator_owns_a_token_secret_and_a_head_service(
     kube: Kube, ns: str
 ) -> None:
-    assert _apply(kube, ns, _syncconfig("local", {"syncPeriod": 30})).returncode == 0
+    assert _apply(kube, ns, syncconfig("local", {"syncPeriod": 30})).returncode == 0
     config = _get(kube, ns, "syncconfig", "local")
     service_name = names.head_service_name("local")
     secret_name = names.head_secret_name("local", config["metadata"]["uid"])
@@ -371,7 +348,7 @@ def test_a_syncconfig_deleted_and_created_again_gets_head_objects_of_its_own_at_
 ) -> None:
     # This control plane runs no garbage collector: the first SyncConfig's Secret and
     # Service stay, as they do on a cluster until the collector gets to them.
-    assert _apply(kube, ns, _syncconfig("again", {})).returncode == 0
+    assert _apply(kube, ns, syncconfig("again", {})).returncode == 0
     first = _get(kube, ns, "syncconfig", "again")["metadata"]["uid"]
     service_name = names.head_service_name("again")
     wait_for(
@@ -380,7 +357,7 @@ def test_a_syncconfig_deleted_and_created_again_gets_head_objects_of_its_own_at_
         what="the first head Service",
     )
     kube.kubectl("delete", "syncconfig", "again", "-n", ns)
-    assert _apply(kube, ns, _syncconfig("again", {})).returncode == 0
+    assert _apply(kube, ns, syncconfig("again", {})).returncode == 0
     second = _get(kube, ns, "syncconfig", "again")["metadata"]["uid"]
     assert second != first
 
@@ -401,8 +378,8 @@ def test_a_syncconfig_deleted_and_created_again_gets_head_objects_of_its_own_at_
 
 
 def test_kubectl_get_shows_ready_and_where_the_data_goes(kube: Kube, ns: str) -> None:
-    assert _apply(kube, ns, _syncconfig("cloud", {"uploadDir": "s3://bucket/exp"})).returncode == 0
-    assert _apply(kube, ns, _syncconfig("local", {})).returncode == 0
+    assert _apply(kube, ns, syncconfig("cloud", {"uploadDir": "s3://bucket/exp"})).returncode == 0
+    assert _apply(kube, ns, syncconfig("local", {})).returncode == 0
     wait_for(lambda: _ready(kube, ns, "cloud") and _ready(kube, ns, "local"), 30, what="statuses")
     rows = {
         line.split()[0]: line
@@ -413,7 +390,7 @@ def test_kubectl_get_shows_ready_and_where_the_data_goes(kube: Kube, ns: str) ->
 
 
 def test_a_short_grace_period_gets_an_admission_warning(kube: Kube, ns: str) -> None:
-    assert _apply(kube, ns, _syncconfig("exp", {"uploadDir": "s3://bucket/exp"})).returncode == 0
+    assert _apply(kube, ns, syncconfig("exp", {"uploadDir": "s3://bucket/exp"})).returncode == 0
     wait_for(lambda: _ready(kube, ns, "exp"), 30, what="a status")
     pod = _pod("hasty", "exp")
     pod["spec"]["terminationGracePeriodSeconds"] = 5
@@ -423,7 +400,7 @@ def test_a_short_grace_period_gets_an_admission_warning(kube: Kube, ns: str) -> 
 
 
 def test_a_pod_is_injected_as_soon_as_its_syncconfig_exists(kube: Kube, ns: str) -> None:
-    assert _apply(kube, ns, _syncconfig("fresh", {"uploadDir": "s3://bucket/exp"})).returncode == 0
+    assert _apply(kube, ns, syncconfig("fresh", {"uploadDir": "s3://bucket/exp"})).returncode == 0
     deadline = time.monotonic() + 10
     while True:  # the index follows the watch: at most a moment behind the apiserver
         created = _apply(kube, ns, _pod("quick", "fresh"))

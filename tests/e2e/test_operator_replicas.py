@@ -26,7 +26,7 @@ from tests.support.operator_process import (
     point_webhooks_at,
     start_operator,
 )
-from tests.support.pods import sidecars
+from tests.support.pods import opted_in_pod, sidecars, syncconfig
 from tests.support.sidecar_process import wait_for
 from trialsync_operator import names
 
@@ -58,32 +58,11 @@ def operators(kube: Kube, tmp_path: Path) -> Iterator[list[Operator]]:
 
 
 def _syncconfig(name: str, spec: dict[str, Any]) -> str:
-    return json.dumps(
-        {
-            "apiVersion": names.API_VERSION,
-            "kind": names.KIND,
-            "metadata": {"name": name},
-            "spec": spec,
-        }
-    )
+    return json.dumps(syncconfig(name, spec))
 
 
 def _pod(name: str, config: str) -> str:
-    return json.dumps(
-        {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {
-                "name": name,
-                "labels": {names.INJECT_LABEL: "true"},
-                "annotations": {names.CONFIG_ANNOTATION: config, names.MOUNT_PATH_ANNOTATION: "/r"},
-            },
-            "spec": {
-                "terminationGracePeriodSeconds": 60,
-                "containers": [{"name": "t", "image": "t:1"}],
-            },
-        }
-    )
+    return json.dumps(opted_in_pod(name, config))
 
 
 def _ca(kube: Kube) -> str:

@@ -6,13 +6,47 @@ import copy
 from collections.abc import Mapping
 from typing import Any
 
-from trialsync_operator import injection
+from trialsync_operator import injection, names
 from trialsync_operator.syncconfig import ConfigView, SidecarImage, view_of
 
 SIDECAR = SidecarImage(
     "docker.io/trialsync/sidecar:0.1.0", frozenset({"s3", "s3a", "gs", "gcs", "file"})
 )
 DEFAULTS = injection.Defaults(image=SIDECAR.image)
+
+
+def syncconfig(name: str, spec: Mapping[str, Any]) -> dict[str, Any]:
+    """A SyncConfig named ``name``; the namespace is the one it is applied in."""
+    return {
+        "apiVersion": names.API_VERSION,
+        "kind": names.KIND,
+        "metadata": {"name": name},
+        "spec": dict(spec),
+    }
+
+
+def opted_in_pod(
+    name: str, config: str, *, labelled: bool = True, mount_path: str = "/r", **annotations: str
+) -> dict[str, Any]:
+    """A trainer pod that names SyncConfig ``config``; ``labelled=False`` leaves off the
+    opt-in label, so the webhook never sees it."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "labels": {names.INJECT_LABEL: "true"} if labelled else {"app": "trainer"},
+            "annotations": {
+                names.CONFIG_ANNOTATION: config,
+                names.MOUNT_PATH_ANNOTATION: mount_path,
+                **annotations,
+            },
+        },
+        "spec": {
+            "terminationGracePeriodSeconds": 60,
+            "containers": [{"name": "trainer", "image": "example.com/trainer:1"}],
+        },
+    }
 
 
 def apply(pod: Mapping[str, Any], patch: Mapping[str, Any] | None) -> dict[str, Any]:

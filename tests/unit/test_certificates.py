@@ -8,7 +8,6 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from cryptography import x509
 
 from trialsync_operator import certificates, tls
 
@@ -112,7 +111,7 @@ def test_unreadable_secret_data_is_treated_as_absent() -> None:
     assert certificates.Material.from_secret_data({"ca.crt": b"x"}) is None
     good = certificates.new_material(HOSTS, YEAR, T0).as_secret_data()
     assert certificates.Material.from_secret_data({**good, "tls.crt": b"garbage"}) is None
-    assert isinstance(x509.load_pem_x509_certificate(good["tls.crt"]), x509.Certificate)
+    assert certificates.Material.from_secret_data(good) is not None
 
 
 async def test_a_replica_serves_a_new_certificate_and_rewrites_nothing_unchanged(
