@@ -335,9 +335,15 @@ def test_the_operator_works_with_exactly_the_charts_permissions(
             kube.kubectl("get", "mutatingwebhookconfiguration", "trialsync", "-o", "json").stdout
         )
         assert config["webhooks"][0]["clientConfig"]["caBundle"]
-        # Nothing it tried was refused (a transient 429 of a new CRD's storage may be).
-        assert "Forbidden" not in operator.log()
-        assert "HTTP 403" not in operator.log()
+        # Nothing it tried was refused (a transient 429 of a new CRD's storage may be). A
+        # namespace another test is still deleting refuses new objects with a 403 that is
+        # not about permissions.
+        refused = [
+            line
+            for line in operator.log().splitlines()
+            if ("Forbidden" in line or "HTTP 403" in line) and "being terminated" not in line
+        ]
+        assert refused == []
     finally:
         operator.stop()
 
