@@ -176,21 +176,20 @@ class SyncEngine:
         self.listed = scopes
         published = {rel.rsplit("/", 1)[0] for rel in remote if rel.endswith("/" + MANIFEST_NAME)}
         in_scope: dict[str, Stat] = {}
-        here: set[str] = set()  # checkpoint dirs with files here
+        checkpoint_of: dict[str, str] = {}  # checkpoint file -> its checkpoint dir
         for rel, st in local.items():
             placement = self.layout.place(rel)
             if placement is not None:
                 in_scope[rel] = st
                 if placement.checkpoint is not None:
-                    here.add(placement.checkpoint)
+                    checkpoint_of[rel] = placement.checkpoint
+        here = set(checkpoint_of.values())  # checkpoint dirs with files here
         manifests = await self._read_manifests(published & here)
-        ledger = Ledger.rebuild(
-            in_scope, remote, published, manifests, lambda rel: self._checkpoint_of(rel) is not None
-        )
+        ledger = Ledger.rebuild(in_scope, remote, published, manifests, checkpoint_of.__contains__)
         # What the journal saw change is not current, whatever the listing suggests.
         ledger.forget(self.dirty)
         if self.activity:
-            ledger.forget(rel for rel in in_scope if self._checkpoint_of(rel) in self.activity)
+            ledger.forget(rel for rel, c in checkpoint_of.items() if c in self.activity)
         self.ledger = ledger
         self._absorb_scan(in_scope, settle)
         if self.sent is not None:
@@ -290,10 +289,6 @@ class SyncEngine:
             self.activity[checkpoint] = max(self.activity.get(checkpoint, seen), seen)
         for checkpoint in checkpoints - newest.keys() - self.ledger.published:
             self.activity.setdefault(checkpoint, now_loop - settle)
-
-    def _checkpoint_of(self, rel: str) -> str | None:
-        placement = self.layout.place(rel)
-        return placement.checkpoint if placement else None
 
     # -- running a round -------------------------------------------------------------------
 

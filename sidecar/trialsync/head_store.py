@@ -409,18 +409,18 @@ class _FileBody:
     async def chunks(self, progress: Callable[[], None]) -> AsyncIterator[bytes]:
         """The bytes in chunks; ``progress`` is called each time aiohttp asks for the next
         one, which it does once the previous one went to the socket."""
-        await asyncio.to_thread(self.handle.seek, 0)
-        left = self.size
-        while left > 0:
+        # Positional reads: no seek back to the start (a worker-thread hop) for each send.
+        fd = self.handle.fileno()
+        done = 0
+        while done < self.size:
             progress()
-            chunk = await asyncio.to_thread(self.handle.read, min(READ_CHUNK, left))
+            chunk = await asyncio.to_thread(os.pread, fd, min(READ_CHUNK, self.size - done), done)
             if not chunk:
-                done = self.size - left
                 self.error = OSError(
                     f"{self.path}: truncated while uploading ({done} of {self.size} bytes)"
                 )
                 raise self.error
-            left -= len(chunk)
+            done += len(chunk)
             yield chunk
         progress()  # all of it is written: the answer's headers are next
 

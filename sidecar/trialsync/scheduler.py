@@ -113,13 +113,13 @@ class Scheduler:
         self._trigger = False
         self._triggered = set()
         periodic = bool(self.plan.periodic_kinds) and (now >= self._next_periodic or explicit)
-        settled = self.engine.settled_checkpoints(now, self.plan.settle)
         if explicit:
+            settled = self.engine.settled_checkpoints(now, self.plan.settle)
             checkpoints = sorted({*settled, *complete})
         elif self.plan.defer_checkpoints and not periodic:
             checkpoints = []
         else:
-            checkpoints = settled
+            checkpoints = self.engine.settled_checkpoints(now, self.plan.settle)
         kinds = set(self._owed)
         if checkpoints or explicit:
             kinds |= self.plan.checkpoint_kinds

@@ -365,9 +365,9 @@ class RemoteStore:
             await asyncio.to_thread(fs.rm, list(paths))
 
     async def close(self) -> None:
-        """Wait for scheduled aborts (at most ``defaults.ABORT_GRACE``), then close every
-        client. The caller bounds the whole with its own deadline at SIGTERM."""
-        await aborts.wait(defaults.ABORT_GRACE)
+        """Wait for scheduled aborts (at most ``defaults.ABORT_GRACE``, once: closing each
+        generation of clients waits for them), then close every client. The caller bounds
+        the whole with its own deadline at SIGTERM."""
         current, self._current = self._current, None
         if current is not None:
             await self._close_clients(current)
