@@ -12,11 +12,16 @@ Against the test control plane (etcd + kube-apiserver on loopback) and the real
   webhook adds to pod creation.
 * **the floors**: the same pod creation through the cheapest webhooks there are, each an
   aiohttp process of its own: one answers "allowed" with no patch, one answers every pod
-  with the very patch trialsync computes for it (precomputed, no lookup, no kopf). They
-  tell what the apiserver spends on calling any webhook, and on storing pods made twice
-  as large by a sidecar, apart from what trialsync's own work adds. On this machine the
-  apiserver, etcd, the clients and the webhook share two cores, so every millisecond of
-  CPU a webhook costs lowers the rate.
+  with the very patch trialsync computes for it (precomputed, no lookup, no kopf); and the
+  pods already carrying the sidecar, created with no webhook at all. They tell what the
+  apiserver spends on calling any webhook, and on storing pods made larger by a sidecar,
+  apart from what trialsync's own work adds. Each rate comes with the CPU time per pod of
+  etcd, the apiserver, the webhook process and the clients, read from ``/proc``.
+* **where the CPU is**: by default every process shares the machine's cores, so CPU a
+  webhook costs is taken from the apiserver; ``--pin`` puts etcd and the apiserver on
+  CPU 0 and the clients and webhooks on the others, as a control plane on nodes of its
+  own. ``--pod ray-worker`` creates a Ray worker pod as KubeRay makes one instead of the
+  one-container trainer pod.
 * **RSS**: the operator's resident memory once it has indexed and reconciled
   ``--syncconfigs`` SyncConfigs.
 
@@ -30,7 +35,9 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import json
+import os
 import socket
 import ssl
 import statistics
@@ -76,18 +83,123 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--syncconfigs", type=int, default=1000, help="webhook: SyncConfigs for the RSS (1000)"
     )
+    parser.add_argument(
+        "--pod",
+        choices=sorted(POD_SHAPES),
+        default="trainer",
+        help="webhook: the pods created: a one-container trainer, or a Ray worker as KubeRay "
+        "makes one (trainer)",
+    )
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="webhook: etcd and the apiserver on CPU 0, the clients and webhooks on the "
+        "other CPUs (default: all share every CPU)",
+    )
 
 
-def _pod(name: str, labelled: bool) -> dict[str, Any]:
-    return opted_in_pod(name, "exp", labelled=labelled)
+def _pod(name: str, labelled: bool, shape: str = "trainer") -> dict[str, Any]:
+    pod = opted_in_pod(name, "exp", labelled=labelled)
+    POD_SHAPES[shape](pod)
+    return pod
+
+
+def _ray_worker(pod: dict[str, Any]) -> None:
+    """Make ``pod`` a Ray worker as KubeRay (v1.3) makes one: its labels, the wait-for-GCS
+    init container, the worker's env, probes, preStop hook, resources and /dev/shm."""
+    pod["metadata"]["labels"].update(
+        {
+            "app.kubernetes.io/created-by": "kuberay-operator",
+            "app.kubernetes.io/name": "kuberay",
+            "ray.io/cluster": "tune",
+            "ray.io/group": "gpu-workers",
+            "ray.io/identifier": "tune-worker",
+            "ray.io/is-ray-node": "yes",
+            "ray.io/node-type": "worker",
+        }
+    )
+    pod["metadata"]["annotations"]["ray.io/ft-enabled"] = "false"
+    head = "tune-head-svc.ml.svc.cluster.local"
+    address = [{"name": "FQ_RAY_IP", "value": head}, {"name": "RAY_IP", "value": "tune-head-svc"}]
+    env = address + [
+        {"name": k, "value": v}
+        for k, v in {
+            "RAY_CLUSTER_NAME": "tune",
+            "RAY_CLOUD_INSTANCE_ID": pod["metadata"]["name"],
+            "RAY_NODE_TYPE_NAME": "gpu-workers",
+            "KUBERAY_GEN_RAY_START_CMD": f"ray start --address={head}:6379 --block "
+            "--metrics-export-port=8080 --dashboard-agent-listen-port=52365 --num-cpus=4 "
+            "--memory=17179869184 --num-gpus=1",
+            "RAY_PORT": "6379",
+            "RAY_ADDRESS": f"{head}:6379",
+            "RAY_USAGE_STATS_KUBERAY_IN_USE": "1",
+            "REDIS_PASSWORD": "",
+            "RAY_DASHBOARD_ENABLE_K8S_DISK_USAGE": "1",
+        }.items()
+    ]
+    health = "wget -T 2 -q -O- http://localhost:52365/api/local_raylet_healthz | grep success"
+    probe = {
+        "exec": {"command": ["bash", "-c", health]},
+        "initialDelaySeconds": 30,
+        "periodSeconds": 5,
+        "timeoutSeconds": 2,
+        "failureThreshold": 10,
+    }
+    resources = {"cpu": "4", "memory": "16Gi", "nvidia.com/gpu": "1"}
+    image = "rayproject/ray:2.40.0-gpu"
+    wait = f"until ray health-check --address {head}:6379 >/dev/null 2>&1; do sleep 5; done"
+    pod["spec"].update(
+        {
+            "initContainers": [
+                {
+                    "name": "wait-gcs-ready",
+                    "image": image,
+                    "command": ["/bin/bash", "-lc", "--"],
+                    "args": [wait],
+                    "env": address,
+                    "resources": {"limits": {"cpu": "200m", "memory": "256Mi"}},
+                }
+            ],
+            "containers": [
+                {
+                    "name": "ray-worker",
+                    "image": image,
+                    "command": ["/bin/bash", "-lc", "--"],
+                    "args": ["ulimit -n 65536; $KUBERAY_GEN_RAY_START_CMD"],
+                    "env": env,
+                    "ports": [{"containerPort": 8080, "name": "metrics", "protocol": "TCP"}],
+                    "resources": {"limits": resources, "requests": resources},
+                    "livenessProbe": probe,
+                    "readinessProbe": {**probe, "failureThreshold": 1},
+                    "lifecycle": {"preStop": {"exec": {"command": ["/bin/sh", "-c", "ray stop"]}}},
+                    "volumeMounts": [{"name": "shared-mem", "mountPath": "/dev/shm"}],
+                }
+            ],
+            "volumes": [
+                {"name": "shared-mem", "emptyDir": {"medium": "Memory", "sizeLimit": "16Gi"}}
+            ],
+            "tolerations": [
+                {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+            ],
+        }
+    )
+
+
+#: How ``--pod`` shapes the benchmark's pods, from ``opted_in_pod``'s one-container trainer.
+POD_SHAPES: dict[str, Callable[[dict[str, Any]], None]] = {
+    "trainer": lambda pod: None,
+    "ray-worker": _ray_worker,
+}
 
 
 def _syncconfig(name: str) -> str:
     return json.dumps(syncconfig(name, {"uploadDir": f"s3://bucket/{name}"}))
 
 
-async def _latency(operator: Operator, ca: str, namespace: str, count: int) -> list[float]:
-    review = pod_admission_review(_pod("", True), namespace)
+async def _latency(
+    operator: Operator, ca: str, namespace: str, count: int, shape: str
+) -> list[float]:
+    review = pod_admission_review(_pod("", True, shape), namespace)
     body = json.dumps(review).encode()
     context = ssl.create_default_context(cadata=ca)
     url = f"https://127.0.0.1:{operator.webhook_port}/mutate-pods"
@@ -106,37 +218,97 @@ async def _latency(operator: Operator, ca: str, namespace: str, count: int) -> l
     return timings
 
 
-def _create_pods(
-    kube: Kube,
-    namespace: str,
-    count: int,
-    clients: int,
-    labelled: bool = False,
-    make: Callable[[str], dict[str, Any]] | None = None,
-) -> float:
-    """Pods per second created through the apiserver by ``clients`` threads (each pod
-    ``make(name)``, by default the benchmark's pod, opted in or not)."""
-    api = kube.api_client()
-    core = client.CoreV1Api(api)
-    prefix = uuid.uuid4().hex[:6]
-    build = make or (lambda name: _pod(name, labelled))
+@dataclasses.dataclass
+class Load:
+    """Who creates the pods and whose CPU is counted: the control plane's processes, the
+    webhook's, and this process (the clients)."""
 
-    def create(i: int) -> None:
-        # The answer is read but not turned into model objects: that is the client's CPU,
-        # which grows with the pod, not the apiserver's.
-        response = core.create_namespaced_pod(
-            namespace, build(f"{prefix}-{i}"), _preload_content=False
-        )
-        response.read()
-        response.release_conn()
+    kube: Kube
+    namespace: str
+    args: argparse.Namespace
+    webhook_pid: int | None = None
 
-    with ThreadPoolExecutor(clients) as pool:
-        list(pool.map(create, range(min(clients * 4, count))))  # warm-up, not timed
-        started = time.perf_counter()
-        list(pool.map(create, range(clients * 4, clients * 4 + count)))
-        elapsed = time.perf_counter() - started
-    api.close()
-    return count / elapsed
+    def pids(self) -> dict[str, int]:
+        pids = {**self.kube.pids, "clients": os.getpid()}
+        if self.webhook_pid is not None:
+            pids["webhook"] = self.webhook_pid
+        return pids
+
+    def rate(
+        self, labelled: bool = False, make: Callable[[str], dict[str, Any]] | None = None
+    ) -> dict[str, Any]:
+        """Pods/s created through the apiserver by ``--clients`` threads (each pod
+        ``make(name)``, by default the benchmark's pod, opted in or not), and the CPU
+        milliseconds each process spent per pod."""
+        api = self.kube.api_client()
+        core = client.CoreV1Api(api)
+        prefix = uuid.uuid4().hex[:6]
+        build = make or (lambda name: _pod(name, labelled, self.args.pod))
+        count, clients = self.args.pods, self.args.clients
+
+        def create(i: int) -> None:
+            # The answer is read but not turned into model objects: that is the client's
+            # CPU, which grows with the pod, not the apiserver's.
+            response = core.create_namespaced_pod(
+                self.namespace, build(f"{prefix}-{i}"), _preload_content=False
+            )
+            response.read()
+            response.release_conn()
+
+        pids = self.pids()
+        with ThreadPoolExecutor(clients) as pool:
+            list(pool.map(create, range(min(clients * 4, count))))  # warm-up, not timed
+            before = {name: _cpu_seconds(pid) for name, pid in pids.items()}
+            started = time.perf_counter()
+            list(pool.map(create, range(clients * 4, clients * 4 + count)))
+            elapsed = time.perf_counter() - started
+            after = {name: _cpu_seconds(pid) for name, pid in pids.items()}
+        # Each run starts from an empty namespace: a store and watch cache that grow over
+        # the runs would make the later ones slower.
+        core.delete_collection_namespaced_pod(self.namespace, grace_period_seconds=0)
+        api.close()
+        return {
+            "pods_per_s": count / elapsed,
+            "cpu_ms_per_pod": {n: (after[n] - before[n]) * 1000 / count for n in pids},
+        }
+
+    def pin(self, pid: int) -> None:
+        """With ``--pin``: ``pid`` (a client or a webhook) off the control plane's CPU."""
+        if self.args.pin:
+            _set_cpus(pid, set(range(1, os.cpu_count() or 1)))
+
+
+def _pin_control_plane(load: Load) -> None:
+    if (os.cpu_count() or 1) < 2:
+        raise SystemExit("--pin needs at least 2 CPUs")
+    for pid in load.kube.pids.values():
+        _set_cpus(pid, {0})
+    load.pin(os.getpid())
+
+
+def _set_cpus(pid: int, cpus: set[int]) -> None:
+    """Every thread of ``pid`` onto ``cpus`` (threads made later inherit it)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(ProcessLookupError):
+            os.sched_setaffinity(int(task.name), cpus)
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of every thread of ``pid``, from /proc/<pid>/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Runs of one kind: each rate, the median, and the mean CPU per pod of each process."""
+    names_ = runs[0]["cpu_ms_per_pod"]
+    return {
+        "runs": [r["pods_per_s"] for r in runs],
+        "pods_per_s": statistics.median(r["pods_per_s"] for r in runs),
+        "cpu_ms_per_pod": {
+            n: statistics.mean(r["cpu_ms_per_pod"][n] for r in runs) for n in names_
+        },
+    }
 
 
 STATIC_WEBHOOK = """
@@ -155,10 +327,8 @@ web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), ssl_context=context, p
 """
 
 
-def _static_webhook_rate(
-    kube: Kube, tmp: Path, namespace: str, args: argparse.Namespace, answer: dict[str, str]
-) -> float:
-    """Pods/s through a webhook process that gives every pod the same ``answer``."""
+def _static_webhook_rate(load: Load, tmp: Path, answer: dict[str, str]) -> dict[str, Any]:
+    """Pod creation through a webhook process that gives every pod the same ``answer``."""
     tls = WebhookTLS()
     cert, key = tmp / "null.crt", tmp / "null.key"
     tls.cert.cert_chain_pems[0].write_to_path(str(cert))
@@ -170,40 +340,41 @@ def _static_webhook_rate(
     name = "trialsync-bench-null"
     try:
         wait_for(lambda: _listening(port), 30, what="the null webhook")
+        load.pin(server.pid)
+        load.webhook_pid = server.pid
         config = mutating_webhook_configuration(
             name,
             url=f"https://127.0.0.1:{port}/mutate",
             ca_bundle=tls.ca_bundle,
             object_selector={"matchLabels": {names.INJECT_LABEL: "true"}},
         )
-        kube.kubectl("apply", "-f", "-", input=json.dumps(config))
-        rates = [
-            _create_pods(kube, namespace, args.pods, args.clients, labelled=True) for _ in range(2)
-        ]
-        return statistics.median(rates)
+        load.kube.kubectl("apply", "-f", "-", input=json.dumps(config))
+        return _median([load.rate(labelled=True) for _ in range(2)])
     finally:
-        kube.kubectl("delete", "mutatingwebhookconfiguration", name, "--ignore-not-found")
+        load.webhook_pid = None
+        load.kube.kubectl("delete", "mutatingwebhookconfiguration", name, "--ignore-not-found")
         server.terminate()
         server.wait()
 
 
-def _trialsync_patch(kube: Kube, namespace: str) -> list[dict[str, Any]]:
+def _trialsync_patch(load: Load) -> list[dict[str, Any]]:
     """The JSONPatch trialsync gives the benchmark's pods (the ServiceAccount plugin adds
     its volume only after the mutating webhooks, so they see the pod as created)."""
-    stored = kube.kubectl("get", "syncconfig", "exp", "-n", namespace, "-o", "json").stdout
+    namespace = load.namespace
+    stored = load.kube.kubectl("get", "syncconfig", "exp", "-n", namespace, "-o", "json").stdout
     view = view_of(json.loads(stored), SidecarImage(DEFAULT_IMAGE, frozenset(DEFAULT_SCHEMES)))
-    pod = _pod("sample", True)
+    pod = _pod("sample", True, load.args.pod)
     result = injection.plan(pod, namespace, lambda ns, name: view, Defaults(image=DEFAULT_IMAGE))
     assert result.patch is not None
     return injection.json_patch(pod, result.patch)
 
 
-def _pre_injected(ops: list[dict[str, Any]]) -> Callable[[str], dict[str, Any]]:
+def _pre_injected(ops: list[dict[str, Any]], shape: str) -> Callable[[str], dict[str, Any]]:
     """Pods that already carry the sidecar and do not opt in: the same stored object, no
     webhook call."""
 
     def make(name: str) -> dict[str, Any]:
-        pod = jsonpatch.apply_patch(_pod(name, True), ops)
+        pod = jsonpatch.apply_patch(_pod(name, True, shape), ops)
         del pod["metadata"]["labels"][names.INJECT_LABEL]
         result: dict[str, Any] = pod
         return result
@@ -234,7 +405,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _run(kube: Kube, tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
-    namespace = kube.create_namespace("bench")
+    load = Load(kube, kube.create_namespace("bench"), args)
+    namespace = load.namespace
+    if args.pin:
+        _pin_control_plane(load)
     kube.kubectl(
         "apply", "-f", str(Path(__file__).resolve().parents[1] / "crds" / "syncconfig.yaml")
     )
@@ -242,6 +416,8 @@ def _run(kube: Kube, tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
     kube.kubectl("apply", "-n", namespace, "-f", "-", input=configs, timeout=600)
     operator = start_operator(kube, tmp / "operator", extra_args=["--log-level", "warning"])
     try:
+        load.pin(operator.proc.pid)
+        load.webhook_pid = operator.proc.pid
         kube.kubectl("apply", "-n", namespace, "-f", "-", input=_syncconfig("exp"))
         wait_for(
             lambda: json.loads(
@@ -258,32 +434,29 @@ def _run(kube: Kube, tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
         ca = base64.b64decode(secret["data"]["ca.crt"]).decode()
         time.sleep(5)  # let the leader reconcile all of them before reading the RSS
         rss = _rss_mib(operator.proc.pid)
-        timings = asyncio.run(_latency(operator, ca, namespace, args.reviews))
-        without = _create_pods(kube, namespace, args.pods, args.clients, labelled=False)
-        with_webhook = _create_pods(kube, namespace, args.pods, args.clients, labelled=True)
-        without_again = _create_pods(kube, namespace, args.pods, args.clients, labelled=False)
-        with_again = _create_pods(kube, namespace, args.pods, args.clients, labelled=True)
+        timings = asyncio.run(_latency(operator, ca, namespace, args.reviews, args.pod))
+        without, hooked = [], []
+        for _ in range(2):  # interleaved, so drift over the run affects both alike
+            without.append(load.rate(labelled=False))
+            hooked.append(load.rate(labelled=True))
         rss_after = _rss_mib(operator.proc.pid)
     finally:
+        load.webhook_pid = None
         operator.stop()
         delete_webhooks(kube)
-    floor = _static_webhook_rate(kube, tmp, namespace, args, {})
-    ops = _trialsync_patch(kube, namespace)
+    allow_only = _static_webhook_rate(load, tmp, {})
+    ops = _trialsync_patch(load)
     answer = {
         "patchType": "JSONPatch",
         "patch": base64.b64encode(json.dumps(ops).encode()).decode(),
     }
-    same_patch = _static_webhook_rate(kube, tmp, namespace, args, answer)
-    injected_size = statistics.median(
-        [
-            _create_pods(kube, namespace, args.pods, args.clients, make=_pre_injected(ops))
-            for _ in range(2)
-        ]
-    )
+    same_patch = _static_webhook_rate(load, tmp, answer)
+    pre_injected = _median([load.rate(make=_pre_injected(ops, args.pod)) for _ in range(2)])
     ms = sorted(t * 1000 for t in timings)
-    base = statistics.median([without, without_again])
-    hooked = statistics.median([with_webhook, with_again])
+    base, with_webhook = _median(without), _median(hooked)
     return {
+        "pod": args.pod,
+        "pinned": args.pin,
         "latency_ms": {
             "p50": ms[len(ms) // 2],
             "p90": ms[int(len(ms) * 0.9)],
@@ -291,40 +464,56 @@ def _run(kube: Kube, tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
             "max": ms[-1],
             "count": len(ms),
         },
-        "pods_per_s": {
-            "without_webhook": [without, without_again],
-            "with_webhook": [with_webhook, with_again],
-            "ratio": hooked / base,
-            "pre_injected_without_webhook": injected_size,
-            "allow_only_webhook": floor,
+        "pods": {
+            "without_webhook": base,
+            "with_webhook": with_webhook,
+            "ratio": with_webhook["pods_per_s"] / base["pods_per_s"],
+            "pre_injected_without_webhook": pre_injected,
+            "ratio_to_pre_injected": with_webhook["pods_per_s"] / pre_injected["pods_per_s"],
+            "allow_only_webhook": allow_only,
             "same_patch_webhook": same_patch,
-            "ratio_to_same_patch_webhook": hooked / same_patch,
+            "ratio_to_same_patch_webhook": (with_webhook["pods_per_s"] / same_patch["pods_per_s"]),
         },
         "rss_mib": {"syncconfigs": args.syncconfigs, "indexed": rss, "after_load": rss_after},
     }
 
 
+ROWS = (
+    ("without_webhook", "without the webhook (not opted in)"),
+    ("with_webhook", "with it (each pod injected)"),
+    ("pre_injected_without_webhook", "already carrying the sidecar, no webhook"),
+    ("allow_only_webhook", "an allow-only webhook (no patch)"),
+    ("same_patch_webhook", "a webhook giving trialsync's patch, precomputed"),
+)
+
+
 def report(result: dict[str, Any]) -> str:
-    lat, pods, rss = result["latency_ms"], result["pods_per_s"], result["rss_mib"]
-    return "\n".join(
-        [
-            f"webhook latency over {lat['count']} reviews: p50 {lat['p50']:.2f} ms, "
-            f"p90 {lat['p90']:.2f} ms, p99 {lat['p99']:.2f} ms, max {lat['max']:.2f} ms "
-            "(target p99 <= 5 ms)",
-            "pods/s through the apiserver: without the webhook "
-            + ", ".join(f"{v:.1f}" for v in pods["without_webhook"])
-            + "; with it "
-            + ", ".join(f"{v:.1f}" for v in pods["with_webhook"])
-            + f"; ratio {pods['ratio']:.1%} (target >= 90%)",
-            f"  pods already carrying the sidecar, no webhook: "
-            f"{pods['pre_injected_without_webhook']:.1f} pods/s (the larger pod's own cost)",
-            f"  floors: an allow-only webhook {pods['allow_only_webhook']:.1f} pods/s, one giving "
-            f"the same patch precomputed {pods['same_patch_webhook']:.1f} pods/s; trialsync "
-            f"reaches {pods['ratio_to_same_patch_webhook']:.1%} of the latter",
-            f"operator RSS with {rss['syncconfigs']} SyncConfigs: {rss['indexed']:.1f} MiB "
-            f"indexed, {rss['after_load']:.1f} MiB after the load (target <= 150 MiB)",
-        ]
+    lat, pods, rss = result["latency_ms"], result["pods"], result["rss_mib"]
+    where = (
+        "etcd and the apiserver on CPU 0, the rest on the others"
+        if result["pinned"]
+        else ("every process on every CPU")
     )
+    lines = [
+        f"webhook latency over {lat['count']} reviews: p50 {lat['p50']:.2f} ms, "
+        f"p90 {lat['p90']:.2f} ms, p99 {lat['p99']:.2f} ms, max {lat['max']:.2f} ms "
+        "(target p99 <= 5 ms)",
+        f"pods/s through the apiserver ({result['pod']} pods; {where}), with the CPU ms "
+        "each process spent per pod:",
+    ]
+    for key, label in ROWS:
+        row = pods[key]
+        cpu = ", ".join(f"{n} {v:.2f}" for n, v in sorted(row["cpu_ms_per_pod"].items()))
+        runs = " / ".join(f"{v:.0f}" for v in row["runs"])
+        lines.append(f"  {label}: {row['pods_per_s']:.1f} ({runs}); {cpu}")
+    lines += [
+        f"ratio with/without the webhook {pods['ratio']:.1%} (target >= 90%); with the webhook "
+        f"/ the same pods pre-injected {pods['ratio_to_pre_injected']:.1%}; trialsync / the "
+        f"precomputed patch {pods['ratio_to_same_patch_webhook']:.1%}",
+        f"operator RSS with {rss['syncconfigs']} SyncConfigs: {rss['indexed']:.1f} MiB "
+        f"indexed, {rss['after_load']:.1f} MiB after the load (target <= 150 MiB)",
+    ]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

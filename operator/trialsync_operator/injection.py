@@ -95,8 +95,8 @@ class PodRequest:
     mount_path: str | None
 
 
-def read_request(pod: Mapping[str, Any]) -> PodRequest:
-    """The pod's annotations, checked; Refusal saying which annotation is wrong."""
+def config_name(pod: Mapping[str, Any]) -> str:
+    """The SyncConfig the pod names; Refusal when the annotation is missing or no name."""
     annotations = _mapping(_mapping(pod.get("metadata")).get("annotations"))
     config = _annotation(annotations, names.CONFIG_ANNOTATION)
     if not config:
@@ -110,6 +110,13 @@ def read_request(pod: Mapping[str, Any]) -> PodRequest:
             f"annotation {names.CONFIG_ANNOTATION}={config!r:.100} is not a SyncConfig name "
             "(lowercase letters, digits, '-' and '.', at most 63 characters)"
         )
+    return config
+
+
+def read_request(pod: Mapping[str, Any]) -> PodRequest:
+    """The pod's annotations, checked; Refusal saying which annotation is wrong."""
+    annotations = _mapping(_mapping(pod.get("metadata")).get("annotations"))
+    config = config_name(pod)
     role = _annotation(annotations, names.ROLE_ANNOTATION, default="worker")
     if role not in names.ROLES:
         raise Refusal(f"annotation {names.ROLE_ANNOTATION}={role!r:.100} must be worker or head")
@@ -156,15 +163,17 @@ def plan(pod: Mapping[str, Any], namespace: str, lookup: Lookup, defaults: Defau
     """
     if _has_sidecar(pod):
         return Result()  # injected already (a reinvocation, or a pod spec copied from one)
-    request = read_request(pod)
-    view = lookup(namespace, request.config)
+    # The SyncConfig first: whether it exists, is valid and syncs at all decides before
+    # the pod's other annotations do.
+    config = config_name(pod)
+    view = lookup(namespace, config)
     if view is None:
         raise Refusal(
-            f"SyncConfig {namespace}/{request.config} (annotation {names.CONFIG_ANNOTATION}) "
+            f"SyncConfig {namespace}/{config} (annotation {names.CONFIG_ANNOTATION}) "
             "does not exist: create it, or fix the annotation"
         )
     if not view.valid:
-        raise Refusal(f"SyncConfig {namespace}/{request.config} is invalid: {view.message}")
+        raise Refusal(f"SyncConfig {namespace}/{config} is invalid: {view.message}")
     if view.mode == "disabled":
         return Result(
             warnings=[
@@ -173,7 +182,7 @@ def plan(pod: Mapping[str, Any], namespace: str, lookup: Lookup, defaults: Defau
             ],
             config=view,
         )
-    return _inject(pod, namespace, request, view, defaults)
+    return _inject(pod, namespace, read_request(pod), view, defaults)
 
 
 def _inject(
@@ -285,7 +294,9 @@ def _trial_volume(
         for container in containers:
             _mount_trial_dir(container, root)
     mount: JsonDict = {"name": volume, "mountPath": root}
-    if not _receives(request, view):
+    # Read-only unless the sidecar writes there: a head receiving workers' trial dirs, or
+    # the record of sent checkpoints that mirrorDeletes keeps on the volume.
+    if not (_receives(request, view) or view.mirror_deletes):
         mount["readOnly"] = True
     return root, [mount]
 
@@ -371,10 +382,15 @@ def json_patch(pod: Mapping[str, Any], changes: Mapping[str, Any]) -> list[JsonD
         # A list holding anything but objects was not read item by item: replace it whole.
         before_list = raw if isinstance(raw, list) and len(_list(raw)) == len(raw) else None
         after_list = changes[field]
+        patched = []  # the items as the volumeMounts operations leave them
         for index, old in enumerate(before_list or []):
-            mounts = f"/spec/{field}/{index}/volumeMounts"
-            ops += _grow(mounts, old.get("volumeMounts"), after_list[index].get("volumeMounts"))
-        ops += _grow(f"/spec/{field}", before_list, after_list)
+            new = after_list[index] if index < len(after_list) else old
+            if "volumeMounts" in new:
+                mounts = f"/spec/{field}/{index}/volumeMounts"
+                ops += _grow(mounts, old.get("volumeMounts"), new["volumeMounts"])
+                old = {**old, "volumeMounts": new["volumeMounts"]}
+            patched.append(old)
+        ops += _grow(f"/spec/{field}", patched if before_list is not None else None, after_list)
     ops += _grow("/spec/volumes", spec.get("volumes"), changes["volumes"])
     return ops
 

@@ -79,7 +79,7 @@ class SidecarImage:
         package = PACKAGE_FOR.get(scheme)
         needs = f" (it needs {package})" if package else ""
         raise ValueError(
-            f"upload_dir {uri!r}: the sidecar image {self.image} cannot serve "
+            f"upload_dir '{uri}': the sidecar image {self.image} cannot serve "
             f"{scheme}://{needs}; it serves {', '.join(sorted(self.schemes))}. Use one of "
             "those, or build a sidecar image with that backend and name it in "
             "spec.sidecar.image"

@@ -90,7 +90,7 @@ class SyncConfig:
         if self.syncer is None or self.syncer == "none":
             raise ValueError(
                 "syncer=None disables syncing, which contradicts upload_dir="
-                f"{upload_dir!r}: remove upload_dir, or set syncer to 'auto'"
+                f"{_quoted(upload_dir)}: remove upload_dir, or set syncer to 'auto'"
             )
         validate_uri(upload_dir, backend)
         if not isinstance(self.syncer, str):
@@ -99,7 +99,14 @@ class SyncConfig:
 
 
 def _syncer_name(syncer: SyncerSpec) -> str:
-    return repr(syncer) if isinstance(syncer, str) else type(syncer).__name__
+    return _quoted(syncer) if isinstance(syncer, str) else type(syncer).__name__
+
+
+def _quoted(value: str) -> str:
+    """A value in a message, quoted as the SyncConfig CRD's CEL rules quote it: the
+    apiserver refuses what these functions refuse with the very same message (its messages
+    hold no line breaks)."""
+    return "'" + value.replace("\n", "\\n") + "'"
 
 
 def _require_positive(name: str, value: object) -> None:
@@ -120,7 +127,7 @@ def validate_syncer_name(syncer: str) -> None:
         or not all(part.isidentifier() for part in module.split("."))
     ):
         raise ValueError(
-            f"syncer {syncer!r} must be 'auto', 'none' or 'package.module:Class' "
+            f"syncer {_quoted(syncer)} must be 'auto', 'none' or 'package.module:Class' "
             "(a trialsync.Syncer subclass shipped in a custom sidecar image)"
         )
 
@@ -131,11 +138,14 @@ def validate_uri(uri: str, backend: BackendCheck | None = None) -> None:
     ``backend`` decides which schemes can be served (default: ``installed_backend``).
     """
     if not isinstance(uri, str) or uri != uri.strip() or not uri:
-        raise ValueError(f"upload_dir must be a non-empty URI without spaces, got {uri!r}")
+        raise ValueError(
+            "upload_dir must be a non-empty URI without leading or trailing spaces, got "
+            f"{_quoted(uri) if isinstance(uri, str) else repr(uri)}"
+        )
     scheme, sep, rest = uri.partition("://")
     if not sep or not _SCHEME.match(scheme):
         raise ValueError(
-            f"upload_dir {uri!r} has no scheme (scheme://...): use s3://bucket/prefix, "
+            f"upload_dir {_quoted(uri)} has no scheme (scheme://...): use s3://bucket/prefix, "
             "gs://bucket/prefix, hdfs://namenode/path or file:///absolute/path"
         )
     scheme = scheme.lower()
@@ -143,15 +153,15 @@ def validate_uri(uri: str, backend: BackendCheck | None = None) -> None:
         bucket = rest.split("/", 1)[0]
         if not _BUCKET.match(bucket):
             raise ValueError(
-                f"upload_dir {uri!r} has no valid bucket name (3-222 lowercase letters, "
+                f"upload_dir {_quoted(uri)} has no valid bucket name (3-222 lowercase letters, "
                 "digits, '.', '_' or '-') after the scheme"
             )
     elif scheme == "file" and not rest.startswith("/"):
-        raise ValueError(f"upload_dir {uri!r} must be an absolute path: file:///abs/path")
+        raise ValueError(f"upload_dir {_quoted(uri)} must be an absolute path: file:///abs/path")
     elif scheme == "hdfs" and not rest.strip("/"):
-        raise ValueError(f"upload_dir {uri!r} names no path: hdfs://namenode:8020/path")
+        raise ValueError(f"upload_dir {_quoted(uri)} names no path: hdfs://namenode:8020/path")
     if "//" in rest.lstrip("/"):
-        raise ValueError(f"upload_dir {uri!r} has an empty path segment ('//')")
+        raise ValueError(f"upload_dir {_quoted(uri)} has an empty path segment ('//')")
     (backend or installed_backend)(scheme, uri)
 
 
@@ -162,7 +172,7 @@ def installed_backend(scheme: str, uri: str) -> None:
 
     if scheme not in known_implementations and scheme not in fsspec.available_protocols():
         raise ValueError(
-            f"upload_dir {uri!r} has an unknown scheme {scheme!r}; fsspec knows "
+            f"upload_dir {_quoted(uri)} has an unknown scheme {_quoted(scheme)}; fsspec knows "
             f"{', '.join(sorted(('s3', 'gs', 'gcs', 'hdfs', 'file', 'memory')))} and others"
         )
     package = PACKAGE_FOR.get(scheme)
@@ -173,6 +183,6 @@ def installed_backend(scheme: str, uri: str) -> None:
             raise ImportError(f"No module named {package!r}")
     except ImportError as exc:
         raise ValueError(
-            f"upload_dir {uri!r} needs {package or 'the fsspec backend for ' + scheme}, "
+            f"upload_dir {_quoted(uri)} needs {package or 'the fsspec backend for ' + scheme}, "
             f"which is not installed ({exc})"
         ) from exc

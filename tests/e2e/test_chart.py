@@ -220,7 +220,7 @@ def test_only_values_the_operator_reads_roll_its_replicas(kube: Kube) -> None:
     ("value", "says"),
     [
         ("webhook.failurePolicy=Sometimes", "failurePolicy"),
-        ("webhook.timeoutSeconds=60", "timeoutSeconds"),
+        ("webhook.timeoutSeconds=11", "timeoutSeconds"),
         ("operator.replicas=0", "replicas"),
         ("sidecar.schemes={S3}", "schemes"),
         ("operator.unknown=1", "unknown"),

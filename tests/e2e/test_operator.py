@@ -24,6 +24,7 @@ from tests.support.operator_process import (
 )
 from tests.support.pods import DEFAULTS, SIDECAR, apply, opted_in_pod, sidecars, syncconfig
 from tests.support.sidecar_process import wait_for
+from trialsync import SyncConfig
 from trialsync_operator import injection, names
 from trialsync_operator.syncconfig import view_of
 
@@ -191,6 +192,21 @@ def test_the_validating_webhook_refuses_what_validate_upload_dir_refuses_with_it
     assert expected in refused.stderr
     # gs:// is served by the sidecar image even though no gcsfs is beside the operator.
     assert _apply(kube, ns, syncconfig("gcs", {"uploadDir": "gs://bucket/exp"})).returncode == 0
+
+
+@pytest.mark.parametrize("upload_dir", ["s3://B/x", "file://relative/x", "gs://bucket//x"])
+def test_what_only_the_webhook_checks_is_refused_with_validate_upload_dirs_message(
+    kube: Kube, ns: str, upload_dir: str
+) -> None:
+    try:
+        SyncConfig(upload_dir=upload_dir).validate_upload_dir()
+    except ValueError as exc:
+        message = str(exc)
+    else:
+        raise AssertionError(f"validate_upload_dir accepts {upload_dir}")
+    refused = _apply(kube, ns, syncconfig("bad", {"uploadDir": upload_dir}))
+    assert refused.returncode != 0
+    assert message in refused.stderr
 
 
 def test_status_conditions_and_events_follow_validity(kube: Kube, ns: str) -> None:

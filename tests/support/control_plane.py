@@ -39,7 +39,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import trustme
@@ -205,6 +205,11 @@ class Kube:
     ca_pem: bytes = b""
     startup_seconds: float = 0.0
     _procs: list[subprocess.Popen[bytes]] = field(default_factory=list, repr=False)
+
+    @property
+    def pids(self) -> dict[str, int]:
+        """The local control plane's processes by name (empty for an existing cluster)."""
+        return {Path(cast(list[str], p.args)[0]).name: p.pid for p in self._procs}
 
     def api_client(self, kubeconfig: Path | None = None) -> ApiClient:
         """A new ApiClient for ``kubeconfig`` (default: the admin one); the caller closes it."""

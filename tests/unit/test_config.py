@@ -54,7 +54,7 @@ def test_a_path_given_to_validate_upload_dir_is_validated_instead_as_in_ray() ->
         ("s3://Bad_Bucket!/x", "no valid bucket name"),
         ("s3://bucket//x", "empty path segment"),
         ("file://relative/path", "must be an absolute path"),
-        (" s3://bucket", "without spaces"),
+        (" s3://bucket", "without leading or trailing spaces"),
         ("hdfs://namenode:8020/exp", "needs pyarrow"),
     ],
 )

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import pathlib
 import re
 
 from tools import crd_reference
 
+from tests.support.pods import DEFAULTS, lookup_for, opted_in_pod, syncconfig
 from trialsync.metrics import Metrics
+from trialsync_operator import injection, names
 
 
 def test_the_readme_syncconfig_reference_is_generated_from_the_crd() -> None:
@@ -34,3 +37,18 @@ def test_the_readme_names_every_metric_the_sidecar_serves_and_no_other() -> None
         suffix = "_total" if family.type == "counter" else ""
         served.add(family.name + suffix)
     assert documented == served
+
+
+def test_the_documented_status_annotation_has_the_keys_the_webhook_writes() -> None:
+    doc = (pathlib.Path(__file__).resolve().parents[2] / "docs" / "operator.md").read_text()
+    example = doc.split("as compact JSON:\n\n```json\n", 1)[1].split("```", 1)[0]
+    documented = json.loads(re.sub(r"<[^>]*>", "x", example.replace("\n", "")))
+    pod = opted_in_pod("p", "exp")
+    config = syncconfig("exp", {"uploadDir": "s3://bucket/x"})
+    config["metadata"].update(namespace="ml", uid="u", generation=3)
+    result = injection.plan(pod, "ml", lookup_for(config), DEFAULTS)
+    assert result.patch is not None
+    written = json.loads(result.patch["annotations"][names.STATUS_ANNOTATION])
+    assert set(documented) == set(written)
+    assert documented["volumes"] == written["volumes"]
+    assert documented["container"] == written["container"]

@@ -120,10 +120,14 @@ def test_a_pod_with_wrong_annotations_is_refused_saying_which(
         injection.plan(pod, "ml", lookup_for(CONFIG), DEFAULTS)
 
 
-def test_a_pod_naming_a_missing_syncconfig_is_refused_naming_it() -> None:
-    pod = _pod(**{names.MOUNT_PATH_ANNOTATION: "/r"})
+@pytest.mark.parametrize("annotations", [{names.MOUNT_PATH_ANNOTATION: "/r"}, {}])
+def test_a_pod_naming_a_missing_syncconfig_is_refused_naming_it(
+    annotations: dict[str, str],
+) -> None:
+    # Also when its other annotations are missing: the SyncConfig is what the user
+    # must fix first.
     with pytest.raises(injection.Refusal, match=r"SyncConfig other/exp .* does not exist"):
-        injection.plan(pod, "other", lookup_for(CONFIG), DEFAULTS)
+        injection.plan(_pod(**annotations), "other", lookup_for(CONFIG), DEFAULTS)
 
 
 def test_a_pod_naming_an_invalid_syncconfig_is_refused_with_the_reason() -> None:
@@ -143,11 +147,12 @@ def test_a_mount_path_a_container_already_uses_is_refused() -> None:
         injection.plan(pod, "ml", lookup_for(CONFIG), DEFAULTS)
 
 
-def test_syncing_disabled_admits_the_pod_unmodified_with_a_warning() -> None:
+@pytest.mark.parametrize("annotations", [{names.MOUNT_PATH_ANNOTATION: "/r"}, {}])
+def test_syncing_disabled_admits_the_pod_unmodified_with_a_warning(
+    annotations: dict[str, str],
+) -> None:
     disabled = {"metadata": {"name": "exp", "namespace": "ml"}, "spec": {"syncer": "none"}}
-    result = injection.plan(
-        _pod(**{names.MOUNT_PATH_ANNOTATION: "/r"}), "ml", lookup_for(disabled), DEFAULTS
-    )
+    result = injection.plan(_pod(**annotations), "ml", lookup_for(disabled), DEFAULTS)
     assert result.patch is None
     assert "disables syncing" in result.warnings[0]
 
@@ -270,3 +275,27 @@ def test_the_json_patch_gives_the_planned_pod_for_every_golden_case() -> None:
         if result.patch is not None:
             ops = injection.json_patch(case["pod"], result.patch)
             assert _apply_adds(case["pod"], ops) == apply(case["pod"], result.patch), path.stem
+
+
+def test_the_json_patch_only_appends_to_the_lists_a_pod_already_has() -> None:
+    pod = _pod(**{names.MOUNT_PATH_ANNOTATION: "/r"})
+
+    def mounts() -> list[dict[str, str]]:
+        return [{"name": "x", "mountPath": "/x"}]
+
+    pod["spec"]["initContainers"] = [{"name": "init", "image": "i", "volumeMounts": mounts()}]
+    pod["spec"]["containers"].append({"name": "b", "image": "b", "volumeMounts": mounts()})
+    pod["spec"]["volumes"] = [{"name": "x", "emptyDir": {}}]
+    result = injection.plan(pod, "ml", lookup_for(CONFIG), DEFAULTS)
+    assert result.patch is not None
+    ops = injection.json_patch(pod, result.patch)
+    paths = [op["path"] for op in ops]
+    assert "/spec/initContainers/-" in paths
+    # Nothing the pod had is rewritten: its lists only grow (the first container had no
+    # volumeMounts, so its list is added).
+    assert not {"/spec/initContainers", "/spec/containers", "/spec/volumes"} & set(paths)
+    assert "/spec/containers/0/volumeMounts" in paths
+    assert {"/spec/initContainers/0/volumeMounts/-", "/spec/containers/1/volumeMounts/-"} <= set(
+        paths
+    )
+    assert _apply_adds(pod, ops) == apply(pod, result.patch)
