@@ -227,6 +227,9 @@ class Load:
     namespace: str
     args: argparse.Namespace
     webhook_pid: int | None = None
+    #: The CPUs this process may run on when it starts, in order (with ``--pin`` the first
+    #: is the control plane's, the others everyone else's).
+    cpus: list[int] = dataclasses.field(default_factory=lambda: sorted(os.sched_getaffinity(0)))
 
     def pids(self) -> dict[str, int]:
         pids = {**self.kube.pids, "clients": os.getpid()}
@@ -275,18 +278,18 @@ class Load:
     def pin(self, pid: int) -> None:
         """With ``--pin``: ``pid`` (a client or a webhook) off the control plane's CPU."""
         if self.args.pin:
-            _set_cpus(pid, set(range(1, os.cpu_count() or 1)))
+            _set_cpus(pid, self.cpus[1:])
 
 
 def _pin_control_plane(load: Load) -> None:
-    if (os.cpu_count() or 1) < 2:
+    if len(load.cpus) < 2:
         raise SystemExit("--pin needs at least 2 CPUs")
     for pid in load.kube.pids.values():
-        _set_cpus(pid, {0})
+        _set_cpus(pid, load.cpus[:1])
     load.pin(os.getpid())
 
 
-def _set_cpus(pid: int, cpus: set[int]) -> None:
+def _set_cpus(pid: int, cpus: list[int]) -> None:
     """Every thread of ``pid`` onto ``cpus`` (threads made later inherit it)."""
     for task in Path(f"/proc/{pid}/task").iterdir():
         with contextlib.suppress(ProcessLookupError):

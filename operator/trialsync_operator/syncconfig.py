@@ -20,6 +20,7 @@ from trialsync.config import (
     DEFAULT_SYNC_TIMEOUT,
     PACKAGE_FOR,
     SyncConfig,
+    quoted,
 )
 from trialsync_operator import quantity
 
@@ -79,7 +80,7 @@ class SidecarImage:
         package = PACKAGE_FOR.get(scheme)
         needs = f" (it needs {package})" if package else ""
         raise ValueError(
-            f"upload_dir '{uri}': the sidecar image {self.image} cannot serve "
+            f"upload_dir {quoted(uri)}: the sidecar image {self.image} cannot serve "
             f"{scheme}://{needs}; it serves {', '.join(sorted(self.schemes))}. Use one of "
             "those, or build a sidecar image with that backend and name it in "
             "spec.sidecar.image"

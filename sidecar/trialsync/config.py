@@ -28,6 +28,12 @@ DEFAULT_SYNC_TIMEOUT = 1800
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$")
 _BUCKET_SCHEMES = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "oss", "r2"}
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*$")
+#: What counts as a leading or trailing space: Unicode's White_Space, as the CRD's CEL
+#: ``trim()`` has it (Python's own ``strip()`` also strips U+001C-U+001F).
+_SPACES = (
+    "\t\n\v\f\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008"
+    "\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
+)
 #: The Python package each scheme's fsspec backend needs, for the users' most common ones.
 PACKAGE_FOR = {
     "s3": "s3fs",
@@ -90,7 +96,7 @@ class SyncConfig:
         if self.syncer is None or self.syncer == "none":
             raise ValueError(
                 "syncer=None disables syncing, which contradicts upload_dir="
-                f"{_quoted(upload_dir)}: remove upload_dir, or set syncer to 'auto'"
+                f"{quoted(upload_dir)}: remove upload_dir, or set syncer to 'auto'"
             )
         validate_uri(upload_dir, backend)
         if not isinstance(self.syncer, str):
@@ -99,14 +105,14 @@ class SyncConfig:
 
 
 def _syncer_name(syncer: SyncerSpec) -> str:
-    return _quoted(syncer) if isinstance(syncer, str) else type(syncer).__name__
+    return quoted(syncer) if isinstance(syncer, str) else type(syncer).__name__
 
 
-def _quoted(value: str) -> str:
-    """A value in a message, quoted as the SyncConfig CRD's CEL rules quote it: the
-    apiserver refuses what these functions refuse with the very same message (its messages
-    hold no line breaks)."""
-    return "'" + value.replace("\n", "\\n") + "'"
+def quoted(value: str) -> str:
+    """A value in a message, quoted as the SyncConfig CRD's CEL rules quote it, so the
+    apiserver refuses what these functions refuse with the very same message: backslashes
+    doubled, line breaks (which its messages cannot hold) written as ``\\n``."""
+    return "'" + value.replace("\\", "\\\\").replace("\n", "\\n") + "'"
 
 
 def _require_positive(name: str, value: object) -> None:
@@ -123,11 +129,12 @@ def validate_syncer_name(syncer: str) -> None:
     module, sep, name = syncer.partition(":")
     if (
         not sep
+        or not syncer.isascii()
         or not name.isidentifier()
         or not all(part.isidentifier() for part in module.split("."))
     ):
         raise ValueError(
-            f"syncer {_quoted(syncer)} must be 'auto', 'none' or 'package.module:Class' "
+            f"syncer {quoted(syncer)} must be 'auto', 'none' or 'package.module:Class' "
             "(a trialsync.Syncer subclass shipped in a custom sidecar image)"
         )
 
@@ -137,31 +144,31 @@ def validate_uri(uri: str, backend: BackendCheck | None = None) -> None:
 
     ``backend`` decides which schemes can be served (default: ``installed_backend``).
     """
-    if not isinstance(uri, str) or uri != uri.strip() or not uri:
+    if not isinstance(uri, str) or uri != uri.strip(_SPACES) or not uri:
         raise ValueError(
             "upload_dir must be a non-empty URI without leading or trailing spaces, got "
-            f"{_quoted(uri) if isinstance(uri, str) else repr(uri)}"
+            f"{quoted(uri) if isinstance(uri, str) else repr(uri)}"
         )
     scheme, sep, rest = uri.partition("://")
-    if not sep or not _SCHEME.match(scheme):
+    if not sep or not _SCHEME.fullmatch(scheme):
         raise ValueError(
-            f"upload_dir {_quoted(uri)} has no scheme (scheme://...): use s3://bucket/prefix, "
+            f"upload_dir {quoted(uri)} has no scheme (scheme://...): use s3://bucket/prefix, "
             "gs://bucket/prefix, hdfs://namenode/path or file:///absolute/path"
         )
     scheme = scheme.lower()
     if scheme in _BUCKET_SCHEMES:
         bucket = rest.split("/", 1)[0]
-        if not _BUCKET.match(bucket):
+        if not _BUCKET.fullmatch(bucket):
             raise ValueError(
-                f"upload_dir {_quoted(uri)} has no valid bucket name (3-222 lowercase letters, "
+                f"upload_dir {quoted(uri)} has no valid bucket name (3-222 lowercase letters, "
                 "digits, '.', '_' or '-') after the scheme"
             )
     elif scheme == "file" and not rest.startswith("/"):
-        raise ValueError(f"upload_dir {_quoted(uri)} must be an absolute path: file:///abs/path")
+        raise ValueError(f"upload_dir {quoted(uri)} must be an absolute path: file:///abs/path")
     elif scheme == "hdfs" and not rest.strip("/"):
-        raise ValueError(f"upload_dir {_quoted(uri)} names no path: hdfs://namenode:8020/path")
+        raise ValueError(f"upload_dir {quoted(uri)} names no path: hdfs://namenode:8020/path")
     if "//" in rest.lstrip("/"):
-        raise ValueError(f"upload_dir {_quoted(uri)} has an empty path segment ('//')")
+        raise ValueError(f"upload_dir {quoted(uri)} has an empty path segment ('//')")
     (backend or installed_backend)(scheme, uri)
 
 
@@ -172,7 +179,7 @@ def installed_backend(scheme: str, uri: str) -> None:
 
     if scheme not in known_implementations and scheme not in fsspec.available_protocols():
         raise ValueError(
-            f"upload_dir {_quoted(uri)} has an unknown scheme {_quoted(scheme)}; fsspec knows "
+            f"upload_dir {quoted(uri)} has an unknown scheme {quoted(scheme)}; fsspec knows "
             f"{', '.join(sorted(('s3', 'gs', 'gcs', 'hdfs', 'file', 'memory')))} and others"
         )
     package = PACKAGE_FOR.get(scheme)
@@ -183,6 +190,6 @@ def installed_backend(scheme: str, uri: str) -> None:
             raise ImportError(f"No module named {package!r}")
     except ImportError as exc:
         raise ValueError(
-            f"upload_dir {_quoted(uri)} needs {package or 'the fsspec backend for ' + scheme}, "
+            f"upload_dir {quoted(uri)} needs {package or 'the fsspec backend for ' + scheme}, "
             f"which is not installed ({exc})"
         ) from exc

@@ -85,6 +85,7 @@ def test_each_rule_refuses_with_a_message_that_says_what_to_fix(
     refused = _apply(kube, k8s_namespace, "refused", spec)
     assert refused.returncode != 0
     assert message in refused.stderr
+    assert refused.stderr.count("Invalid value") == 1, refused.stderr  # and nothing else
     assert (
         "refused"
         not in kube.kubectl("get", "syncconfigs", "-n", k8s_namespace, "-o", "name").stdout
@@ -105,8 +106,12 @@ SEED_REFUSALS = [
     ({"uploadDir": " s3://bucket/x"}, {"upload_dir": " s3://bucket/x"}),
     ({"uploadDir": "s3://bucket/x\n"}, {"upload_dir": "s3://bucket/x\n"}),
     ({"uploadDir": "bucket/a\nb"}, {"upload_dir": "bucket/a\nb"}),
+    ({"uploadDir": "s3\n://bucket/x"}, {"upload_dir": "s3\n://bucket/x"}),
+    ({"uploadDir": "c:\\data\\x"}, {"upload_dir": "c:\\data\\x"}),
+    ({"uploadDir": "\tbucket/x"}, {"upload_dir": "\tbucket/x"}),
     ({"syncer": "not a class"}, {"syncer": "not a class"}),
     ({"syncer": "a\nb"}, {"syncer": "a\nb"}),
+    ({"syncer": "m\u00f3dulo:C"}, {"syncer": "m\u00f3dulo:C"}),
     ({"syncer": "pkg.mod:Class", "sidecar": {"image": "me/s:1"}}, {"syncer": "pkg.mod:Class"}),
 ]
 
@@ -124,6 +129,7 @@ def test_the_seeds_checks_refuse_with_validate_upload_dirs_own_message(
     refused = _apply(kube, k8s_namespace, "refused", spec)
     assert refused.returncode != 0
     assert message in refused.stderr
+    assert refused.stderr.count("Invalid value") == 1, refused.stderr  # and nothing else
 
 
 def test_spaces_inside_an_upload_dir_are_accepted_as_validate_upload_dir_accepts_them(

@@ -55,6 +55,10 @@ def test_a_path_given_to_validate_upload_dir_is_validated_instead_as_in_ray() ->
         ("s3://bucket//x", "empty path segment"),
         ("file://relative/path", "must be an absolute path"),
         (" s3://bucket", "without leading or trailing spaces"),
+        ("s3://bucket/x\u3000", "without leading or trailing spaces"),
+        ("s3\n://bucket/x", "upload_dir 's3\\n://bucket/x' has no scheme"),
+        ("s3://bucket\n/x", "no valid bucket name"),
+        ("c:\\data", "upload_dir 'c:\\\\data' has no scheme"),
         ("hdfs://namenode:8020/exp", "needs pyarrow"),
     ],
 )
