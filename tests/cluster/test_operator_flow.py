@@ -16,9 +16,11 @@ import pytest
 from tests.cluster.trial_pods import (
     MANIFEST_NAME,
     RESTRICTED,
+    TRIAL_ROOT,
     bucket_objects,
     opted_in,
     s3_syncconfig_spec,
+    sidecar_records,
     trainer,
     trainer_events,
     training_job,
@@ -97,6 +99,47 @@ def test_a_labelled_job_is_injected_runs_to_complete_and_publishes_its_checkpoin
         assert sorted(manifest["files"]) == sorted(
             rel.split("/", 1)[1] for rel in written if rel.startswith(checkpoint)
         )
+
+
+def test_with_mirror_deletes_the_sidecar_keeps_its_record_on_the_volume_and_mirrors_deletions(
+    cluster: Cluster, operator_beside: Operator, cluster_s3: ClusterS3, cluster_namespace: str
+) -> None:
+    ns = cluster_namespace
+    endpoint = cluster_s3.install(cluster, ns)
+    bucket = cluster_s3.server.make_bucket()
+    spec = s3_syncconfig_spec(cluster_s3, endpoint, f"s3://{bucket}/results")
+    cluster.apply(syncconfig("exp", {**spec, "mirrorDeletes": True}), ns)
+    _wait_ready_condition(cluster, ns)
+    # Ray's num_to_keep=1: each checkpoint is deleted once the next one is written.
+    job = training_job(
+        "keep1",
+        opted_in("exp"),
+        trainer(cluster.images.sidecar, trial="t0", checkpoints=3, interval=3, keep=1),
+    )
+    cluster.apply(job, ns)
+    cluster.wait_for("job", "keep1", ns, "condition=Complete", 240)
+
+    [pod] = json.loads(
+        cluster.kube.kubectl("get", "pods", "-n", ns, "-l", "job-name=keep1", "-o", "json").stdout
+    )["items"]
+    [sidecar] = sidecars(pod)
+    [trial_mount] = [m for m in sidecar["volumeMounts"] if m["mountPath"] == TRIAL_ROOT]
+    assert not trial_mount.get("readOnly")
+    events = trainer_events(cluster.logs(pod["metadata"]["name"], ns, "trainer"))
+    assert [e["name"] for e in events if e["event"] == "deleted"] == [
+        "checkpoint_000001",
+        "checkpoint_000002",
+    ]
+    records = sidecar_records(cluster, pod["metadata"]["name"], ns)
+    # The record of sent checkpoints could be written on the trial volume...
+    assert not [r for r in records if r["msg"].startswith("cannot write")], records
+    # ...and the deletions reached the bucket: only the newest checkpoint is left.
+    objects = bucket_objects(cluster_s3.server, bucket, "results/exp/t0/")
+    left = {key.split("/")[3] for key in objects if "/checkpoint_" in key}
+    assert left == {"checkpoint_000003"}
+    mirrored = {r["path"] for r in records if r["msg"] == "checkpoint deletion mirrored"}
+    published = {r["path"] for r in records if r["msg"] == "checkpoint published"}
+    assert mirrored == published - {"exp/t0/checkpoint_000003"}
 
 
 def test_without_an_upload_dir_workers_reach_the_head_through_the_operators_service(

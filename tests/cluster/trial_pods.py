@@ -44,10 +44,12 @@ def trainer(
     trigger: bool = False,
     then: str = "exit",
     name: str = "trainer",
+    keep: int = 0,
 ) -> Manifest:
     """A container running ``tests/cluster/workloads/trainer.py``: ``checkpoints`` checkpoints
     of ``trial`` under the trial volume, ``interval`` seconds apart; ``trigger`` announces
-    each to the sidecar, ``then`` is ``exit`` or ``sleep`` (until SIGTERM)."""
+    each to the sidecar, ``then`` is ``exit`` or ``sleep`` (until SIGTERM); ``keep`` deletes
+    all but the newest ``keep`` checkpoints after each one (Ray's num_to_keep)."""
     args = [
         f"--root={TRIAL_ROOT}",
         f"--experiment={experiment}",
@@ -56,6 +58,7 @@ def trainer(
         f"--size={size}",
         f"--interval={interval}",
         f"--then={then}",
+        f"--keep={keep}",
     ]
     if trigger:
         args.append("--trigger")

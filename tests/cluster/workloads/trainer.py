@@ -7,11 +7,13 @@ through ``kubectl logs``:
 
     {"event": "start", "readyz": 200, ...}      the sidecar's /readyz when the trainer started
     {"event": "checkpoint", "name": ..., "files": {relative path: sha256}}
+    {"event": "deleted", "name": ...}            with --keep, an older checkpoint removed
     {"event": "done"}
 
 ``--trigger`` POSTs the sidecar's /sync after each checkpoint (the exact-publishing path);
 without it the sidecar's settle window decides. ``--then sleep`` keeps running afterwards
-(until SIGTERM) instead of exiting 0. Standard library only: it runs in the sidecar image.
+(until SIGTERM) instead of exiting 0. ``--keep N`` deletes all but the newest N checkpoints
+after each one, as Ray's ``num_to_keep`` does. Standard library only: it runs in the sidecar image.
 """
 
 import argparse
@@ -19,6 +21,7 @@ import hashlib
 import json
 import os
 import random
+import shutil
 import signal
 import sys
 import time
@@ -59,6 +62,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--interval", type=float, default=0.5, help="seconds between checkpoints")
     parser.add_argument("--trigger", action="store_true", help="POST /sync after each checkpoint")
     parser.add_argument("--then", choices=("exit", "sleep"), default="exit")
+    parser.add_argument("--keep", type=int, default=0, help="newest checkpoints kept (0: all)")
     args = parser.parse_args(argv)
 
     def on_sigterm(signum: int, frame: object) -> None:
@@ -87,6 +91,10 @@ def main(argv: list[str]) -> int:
         trigger = sidecar_status("/sync", "POST") if args.trigger else None
         emit("checkpoint", name=name, files=files, trigger=trigger)
         time.sleep(args.interval)
+        if args.keep and i > args.keep:
+            old = f"checkpoint_{i - args.keep:06d}"
+            shutil.rmtree(os.path.join(trial_dir, old))
+            emit("deleted", name=old)
     emit("done")
     while args.then == "sleep":
         time.sleep(3600)
