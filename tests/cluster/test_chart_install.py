@@ -23,9 +23,10 @@ import pytest
 from tests.cluster.trial_pods import (
     MANIFEST_NAME,
     TRIAL_ROOT,
+    apply_s3_syncconfig,
     bucket_objects,
+    job_pod,
     opted_in,
-    s3_syncconfig_spec,
     trainer,
     trainer_events,
     training_job,
@@ -131,11 +132,7 @@ def test_a_syncconfig_and_a_labelled_job_publish_every_checkpoint(
     cluster: Cluster, installed: str, cluster_s3: ClusterS3, cluster_namespace: str
 ) -> None:
     ns = cluster_namespace
-    endpoint = cluster_s3.install(cluster, ns)
-    bucket = cluster_s3.server.make_bucket()
-    spec = s3_syncconfig_spec(cluster_s3, endpoint, f"s3://{bucket}/results")
-    cluster.apply(syncconfig("exp", spec), ns)
-    cluster.wait_for("syncconfig", "exp", ns, "condition=Ready", 60)
+    bucket = apply_s3_syncconfig(cluster, cluster_s3, ns)
     row = cluster.kube.kubectl("get", "syncconfig", "exp", "-n", ns, "--no-headers").stdout.split()
     assert row[1:5] == [f"s3://{bucket}/results", "300", "1800", "True"]
     job = training_job(
@@ -143,9 +140,7 @@ def test_a_syncconfig_and_a_labelled_job_publish_every_checkpoint(
     )
     cluster.apply(job, ns)
     cluster.wait_for("job", "train", ns, "condition=Complete", 240)
-    [pod] = json.loads(
-        cluster.kube.kubectl("get", "pods", "-n", ns, "-l", "job-name=train", "-o", "json").stdout
-    )["items"]
+    pod = job_pod(cluster, "train", ns)
     written = written_files(trainer_events(cluster.logs(pod["metadata"]["name"], ns, "trainer")))
     objects = bucket_objects(cluster_s3.server, bucket, "results/")
     for rel in written:

@@ -17,9 +17,10 @@ from tests.cluster.trial_pods import (
     MANIFEST_NAME,
     RESTRICTED,
     TRIAL_ROOT,
+    apply_s3_syncconfig,
     bucket_objects,
+    job_pod,
     opted_in,
-    s3_syncconfig_spec,
     sidecar_records,
     trainer,
     trainer_events,
@@ -65,20 +66,14 @@ def test_a_labelled_job_is_injected_runs_to_complete_and_publishes_its_checkpoin
     cluster: Cluster, operator_beside: Operator, cluster_s3: ClusterS3, cluster_namespace: str
 ) -> None:
     ns = cluster_namespace
-    endpoint = cluster_s3.install(cluster, ns)
-    bucket = cluster_s3.server.make_bucket()
-    spec = s3_syncconfig_spec(cluster_s3, endpoint, f"s3://{bucket}/results")
-    cluster.apply(syncconfig("exp", spec), ns)
-    _wait_ready_condition(cluster, ns)
+    bucket = apply_s3_syncconfig(cluster, cluster_s3, ns)
     job = training_job(
         "train", opted_in("exp"), trainer(cluster.images.sidecar, trial="t0", checkpoints=3)
     )
     cluster.apply(job, ns)
     cluster.wait_for("job", "train", ns, "condition=Complete", 240)
 
-    [pod] = json.loads(
-        cluster.kube.kubectl("get", "pods", "-n", ns, "-l", "job-name=train", "-o", "json").stdout
-    )["items"]
+    pod = job_pod(cluster, "train", ns)
     assert len(sidecars(pod)) == 1
     status = json.loads(pod["metadata"]["annotations"][names.STATUS_ANNOTATION])
     assert status["config"] == "exp"
@@ -105,11 +100,7 @@ def test_with_mirror_deletes_the_sidecar_keeps_its_record_on_the_volume_and_mirr
     cluster: Cluster, operator_beside: Operator, cluster_s3: ClusterS3, cluster_namespace: str
 ) -> None:
     ns = cluster_namespace
-    endpoint = cluster_s3.install(cluster, ns)
-    bucket = cluster_s3.server.make_bucket()
-    spec = s3_syncconfig_spec(cluster_s3, endpoint, f"s3://{bucket}/results")
-    cluster.apply(syncconfig("exp", {**spec, "mirrorDeletes": True}), ns)
-    _wait_ready_condition(cluster, ns)
+    bucket = apply_s3_syncconfig(cluster, cluster_s3, ns, mirrorDeletes=True)
     # Ray's num_to_keep=1: each checkpoint is deleted once the next one is written.
     job = training_job(
         "keep1",
@@ -119,9 +110,7 @@ def test_with_mirror_deletes_the_sidecar_keeps_its_record_on_the_volume_and_mirr
     cluster.apply(job, ns)
     cluster.wait_for("job", "keep1", ns, "condition=Complete", 240)
 
-    [pod] = json.loads(
-        cluster.kube.kubectl("get", "pods", "-n", ns, "-l", "job-name=keep1", "-o", "json").stdout
-    )["items"]
+    pod = job_pod(cluster, "keep1", ns)
     [sidecar] = sidecars(pod)
     [trial_mount] = [m for m in sidecar["volumeMounts"] if m["mountPath"] == TRIAL_ROOT]
     assert not trial_mount.get("readOnly")

@@ -9,6 +9,7 @@ from typing import Any
 from tests.support.cluster.fixtures import ClusterS3
 from tests.support.cluster.harness import Cluster, Manifest, workload
 from tests.support.object_stores import S3Server
+from tests.support.pods import syncconfig
 from tests.support.sidecar_pod import SIDECAR_NAME, SidecarSpec, inject
 from trialsync_operator import names
 
@@ -164,19 +165,31 @@ def bucket_objects(server: S3Server, bucket: str, prefix: str = "") -> dict[str,
         client.close()
 
 
-def s3_syncconfig_spec(s3: ClusterS3, endpoint_url: str, upload_dir: str) -> Manifest:
-    """A SyncConfig spec syncing to ``upload_dir`` on the test's SeaweedFS, quick to settle."""
-    return {
-        "uploadDir": upload_dir,
-        "storage": {
-            "endpoint": endpoint_url,
-            "region": s3.server.region,
-            "addressingStyle": "path",
-        },
+def apply_s3_syncconfig(cluster: Cluster, s3: ClusterS3, namespace: str, **spec: Any) -> str:
+    """SyncConfig ``exp`` syncing to a new bucket on the test's SeaweedFS (its Service and
+    credentials installed in ``namespace``), quick to settle, with ``spec`` over that;
+    returns the bucket once the operator says the SyncConfig is Ready."""
+    endpoint = s3.install(cluster, namespace)
+    bucket = s3.server.make_bucket()
+    base = {
+        "uploadDir": f"s3://{bucket}/results",
+        "storage": {"endpoint": endpoint, "region": s3.server.region, "addressingStyle": "path"},
         "credentials": {"secretRef": {"name": ClusterS3.CREDENTIALS_SECRET}},
         "checkpointSettleSeconds": 1,
         "finalSyncTimeoutSeconds": 20,
     }
+    cluster.apply(syncconfig("exp", {**base, **spec}), namespace)
+    cluster.wait_for("syncconfig", "exp", namespace, "condition=Ready", 60)
+    return bucket
+
+
+def job_pod(cluster: Cluster, job: str, namespace: str) -> Manifest:
+    """The one pod of Job ``job``."""
+    listing = cluster.kube.kubectl(
+        "get", "pods", "-n", namespace, "-l", f"job-name={job}", "-o", "json"
+    ).stdout
+    [pod] = json.loads(listing)["items"]
+    return dict(pod)
 
 
 def opted_in(config: str, role: str = "worker") -> dict[str, Any]:
