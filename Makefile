@@ -44,8 +44,8 @@ images: $(STAMP) tools
 	@$(BIN)/python images/build.py
 
 lint: $(STAMP)
-	$(BIN)/ruff check sidecar operator tests bench demo tools images
-	$(BIN)/ruff format --check sidecar operator tests bench demo tools images
+	$(BIN)/ruff check sidecar operator localcluster tests bench demo tools images
+	$(BIN)/ruff format --check sidecar operator localcluster tests bench demo tools images
 	$(BIN)/mypy
 
 test: $(STAMP) tools images lint
@@ -54,10 +54,10 @@ test: $(STAMP) tools images lint
 # Prints KUBECONFIG=... and CLUSTER_NET="nsenter --net=... --" once the node is Ready.
 cluster-up: $(STAMP) tools images
 	@TRIALSYNC_TOOLS_BIN="$(TOOLS_BIN)" TRIALSYNC_IMAGES="$(IMAGES_MANIFEST)" \
-		$(BIN)/python -m tests.support.cluster up
+		$(BIN)/python -m localcluster up
 
 cluster-down: $(STAMP)
-	@$(BIN)/python -m tests.support.cluster down
+	@$(BIN)/python -m localcluster down
 
 test-unit: $(STAMP)
 	$(BIN)/pytest -ra tests/unit
@@ -71,7 +71,7 @@ demo: $(STAMP) tools $(if $(NODE),images)
 bench: $(STAMP)
 	PYTHONPATH=. $(BIN)/python bench/run.py
 
-# The chart ships a copy of the CRD; tests/e2e/test_chart.py fails if they differ.
+# The chart ships a copy of the CRD; tests/apiserver/test_chart.py fails if they differ.
 crds:
 	cp crds/syncconfig.yaml charts/trialsync/crds/syncconfig.yaml
 

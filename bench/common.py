@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from tests.support.object_stores import S3Server, start_seaweedfs
+from localcluster.object_stores import S3Server, start_seaweedfs
 
 MIB = 2**20
 MANIFEST_SUFFIX = "/.trialsync-manifest.json"

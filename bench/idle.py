@@ -18,7 +18,7 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.support.object_stores import S3Server
+from localcluster.object_stores import S3Server
 from tests.support.sidecar_process import Sidecar, wait_for
 
 from bench import common, noop

@@ -29,15 +29,15 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from localcluster.object_stores import S3Server
 from tests.support import peers
-from tests.support.object_stores import S3Server
 
 from bench import common
-from trialsync.engine import EngineOptions, Round, SyncEngine
-from trialsync.layout import Kind
+from trialsync._engine.engine import EngineOptions, Round, SyncEngine
+from trialsync._engine.layout import Kind
+from trialsync._engine.watcher import InotifyJournal
+from trialsync._stores.fsspec_store import RemoteStore
 from trialsync.metrics import Metrics
-from trialsync.store import RemoteStore
-from trialsync.watcher import InotifyJournal
 
 ALL = frozenset({Kind.EXPERIMENT, Kind.ARTIFACT})
 SETTLE = 3.0  # the sidecar's default --checkpoint-settle

@@ -3,7 +3,7 @@
 In one process, against a local SeaweedFS: ``--puts`` PutObjects of 4 KiB (32 in flight),
 then ``--parts`` UploadParts of 16 MiB (4 in flight) of one multipart upload, which is then
 aborted. ``time.process_time()`` (this process, every thread) is read around each phase, so
-the server's CPU is not counted. Both paths go through ``trialsync.s3_upload.S3Api``.
+the server's CPU is not counted. Both paths go through ``trialsync._stores.s3_upload.S3Api``.
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.support.object_stores import S3Server
+from localcluster.object_stores import S3Server
 
 from bench import common
-from trialsync import s3_client, s3_upload
+from trialsync._stores import s3_client, s3_upload
 
 PART = 16 * common.MIB
 

@@ -18,8 +18,8 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from localcluster.object_stores import S3Server
 from tests.support import peers
-from tests.support.object_stores import S3Server
 
 from bench import common
 
@@ -161,7 +161,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         f"  trialsync {label}: {secs:6.2f} s  {mib / secs:7.1f} MiB/s", flush=True
                     )
             startup = common.timed(
-                [sys.executable, "-c", "import trialsync.sidecar, s3fs"],
+                [sys.executable, "-c", "import trialsync._process.sidecar, s3fs"],
                 common.trialsync_env(server),
             ).seconds
     medians = {name: common.median(t) for name, t in times.items()}

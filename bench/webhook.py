@@ -56,7 +56,8 @@ if __package__ in (None, ""):
 import aiohttp
 import jsonpatch
 from kubernetes import client
-from tests.support.control_plane import Kube, start_control_plane
+from localcluster.control_plane import Kube, start_control_plane
+from localcluster.processes import free_port
 from tests.support.operator_process import (
     OPERATOR_NAMESPACE,
     Operator,
@@ -65,13 +66,13 @@ from tests.support.operator_process import (
     start_operator,
 )
 from tests.support.pods import opted_in_pod, syncconfig
-from tests.support.processes import free_port
 from tests.support.sidecar_process import wait_for
 from tests.support.webhook import WebhookTLS, mutating_webhook_configuration
 
 from bench import common
-from trialsync_operator import injection, names
-from trialsync_operator.injection import Defaults
+from trialsync_operator import names
+from trialsync_operator.admission import injection, patch
+from trialsync_operator.admission.injection import Defaults
 from trialsync_operator.settings import DEFAULT_IMAGE, DEFAULT_SCHEMES
 from trialsync_operator.syncconfig import SidecarImage, view_of
 
@@ -369,7 +370,7 @@ def _trialsync_patch(load: Load) -> list[dict[str, Any]]:
     pod = _pod("sample", True, load.args.pod)
     result = injection.plan(pod, namespace, lambda ns, name: view, Defaults(image=DEFAULT_IMAGE))
     assert result.patch is not None
-    return injection.json_patch(pod, result.patch)
+    return patch.json_patch(pod, result.patch)
 
 
 def _pre_injected(ops: list[dict[str, Any]], shape: str) -> Callable[[str], dict[str, Any]]:

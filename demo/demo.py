@@ -25,11 +25,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from tests.support.cluster import control
-from tests.support.cluster.fixtures import ClusterS3, image_manifest, node_bin_dir
-from tests.support.cluster.harness import Cluster, Images, workload
-from tests.support.control_plane import REPO_ROOT, Kube, external_cluster, kubectl_path
-from tests.support.object_stores import S3Server, start_seaweedfs
+from localcluster import control
+from localcluster.artifacts import image_manifest, node_bin_dir
+from localcluster.cluster_s3 import ClusterS3
+from localcluster.control_plane import REPO_ROOT, Kube, external_cluster, kubectl_path
+from localcluster.harness import Cluster, Images, workload
+from localcluster.object_stores import S3Server, start_seaweedfs
 
 from trialsync_operator import __version__
 

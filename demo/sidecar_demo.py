@@ -22,8 +22,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from tests.support.object_stores import S3Server, start_seaweedfs
-from tests.support.processes import free_port
+from localcluster.object_stores import S3Server, start_seaweedfs
+from localcluster.processes import free_port
 from tests.support.sidecar_process import wait_for
 
 MANIFEST = ".trialsync-manifest.json"

@@ -7,8 +7,8 @@ import os
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 
 pytest_plugins = [
-    "tests.support.object_stores",
-    "tests.support.control_plane",
+    "tests.support.store_fixtures",
+    "tests.support.kube_fixtures",
     "tests.support.head_service",
-    "tests.support.cluster.fixtures",
+    "tests.support.cluster_fixtures",
 ]

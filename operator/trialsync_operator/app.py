@@ -16,10 +16,13 @@ from typing import Any, cast
 
 import kopf
 
-from trialsync_operator import handlers, health, kube, tls, webhook_server
-from trialsync_operator.leader import LeaderElector
-from trialsync_operator.runtime import Runtime
+from trialsync_operator import health, kube
+from trialsync_operator.admission.review import PodAdmission
+from trialsync_operator.kopf_adapter import handlers, webhook_server
+from trialsync_operator.reconcile.controller import Controller
+from trialsync_operator.reconcile.leader import LeaderElector
 from trialsync_operator.settings import Settings
+from trialsync_operator.tls import serving as tls
 
 log = logging.getLogger(__name__)
 
@@ -41,32 +44,31 @@ def kopf_settings(server: webhook_server.WebhookServer) -> kopf.OperatorSettings
 async def run(settings: Settings, shutdown_delay: float = SHUTDOWN_DELAY) -> None:
     """Run until SIGTERM or SIGINT."""
     client = kube.Kube(kube.load_configuration())
-    runtime = Runtime(settings, client)
+    controller = Controller(settings, client)
+    admission = PodAdmission(settings, client, controller.index_ready)
+    serving = tls.ServingContext(settings.cert_dir)
     webhook_server.skip_copies_for_empty_patches()
-    server = webhook_server.WebhookServer(
-        settings.webhook_addr, settings.webhook_port, runtime.serving
-    )
-    runtime.webhook_listening = server.listening.is_set
-    registry = handlers.build_registry(runtime)
+    server = webhook_server.WebhookServer(settings.webhook_addr, settings.webhook_port, serving)
+    registry = handlers.build_registry(controller, admission)
     kopf.on.login(registry=registry)(kopf.login_via_client)
 
-    leading: list[Callable[[], Coroutine[Any, Any, None]]] = [runtime.lead]
-    background: list[Awaitable[None]] = [runtime.wait_for_empty_index()]
+    leading: list[Callable[[], Coroutine[Any, Any, None]]] = [controller.lead]
+    background: list[Awaitable[None]] = [controller.wait_for_empty_index()]
     if settings.cert_mode == "self":
-        secret_tls = tls.SecretTls(client, settings, runtime.serving)
+        secret_tls = tls.SecretTls(client, settings, serving)
         leading.append(lambda: secret_tls.lead(settings.cert_check_interval))
         background.append(secret_tls.follow())
     else:
-        background.append(tls.follow_files(runtime.serving))
+        background.append(tls.follow_files(serving))
 
     async def lead() -> None:
         await asyncio.gather(*(fn() for fn in leading))
 
     if settings.leader_election:
-        runtime.elector = LeaderElector(
+        controller.elector = LeaderElector(
             client, settings.namespace, settings.lease_name, settings.identity, lead
         )
-        background.append(runtime.elector.run())
+        background.append(controller.elector.run())
     else:
         background.append(lead())
 
@@ -75,7 +77,14 @@ async def run(settings: Settings, shutdown_delay: float = SHUTDOWN_DELAY) -> Non
     probes = await health.serve(
         settings.health_addr,
         settings.health_port,
-        lambda: runtime.ready() and not stopping.is_set(),
+        # Ready: the index holds every SyncConfig, a certificate is loaded and the webhook
+        # listens; not while draining at shutdown.
+        lambda: (
+            controller.index_ready.is_set()
+            and serving.ready.is_set()
+            and server.listening.is_set()
+            and not stopping.is_set()
+        ),
     )
     tasks = [asyncio.ensure_future(coro) for coro in background]
     try:

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from trialsync_operator import __version__, quantity
-from trialsync_operator.injection import Defaults
+from trialsync_operator.admission.injection import Defaults
 from trialsync_operator.syncconfig import PULL_POLICIES, SidecarImage
 
 ENV_PREFIX = "TRIALSYNC_OPERATOR_"

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from trialsync import logs
-from trialsync.settings import ConfigError, parse, unknown_env
+from trialsync._process.settings import ConfigError, parse, unknown_env
 
 USAGE = "usage: trialsync sync --root DIR --upload-dir URI [options]   (trialsync sync --help)"
 # Set by the project's own tooling, not settings of the sidecar.
@@ -47,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.setup(settings.log_level)
     for name in unknown_env(os.environ, _NOT_SETTINGS):
         logging.getLogger("trialsync").warning("unknown setting %s ignored", name)
-    from trialsync import sidecar  # imported late: keeps --help and config errors fast
+    from trialsync._process import sidecar  # imported late: keeps --help and config errors fast
 
     try:
         return asyncio.run(sidecar.run(settings))

@@ -21,15 +21,16 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from trialsync import local_files, scanner, tasks, transfer
+from trialsync._engine import scanner, transfer
+from trialsync._engine.ledger import Ledger
+from trialsync._stores.fsspec_store import RemoteStore
+from trialsync._util import local_files, tasks
 from trialsync.config import (
     DEFAULT_SYNC_PERIOD,
     DEFAULT_SYNC_TIMEOUT,
     validate_syncer_name,
     validate_uri,
 )
-from trialsync.ledger import Ledger
-from trialsync.store import RemoteStore
 
 DOWNLOADS_IN_FLIGHT = 16
 

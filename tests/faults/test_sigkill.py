@@ -8,9 +8,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from localcluster.processes import free_port
+
 from tests.faults.harness import Target, sidecar_args, start_trainer
 from tests.support.checkpoint_audit import Truth, half_published, leaked, lost
-from tests.support.processes import free_port
 from tests.support.sidecar_process import Sidecar, run_once
 
 KILLS = 20

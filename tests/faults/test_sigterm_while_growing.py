@@ -15,7 +15,7 @@ from tests.faults.harness import Target, sidecar_args
 from tests.support.checkpoint_audit import checkpoint_files, list_bucket, read_manifest
 from tests.support.sidecar_process import Sidecar, wait_for
 from tests.support.trainer import s3_etag
-from trialsync.layout import MANIFEST_NAME
+from trialsync._engine.layout import MANIFEST_NAME
 
 CKPT = "exp/trial_00000/checkpoint_000001"
 BUDGET = 6.0  # --final-sync-timeout

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from trialsync.layout import MANIFEST_NAME
+from trialsync._engine.layout import MANIFEST_NAME
 
 
 @dataclasses.dataclass(frozen=True)

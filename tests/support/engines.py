@@ -9,11 +9,11 @@ import pathlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Literal
 
-from trialsync.engine import EngineOptions, SyncEngine
-from trialsync.ledger import RemoteObject
+from trialsync._engine.engine import EngineOptions, SyncEngine
+from trialsync._engine.watcher import ChangeJournal, InotifyJournal, PollingJournal
+from trialsync._stores.base import RemoteObject, Store
+from trialsync._stores.fsspec_store import RemoteStore
 from trialsync.metrics import Metrics
-from trialsync.store import RemoteStore, Store
-from trialsync.watcher import ChangeJournal, InotifyJournal, PollingJournal
 
 #: How the engine hears of changes: inotify; inotify whose events stay queued in the
 #: kernel (not read yet); polling that does not poll within a test; no journal at all

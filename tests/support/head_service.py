@@ -18,8 +18,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from trialsync import head_receiver
-from trialsync.head_protocol import REGISTER_PATH
+from trialsync._head import receiver as head_receiver
+from trialsync._head.protocol import REGISTER_PATH
 
 TOKEN = "s3cret-token"
 SHARED = {"Authorization": f"Bearer {TOKEN}"}

@@ -23,9 +23,8 @@ from typing import Any
 
 import pytest
 import yaml
-
-from tests.support.control_plane import REPO_ROOT, Kube
-from tests.support.processes import free_ports, stop, tail
+from localcluster.control_plane import REPO_ROOT, Kube
+from localcluster.processes import free_ports, stop, tail
 
 CRD_PATH = REPO_ROOT / "crds" / "syncconfig.yaml"
 OPERATOR_NAMESPACE = "trialsync-system"

@@ -13,7 +13,7 @@ import os
 import shutil
 from pathlib import Path
 
-from tests.support.object_stores import S3Server
+from localcluster.object_stores import S3Server
 
 _VENV_BIN = Path(__file__).resolve().parents[2] / ".venv" / "bin"
 #: rclone remote name defined purely through RCLONE_CONFIG_<NAME>_* env vars.

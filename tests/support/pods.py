@@ -6,7 +6,8 @@ import copy
 from collections.abc import Mapping
 from typing import Any
 
-from trialsync_operator import injection, names
+from trialsync_operator import names
+from trialsync_operator.admission import injection
 from trialsync_operator.syncconfig import ConfigView, SidecarImage, view_of
 
 SIDECAR = SidecarImage(

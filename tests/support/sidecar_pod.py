@@ -17,7 +17,7 @@ security context, same probes.
   of its first container) when set, so the sidecar can read the trainer's files, else
   65532.
 
-The operator's injector (``trialsync_operator.injection``) makes the same choices; its
+The operator's injector (``trialsync_operator.admission.injection``) makes the same choices; its
 golden files are the reference for the exact output, this module for what runs on a node.
 - Credentials are references (``secretKeyRef``), never values.
 - ``trialsync.io/status`` records what was injected.

@@ -12,7 +12,7 @@ import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
-from tests.support.processes import free_port
+from localcluster.processes import free_port
 
 T = TypeVar("T")
 

@@ -7,12 +7,11 @@ import asyncio
 import dataclasses
 from typing import Any, cast
 
-import kopf
 import pytest
 
 from tests.support.pods import lookup_for
 from trialsync_operator import kube, names
-from trialsync_operator.runtime import SIDECAR_NOT_INJECTED, Runtime
+from trialsync_operator.admission.review import SIDECAR_NOT_INJECTED, Denied, PodAdmission
 from trialsync_operator.settings import Settings
 
 
@@ -27,12 +26,12 @@ class RecordingKube:
         return body
 
 
-def _runtime(on_config_error: str = "refuse") -> tuple[Runtime, RecordingKube]:
+def _admission(on_config_error: str = "refuse") -> tuple[PodAdmission, RecordingKube]:
     client = RecordingKube()
     settings = dataclasses.replace(Settings(), on_config_error=on_config_error)
-    runtime = Runtime(settings, cast(kube.Kube, client))
-    runtime.index_populated()
-    return runtime, client
+    ready = asyncio.Event()
+    ready.set()
+    return PodAdmission(settings, cast(kube.Kube, client), ready), client
 
 
 def _pod(**meta: Any) -> dict[str, Any]:
@@ -50,23 +49,18 @@ def _pod(**meta: Any) -> dict[str, Any]:
     }
 
 
-async def _settled(runtime: Runtime) -> None:
-    await asyncio.gather(*runtime._background)
-
-
 async def test_a_pod_naming_a_missing_syncconfig_is_refused_by_default() -> None:
-    runtime, client = _runtime()
-    with pytest.raises(kopf.AdmissionError, match=r"SyncConfig ml/missing .* does not exist"):
-        runtime.admit_pod(_pod(name="p"), [], False, lookup_for())
-    await _settled(runtime)
+    admission, client = _admission()
+    with pytest.raises(Denied, match=r"SyncConfig ml/missing .* does not exist"):
+        admission.review(_pod(name="p"), False, lookup_for())
+    await admission.settled()
     assert client.created == []
 
 
 async def test_admit_mode_admits_unmodified_with_a_warning_and_an_event_on_the_pod() -> None:
-    runtime, client = _runtime("admit")
-    warnings: list[str] = []
-    runtime.admit_pod(_pod(name="p"), warnings, False, lookup_for())
-    await _settled(runtime)
+    admission, client = _admission("admit")
+    warnings = admission.review(_pod(name="p"), False, lookup_for()).warnings
+    await admission.settled()
     assert len(warnings) == 1
     assert "no sidecar injected" in warnings[0]
     assert "ml/missing" in warnings[0]
@@ -84,35 +78,29 @@ async def test_admit_mode_admits_unmodified_with_a_warning_and_an_event_on_the_p
 
 
 async def test_admit_mode_records_the_event_on_the_controller_of_a_pod_with_no_name() -> None:
-    runtime, client = _runtime("admit")
+    admission, client = _admission("admit")
     owners = [
         {"apiVersion": "v1", "kind": "ConfigMap", "name": "other", "uid": "1"},
         {"apiVersion": "batch/v1", "kind": "Job", "name": "train", "uid": "2", "controller": True},
     ]
-    runtime.admit_pod(
-        _pod(generateName="train-", ownerReferences=owners),
-        [],
-        False,
-        lookup_for(),
-    )
-    await _settled(runtime)
+    admission.review(_pod(generateName="train-", ownerReferences=owners), False, lookup_for())
+    await admission.settled()
     ((_, event),) = client.created
     assert event["involvedObject"]["kind"] == "Job"
     assert event["involvedObject"]["name"] == "train"
 
 
 async def test_admit_mode_records_no_event_on_a_dry_run() -> None:
-    runtime, client = _runtime("admit")
-    warnings: list[str] = []
-    runtime.admit_pod(_pod(name="p"), warnings, True, lookup_for())
-    await _settled(runtime)
+    admission, client = _admission("admit")
+    warnings = admission.review(_pod(name="p"), True, lookup_for()).warnings
+    await admission.settled()
     assert warnings
     assert client.created == []
 
 
 async def test_no_pod_is_admitted_before_the_index_holds_every_syncconfig() -> None:
-    runtime, _ = _runtime("admit")
-    runtime.index_ready.clear()
-    with pytest.raises(kopf.AdmissionError, match="is starting") as refused:
-        runtime.admit_pod(_pod(name="p"), [], False, lambda ns, name: None)
+    admission, _ = _admission("admit")
+    admission.index_ready.clear()
+    with pytest.raises(Denied, match="is starting") as refused:
+        admission.review(_pod(name="p"), False, lambda ns, name: None)
     assert refused.value.code == 503

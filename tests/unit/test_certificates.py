@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from trialsync_operator import certificates, tls
+from trialsync_operator.tls import certificates
+from trialsync_operator.tls import serving as tls
 
 HOSTS = ["trialsync-webhook.trialsync-system.svc", "trialsync-webhook", "127.0.0.1"]
 YEAR = datetime.timedelta(days=365)

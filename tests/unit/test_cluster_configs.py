@@ -15,9 +15,8 @@ from typing import Any
 
 import pytest
 import yaml
-
-from tests.support.cluster import configs
-from tests.support.cluster.layout import ClusterFiles
+from localcluster import configs
+from localcluster.layout import ClusterFiles
 
 TOOLS = Path(__file__).resolve().parents[2] / "tools"
 

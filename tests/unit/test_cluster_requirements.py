@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.cluster import fixtures
+from tests.support import cluster_fixtures as fixtures
 
 
 def test_without_root_the_cluster_tests_skip_with_the_reason(

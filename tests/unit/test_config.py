@@ -128,7 +128,7 @@ def test_the_seed_model_and_the_cli_load_no_storage_client() -> None:
     code = (
         "import sys, trialsync, trialsync.config, trialsync.cli\n"
         "trialsync.SyncConfig(upload_dir=None).validate_upload_dir()\n"
-        "heavy = {'fsspec', 'aiohttp', 'botocore', 's3fs', 'gcsfs', 'trialsync.engine'}\n"
+        "heavy = {'fsspec', 'aiohttp', 'botocore', 's3fs', 'gcsfs', 'trialsync._engine.engine'}\n"
         "print(sorted(m for m in sys.modules if m in heavy or m.split('.')[0] in heavy))\n"
     )
     out = subprocess.run(

@@ -10,7 +10,8 @@ from tools import crd_reference
 
 from tests.support.pods import DEFAULTS, lookup_for, opted_in_pod, syncconfig
 from trialsync.metrics import Metrics
-from trialsync_operator import injection, names
+from trialsync_operator import names
+from trialsync_operator.admission import injection
 
 
 def test_the_readme_syncconfig_reference_is_generated_from_the_crd() -> None:

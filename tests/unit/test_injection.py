@@ -17,7 +17,8 @@ import pytest
 import yaml
 
 from tests.support.pods import DEFAULTS, apply, lookup_for, sidecars
-from trialsync_operator import injection, names
+from trialsync_operator import names
+from trialsync_operator.admission import injection, patch
 
 GOLDEN = Path(__file__).parent / "golden" / "injection"
 CASES = sorted(p for p in GOLDEN.glob("*.yaml") if not p.name.endswith(".injected.yaml"))
@@ -245,7 +246,7 @@ def test_the_json_patch_of_a_pod_with_junk_in_its_lists_gives_the_planned_pod() 
     pod["spec"]["initContainers"] = [7, {"name": "init", "image": "i"}]
     result = injection.plan(pod, "ml", lookup_for(CONFIG), DEFAULTS)
     assert result.patch is not None
-    ops = injection.json_patch(pod, result.patch)
+    ops = patch.json_patch(pod, result.patch)
     assert _apply_adds(pod, ops) == apply(pod, result.patch)
 
 
@@ -273,7 +274,7 @@ def test_the_json_patch_gives_the_planned_pod_for_every_golden_case() -> None:
         case = yaml.safe_load(path.read_text())
         result = _run(case)
         if result.patch is not None:
-            ops = injection.json_patch(case["pod"], result.patch)
+            ops = patch.json_patch(case["pod"], result.patch)
             assert _apply_adds(case["pod"], ops) == apply(case["pod"], result.patch), path.stem
 
 
@@ -288,7 +289,7 @@ def test_the_json_patch_only_appends_to_the_lists_a_pod_already_has() -> None:
     pod["spec"]["volumes"] = [{"name": "x", "emptyDir": {}}]
     result = injection.plan(pod, "ml", lookup_for(CONFIG), DEFAULTS)
     assert result.patch is not None
-    ops = injection.json_patch(pod, result.patch)
+    ops = patch.json_patch(pod, result.patch)
     paths = [op["path"] for op in ops]
     assert "/spec/initContainers/-" in paths
     # Nothing the pod had is rewritten: its lists only grow (the first container had no

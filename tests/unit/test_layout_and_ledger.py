@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from trialsync.engine import listing_scopes
-from trialsync.layout import MANIFEST_NAME, Kind, Layout, Placement
-from trialsync.ledger import Ledger, RemoteObject
+from trialsync._engine.engine import listing_scopes
+from trialsync._engine.layout import MANIFEST_NAME, Kind, Layout, Placement
+from trialsync._engine.ledger import Ledger
+from trialsync._stores.base import RemoteObject
 
 
 def test_files_are_placed_as_the_seed_scenarios_need() -> None:

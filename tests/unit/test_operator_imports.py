@@ -10,11 +10,11 @@ HEAVY = ("fsspec", "botocore", "aiobotocore", "s3fs", "gcsfs")
 # The kubernetes config loader imports google.auth; the storage client is google.cloud.
 STORAGE = ("google.cloud",)
 ENGINE = (
-    "trialsync.engine",
-    "trialsync.store",
+    "trialsync._engine.engine",
+    "trialsync._stores.fsspec_store",
     "trialsync.syncer",
-    "trialsync.head_store",
-    "trialsync.s3_client",
+    "trialsync._head.store",
+    "trialsync._stores.s3_client",
 )
 
 

@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 
 from tests.support.generated import pods, syncconfigs, valid_syncconfigs, well_formed_pods
 from tests.support.pods import DEFAULTS, SIDECAR, apply, sidecars
-from trialsync_operator import injection, names, quantity
+from trialsync_operator import names, quantity
+from trialsync_operator.admission import injection
 from trialsync_operator.syncconfig import ConfigView, view_of
 
 EXAMPLES = 1000

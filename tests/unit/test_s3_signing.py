@@ -12,8 +12,8 @@ from botocore.awsrequest import AWSRequest
 from botocore.config import Config
 from botocore.credentials import Credentials as BotoCredentials
 
-from trialsync import s3_client
-from trialsync.s3_client import (
+from trialsync._stores import s3_client
+from trialsync._stores.s3_client import (
     EMPTY_SHA256,
     UNSIGNED_PAYLOAD,
     Credentials,

@@ -8,10 +8,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from trialsync.engine import Round
-from trialsync.layout import Kind
+from trialsync._engine.engine import Round
+from trialsync._engine.layout import Kind
+from trialsync._engine.scheduler import Plan, Scheduler
 from trialsync.metrics import Metrics
-from trialsync.scheduler import Plan, Scheduler
 
 pytestmark = pytest.mark.looptime
 

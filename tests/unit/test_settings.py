@@ -9,8 +9,9 @@ from collections.abc import Callable
 import pytest
 
 import trialsync.defaults
-from trialsync import cli, settings
-from trialsync.settings import ConfigError, Settings, parse, unknown_env
+from trialsync import cli
+from trialsync._process import settings
+from trialsync._process.settings import ConfigError, Settings, parse, unknown_env
 
 # Every flag: its TRIALSYNC_* value, and where Settings shows it (not the default).
 Check = tuple[str, Callable[[Settings], object], object]

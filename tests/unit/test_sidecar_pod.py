@@ -17,7 +17,8 @@ from tests.support.sidecar_pod import (
     SidecarSpec,
     inject,
 )
-from trialsync_operator import injection, names
+from trialsync_operator import names
+from trialsync_operator.admission import injection
 
 SIDECAR = SidecarSpec(
     image="docker.io/trialsync/sidecar:0.1.0",

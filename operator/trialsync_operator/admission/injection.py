@@ -1,0 +1,547 @@
+"""The pod mutation: a pure function of (pod, SyncConfig, defaults) to what the pod becomes.
+
+Kept apart from the webhook plumbing so it is tested without a server (golden files in
+``tests/unit/golden/``). The contract (DESIGN's injection contract):
+
+- the sidecar is a native sidecar: an init container with ``restartPolicy: Always``,
+  appended after the pod's own init containers; ``containers`` keep their order;
+- the trial volume is an existing volume of the pod (``trialsync.io/volume``) or an
+  emptyDir mounted at ``trialsync.io/mount-path`` in every container;
+- explicit requests and limits, a restrictive securityContext, and the pod's runAsUser
+  and runAsGroup where set (so the sidecar can read what the trainer writes);
+- credentials are referenced (``envFrom``/``secretKeyRef``), never copied;
+- idempotent: a pod that already has the sidecar is left alone, and the status
+  annotation records what was injected and from which SyncConfig generation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import posixpath
+import re
+from collections.abc import Callable, Mapping, Sequence
+from decimal import Decimal
+from typing import Any
+
+from trialsync_operator import names, quantity
+from trialsync_operator.syncconfig import ConfigView
+
+JsonDict = dict[str, Any]
+Lookup = Callable[[str, str], ConfigView | None]
+
+STATUS_VERSION = 1
+#: Seconds of the grace period to leave beside the sidecar's own bound: at pod deletion the
+#: trainer gets SIGTERM first and the sidecar only once the trainer has exited; the
+#: sidecar's --final-sync-timeout then bounds its final sync and clean-up, and its process
+#: needs a moment more to exit (the sidecar's README keeps 2 s for that).
+SHUTDOWN_MARGIN = 5
+#: The kubelet's default when a pod sets no terminationGracePeriodSeconds.
+DEFAULT_GRACE = 30
+#: Upload buffers take at most this share of the sidecar's memory limit.
+UPLOAD_MEMORY_SHARE = Decimal("0.5")
+UPLOAD_MEMORY_MAX = 256 * 2**20
+UPLOAD_MEMORY_MIN = 16 * 2**20
+NON_ROOT_UID = 65532
+#: A SyncConfig name that is also a label value (the webhook labels the pod with it).
+_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,61}[a-z0-9])?")
+#: Environment variables an IRSA-style webhook adds for workload identity on AWS.
+_WEB_IDENTITY_ENV = (
+    "AWS_ROLE_ARN",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_STS_REGIONAL_ENDPOINTS",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Defaults:
+    """What the operator injects where a SyncConfig says nothing (chart values)."""
+
+    image: str
+    pull_policy: str = "IfNotPresent"
+    requests: Mapping[str, str] = dataclasses.field(
+        default_factory=lambda: {"cpu": "100m", "memory": "256Mi"}
+    )
+    limits: Mapping[str, str] = dataclasses.field(
+        default_factory=lambda: {"cpu": "1", "memory": "512Mi"}
+    )
+    scratch_size: str = "64Mi"
+
+
+class Refusal(Exception):
+    """The pod must not be admitted as it is; the message says which setting and why."""
+
+
+@dataclasses.dataclass
+class Result:
+    """The outcome for one pod. ``patch`` is None when the pod is admitted unmodified;
+    otherwise it holds the new values of the fields that change (labels, annotations,
+    initContainers, containers, volumes)."""
+
+    patch: JsonDict | None = None
+    warnings: list[str] = dataclasses.field(default_factory=list)
+    config: ConfigView | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class PodRequest:
+    """What a pod asks for in its annotations."""
+
+    config: str
+    role: str
+    volume: str | None
+    mount_path: str | None
+
+
+def config_name(pod: Mapping[str, Any]) -> str:
+    """The SyncConfig the pod names; Refusal when the annotation is missing or no name."""
+    annotations = _mapping(_mapping(pod.get("metadata")).get("annotations"))
+    config = _annotation(annotations, names.CONFIG_ANNOTATION)
+    if not config:
+        raise Refusal(
+            f"the pod opts in with {names.INJECT_LABEL}=true but has no "
+            f"{names.CONFIG_ANNOTATION} annotation: set it to the name of a SyncConfig in "
+            "the pod's namespace"
+        )
+    if not _NAME.fullmatch(config):
+        raise Refusal(
+            f"annotation {names.CONFIG_ANNOTATION}={config!r:.100} is not a SyncConfig name "
+            "(lowercase letters, digits, '-' and '.', at most 63 characters)"
+        )
+    return config
+
+
+def read_request(pod: Mapping[str, Any]) -> PodRequest:
+    """The pod's annotations, checked; Refusal saying which annotation is wrong."""
+    annotations = _mapping(_mapping(pod.get("metadata")).get("annotations"))
+    config = config_name(pod)
+    role = _annotation(annotations, names.ROLE_ANNOTATION, default="worker")
+    if role not in names.ROLES:
+        raise Refusal(f"annotation {names.ROLE_ANNOTATION}={role!r:.100} must be worker or head")
+    volume = _annotation(annotations, names.VOLUME_ANNOTATION) or None
+    mount_path = _annotation(annotations, names.MOUNT_PATH_ANNOTATION) or None
+    if volume and mount_path:
+        raise Refusal(
+            f"annotations {names.VOLUME_ANNOTATION} and {names.MOUNT_PATH_ANNOTATION} "
+            "conflict: name an existing volume holding the trial data, or a path to mount "
+            "a new emptyDir at in every container, not both"
+        )
+    if not volume and not mount_path:
+        raise Refusal(
+            f"say where the trial data lives: annotation {names.VOLUME_ANNOTATION}=<a "
+            f"volume of the pod> or {names.MOUNT_PATH_ANNOTATION}=<an absolute path, e.g. "
+            "/root/ray_results>"
+        )
+    if mount_path is not None:
+        normal = posixpath.normpath(mount_path)
+        if not mount_path.startswith("/") or normal == "/" or ":" in mount_path:
+            raise Refusal(
+                f"annotation {names.MOUNT_PATH_ANNOTATION}={mount_path!r:.200} must be an "
+                "absolute path other than / (and without ':')"
+            )
+        mount_path = normal
+    return PodRequest(config=config, role=role, volume=volume, mount_path=mount_path)
+
+
+def _annotation(annotations: Mapping[str, Any], key: str, default: str = "") -> str:
+    """An annotation's value, ``default`` when absent; Refusal when it is not a string
+    (the apiserver allows only strings, but a body from elsewhere may hold anything)."""
+    value = annotations.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, str):
+        raise Refusal(f"annotation {key} must be a string, got {type(value).__name__}")
+    return value
+
+
+def plan(pod: Mapping[str, Any], namespace: str, lookup: Lookup, defaults: Defaults) -> Result:
+    """What to do with ``pod`` (created in ``namespace``); Refusal if it must be refused.
+
+    ``lookup(namespace, name)`` gives a SyncConfig's view, or None if there is none.
+    """
+    if _has_sidecar(pod):
+        return Result()  # injected already (a reinvocation, or a pod spec copied from one)
+    # The SyncConfig first: whether it exists, is valid and syncs at all decides before
+    # the pod's other annotations do.
+    config = config_name(pod)
+    view = lookup(namespace, config)
+    if view is None:
+        raise Refusal(
+            f"SyncConfig {namespace}/{config} (annotation {names.CONFIG_ANNOTATION}) "
+            "does not exist: create it, or fix the annotation"
+        )
+    if not view.valid:
+        raise Refusal(f"SyncConfig {namespace}/{config} is invalid: {view.message}")
+    if view.mode == "disabled":
+        return Result(
+            warnings=[
+                f"SyncConfig {namespace}/{view.name} disables syncing (syncer: none, no "
+                "uploadDir): no sidecar was injected"
+            ],
+            config=view,
+        )
+    return _inject(pod, namespace, read_request(pod), view, defaults)
+
+
+def _inject(
+    pod: Mapping[str, Any],
+    namespace: str,
+    request: PodRequest,
+    view: ConfigView,
+    defaults: Defaults,
+) -> Result:
+    spec = _mapping(pod.get("spec"))
+    # Shallow copies: the injection only replaces a container's volumeMounts list (see
+    # _mount_trial_dir), never changes anything nested in the pod.
+    volumes = [dict(v) for v in _list(spec.get("volumes"))]
+    containers = [dict(c) for c in _list(spec.get("containers"))]
+    init_containers = [dict(c) for c in _list(spec.get("initContainers"))]
+    names_before = {v.get("name") for v in volumes}
+    for reserved in (names.SCRATCH_VOLUME, names.CREDENTIALS_VOLUME):
+        if reserved in names_before:
+            raise Refusal(f"the pod already has a volume named {reserved!r}")
+
+    root, mounts = _trial_volume(request, view, volumes, [*init_containers, *containers])
+    volumes.append({"name": names.SCRATCH_VOLUME, "emptyDir": {"sizeLimit": defaults.scratch_size}})
+    mounts.append({"name": names.SCRATCH_VOLUME, "mountPath": "/tmp"})
+    env_from: list[JsonDict] = []
+    if view.credentials_secret:
+        env_from.append({"secretRef": {"name": view.credentials_secret}})
+        volumes.append(
+            {"name": names.CREDENTIALS_VOLUME, "secret": {"secretName": view.credentials_secret}}
+        )
+        mounts.append(
+            {
+                "name": names.CREDENTIALS_VOLUME,
+                "mountPath": names.CREDENTIALS_MOUNT,
+                "readOnly": True,
+            }
+        )
+    resources = _resources(view, defaults)
+    env = _env(namespace, request, view, root, resources)
+    if view.workload_identity:
+        env, mounts = _copy_web_identity(containers, env, mounts)
+    uid, gid = _trainer_user(spec, containers)
+    sidecar: JsonDict = {
+        "name": names.SIDECAR_NAME,
+        "image": view.image or defaults.image,
+        "imagePullPolicy": view.pull_policy or defaults.pull_policy,
+        "restartPolicy": "Always",
+        "args": ["sync"],
+        "env": env,
+        "ports": _ports(request, view),
+        "startupProbe": {
+            # Ready once the ledger is recovered and the store answered: the trainer starts
+            # only when its checkpoints can be saved.
+            "httpGet": {"path": "/readyz", "port": names.HTTP_PORT},
+            "periodSeconds": 1,
+            "timeoutSeconds": 5,
+            "failureThreshold": 300,
+        },
+        "livenessProbe": {
+            "httpGet": {"path": "/healthz", "port": names.HTTP_PORT},
+            "periodSeconds": 10,
+            "timeoutSeconds": 5,
+            "failureThreshold": 6,
+        },
+        "resources": resources,
+        "securityContext": _security_context(uid, gid),
+        "volumeMounts": mounts,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    if env_from:
+        sidecar["envFrom"] = env_from
+    init_containers.append(sidecar)
+
+    added = [v["name"] for v in volumes if v.get("name") not in names_before]
+    patch: JsonDict = {
+        **_metadata(pod, view, request, sidecar["image"], added),
+        "initContainers": init_containers,
+        "volumes": volumes,
+    }
+    if request.mount_path is not None:
+        patch["containers"] = containers
+    warnings = _warnings(spec, view, uid, receives=_receives(request, view))
+    return Result(patch=patch, warnings=warnings, config=view)
+
+
+def _receives(request: PodRequest, view: ConfigView) -> bool:
+    """A head with no uploadDir receives the workers' trial dirs: its mount is writable."""
+    return request.role == "head" and view.mode == "head"
+
+
+def _trial_volume(
+    request: PodRequest, view: ConfigView, volumes: list[JsonDict], containers: list[JsonDict]
+) -> tuple[str, list[JsonDict]]:
+    """The sidecar's root and its mount of the trial volume; with a mount path, the
+    emptyDir is added to ``volumes`` and mounted in every one of ``containers``."""
+    present = {v.get("name") for v in volumes}
+    if request.volume is not None:
+        if request.volume not in present:
+            raise Refusal(
+                f"annotation {names.VOLUME_ANNOTATION}={request.volume!r:.100} names no volume of "
+                f"the pod (it has: {', '.join(sorted(map(str, present))) or 'none'})"
+            )
+        root, volume = names.TRIAL_MOUNT, request.volume
+    else:
+        assert request.mount_path is not None
+        if names.TRIAL_VOLUME in present:
+            raise Refusal(f"the pod already has a volume named {names.TRIAL_VOLUME!r}")
+        root, volume = request.mount_path, names.TRIAL_VOLUME
+        volumes.append({"name": names.TRIAL_VOLUME, "emptyDir": {}})
+        for container in containers:
+            _mount_trial_dir(container, root)
+    mount: JsonDict = {"name": volume, "mountPath": root}
+    # Read-only unless the sidecar writes there: a head receiving workers' trial dirs, or
+    # the record of sent checkpoints that mirrorDeletes keeps on the volume.
+    if not (_receives(request, view) or view.mirror_deletes):
+        mount["readOnly"] = True
+    return root, [mount]
+
+
+def _metadata(
+    pod: Mapping[str, Any], view: ConfigView, request: PodRequest, image: str, added: list[str]
+) -> JsonDict:
+    """The pod's labels (the head Service selects on them) and annotations, with the status
+    annotation that records what was injected."""
+    meta = _mapping(pod.get("metadata"))
+    labels = {str(k): str(v) for k, v in _mapping(meta.get("labels")).items()}
+    labels[names.CONFIG_LABEL] = view.name
+    labels[names.ROLE_LABEL] = request.role
+    annotations = {str(k): str(v) for k, v in _mapping(meta.get("annotations")).items()}
+    annotations[names.STATUS_ANNOTATION] = json.dumps(
+        {
+            "version": STATUS_VERSION,
+            "container": names.SIDECAR_NAME,
+            "volumes": added,
+            "config": view.name,
+            "generation": view.generation,
+            "uid": view.uid,
+            "image": image,
+            "role": request.role,
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    return {"labels": labels, "annotations": annotations}
+
+
+def _warnings(
+    spec: Mapping[str, Any], view: ConfigView, uid: int | None, receives: bool
+) -> list[str]:
+    """What the admission warns about: a pod running as root, a receiving head whose
+    user the sidecar cannot match, a grace period too short for the final sync."""
+    warnings = []
+    if uid == 0:
+        warnings.append(
+            "the pod runs as root (runAsUser: 0), so the trialsync sidecar does too, with "
+            "every capability dropped; run the pod as a non-root user where you can"
+        )
+    if receives and uid is None:
+        warnings.append(
+            "this head pod sets no runAsUser: its sidecar receives the workers' trial dirs "
+            f"as uid {NON_ROOT_UID}, but Ray's driver creates those dirs as the image's user; "
+            "set securityContext.runAsUser (and fsGroup) so both write as one user"
+        )
+    grace = _first_int(spec.get("terminationGracePeriodSeconds"), DEFAULT_GRACE)
+    needed = view.final_sync_timeout + SHUTDOWN_MARGIN
+    if grace is not None and grace < needed:
+        warnings.append(
+            f"terminationGracePeriodSeconds={grace} is shorter than the sidecar's shutdown "
+            f"needs ({view.final_sync_timeout} s of spec.finalSyncTimeoutSeconds after the "
+            f"trainer exits, + {SHUTDOWN_MARGIN} s for the trainer to stop and the sidecar "
+            f"to exit): the last checkpoint may not be durable; set it to at least {needed}"
+        )
+    return warnings
+
+
+def _env(
+    namespace: str,
+    request: PodRequest,
+    view: ConfigView,
+    root: str,
+    resources: Mapping[str, Mapping[str, str]],
+) -> list[JsonDict]:
+    """The sidecar's settings as ``TRIALSYNC_*`` variables (see the sidecar's README)."""
+    values: list[tuple[str, str]] = [
+        ("TRIALSYNC_ROOT", root),
+        ("TRIALSYNC_ROLE", request.role),
+        ("TRIALSYNC_SYNCER", view.syncer),
+        ("TRIALSYNC_SYNC_PERIOD", str(view.sync_period)),
+        ("TRIALSYNC_SYNC_TIMEOUT", str(view.sync_timeout)),
+        ("TRIALSYNC_SYNC_ARTIFACTS", _flag(view.sync_artifacts)),
+        ("TRIALSYNC_SYNC_ON_CHECKPOINT", _flag(view.sync_on_checkpoint)),
+        ("TRIALSYNC_CHECKPOINT_PATTERN", view.checkpoint_pattern),
+        ("TRIALSYNC_CHECKPOINT_SETTLE", str(view.settle_seconds)),
+        ("TRIALSYNC_FINAL_SYNC_TIMEOUT", str(view.final_sync_timeout)),
+        ("TRIALSYNC_UPLOAD_MEMORY", str(upload_memory(resources))),
+        ("TMPDIR", "/tmp"),
+        ("HOME", "/tmp"),
+    ]
+    if view.upload_dir:
+        values.append(("TRIALSYNC_UPLOAD_DIR", view.upload_dir))
+    if view.excludes:
+        values.append(("TRIALSYNC_EXCLUDE", ",".join(view.excludes)))
+    if view.mirror_deletes:
+        values.append(("TRIALSYNC_MIRROR_DELETES", "true"))
+    if view.storage_options != "{}":
+        values.append(("TRIALSYNC_STORAGE_OPTIONS", view.storage_options))
+    if view.mode == "head" and request.role == "worker":
+        values.append(("TRIALSYNC_HEAD_URL", names.head_url(view.name, namespace)))
+    env: list[JsonDict] = [{"name": k, "value": v} for k, v in values]
+    if view.mode == "head":
+        env.append(
+            {
+                "name": "TRIALSYNC_HEAD_TOKEN",
+                "valueFrom": {
+                    "secretKeyRef": {
+                        "name": names.head_secret_name(view.name, view.uid),
+                        "key": names.HEAD_TOKEN_KEY,
+                    }
+                },
+            }
+        )
+    return env
+
+
+def _ports(request: PodRequest, view: ConfigView) -> list[JsonDict]:
+    ports: list[JsonDict] = [
+        {"name": "trialsync-http", "containerPort": names.HTTP_PORT, "protocol": "TCP"}
+    ]
+    if view.mode == "head" and request.role == "head":
+        ports.append(
+            {"name": "trialsync-head", "containerPort": names.HEAD_PORT, "protocol": "TCP"}
+        )
+    return ports
+
+
+def _resources(view: ConfigView, defaults: Defaults) -> dict[str, dict[str, str]]:
+    """Requests and limits, always both (quotas and LimitRanges refuse containers without)."""
+    given: Mapping[str, Mapping[str, str]] = json.loads(view.resources)
+    requests = {**defaults.requests, **given.get("requests", {})}
+    limits = {**defaults.limits, **given.get("limits", {})}
+    for resource, request in list(requests.items()):
+        limit = limits.get(resource)
+        if limit is None:
+            limits[resource] = request
+        elif _amount(request, resource) > _amount(limit, resource):
+            # One side came from the defaults (the SyncConfig's own pair was validated):
+            # the one the user set wins.
+            if resource in given.get("requests", {}):
+                limits[resource] = request
+            else:
+                requests[resource] = limit
+    return {"requests": requests, "limits": limits}
+
+
+def _amount(value: str, resource: str) -> Decimal:
+    try:
+        return quantity.parse(value)
+    except ValueError as exc:
+        raise Refusal(f"sidecar resources: {resource}: {exc}") from exc
+
+
+def upload_memory(resources: Mapping[str, Mapping[str, str]]) -> int:
+    """Bytes of upload buffers that fit the sidecar's memory limit with room to spare."""
+    limit = resources.get("limits", {}).get("memory")
+    if limit is None:
+        return UPLOAD_MEMORY_MAX
+    share = int(quantity.parse(limit) * UPLOAD_MEMORY_SHARE)
+    return max(UPLOAD_MEMORY_MIN, min(UPLOAD_MEMORY_MAX, share))
+
+
+def _trainer_user(
+    spec: Mapping[str, Any], containers: Sequence[Mapping[str, Any]]
+) -> tuple[int | None, int | None]:
+    """The uid and gid the trainer (the main, first container) runs as, where the pod
+    says: as the kubelet decides, the container's own setting, else the pod's; None where
+    neither sets one."""
+    pod_context = _mapping(spec.get("securityContext"))
+    main = _mapping(containers[0].get("securityContext")) if containers else {}
+    uid = _first_int(main.get("runAsUser"), pod_context.get("runAsUser"))
+    gid = _first_int(main.get("runAsGroup"), pod_context.get("runAsGroup"))
+    return uid, gid
+
+
+def _security_context(uid: int | None, gid: int | None) -> JsonDict:
+    """Restrictive, and as the trainer's user where known (so the sidecar can read what
+    it writes), else the image's non-root user."""
+    user = NON_ROOT_UID if uid is None else uid
+    context: JsonDict = {
+        "readOnlyRootFilesystem": True,
+        "allowPrivilegeEscalation": False,
+        "privileged": False,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+        "runAsUser": user,
+        "runAsGroup": user if gid is None else gid,
+    }
+    if user != 0:
+        context["runAsNonRoot"] = True
+    return context
+
+
+def _copy_web_identity(
+    containers: Sequence[Mapping[str, Any]], env: list[JsonDict], mounts: list[JsonDict]
+) -> tuple[list[JsonDict], list[JsonDict]]:
+    """Workload identity on AWS (IRSA): if a webhook before ours gave the pod's containers
+    a web-identity token, give the sidecar the same variables and token mount."""
+    for container in containers:
+        found = {
+            e.get("name"): e
+            for e in _list(container.get("env"))
+            if isinstance(e, Mapping) and e.get("name") in _WEB_IDENTITY_ENV
+        }
+        token_file = _mapping(found.get("AWS_WEB_IDENTITY_TOKEN_FILE")).get("value")
+        if not isinstance(token_file, str):
+            continue
+        env = env + [dict(e) for e in found.values()]
+        for mount in _list(container.get("volumeMounts")):
+            path = _mapping(mount).get("mountPath")
+            if isinstance(path, str) and token_file.startswith(path.rstrip("/") + "/"):
+                mounts = [*mounts, {**dict(mount), "readOnly": True}]
+                break
+        break
+    return env, mounts
+
+
+def _mount_trial_dir(container: JsonDict, path: str) -> None:
+    mounts = [dict(m) for m in _list(container.get("volumeMounts"))]
+    for mount in mounts:
+        if posixpath.normpath(str(mount.get("mountPath", ""))) == path:
+            raise Refusal(
+                f"container {container.get('name')!r} already mounts volume "
+                f"{mount.get('name')!r} at {path}: use annotation {names.VOLUME_ANNOTATION}="
+                f"{mount.get('name')} to sync that volume instead"
+            )
+    mounts.append({"name": names.TRIAL_VOLUME, "mountPath": path})
+    container["volumeMounts"] = mounts
+
+
+def _has_sidecar(pod: Mapping[str, Any]) -> bool:
+    spec = _mapping(pod.get("spec"))
+    return any(
+        _mapping(c).get("name") == names.SIDECAR_NAME
+        for c in [*_list(spec.get("initContainers")), *_list(spec.get("containers"))]
+    )
+
+
+def _first_int(*values: object) -> int | None:
+    for value in values:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return None
+
+
+def _flag(value: bool) -> str:
+    return "true" if value else "false"
+
+
+def _mapping(value: object) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _list(value: object) -> list[Any]:
+    return [v for v in value if isinstance(v, Mapping)] if isinstance(value, list) else []

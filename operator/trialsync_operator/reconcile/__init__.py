@@ -1,0 +1,1 @@
+"""Reconciliation: SyncConfig status, Events, the head-node Secret and Service, leadership."""

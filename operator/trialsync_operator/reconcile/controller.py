@@ -1,0 +1,102 @@
+"""The controller's state: the SyncConfig index's readiness, leadership and reconciling.
+
+Every replica fills the index (its webhooks answer from it); only the leader writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from trialsync_operator import kube
+from trialsync_operator.reconcile.leader import LeaderElector
+from trialsync_operator.reconcile.reconciler import SYNCCONFIGS, Reconciler
+from trialsync_operator.settings import Settings
+from trialsync_operator.syncconfig import view_of
+
+log = logging.getLogger(__name__)
+
+#: The leader re-reconciles every SyncConfig this often, catching anything an event missed.
+RESYNC_INTERVAL = 300.0
+
+
+class Controller:
+    def __init__(self, settings: Settings, client: kube.Kube) -> None:
+        self.settings = settings
+        self.kube = client
+        self.reconciler = Reconciler(client)
+        self.elector: LeaderElector | None = None
+        #: Set once the index holds every SyncConfig: no admission is answered before.
+        self.index_ready = asyncio.Event()
+
+    # -- the index -----------------------------------------------------------------------
+
+    def index_populated(self) -> None:
+        if not self.index_ready.is_set():
+            log.info("SyncConfig index populated; webhooks answer")
+            self.index_ready.set()
+
+    async def wait_for_empty_index(self) -> None:
+        """With no SyncConfig at all, no watch event ever says the index is complete:
+        ask the API once whether there is any."""
+        while not self.index_ready.is_set():
+            try:
+                if not await self._any_syncconfig():
+                    self.index_populated()
+                    return
+            except (kube.ApiError, OSError, TimeoutError) as exc:
+                log.warning("cannot list SyncConfigs yet: %s", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.index_ready.wait(), 5.0)
+
+    async def _any_syncconfig(self) -> bool:
+        for path in self._collections():
+            listing = await self.kube.get(path, params={"limit": "1"})
+            if listing.get("items"):
+                return True
+        return False
+
+    def _collections(self) -> list[str]:
+        """The API paths of the SyncConfigs this operator watches."""
+        if not self.settings.namespaces:
+            return [kube.cluster(SYNCCONFIGS)]
+        return [kube.namespaced(SYNCCONFIGS, ns) for ns in self.settings.namespaces]
+
+    # -- leadership ----------------------------------------------------------------------
+
+    @property
+    def is_leader(self) -> bool:
+        return self.elector is None or self.elector.is_leader
+
+    async def lead(self) -> None:
+        """While this replica leads: reconcile everything now and every RESYNC_INTERVAL."""
+        await self.index_ready.wait()
+        while True:
+            try:
+                await self.reconcile_all()
+            except (kube.ApiError, OSError, TimeoutError) as exc:
+                log.error("resync failed: %s", exc)
+            await asyncio.sleep(RESYNC_INTERVAL)
+
+    async def reconcile_all(self) -> None:
+        for path in self._collections():
+            listing = await self.kube.get(path)
+            for item in listing.get("items") or []:
+                await self.reconcile(item)
+
+    async def reconcile(self, body: Mapping[str, Any]) -> None:
+        """Reconcile one SyncConfig; an API error is logged and left to the next event or
+        resync (a namespace being deleted refuses new objects, for one)."""
+        view = view_of(body, self.settings.sidecar)
+        try:
+            await self.reconciler.reconcile(view, body.get("status") or {})
+        except (kube.ApiError, OSError, TimeoutError) as exc:
+            log.warning(
+                "reconcile of %s/%s failed; retried at the next change or resync: %s",
+                view.namespace,
+                view.name,
+                exc,
+            )

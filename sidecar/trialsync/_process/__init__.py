@@ -1,0 +1,1 @@
+"""The sidecar process around the engine: settings, wiring, HTTP endpoints, signals."""

@@ -1,0 +1,286 @@
+"""The sidecar process: wires store, engine, journal, scheduler and HTTP together."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import signal
+
+from trialsync import defaults
+from trialsync._engine.engine import EngineOptions, SyncEngine
+from trialsync._engine.layout import Kind
+from trialsync._engine.scheduler import Plan, Scheduler
+from trialsync._engine.watcher import ChangeJournal, start_journal
+from trialsync._head import receiver as head_receiver
+from trialsync._head.store import HeadStore
+from trialsync._process import status_server
+from trialsync._process.settings import ConfigError, Settings
+from trialsync._stores import aborts
+from trialsync._stores.base import Store
+from trialsync._stores.fsspec_store import RemoteStore
+from trialsync._stores.syncer_store import SyncerStore
+from trialsync.metrics import Metrics
+from trialsync.syncer import load_syncer
+
+log = logging.getLogger(__name__)
+
+
+def build_store(settings: Settings, metrics: Metrics | None = None) -> Store:
+    config = settings.config
+    if config.upload_dir is None:
+        assert settings.head_url is not None
+        return HeadStore(
+            settings.head_url,
+            settings.head_token,
+            identity_file=settings.head_identity_file,
+            metrics=metrics,
+        )
+    if isinstance(config.syncer, str) and config.syncer != "auto":
+        syncer = load_syncer(config.syncer, config.sync_period, config.sync_timeout)
+        syncer.validate_upload_dir(config.upload_dir)
+        return SyncerStore(syncer, config.upload_dir)
+    return RemoteStore(
+        config.upload_dir,
+        settings.storage_options,
+        part_size=settings.part_size,
+        s3_botocore=settings.s3_client == "botocore",
+    )
+
+
+def build_plan(settings: Settings) -> Plan:
+    """The seed's scenarios for this role: see DESIGN's table."""
+    config = settings.config
+    base = Plan(
+        period=config.sync_period,
+        timeout=config.sync_timeout,
+        settle=settings.checkpoint_settle,
+        backoff_max=settings.max_backoff,
+        reconcile_interval=settings.reconcile_interval or None,
+    )
+    if config.upload_dir is None:  # scenario 3: the whole trial dir goes to the head node
+        trial_dir = frozenset({Kind.ARTIFACT})
+        return dataclasses.replace(
+            base,
+            periodic_kinds=trial_dir,
+            checkpoint_kinds=trial_dir,
+            defer_checkpoints=not config.sync_on_checkpoint,
+        )
+    artifacts = frozenset({Kind.ARTIFACT}) if config.sync_artifacts else frozenset()
+    periodic: frozenset[Kind] = frozenset()
+    if settings.role == "head":
+        periodic = frozenset({Kind.EXPERIMENT}) | artifacts  # scenario 1
+    # Scenario 2 publishes each checkpoint when complete; scenario 4 rides with it.
+    return dataclasses.replace(base, periodic_kinds=periodic, checkpoint_kinds=artifacts)
+
+
+def receiver_options(settings: Settings) -> head_receiver.ReceiverOptions:
+    """How the head serves workers (scenario 3), from its settings."""
+    return head_receiver.ReceiverOptions(
+        token=settings.head_token,
+        state_dir=settings.receiver_state_dir,
+        max_object_size=settings.receiver_max_object_size,
+        max_uploads=settings.receiver_max_uploads,
+        claim_lease=settings.receiver_claim_lease,
+    )
+
+
+class Shutdown:
+    """The time after SIGTERM, all of it within ``--final-sync-timeout`` seconds.
+
+    The final sync may use the budget less a reserve (a fifth of it, at most
+    ``defaults.ABORT_GRACE`` seconds); in the reserve, the HTTP server stops (at most
+    ``status_server.SHUTDOWN_TIMEOUT``), the multipart uploads the sync had to cancel are
+    aborted and the store's connections closed. What is left after the budget is exiting,
+    which takes well under a second.
+    """
+
+    def __init__(self, budget: float) -> None:
+        self.budget = budget
+        self.ends: float | None = None  # loop time; None until SIGTERM
+
+    def begin(self) -> float:
+        """SIGTERM arrived: the loop time by which the final sync must end."""
+        if self.ends is None:
+            self.ends = asyncio.get_running_loop().time() + self.budget
+        return self.ends - defaults.abort_reserve(self.budget)
+
+    async def close(self, store: Store) -> None:
+        """Close ``store`` (it waits for pending aborts), by the end of the budget if
+        SIGTERM came."""
+        try:
+            async with asyncio.timeout_at(self.ends):
+                await store.close()
+        except TimeoutError:
+            log.warning(
+                "out of time closing the store: %d upload aborts unfinished (a bucket "
+                "lifecycle rule removes what they leave)",
+                aborts.pending(),
+            )
+
+
+async def run(settings: Settings) -> int:
+    """Run until SIGTERM (then a final sync), or once with ``--once``; the exit code."""
+    config = settings.config
+    metrics = Metrics()
+    if config.upload_dir is None and (config.syncer is None or settings.role == "head"):
+        if settings.once:
+            # Nothing of this sidecar's own to sync (syncer none, or the head-node service
+            # that only receives): everything is durable at once.
+            log.info(
+                "sync once: nothing to sync without an upload dir", extra={"role": settings.role}
+            )
+            return 0
+        await _serve_without_syncing(settings, metrics)
+        return 0
+    try:
+        store = build_store(settings, metrics)
+    except ValueError as exc:  # a custom syncer that cannot be loaded or refuses the URI
+        raise ConfigError(str(exc)) from exc
+    engine = SyncEngine(
+        EngineOptions(
+            root=settings.root,
+            # Syncing to the head node carries the whole trial dir (scenario 3).
+            sync_artifacts=config.sync_artifacts or config.upload_dir is None,
+            sync_experiment=settings.role == "head",
+            layout=settings.layout,
+            files_in_flight=settings.files_in_flight,
+            upload_memory=settings.upload_memory,
+            part_size=settings.part_size,
+            mirror_deletes=settings.mirror_deletes,
+        ),
+        store,
+        metrics,
+    )
+    scheduler = Scheduler(engine, build_plan(settings), metrics)
+    shutdown = Shutdown(settings.final_sync_timeout)
+    try:
+        if settings.once:
+            ok = await _once(settings, scheduler, shutdown)
+        else:
+            ok = await _serve(settings, engine, scheduler, metrics, shutdown)
+    finally:
+        await shutdown.close(store)
+    return 0 if ok else 1
+
+
+async def _once(settings: Settings, scheduler: Scheduler, shutdown: Shutdown) -> bool:
+    """``--once``: sync everything within sync_timeout; SIGTERM cuts it to the budget."""
+    loop = asyncio.get_running_loop()
+
+    def terminate() -> None:
+        log.info("SIGTERM: ending the sync", extra={"within": shutdown.budget})
+        scheduler.cut_final_sync(shutdown.begin())
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, terminate)
+    # A trainer that signals each checkpoint must not kill a --once run (SIGUSR1's default
+    # action); there is nothing to trigger, everything is synced anyway.
+    loop.add_signal_handler(signal.SIGUSR1, lambda: None)
+    ok = await scheduler.final_sync(loop.time() + settings.config.sync_timeout)
+    log.info("sync once finished", extra={"durable": ok})
+    return ok
+
+
+async def _serve(
+    settings: Settings,
+    engine: SyncEngine,
+    scheduler: Scheduler,
+    metrics: Metrics,
+    shutdown: Shutdown,
+) -> bool:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    journal: ChangeJournal | None = None
+    triggers: set[asyncio.Task[None]] = set()
+
+    async def trigger() -> None:
+        # The trainer wrote its checkpoint before it triggered: take in those changes, so
+        # the trigger completes exactly the checkpoints that exist now.
+        if journal is not None:
+            await journal.catch_up()
+        scheduler.request_sync()
+
+    def on_signal_trigger() -> None:
+        task = loop.create_task(trigger())
+        triggers.add(task)
+        task.add_done_callback(triggers.discard)
+
+    def terminate() -> None:
+        shutdown.begin()
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, terminate)
+    loop.add_signal_handler(signal.SIGUSR1, on_signal_trigger)
+    runner, port = await status_server.start(
+        settings.http_addr, metrics, scheduler.ready.is_set, trigger
+    )
+    try:
+
+        def on_change(rel: str, is_dir: bool, removed: bool) -> None:
+            engine.note_change(rel, is_dir, removed)
+            scheduler.wake()
+
+        def on_overflow() -> None:
+            engine.note_overflow()
+            scheduler.wake()
+
+        journal = await start_journal(settings.root, settings.poll_interval, on_change, on_overflow)
+        log.info(
+            "sidecar started",
+            extra={
+                "root": settings.root,
+                "upload_dir": settings.config.upload_dir,
+                "role": settings.role,
+                "http_port": port,
+                "sync_period": settings.config.sync_period,
+                "sync_timeout": settings.config.sync_timeout,
+            },
+        )
+        task = loop.create_task(scheduler.run())
+        stopped = loop.create_task(stop.wait())
+        await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            stopped.cancel()
+            task.result()  # the scheduler never returns on its own; surface its error
+        until = shutdown.begin()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        # The journal stays open: a checkpoint that changes during the final sync must
+        # not be published from what it was before.
+        log.info("SIGTERM: final sync of everything", extra={"within": shutdown.budget})
+        ok = await scheduler.final_sync(until)
+        log.info("final sync finished", extra={"durable": ok})
+        return ok
+    finally:
+        if journal is not None:
+            journal.close()
+        await runner.cleanup()
+
+
+async def _serve_without_syncing(settings: Settings, metrics: Metrics) -> None:
+    """The head without an upload dir receives workers' trial dirs; syncer=none idles."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    runner, _ = await status_server.start(settings.http_addr, metrics, lambda: True, _no_sync)
+    receiver = None
+    if settings.config.syncer is None:
+        log.info("syncing disabled (syncer=none and no upload dir); idling")
+    else:
+        receiver, port = await head_receiver.start(
+            settings.root, settings.receiver_addr, receiver_options(settings)
+        )
+        log.info("head-node service started", extra={"root": settings.root, "port": port})
+    await stop.wait()
+    if receiver is not None:
+        await receiver.cleanup()
+    await runner.cleanup()
+
+
+async def _no_sync() -> None:
+    """POST /sync where nothing syncs."""

@@ -1,0 +1,74 @@
+"""What the engine needs of the remote side: the ``Store`` protocol, what a listing
+reports, the errors a store raises, and how large files are cut into parts.
+
+Nothing heavy: the engine, the head-node client and every store import this module, and
+a worker that syncs to the head loads no storage client through it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+from typing import Protocol
+
+#: S3 allows 10,000 parts to an object; the other stores' chunked uploads follow suit.
+MAX_PARTS = 10_000
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RemoteObject:
+    """One object as a listing reports it; ``mtime`` in epoch seconds when the store says."""
+
+    size: int
+    mtime: float | None = None
+    checksum: str | None = None
+
+
+class Store(Protocol):
+    """What the engine needs of the remote side. ``verifiable``: ``list`` reports sizes.
+
+    ``delete`` of a missing object is not an error. ``read_bytes`` raises
+    FileNotFoundError for a missing one.
+    """
+
+    verifiable: bool
+
+    def url(self, rel: str) -> str: ...
+
+    async def connect(self) -> None:
+        """Build clients now, so the first upload does not pay for it."""
+
+    async def put_file(self, local_path: str, rel: str, size: int) -> None:
+        """Upload the first ``size`` bytes of ``local_path`` (its scanned size)."""
+
+    async def put_bytes(self, rel: str, data: bytes) -> None: ...
+
+    async def read_bytes(self, rel: str) -> bytes: ...
+
+    async def list(self, rel_prefix: str = "") -> dict[str, RemoteObject]: ...
+
+    async def delete(self, rels: Iterable[str]) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class ObjectRefused(PermissionError):
+    """The store refuses this one object for good; its other objects are not affected.
+
+    Not a credentials problem (those are plain ``PermissionError``s and fail the whole
+    sync): the head-node service refuses a path in a trial dir another worker holds, a
+    path only the head writes, or an object over its size limit. Retrying cannot help, so
+    only the checkpoint or artifact the object belongs to should fail, logged with its
+    path. ``rel`` is the object's path; ``reason`` a short word for metrics.
+    """
+
+    def __init__(self, message: str, rel: str, reason: str) -> None:
+        super().__init__(message)
+        self.rel = rel
+        self.reason = reason
+
+
+def part_size_for(size: int, part_size: int) -> int:
+    """The part size to use for a file of ``size`` bytes: at least ``part_size``, larger
+    where ``MAX_PARTS`` parts would not hold the file."""
+    return max(part_size, -(-size // MAX_PARTS))

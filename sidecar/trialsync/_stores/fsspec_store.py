@@ -1,0 +1,402 @@
+"""The remote side: an fsspec filesystem rooted at the upload dir, used asynchronously.
+
+Async backends (s3fs, gcsfs) are driven on the caller's event loop so a sync can be
+cancelled at its timeout; blocking backends (local files, HDFS) run in worker threads.
+Local files are always read in worker threads, exactly as scanned (``local_files``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import datetime
+import logging
+import os
+import posixpath
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from typing import Any
+
+import fsspec
+from fsspec.core import split_protocol
+from fsspec.implementations.local import LocalFileSystem
+
+from trialsync import defaults
+from trialsync._stores import aborts, credentials, gcs_upload, s3_client, s3_upload
+from trialsync._stores.base import RemoteObject
+from trialsync._util import local_files, small_reads, tasks
+
+log = logging.getLogger(__name__)
+
+CREDENTIAL_CHECK_INTERVAL = 1.0  # seconds
+DELETES_IN_FLIGHT = 16
+COPY_CHUNK = 2**20
+
+
+@dataclasses.dataclass(eq=False)
+class _Clients:
+    """One generation of clients, built with one set of credentials.
+
+    ``users`` counts the operations running on it: a generation retired by a credential
+    change is closed when the last of them ends.
+    """
+
+    fs: Any
+    s3: s3_upload.S3Api | None
+    root: str  # the upload dir's path in ``fs``
+    bucket: str  # S3: the upload dir's bucket and key prefix
+    prefix: str
+    fingerprint: str
+    users: int = 0
+    retired: bool = False
+
+
+class RemoteStore:
+    """Files under ``upload_dir``, addressed by root-relative POSIX paths."""
+
+    verifiable = True
+
+    def __init__(
+        self,
+        upload_dir: str,
+        storage_options: Mapping[str, Any] | None = None,
+        part_size: int = defaults.PART_SIZE,
+        part_concurrency: int = defaults.PART_CONCURRENCY,
+        credential_files: tuple[str, ...] = (),
+        s3_botocore: bool = False,
+    ) -> None:
+        self.upload_dir = upload_dir.rstrip("/")
+        protocol, _ = split_protocol(self.upload_dir)
+        self.protocol = (protocol or "file").lower()
+        self._options = dict(storage_options or {})
+        self._part_size = part_size
+        self._part_concurrency = part_concurrency
+        self._credential_files = credential_files
+        self._current: _Clients | None = None
+        # The lean client unless asked for botocore or the options need it.
+        self._lean_s3 = not s3_botocore and s3_client.supports(self._options)
+        self._checked_at = float("-inf")
+        self._rebuild = asyncio.Lock()
+        self._closing: set[asyncio.Task[None]] = set()  # retired generations being closed
+        self.is_async = bool(
+            getattr(fsspec.get_filesystem_class(self.protocol), "async_impl", False)
+        )
+
+    @contextlib.asynccontextmanager
+    async def _clients(self) -> AsyncIterator[_Clients]:
+        """The current clients, held for one operation (see ``_Clients.users``)."""
+        clients = await self._fresh()
+        clients.users += 1
+        try:
+            yield clients
+        finally:
+            clients.users -= 1
+            if clients.retired and clients.users == 0:
+                self._close_later(clients)
+
+    async def _fresh(self) -> _Clients:
+        """The clients, rebuilt when the credentials they were built with changed.
+
+        They are checked at most once a second: this runs for every upload.
+        """
+        now = asyncio.get_running_loop().time()
+        current = self._current
+        if current is not None and now - self._checked_at < CREDENTIAL_CHECK_INTERVAL:
+            return current
+        self._checked_at = now
+        # Stats credential files: off the event loop, which must keep serving /healthz.
+        fingerprint = await asyncio.to_thread(credentials.fingerprint, self._credential_files)
+        async with self._rebuild:
+            current = self._current
+            if current is not None and fingerprint == current.fingerprint:
+                return current
+            built = await self._build(fingerprint)
+            if current is not None:
+                log.info("credentials changed; rebuilding the %s client", self.protocol)
+                current.retired = True
+                if current.users == 0:
+                    self._close_later(current)
+            self._current = built
+            return built
+
+    async def _build(self, fingerprint: str) -> _Clients:
+        options = dict(self._options)
+        options["skip_instance_cache"] = True
+        if self.is_async:
+            options["asynchronous"] = True
+            options["loop"] = asyncio.get_running_loop()
+        fs, root = fsspec.core.url_to_fs(self.upload_dir, **options)
+        if self.is_async and hasattr(fs, "set_session"):
+            await fs.set_session()
+        s3: s3_upload.S3Api | None = None
+        bucket = prefix = ""
+        if self.protocol in ("s3", "s3a"):
+            lean = s3_client.S3Client.from_botocore(fs.s3) if self._lean_s3 else None
+            s3 = lean or s3_upload.BotocoreApi(fs)
+            # Parsed once here, not for every upload.
+            bucket, prefix, _ = fs.split_path(root.rstrip("/"))
+        return _Clients(fs, s3, root.rstrip("/"), bucket, prefix, fingerprint)
+
+    def _close_later(self, clients: _Clients) -> None:
+        task = asyncio.get_running_loop().create_task(self._close_clients(clients))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def _close_clients(self, clients: _Clients) -> None:
+        # Aborts of its cancelled multipart uploads still need the client (parts are billed).
+        await aborts.wait(defaults.ABORT_GRACE)
+        if isinstance(clients.s3, s3_client.S3Client):
+            await clients.s3.close()
+        # BotocoreApi uses the filesystem's client, closed with it.
+        if self.is_async:
+            await _close_client(clients.fs, self.protocol)
+
+    async def connect(self) -> None:
+        """Build the clients and make one cheap authenticated request, so readiness means
+        the store answers with these credentials (a missing bucket or a refused key fails
+        here, named, instead of at the first checkpoint)."""
+        # Building the s3fs/gcsfs client (botocore's endpoint data, Google's auth) took
+        # 0.16 s here: spend it at start-up rather than on the first checkpoint.
+        async with self._clients() as c:
+            await self._probe(c)
+
+    async def _probe(self, c: _Clients) -> None:
+        if c.s3 is not None:
+            # One page of at most one key under the upload dir; NoSuchBucket and an
+            # AccessDenied raise (an empty prefix is fine).
+            prefix = f"{c.prefix}/" if c.prefix else ""
+            listing = (
+                c.s3.list_objects(c.bucket, prefix, page_size=1)
+                if isinstance(c.s3, s3_client.S3Client)
+                else c.s3.list_objects(c.bucket, prefix)
+            )
+            try:
+                async for _ in listing:
+                    break
+            except FileNotFoundError as exc:
+                raise FileNotFoundError(
+                    f"{self.upload_dir}: the bucket does not exist ({exc})"
+                ) from exc
+            return
+        if not self.is_async:
+            await asyncio.to_thread(_check_writable_dir, c.fs, c.root, self.upload_dir)
+            return
+        with contextlib.suppress(FileNotFoundError):  # nothing uploaded there yet
+            await c.fs._ls(c.root)
+
+    @staticmethod
+    def _key(clients: _Clients, rel: str) -> str:
+        """The S3 key of ``rel`` in ``clients.bucket``."""
+        return posixpath.join(clients.prefix, rel) if rel else clients.prefix
+
+    @staticmethod
+    def _path(clients: _Clients, rel: str) -> str:
+        return posixpath.join(clients.root, rel) if rel else clients.root
+
+    def url(self, rel: str) -> str:
+        return f"{self.upload_dir}/{rel}" if rel else self.upload_dir
+
+    async def put_file(self, local_path: str, rel: str, size: int) -> None:
+        async with self._clients() as c:
+            if c.s3 is not None:
+                await s3_upload.put_file(
+                    c.s3,
+                    local_path,
+                    c.bucket,
+                    self._key(c, rel),
+                    size,
+                    self._part_size,
+                    self._part_concurrency,
+                )
+            elif self.protocol in ("gs", "gcs"):
+                await gcs_upload.put_file(
+                    c.fs, local_path, self._path(c, rel), size, self._part_size
+                )
+            elif not self.is_async:
+                # A blocking backend runs in a thread that a timeout cannot stop; the retry
+                # rewrites the same content, so an abandoned copy does no harm.
+                await asyncio.to_thread(_copy_blocking, c.fs, local_path, self._path(c, rel), size)
+            elif size < 2 * self._part_size:
+                data = await small_reads.read_exact(local_path, size)
+                await c.fs._pipe_file(self._path(c, rel), data)
+            else:
+                # Another async backend: its own streaming upload (which reads the file's
+                # current size, not the scanned one; the re-check before a manifest
+                # catches a file that changed).
+                await c.fs._put_file(local_path, self._path(c, rel))
+
+    async def put_bytes(self, rel: str, data: bytes) -> None:
+        async with self._clients() as c:
+            if c.s3 is not None:
+                await c.s3.put_object(c.bucket, self._key(c, rel), data)
+            elif self.is_async:
+                await c.fs._pipe_file(self._path(c, rel), data)
+            else:
+                await asyncio.to_thread(_pipe_blocking, c.fs, self._path(c, rel), data)
+
+    async def read_bytes(self, rel: str) -> bytes:
+        async with self._clients() as c:
+            if c.s3 is not None:
+                return await c.s3.get_object(c.bucket, self._key(c, rel))
+            if self.is_async:
+                data: bytes = await c.fs._cat_file(self._path(c, rel))
+                return data
+            data = await asyncio.to_thread(c.fs.cat_file, self._path(c, rel))
+            return data
+
+    async def get_file(self, rel: str, local_path: str) -> None:
+        """Download ``rel`` to ``local_path``: streamed to a temp file, then renamed."""
+        temp = f"{local_path}.trialsync-tmp"
+        async with self._clients() as c:
+            try:
+                if self.is_async:
+                    await c.fs._get_file(self._path(c, rel), temp)
+                else:
+                    await asyncio.to_thread(c.fs.get_file, self._path(c, rel), temp)
+                await asyncio.to_thread(os.replace, temp, local_path)
+            except BaseException:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(temp)
+                raise
+
+    async def list(self, rel_prefix: str = "") -> dict[str, RemoteObject]:
+        """Every object below ``rel_prefix``, keyed by root-relative path; {} if none."""
+        async with self._clients() as c:
+            if c.s3 is not None:
+                return await self._list_s3(c, c.s3, self._key(c, rel_prefix))
+            fs = c.fs
+            base = self._path(c, rel_prefix)
+            try:
+                if self.is_async:
+                    fs.invalidate_cache(base)
+                    found = await fs._find(base, detail=True, withdirs=False)
+                else:
+                    found = await asyncio.to_thread(fs.find, base, detail=True, withdirs=False)
+            except FileNotFoundError:
+                return {}
+            strip = len(c.root) + 1 if c.root else 0
+            listing: dict[str, RemoteObject] = {}
+            for name, info in found.items():
+                if info.get("type", "file") != "file":
+                    continue
+                rel = fs._strip_protocol(name)[strip:]
+                listing[rel] = _remote_object(info)
+            return listing
+
+    @staticmethod
+    async def _list_s3(c: _Clients, api: s3_upload.S3Api, key: str) -> dict[str, RemoteObject]:
+        strip = len(c.prefix) + 1 if c.prefix else 0  # keys relative to the root
+        listing: dict[str, RemoteObject] = {}
+        try:
+            async for item in api.list_objects(c.bucket, f"{key}/" if key else ""):
+                listing[item.key[strip:]] = RemoteObject(item.size, item.mtime, item.etag)
+        except FileNotFoundError:
+            return {}
+        return listing
+
+    async def delete(self, rels: Iterable[str]) -> None:
+        """Delete each of ``rels``; one already gone (a lifecycle rule, another client) is
+        not an error on any backend."""
+        rels = list(rels)
+        if not rels:
+            return
+        async with self._clients() as c:
+            if c.s3 is not None:
+                api = c.s3
+
+                async def one_s3(rel: str) -> None:
+                    await api.delete_object(c.bucket, self._key(c, rel))
+
+                # One DELETE per object: a checkpoint's files or one manifest, so no batch
+                # API (and its Content-MD5) is worth it.
+                await tasks.bounded(DELETES_IN_FLIGHT, rels, one_s3)
+                return
+            paths = [self._path(c, rel) for rel in rels]
+            try:
+                await self._rm(c.fs, paths)
+            except FileNotFoundError:
+                # A batch stops at a missing path: delete one by one, skipping the missing.
+                async def one(path: str) -> None:
+                    with contextlib.suppress(FileNotFoundError):
+                        await self._rm(c.fs, [path])
+
+                await tasks.bounded(DELETES_IN_FLIGHT, paths, one)
+
+    async def _rm(self, fs: Any, paths: Sequence[str]) -> None:
+        if self.is_async:
+            await fs._rm(list(paths))
+        else:
+            await asyncio.to_thread(fs.rm, list(paths))
+
+    async def close(self) -> None:
+        """Wait for scheduled aborts (at most ``defaults.ABORT_GRACE``, once: closing each
+        generation of clients waits for them), then close every client. The caller bounds
+        the whole with its own deadline at SIGTERM."""
+        current, self._current = self._current, None
+        if current is not None:
+            await self._close_clients(current)
+        if self._closing:
+            await asyncio.wait(set(self._closing))
+
+
+async def _close_client(fs: Any, protocol: str) -> None:
+    session = getattr(fs, "_s3", None) or getattr(fs, "_session", None)
+    closer = getattr(session, "close", None)
+    if closer is None:
+        return
+    try:
+        result = closer()
+        if asyncio.iscoroutine(result):
+            await result
+    except Exception as exc:  # closing is best effort; the process may be ending
+        log.debug("closing the %s client failed: %s", protocol, exc)
+
+
+def _copy_blocking(fs: Any, local_path: str, target: str, size: int) -> None:
+    """Copy the first ``size`` bytes of ``local_path`` to ``target``, a chunk at a time."""
+    fs.makedirs(posixpath.dirname(target), exist_ok=True)
+    fd = local_files.open_for_reading(local_path)
+    try:
+        with fs.open(target, "wb") as out:
+            for offset in range(0, size, COPY_CHUNK):
+                out.write(
+                    local_files.pread_exact(fd, min(COPY_CHUNK, size - offset), offset, local_path)
+                )
+    finally:
+        os.close(fd)
+
+
+def _pipe_blocking(fs: Any, target: str, data: bytes) -> None:
+    fs.makedirs(posixpath.dirname(target), exist_ok=True)
+    fs.pipe_file(target, data)
+
+
+def _check_writable_dir(fs: Any, root: str, url: str) -> None:
+    """A local-like store: the upload dir, or the nearest existing parent, is a directory
+    this process may write to (for file://, a mounted volume)."""
+    path = root
+    while not fs.exists(path):
+        parent = posixpath.dirname(path.rstrip("/"))
+        if parent == path:
+            break
+        path = parent
+    if not fs.isdir(path):
+        raise NotADirectoryError(f"{url}: {path} is not a directory")
+    if isinstance(fs, LocalFileSystem) and not os.access(path, os.W_OK):
+        raise PermissionError(f"{url}: {path} is not writable by this process")
+
+
+def _remote_object(info: Mapping[str, Any]) -> RemoteObject:
+    mtime = info.get("LastModified") or info.get("mtime") or info.get("updated")
+    if isinstance(mtime, datetime.datetime):
+        stamp: float | None = mtime.timestamp()
+    elif isinstance(mtime, int | float):
+        stamp = float(mtime)
+    else:
+        stamp = None
+    checksum = info.get("ETag") or info.get("md5Hash") or info.get("crc32c")
+    return RemoteObject(
+        size=int(info.get("size", 0)),
+        mtime=stamp,
+        checksum=str(checksum).strip('"') if checksum else None,
+    )

@@ -1,0 +1,72 @@
+"""pytest fixtures of the object stores: ``seaweedfs`` and ``fake_gcs`` (session), and a
+fresh bucket for each test (``s3_bucket``, ``gcs_bucket``). ``stall_proxy_factory`` is
+re-exported so that ``pytest_plugins`` picks it up."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from localcluster.object_stores import (
+    GcsBucket,
+    GcsServer,
+    S3Bucket,
+    S3Server,
+    start_fake_gcs,
+    start_seaweedfs,
+)
+
+from tests.support.stall_proxy import stall_proxy_factory
+
+__all__ = ["fake_gcs", "gcs_bucket", "s3_bucket", "seaweedfs", "stall_proxy_factory"]
+
+_STARTUPS = pytest.StashKey[dict[str, float]]()
+
+
+def _record_startup(config: pytest.Config, name: str, seconds: float) -> None:
+    config.stash.setdefault(_STARTUPS, {})[name] = seconds
+
+
+@pytest.fixture(scope="session")
+def seaweedfs(pytestconfig: pytest.Config) -> Iterator[S3Server]:
+    """A SeaweedFS S3 server for the whole session (started on first use)."""
+    server = start_seaweedfs()
+    _record_startup(pytestconfig, "seaweedfs", server.startup_seconds)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def fake_gcs(pytestconfig: pytest.Config) -> Iterator[GcsServer]:
+    """A fake-gcs-server for the whole session (started on first use)."""
+    server = start_fake_gcs()
+    _record_startup(pytestconfig, "fake-gcs-server", server.startup_seconds)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_bucket(seaweedfs: S3Server) -> S3Bucket:
+    """A new, empty, uniquely named bucket on the session's SeaweedFS (not deleted after)."""
+    return S3Bucket(seaweedfs, seaweedfs.make_bucket())
+
+
+@pytest.fixture
+def gcs_bucket(fake_gcs: GcsServer) -> GcsBucket:
+    """A new, empty, uniquely named bucket on the session's fake-gcs-server."""
+    return GcsBucket(fake_gcs, fake_gcs.make_bucket())
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Report how long the session's object stores took to start (only those used)."""
+    startups = terminalreporter.config.stash.get(_STARTUPS, None)
+    if startups:
+        terminalreporter.write_line(
+            "object stores started in: "
+            + ", ".join(f"{name} {secs:.2f}s" for name, secs in startups.items())
+        )
