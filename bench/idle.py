@@ -18,10 +18,9 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench import common, noop
 from localcluster.object_stores import S3Server
 from tests.support.sidecar_process import Sidecar, wait_for
-
-from bench import common, noop
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 

@@ -29,10 +29,9 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench import common
 from localcluster.object_stores import S3Server
 from tests.support import peers
-
-from bench import common
 from trialsync._engine.engine import EngineOptions, Round, SyncEngine
 from trialsync._engine.layout import Kind
 from trialsync._engine.watcher import InotifyJournal

@@ -20,9 +20,8 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from localcluster.object_stores import S3Server
-
 from bench import common
+from localcluster.object_stores import S3Server
 from trialsync._stores import s3_client, s3_upload
 
 PART = 16 * common.MIB

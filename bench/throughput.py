@@ -18,10 +18,9 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench import common
 from localcluster.object_stores import S3Server
 from tests.support import peers
-
-from bench import common
 
 LARGE_FILES = 4
 SMALL_LOW, SMALL_HIGH = 2 * 1024, 50 * 1024

@@ -56,6 +56,8 @@ if __package__ in (None, ""):
 import aiohttp
 import jsonpatch
 from kubernetes import client
+
+from bench import common
 from localcluster.control_plane import Kube, start_control_plane
 from localcluster.processes import free_port
 from tests.support.operator_process import (
@@ -68,12 +70,9 @@ from tests.support.operator_process import (
 from tests.support.pods import opted_in_pod, syncconfig
 from tests.support.sidecar_process import wait_for
 from tests.support.webhook import WebhookTLS, mutating_webhook_configuration
-
-from bench import common
 from trialsync_operator import names
 from trialsync_operator.admission import injection, patch
-from trialsync_operator.admission.injection import Defaults
-from trialsync_operator.settings import DEFAULT_IMAGE, DEFAULT_SCHEMES
+from trialsync_operator.settings import DEFAULT_IMAGE, DEFAULT_SCHEMES, Defaults
 from trialsync_operator.syncconfig import SidecarImage, view_of
 
 

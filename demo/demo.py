@@ -31,7 +31,6 @@ from localcluster.cluster_s3 import ClusterS3
 from localcluster.control_plane import REPO_ROOT, Kube, external_cluster, kubectl_path
 from localcluster.harness import Cluster, Images, workload
 from localcluster.object_stores import S3Server, start_seaweedfs
-
 from trialsync_operator import __version__
 
 NAMESPACE = "ml"

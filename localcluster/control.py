@@ -41,7 +41,7 @@ from localcluster.prepare import prepare
 
 T = TypeVar("T")
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 #: Bound on a warm start (seconds on 2 cores) with room for a machine busy with builds.
 READY_TIMEOUT_S = 300.0
 #: A state directory without a lock file is being created right now, unless it is older.

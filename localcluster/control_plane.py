@@ -47,7 +47,7 @@ from kubernetes.config import new_client_from_config
 from localcluster.pki import ClusterCA, service_account_keys
 from localcluster.processes import free_port, stop, tail
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 #: Loopback only: nothing here may listen on another address.
 HOST = "127.0.0.1"
 #: Bound on waiting for /readyz; a warm start takes a few seconds on 2 cores.

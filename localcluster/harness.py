@@ -159,6 +159,5 @@ def container_status(pod: Manifest, name: str) -> Manifest:
 
 
 def workload(name: str) -> str:
-    """The source of ``tests/pods/workloads/<name>.py``: pods run it with ``python3 -c``."""
-    path = Path(__file__).resolve().parents[2] / "cluster" / "workloads" / f"{name}.py"
-    return path.read_text()
+    """The source of ``localcluster/<name>.py``: pods run it with ``python3 -c``."""
+    return (Path(__file__).resolve().parent / f"{name}.py").read_text()

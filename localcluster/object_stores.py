@@ -54,7 +54,7 @@ SEAWEEDFS_STOP_GRACE_S = 1.0
 REGION = "us-east-1"
 GCS_PROJECT = "test"
 
-_VENV_BIN = Path(__file__).resolve().parents[2] / ".venv" / "bin"
+_VENV_BIN = Path(__file__).resolve().parents[1] / ".venv" / "bin"
 
 
 class ObjectStoreError(RuntimeError):

@@ -8,6 +8,8 @@ from __future__ import annotations
 import hashlib
 import re
 
+from trialsync import contract
+
 GROUP = "trialsync.io"
 VERSION = "v1alpha1"
 PLURAL = "syncconfigs"
@@ -31,18 +33,10 @@ MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY = "trialsync-operator"
 COMPONENT_LABEL = "app.kubernetes.io/component"
 
-ROLES = ("worker", "head")
-
 SIDECAR_NAME = "trialsync-sidecar"
 TRIAL_VOLUME = "trialsync-trial"
 SCRATCH_VOLUME = "trialsync-tmp"
 CREDENTIALS_VOLUME = "trialsync-credentials"
-#: Where the sidecar sees the trial volume when it is an existing volume of the pod.
-TRIAL_MOUNT = "/var/lib/trialsync/trial"
-CREDENTIALS_MOUNT = "/var/run/secrets/trialsync.io/credentials"
-
-HTTP_PORT = 9746
-HEAD_PORT = 9747
 HEAD_TOKEN_KEY = "token"
 
 _NOT_DNS_LABEL = re.compile(r"[^a-z0-9-]")
@@ -74,4 +68,4 @@ def head_secret_name(config_name: str, config_uid: str) -> str:
 
 
 def head_url(config_name: str, namespace: str) -> str:
-    return f"http://{head_service_name(config_name)}.{namespace}.svc:{HEAD_PORT}"
+    return f"http://{head_service_name(config_name)}.{namespace}.svc:{contract.HEAD_PORT}"

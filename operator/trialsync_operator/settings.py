@@ -15,20 +15,35 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from trialsync import contract
 from trialsync_operator import __version__, quantity
-from trialsync_operator.admission.injection import Defaults
 from trialsync_operator.syncconfig import PULL_POLICIES, SidecarImage
 
 ENV_PREFIX = "TRIALSYNC_OPERATOR_"
 DEFAULT_IMAGE = f"docker.io/trialsync/sidecar:{__version__}"
-#: What the default sidecar image serves: trialsync[cloud] (s3fs, gcsfs) and local paths.
-DEFAULT_SCHEMES = ("s3", "s3a", "gs", "gcs", "file")
+#: What the default sidecar image serves (its extras are the contract's IMAGE_EXTRAS).
+DEFAULT_SCHEMES = contract.IMAGE_SCHEMES
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
 
 class ConfigError(ValueError):
     """The operator's configuration is invalid; the message says what to fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Defaults:
+    """What the operator injects where a SyncConfig says nothing (chart values)."""
+
+    image: str
+    pull_policy: str = "IfNotPresent"
+    requests: Mapping[str, str] = dataclasses.field(
+        default_factory=lambda: {"cpu": "100m", "memory": "256Mi"}
+    )
+    limits: Mapping[str, str] = dataclasses.field(
+        default_factory=lambda: {"cpu": "1", "memory": "512Mi"}
+    )
+    scratch_size: str = "64Mi"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,49 +10,26 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import re
 from collections.abc import Mapping
 from typing import Any
 
-from trialsync.config import (
-    DEFAULT_SYNC_PERIOD,
-    DEFAULT_SYNC_TIMEOUT,
-    PACKAGE_FOR,
-    SyncConfig,
-    quoted,
-)
+from trialsync import contract
+from trialsync.contract import PACKAGE_FOR, Mode, SettingError, quoted
 from trialsync_operator import quantity
 
-DEFAULT_CHECKPOINT_PATTERN = "checkpoint_[0-9]*"
-DEFAULT_SETTLE_SECONDS = 3
-DEFAULT_FINAL_SYNC_TIMEOUT = 25
-#: The longest period or timeout accepted: a week (the CRD says the same).
-MAX_SECONDS = 7 * 24 * 3600
-#: The CRD's bounds of the other durations.
-MAX_SETTLE_SECONDS = 3600
-MAX_FINAL_SYNC_TIMEOUT = 24 * 3600
+C = contract
 #: A Secret's name: an RFC 1123 subdomain.
 _SECRET_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
-#: Storage option keys that would put a credential into the spec.
-CREDENTIAL_OPTIONS = frozenset(
-    {
-        "key",
-        "secret",
-        "token",
-        "password",
-        "access_key",
-        "secret_key",
-        "session_token",
-        "aws_access_key_id",
-        "aws_secret_access_key",
-        "aws_session_token",
-        "client_secret",
-        "credentials",
-        "account_key",
-        "sas_token",
-        "connection_string",
-    }
+#: The messages of the CRD's rules that only Kubernetes has (tests/unit/test_contract.py
+#: finds them in the CRD): the operator refuses with the very same words.
+NEEDS_IMAGE = (
+    "a custom syncer (package.module:Class) runs in a sidecar image that ships it: set "
+    "sidecar.image"
+)
+ONE_CREDENTIAL_SOURCE = (
+    "give credentials.secretRef or credentials.serviceAccount, not both (a Secret's keys "
+    "would shadow the workload identity)"
 )
 PULL_POLICIES = ("Always", "IfNotPresent", "Never")
 
@@ -106,36 +83,34 @@ class ConfigView:
     generation: int = 0
     valid: bool = True
     message: str = ""
-    upload_dir: str | None = None
-    syncer: str = "auto"
-    sync_period: int = DEFAULT_SYNC_PERIOD
-    sync_timeout: int = DEFAULT_SYNC_TIMEOUT
-    sync_artifacts: bool = True
-    sync_on_checkpoint: bool = True
+    upload_dir: str | None = C.UPLOAD_DIR.default
+    syncer: str = C.SYNCER.default
+    sync_period: int = C.SYNC_PERIOD.default
+    sync_timeout: int = C.SYNC_TIMEOUT.default
+    sync_artifacts: bool = C.SYNC_ARTIFACTS.default
+    sync_on_checkpoint: bool = C.SYNC_ON_CHECKPOINT.default
     storage_options: str = "{}"  # JSON: a frozen view holds no mutable dict
     credentials_secret: str | None = None
     workload_identity: bool = False
     image: str | None = None
     pull_policy: str | None = None
     resources: str = "{}"  # JSON of a ResourceRequirements, or {} for the defaults
-    checkpoint_pattern: str = DEFAULT_CHECKPOINT_PATTERN
-    excludes: tuple[str, ...] = ()
-    settle_seconds: int = DEFAULT_SETTLE_SECONDS
-    final_sync_timeout: int = DEFAULT_FINAL_SYNC_TIMEOUT
-    mirror_deletes: bool = False
+    checkpoint_pattern: str = C.CHECKPOINT_PATTERN.default
+    excludes: tuple[str, ...] = C.EXCLUDE.default
+    settle_seconds: int = C.CHECKPOINT_SETTLE.default
+    final_sync_timeout: int = C.FINAL_SYNC_TIMEOUT.default
+    mirror_deletes: bool = C.MIRROR_DELETES.default
 
     @property
-    def mode(self) -> str:
-        if self.upload_dir:
-            return "upload"
-        return "disabled" if self.syncer == "none" else "head"
+    def mode(self) -> Mode:
+        return contract.mode_of(self.upload_dir, self.syncer)
 
     @property
     def destination(self) -> str:
         """For the printer column: the upload dir, or where data goes without one."""
-        if self.upload_dir:
-            return self.upload_dir
-        return "disabled" if self.syncer == "none" else "head node"
+        if self.mode is Mode.UPLOAD:
+            return str(self.upload_dir)
+        return "disabled" if self.mode is Mode.DISABLED else "head node"
 
     @property
     def key(self) -> tuple[str, str]:
@@ -170,66 +145,69 @@ def view_of(body: Mapping[str, Any], sidecar: SidecarImage) -> ConfigView:
 
 
 def _check(view: ConfigView, sidecar: SidecarImage) -> None:
-    """The seed's ``validate_upload_dir``, with the backends of the image that will run;
-    then what only Kubernetes adds (a custom syncer needs an image that ships it)."""
-    seed = SyncConfig(
-        upload_dir=view.upload_dir,
-        syncer=None if view.syncer == "none" else view.syncer,
-        sync_period=view.sync_period,
-        sync_timeout=view.sync_timeout,
-        sync_artifacts=view.sync_artifacts,
-        sync_on_checkpoint=view.sync_on_checkpoint,
+    """The seed's ``validate_upload_dir``, with the backends of the image that will run,
+    and the other checks across fields the sidecar makes; then what only Kubernetes adds
+    (a custom syncer needs an image that ships it)."""
+    contract.check_seed(
+        view.upload_dir,
+        view.syncer,
+        view.sync_period,
+        view.sync_timeout,
+        backend=any_scheme if view.image else sidecar.check_backend,
     )
-    seed.validate_upload_dir(backend=any_scheme if view.image else sidecar.check_backend)
+    contract.check_mirror_deletes(view.mirror_deletes, view.syncer)
     if view.syncer not in ("auto", "none") and not view.image:
-        raise ValueError(
-            f"syncer {view.syncer!r} is a custom Syncer class: it runs in a sidecar image "
-            "that ships it, so set spec.sidecar.image"
-        )
+        raise ValueError(NEEDS_IMAGE)
 
 
 def _read_spec(spec: object) -> dict[str, Any]:
-    """The spec's fields, with the seed's defaults; SpecError on a wrong type or value."""
+    """The spec's fields, with the contract's defaults; SpecError on a wrong type or value,
+    naming the field (the message after it is the sidecar's and the CRD's own)."""
     if spec is None:
         spec = {}
     if not isinstance(spec, Mapping):
         raise SpecError(f"spec must be an object, got {_kind(spec)}")
     out: dict[str, Any] = {}
-    upload_dir = spec.get("uploadDir")
-    if upload_dir is not None and not isinstance(upload_dir, str):
-        raise SpecError(f"spec.uploadDir must be a string, got {_kind(upload_dir)}")
-    out["upload_dir"] = upload_dir or None
-    out["syncer"] = _str(spec, "syncer", "auto")
-    out["sync_period"] = _seconds(spec, "syncPeriod", DEFAULT_SYNC_PERIOD)
-    out["sync_timeout"] = _seconds(spec, "syncTimeout", DEFAULT_SYNC_TIMEOUT)
-    out["sync_artifacts"] = _bool(spec, "syncArtifacts", True)
-    out["sync_on_checkpoint"] = _bool(spec, "syncOnCheckpoint", True)
-    out["checkpoint_pattern"] = _str(spec, "checkpointPattern", DEFAULT_CHECKPOINT_PATTERN)
-    if not out["checkpoint_pattern"] or "/" in out["checkpoint_pattern"]:
-        raise SpecError("spec.checkpointPattern must be a non-empty glob of a directory name")
-    excludes = spec.get("excludes", [])
-    if not isinstance(excludes, list) or not all(isinstance(e, str) and e for e in excludes):
-        raise SpecError("spec.excludes must be a list of non-empty glob strings")
-    if any("," in e for e in excludes):
-        raise SpecError("spec.excludes: a glob may not contain ',' (the sidecar splits on it)")
-    out["excludes"] = tuple(excludes)
-    out["settle_seconds"] = _seconds(
-        spec, "checkpointSettleSeconds", DEFAULT_SETTLE_SECONDS, MAX_SETTLE_SECONDS
-    )
-    out["final_sync_timeout"] = _seconds(
-        spec, "finalSyncTimeoutSeconds", DEFAULT_FINAL_SYNC_TIMEOUT, MAX_FINAL_SYNC_TIMEOUT
-    )
-    out["mirror_deletes"] = _bool(spec, "mirrorDeletes", False)
+    for field, name in _FIELDS.items():
+        setting = C.BY_CRD_FIELD[field]
+        value = spec.get(field)
+        if value is None:
+            out[name] = setting.default
+            continue
+        if setting is C.UPLOAD_DIR and isinstance(value, str):
+            # Checked with the other seed fields, in validate_upload_dir's order.
+            out[name] = value
+            continue
+        try:
+            out[name] = setting.check(value)
+        except SettingError as exc:
+            raise SpecError(f"spec.{field}: {exc}") from None
+    out["upload_dir"] = out["upload_dir"] or None
     out["storage_options"] = json.dumps(_storage_options(spec.get("storage")), sort_keys=True)
     out.update(_credentials(spec.get("credentials")))
     out.update(_sidecar(spec.get("sidecar")))
-    if out["mirror_deletes"] and out["syncer"] != "auto":
-        raise SpecError("spec.mirrorDeletes needs syncer auto (a custom Syncer cannot list)")
     return out
 
 
+#: The SyncConfig fields read through the contract, and their names in a ConfigView.
+_FIELDS = {
+    "uploadDir": "upload_dir",
+    "syncer": "syncer",
+    "syncPeriod": "sync_period",
+    "syncTimeout": "sync_timeout",
+    "syncArtifacts": "sync_artifacts",
+    "syncOnCheckpoint": "sync_on_checkpoint",
+    "checkpointPattern": "checkpoint_pattern",
+    "excludes": "excludes",
+    "checkpointSettleSeconds": "settle_seconds",
+    "finalSyncTimeoutSeconds": "final_sync_timeout",
+    "mirrorDeletes": "mirror_deletes",
+}
+
+
 def _storage_options(storage: object) -> dict[str, Any]:
-    """fsspec storage options from ``spec.storage`` (endpoint, region, addressing style)."""
+    """fsspec storage options from ``spec.storage`` (endpoint, region, addressing style),
+    checked as the sidecar checks ``TRIALSYNC_STORAGE_OPTIONS``."""
     if storage is None:
         return {}
     if not isinstance(storage, Mapping):
@@ -241,17 +219,17 @@ def _storage_options(storage: object) -> dict[str, Any]:
     ):
         raise SpecError("spec.storage.options must map option names to strings")
     for key, value in extra.items():
-        if key.lower() in CREDENTIAL_OPTIONS:
-            raise SpecError(
-                f"spec.storage.options.{key} is a credential; credentials never go in a "
-                "SyncConfig: put them in a Secret and name it in spec.credentials.secretRef"
-            )
         options[key] = _json_or_str(value)
+    try:
+        C.STORAGE_OPTIONS.check(options)
+    except SettingError as exc:
+        raise SpecError(f"spec.storage.options: {exc}") from None
     endpoint = _opt_str(storage, "endpoint", "spec.storage")
     if endpoint is not None:
-        if not endpoint.startswith(("http://", "https://")):
-            raise SpecError(f"spec.storage.endpoint {endpoint!r} must be an http(s):// URL")
-        options["endpoint_url"] = endpoint
+        try:
+            options["endpoint_url"] = contract.check_endpoint(endpoint)
+        except SettingError as exc:
+            raise SpecError(f"spec.storage.endpoint: {exc}") from None
     region = _opt_str(storage, "region", "spec.storage")
     if region is not None:
         options.setdefault("client_kwargs", {})["region_name"] = region
@@ -271,10 +249,7 @@ def _credentials(credentials: object) -> dict[str, Any]:
     ref = credentials.get("secretRef")
     identity = credentials.get("serviceAccount")
     if ref is not None and identity is not None:
-        raise SpecError(
-            "spec.credentials: give secretRef or serviceAccount, not both (a Secret's keys "
-            "would shadow the workload identity)"
-        )
+        raise SpecError(f"spec.credentials: {ONE_CREDENTIAL_SOURCE}")
     if ref is not None:
         name = ref.get("name") if isinstance(ref, Mapping) else None
         if not isinstance(name, str) or len(name) > 253 or not _SECRET_NAME.fullmatch(name):
@@ -345,35 +320,6 @@ def _resources(resources: object) -> dict[str, dict[str, str]]:
                 f"limit {limit}"
             )
     return out
-
-
-def _seconds(spec: Mapping[str, Any], field: str, default: int, most: int = MAX_SECONDS) -> int:
-    value = spec.get(field, default)
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise SpecError(f"spec.{field} must be a whole number of seconds, got {_kind(value)}")
-    if isinstance(value, float) and (not math.isfinite(value) or not value.is_integer()):
-        raise SpecError(f"spec.{field} must be a whole number of seconds, got {value!r}")
-    if not 0 < value <= most:
-        bound = f"{most} (a week)" if most == MAX_SECONDS else str(most)
-        raise SpecError(
-            f"spec.{field} must be a positive number of seconds, at most {bound}, "
-            f"got {_shown(value)}"
-        )
-    return int(value)
-
-
-def _bool(spec: Mapping[str, Any], field: str, default: bool) -> bool:
-    value = spec.get(field, default)
-    if not isinstance(value, bool):
-        raise SpecError(f"spec.{field} must be true or false, got {_kind(value)}")
-    return value
-
-
-def _str(spec: Mapping[str, Any], field: str, default: str) -> str:
-    value = spec.get(field, default)
-    if not isinstance(value, str):
-        raise SpecError(f"spec.{field} must be a string, got {_kind(value)}")
-    return value
 
 
 def _opt_str(obj: Mapping[str, Any], field: str, where: str) -> str | None:

@@ -1,49 +1,27 @@
 """The seed's SyncConfig: fields, defaults and validation, as Ray Tune defines them.
 
-This module is the seed model alone: it imports no storage client, so the operator can
-validate SyncConfigs without loading fsspec. Which storage backends can serve an upload
-dir is asked of a ``BackendCheck``: by default the fsspec backends installed in this
-Python (``installed_backend``); the operator asks what its sidecar image serves instead.
+The defaults and the checks of each field are ``trialsync.contract``'s, the same the
+operator and the SyncConfig CRD apply. Which storage backends can serve an upload dir is
+asked of a ``BackendCheck``: by default the fsspec backends installed in this Python
+(``installed_backend``); the operator asks what its sidecar image serves instead. This
+module imports no storage client until a backend is checked.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import re
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Union
+
+from trialsync import contract
+from trialsync.contract import PACKAGE_FOR, BackendCheck, quoted
 
 if TYPE_CHECKING:
     from trialsync.syncer import Syncer
 
 SyncerSpec = Union[str, "Syncer", None]
-#: Raises ValueError (saying what to fix) unless ``uri``, of scheme ``scheme``, can be served.
-BackendCheck = Callable[[str, str], None]
 
-DEFAULT_SYNC_PERIOD = 300
-DEFAULT_SYNC_TIMEOUT = 1800
-
-# Bucket names as S3 and GCS accept them (GCS also allows dots and underscores).
-_BUCKET = re.compile(r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$")
-_BUCKET_SCHEMES = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "oss", "r2"}
-_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*$")
-#: What counts as a leading or trailing space: Unicode's White_Space, as the CRD's CEL
-#: ``trim()`` has it (Python's own ``strip()`` also strips U+001C-U+001F).
-_SPACES = (
-    "\t\n\v\f\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008"
-    "\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
-)
-#: The Python package each scheme's fsspec backend needs, for the users' most common ones.
-PACKAGE_FOR = {
-    "s3": "s3fs",
-    "s3a": "s3fs",
-    "gs": "gcsfs",
-    "gcs": "gcsfs",
-    "hdfs": "pyarrow",
-    "abfs": "adlfs",
-    "az": "adlfs",
-}
+__all__ = ["BackendCheck", "SyncConfig", "installed_backend", "validate_uri"]
 
 
 @dataclasses.dataclass
@@ -62,12 +40,12 @@ class SyncConfig:
     ``sync_on_checkpoint``: force a worker-to-head sync on every checkpoint (scenario 3).
     """
 
-    upload_dir: str | None = None
-    syncer: SyncerSpec = "auto"
-    sync_period: float = DEFAULT_SYNC_PERIOD
-    sync_timeout: float = DEFAULT_SYNC_TIMEOUT
-    sync_artifacts: bool = True
-    sync_on_checkpoint: bool = True
+    upload_dir: str | None = contract.UPLOAD_DIR.default
+    syncer: SyncerSpec = contract.SYNCER.default
+    sync_period: int = contract.SYNC_PERIOD.default
+    sync_timeout: int = contract.SYNC_TIMEOUT.default
+    sync_artifacts: bool = contract.SYNC_ARTIFACTS.default
+    sync_on_checkpoint: bool = contract.SYNC_ON_CHECKPOINT.default
 
     def validate_upload_dir(
         self, upload_dir: str | None = None, *, backend: BackendCheck | None = None
@@ -76,67 +54,22 @@ class SyncConfig:
 
         Checks the upload_dir URI (scheme known, backend available, well formed), that the
         syncer fits it (None contradicts an upload_dir, a custom syncer needs one, as in
-        Ray), and that the period and timeout are positive. ``upload_dir``: the path to
-        validate, as in Ray (default: this config's). ``backend`` says which storage
-        backends exist; by default, those installed in this Python.
+        Ray), and that the period and timeout are whole seconds within bounds.
+        ``upload_dir``: the path to validate, as in Ray (default: this config's).
+        ``backend`` says which storage backends exist; by default, those installed in
+        this Python.
         """
         upload_dir = upload_dir or self.upload_dir
-        _require_positive("sync_period", self.sync_period)
-        _require_positive("sync_timeout", self.sync_timeout)
-        if isinstance(self.syncer, str):
-            validate_syncer_name(self.syncer)
-        if not upload_dir:
-            if self.syncer is not None and self.syncer not in ("auto", "none"):
-                raise ValueError(
-                    f"syncer {_syncer_name(self.syncer)} is a custom Syncer, which needs an "
-                    "upload_dir to sync to: set upload_dir, or use syncer 'auto' (sync to the "
-                    "head node) or None (no syncing)"
-                )
-            return True
-        if self.syncer is None or self.syncer == "none":
-            raise ValueError(
-                "syncer=None disables syncing, which contradicts upload_dir="
-                f"{quoted(upload_dir)}: remove upload_dir, or set syncer to 'auto'"
-            )
-        validate_uri(upload_dir, backend)
-        if not isinstance(self.syncer, str):
+        contract.check_seed(
+            upload_dir,
+            self.syncer,
+            self.sync_period,
+            self.sync_timeout,
+            backend or installed_backend,
+        )
+        if upload_dir and self.syncer is not None and not isinstance(self.syncer, str):
             return self.syncer.validate_upload_dir(upload_dir)
         return True
-
-
-def _syncer_name(syncer: SyncerSpec) -> str:
-    return quoted(syncer) if isinstance(syncer, str) else type(syncer).__name__
-
-
-def quoted(value: str) -> str:
-    """A value in a message, quoted as the SyncConfig CRD's CEL rules quote it, so the
-    apiserver refuses what these functions refuse with the very same message: backslashes
-    doubled, line breaks (which its messages cannot hold) written as ``\\n``."""
-    return "'" + value.replace("\\", "\\\\").replace("\n", "\\n") + "'"
-
-
-def _require_positive(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-        raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
-    if value != value or value == float("inf"):
-        raise ValueError(f"{name} must be a finite number of seconds, got {value!r}")
-
-
-def validate_syncer_name(syncer: str) -> None:
-    """Raise ValueError unless ``syncer`` is ``auto``, ``none`` or ``package.module:Class``."""
-    if syncer in ("auto", "none"):
-        return
-    module, sep, name = syncer.partition(":")
-    if (
-        not sep
-        or not syncer.isascii()
-        or not name.isidentifier()
-        or not all(part.isidentifier() for part in module.split("."))
-    ):
-        raise ValueError(
-            f"syncer {quoted(syncer)} must be 'auto', 'none' or 'package.module:Class' "
-            "(a trialsync.Syncer subclass shipped in a custom sidecar image)"
-        )
 
 
 def validate_uri(uri: str, backend: BackendCheck | None = None) -> None:
@@ -144,32 +77,10 @@ def validate_uri(uri: str, backend: BackendCheck | None = None) -> None:
 
     ``backend`` decides which schemes can be served (default: ``installed_backend``).
     """
-    if not isinstance(uri, str) or uri != uri.strip(_SPACES) or not uri:
-        raise ValueError(
-            "upload_dir must be a non-empty URI without leading or trailing spaces, got "
-            f"{quoted(uri) if isinstance(uri, str) else repr(uri)}"
-        )
-    scheme, sep, rest = uri.partition("://")
-    if not sep or not _SCHEME.fullmatch(scheme):
-        raise ValueError(
-            f"upload_dir {quoted(uri)} has no scheme (scheme://...): use s3://bucket/prefix, "
-            "gs://bucket/prefix, hdfs://namenode/path or file:///absolute/path"
-        )
-    scheme = scheme.lower()
-    if scheme in _BUCKET_SCHEMES:
-        bucket = rest.split("/", 1)[0]
-        if not _BUCKET.fullmatch(bucket):
-            raise ValueError(
-                f"upload_dir {quoted(uri)} has no valid bucket name (3-222 lowercase letters, "
-                "digits, '.', '_' or '-') after the scheme"
-            )
-    elif scheme == "file" and not rest.startswith("/"):
-        raise ValueError(f"upload_dir {quoted(uri)} must be an absolute path: file:///abs/path")
-    elif scheme == "hdfs" and not rest.strip("/"):
-        raise ValueError(f"upload_dir {quoted(uri)} names no path: hdfs://namenode:8020/path")
-    if "//" in rest.lstrip("/"):
-        raise ValueError(f"upload_dir {quoted(uri)} has an empty path segment ('//')")
-    (backend or installed_backend)(scheme, uri)
+    if not isinstance(uri, str):
+        raise ValueError(f"upload_dir must be a URI, got {uri!r}")
+    contract.UPLOAD_DIR.check(uri)
+    (backend or installed_backend)(uri.partition("://")[0].lower(), uri)
 
 
 def installed_backend(scheme: str, uri: str) -> None:

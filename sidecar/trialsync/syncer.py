@@ -21,16 +21,12 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from trialsync import contract
 from trialsync._engine import scanner, transfer
 from trialsync._engine.ledger import Ledger
 from trialsync._stores.fsspec_store import RemoteStore
 from trialsync._util import local_files, tasks
-from trialsync.config import (
-    DEFAULT_SYNC_PERIOD,
-    DEFAULT_SYNC_TIMEOUT,
-    validate_syncer_name,
-    validate_uri,
-)
+from trialsync.config import validate_uri
 
 DOWNLOADS_IN_FLIGHT = 16
 
@@ -45,7 +41,9 @@ class Syncer(abc.ABC):
     """Moves a local directory to and from a remote URI (Ray's Syncer contract)."""
 
     def __init__(
-        self, sync_period: float = DEFAULT_SYNC_PERIOD, sync_timeout: float = DEFAULT_SYNC_TIMEOUT
+        self,
+        sync_period: float = contract.SYNC_PERIOD.default,
+        sync_timeout: float = contract.SYNC_TIMEOUT.default,
     ) -> None:
         self.sync_period = sync_period
         self.sync_timeout = sync_timeout
@@ -127,8 +125,8 @@ class FsspecSyncer(Syncer):
 
     def __init__(
         self,
-        sync_period: float = DEFAULT_SYNC_PERIOD,
-        sync_timeout: float = DEFAULT_SYNC_TIMEOUT,
+        sync_period: float = contract.SYNC_PERIOD.default,
+        sync_timeout: float = contract.SYNC_TIMEOUT.default,
         storage_options: dict[str, Any] | None = None,
         s3_botocore: bool = False,
     ) -> None:
@@ -255,7 +253,7 @@ def _excluded(rel: str, patterns: list[str]) -> bool:
 
 def load_syncer(spec: str, sync_period: float, sync_timeout: float) -> Syncer:
     """Instantiate ``"package.module:Class"``, a Syncer subclass, or raise ValueError."""
-    validate_syncer_name(spec)
+    contract.SYNCER.check(spec)  # a SettingError is a ValueError
     module_name, _, class_name = spec.partition(":")
     try:
         module = importlib.import_module(module_name)

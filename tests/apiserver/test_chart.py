@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 import yaml
-from localcluster.control_plane import REPO_ROOT, Kube
 
+from localcluster.control_plane import REPO_ROOT, Kube
 from tests.support.operator_process import CRD_PATH, point_webhooks_at, start_operator
 from tests.support.pods import opted_in_pod, sidecars, syncconfig
 from tests.support.sidecar_process import wait_for

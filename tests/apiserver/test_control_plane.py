@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
-from localcluster.control_plane import Kube
 
+from localcluster.control_plane import Kube
 from tests.support.webhook import WebhookServer, json_patch, mutating_webhook_configuration
 
 pytestmark = pytest.mark.k8s

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 from kubernetes import client
-from localcluster.control_plane import Kube
 
+from localcluster.control_plane import Kube
 from tests.support.operator_process import (
     OPERATOR_NAMESPACE,
     OPT_OUT_LABEL,

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from localcluster.control_plane import Kube
 
+from localcluster.control_plane import Kube
 from tests.support.generated import pods, syncconfigs
 from tests.support.operator_process import Operator, operator
 from tests.support.pods import SIDECAR, sidecars

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from localcluster.control_plane import Kube
 
+from localcluster.control_plane import Kube
 from tests.support.operator_process import (
     OPERATOR_NAMESPACE,
     Operator,

@@ -7,10 +7,12 @@ from typing import Any
 
 import pytest
 import yaml
-from localcluster.control_plane import Kube
 
+from localcluster.control_plane import Kube
 from tests.support.operator_process import CRD_PATH, apply_crd
-from trialsync import SyncConfig
+from tests.support.pods import SIDECAR
+from trialsync import SyncConfig, contract
+from trialsync_operator.syncconfig import view_of
 
 pytestmark = pytest.mark.k8s
 
@@ -37,59 +39,94 @@ def test_the_apiserver_fills_in_the_seeds_defaults(kube: Kube, k8s_namespace: st
         kube.kubectl("get", "syncconfig", "bare", "-n", k8s_namespace, "-o", "json").stdout
     )
     assert got["spec"] == {
-        "syncer": "auto",
-        "syncPeriod": 300,
-        "syncTimeout": 1800,
-        "syncArtifacts": True,
-        "syncOnCheckpoint": True,
-        "checkpointPattern": "checkpoint_[0-9]*",
-        "checkpointSettleSeconds": 3,
-        "finalSyncTimeoutSeconds": 25,
-        "mirrorDeletes": False,
+        field: setting.default
+        for field, setting in contract.BY_CRD_FIELD.items()
+        if setting.default not in (None, ())
     }
+    assert got["spec"]["syncPeriod"] == 300  # Ray's own defaults
+    assert got["spec"]["syncTimeout"] == 1800
 
 
-@pytest.mark.parametrize(
-    ("spec", "message"),
-    [
-        ({"syncTimeout": 10**9}, "syncTimeout must be at most 604800 seconds"),
-        (
-            {"syncer": "pkg.mod:Class", "uploadDir": "s3://bucket/x"},
-            "a custom syncer (package.module:Class) runs in a sidecar image",
-        ),
-        (
-            {
-                "syncer": "pkg.mod:Class",
-                "uploadDir": "s3://bucket/x",
-                "mirrorDeletes": True,
-                "sidecar": {"image": "me/s:1"},
-            },
-            "mirrorDeletes needs syncer auto",
-        ),
-        (
-            {"storage": {"endpoint": "minio:9000"}},
-            "storage.endpoint must be an http:// or https:// URL",
-        ),
-        ({"storage": {"options": {"secret": "x"}}}, "credentials never go in a SyncConfig"),
-        (
-            {"credentials": {"secretRef": {"name": "a"}, "serviceAccount": {}}},
-            "give credentials.secretRef or credentials.serviceAccount, not both",
-        ),
-        ({"checkpointPattern": "a/b"}, "checkpointPattern is a glob of a directory name"),
-        ({"excludes": ["a,b"]}, "an exclude glob must not contain ','"),
-    ],
-)
-def test_each_rule_refuses_with_a_message_that_says_what_to_fix(
-    kube: Kube, k8s_namespace: str, spec: dict[str, Any], message: str
+#: SyncConfigs with one fault each, that a rule of the CRD catches.
+REFUSED = [
+    {"syncTimeout": 10**9},
+    {"syncPeriod": 604801},
+    {"checkpointSettleSeconds": 0},
+    {"checkpointSettleSeconds": 3601},
+    {"finalSyncTimeoutSeconds": 86401},
+    {"syncer": "pkg.mod:Class", "uploadDir": "s3://bucket/x"},
+    {
+        "syncer": "pkg.mod:Class",
+        "uploadDir": "s3://bucket/x",
+        "mirrorDeletes": True,
+        "sidecar": {"image": "me/s:1"},
+    },
+    {"mirrorDeletes": True, "syncer": "none"},
+    {"storage": {"endpoint": "minio:9000"}},
+    {"storage": {"endpoint": "minio\\9000\nx"}},
+    {"storage": {"options": {"secret": "x"}}},
+    {"storage": {"options": {"Session_Token": "x"}}},
+    {"credentials": {"secretRef": {"name": "a"}, "serviceAccount": {}}},
+    {"checkpointPattern": "a/b"},
+    {"checkpointPattern": "a\\/b"},
+    {"excludes": ["*.tmp", "a,b"]},
+]
+
+
+def _operators_message(spec: dict[str, Any]) -> str:
+    """The message the operator (and the sidecar, for what crosses to it) refuses ``spec``
+    with, without the field path the operator puts first (the apiserver writes its own)."""
+    view = view_of({"metadata": {"name": "x", "namespace": "ns"}, "spec": spec}, SIDECAR)
+    assert not view.valid, spec
+    return view.message.split(": ", 1)[1] if view.message.startswith("spec.") else view.message
+
+
+@pytest.mark.parametrize("spec", REFUSED, ids=[json.dumps(s)[:40] for s in REFUSED])
+def test_each_rule_refuses_with_the_operators_own_message(
+    kube: Kube, k8s_namespace: str, spec: dict[str, Any]
 ) -> None:
     refused = _apply(kube, k8s_namespace, "refused", spec)
     assert refused.returncode != 0
-    assert message in refused.stderr
+    assert _operators_message(spec) in refused.stderr
     assert refused.stderr.count("Invalid value") == 1, refused.stderr  # and nothing else
     assert (
         "refused"
         not in kube.kubectl("get", "syncconfigs", "-n", k8s_namespace, "-o", "name").stdout
     )
+
+
+def _bounds() -> list[tuple[str, int]]:
+    """Each duration field of the contract just inside and just outside its bounds."""
+    out = []
+    for setting in contract.SETTINGS:
+        if isinstance(setting, contract.WholeSeconds) and setting.crd:
+            for value in (setting.least - 1, setting.least, setting.most, setting.most + 1):
+                out.append((setting.crd, value))
+    return out
+
+
+@pytest.mark.parametrize(("field", "value"), _bounds())
+def test_the_apiserver_and_the_contract_draw_each_bound_at_the_same_value(
+    kube: Kube, k8s_namespace: str, field: str, value: int
+) -> None:
+    setting = contract.BY_CRD_FIELD[field]
+    name = f"b-{field.lower()}-{value}".replace("-", "m")[:63]
+    applied = _apply(kube, k8s_namespace, name, {field: value})
+    refusal = _refusal(setting, value)
+    if refusal is None:
+        assert applied.returncode == 0, applied.stderr
+    else:
+        assert applied.returncode != 0
+        assert refusal in applied.stderr
+        assert applied.stderr.count("Invalid value") == 1, applied.stderr
+
+
+def _refusal(setting: contract.Setting[Any], value: object) -> str | None:
+    try:
+        setting.check(value)
+    except contract.SettingError as exc:
+        return str(exc)
+    return None
 
 
 #: SyncConfigs the seed's validate_upload_dir refuses and a CEL rule catches first, with

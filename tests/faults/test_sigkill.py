@@ -9,7 +9,6 @@ from collections.abc import Callable
 from typing import Any
 
 from localcluster.processes import free_port
-
 from tests.faults.harness import Target, sidecar_args, start_trainer
 from tests.support.checkpoint_audit import Truth, half_published, leaked, lost
 from tests.support.sidecar_process import Sidecar, run_once

@@ -19,10 +19,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+
 from localcluster.cluster_s3 import ClusterS3
 from localcluster.control_plane import REPO_ROOT
 from localcluster.harness import Cluster, Manifest
-
 from tests.pods.trial_pods import (
     MANIFEST_NAME,
     TRIAL_ROOT,

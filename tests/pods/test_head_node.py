@@ -6,8 +6,8 @@ from __future__ import annotations
 import secrets
 
 import pytest
-from localcluster.harness import Cluster, container_status
 
+from localcluster.harness import Cluster, container_status
 from tests.pods.trial_pods import (
     FAST_SIDECAR_ENV,
     MANIFEST_NAME,

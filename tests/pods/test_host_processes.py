@@ -10,12 +10,12 @@ import uuid
 from typing import Any
 
 import pytest
+
 from localcluster import layout
 from localcluster.cluster_s3 import ClusterS3
 from localcluster.control import LocalCluster
 from localcluster.harness import Cluster, container_status
 from localcluster.processes import free_port
-
 from tests.pods.trial_pods import (
     MANIFEST_NAME,
     RESTRICTED,

@@ -7,9 +7,9 @@ import json
 import time
 
 import pytest
+
 from localcluster.cluster_s3 import ClusterS3
 from localcluster.harness import Cluster, Manifest
-
 from tests.pods.trial_pods import (
     MANIFEST_NAME,
     bucket_objects,

@@ -15,10 +15,10 @@ from dataclasses import asdict
 from pathlib import Path
 
 import pytest
+
 from localcluster import cgroups, control, isolation, layout
 from localcluster.control import LocalCluster
 from localcluster.harness import Cluster
-
 from tests.pods.trial_pods import RESTRICTED
 
 pytestmark = pytest.mark.timeout(300)

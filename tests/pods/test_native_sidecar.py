@@ -9,10 +9,10 @@ import subprocess
 import time
 
 import pytest
+
 from localcluster.cluster_s3 import ClusterS3
 from localcluster.control_plane import kubectl_path
 from localcluster.harness import Cluster, container_status
-
 from tests.pods.trial_pods import (
     MANIFEST_NAME,
     bucket_objects,

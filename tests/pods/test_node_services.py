@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from localcluster.harness import Cluster
 
+from localcluster.harness import Cluster
 from tests.pods.trial_pods import RESTRICTED
 
 pytestmark = pytest.mark.timeout(300)

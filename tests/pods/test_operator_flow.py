@@ -12,9 +12,9 @@ import json
 from collections.abc import Iterator
 
 import pytest
+
 from localcluster.cluster_s3 import ClusterS3
 from localcluster.harness import Cluster, container_status
-
 from tests.pods.trial_pods import (
     MANIFEST_NAME,
     RESTRICTED,

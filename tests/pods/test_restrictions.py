@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from localcluster.cluster_s3 import ClusterS3
 from localcluster.harness import Cluster
-
 from tests.pods.trial_pods import RESTRICTED, s3_sidecar, trial_pod
 from tests.support.sidecar_pod import DEFAULT_UID, SIDECAR_NAME
 

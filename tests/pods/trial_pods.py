@@ -9,7 +9,6 @@ from typing import Any
 from localcluster.cluster_s3 import ClusterS3
 from localcluster.harness import Cluster, Manifest, workload
 from localcluster.object_stores import S3Server
-
 from tests.support.pods import syncconfig
 from tests.support.sidecar_pod import SIDECAR_NAME, SidecarSpec, inject
 from trialsync_operator import names

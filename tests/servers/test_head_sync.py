@@ -8,8 +8,8 @@ import time
 from collections.abc import Callable
 
 import pytest
-from localcluster.processes import free_port
 
+from localcluster.processes import free_port
 from tests.support import trials
 from tests.support.sidecar_process import Sidecar, wait_for
 from trialsync._engine.layout import MANIFEST_NAME

@@ -12,8 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from localcluster.object_stores import GcsBucket, GcsServer, S3Bucket, S3Server
 
+from localcluster.object_stores import GcsBucket, GcsServer, S3Bucket, S3Server
 from tests.support import peers
 from tests.support.stall_proxy import StallProxy
 

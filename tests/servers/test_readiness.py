@@ -9,7 +9,6 @@ import uuid
 from pathlib import Path
 
 from localcluster.object_stores import S3Bucket, S3Server
-
 from tests.support.sidecar_process import Sidecar, wait_for
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from localcluster import artifacts, control, isolation
 from localcluster.cluster_s3 import ClusterS3
 from localcluster.control_plane import Kube, external_cluster, kubectl_path

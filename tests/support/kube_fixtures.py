@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from localcluster.control_plane import Kube, external_cluster, start_control_plane
 
 _STARTUP: list[str] = []

@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from localcluster.control_plane import REPO_ROOT, Kube
 from localcluster.processes import free_ports, stop, tail
 

@@ -8,12 +8,12 @@ from typing import Any
 
 from trialsync_operator import names
 from trialsync_operator.admission import injection
+from trialsync_operator.settings import DEFAULT_IMAGE, DEFAULT_SCHEMES, Defaults
 from trialsync_operator.syncconfig import ConfigView, SidecarImage, view_of
 
-SIDECAR = SidecarImage(
-    "docker.io/trialsync/sidecar:0.1.0", frozenset({"s3", "s3a", "gs", "gcs", "file"})
-)
-DEFAULTS = injection.Defaults(image=SIDECAR.image)
+#: The operator's defaults: its sidecar image and the schemes that image serves.
+SIDECAR = SidecarImage(DEFAULT_IMAGE, frozenset(DEFAULT_SCHEMES))
+DEFAULTS = Defaults(image=SIDECAR.image)
 
 
 def syncconfig(name: str, spec: Mapping[str, Any]) -> dict[str, Any]:

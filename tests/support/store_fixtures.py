@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+
 from localcluster.object_stores import (
     GcsBucket,
     GcsServer,
@@ -16,7 +17,6 @@ from localcluster.object_stores import (
     start_fake_gcs,
     start_seaweedfs,
 )
-
 from tests.support.stall_proxy import stall_proxy_factory
 
 __all__ = ["fake_gcs", "gcs_bucket", "s3_bucket", "seaweedfs", "stall_proxy_factory"]

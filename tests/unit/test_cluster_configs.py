@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from localcluster import configs
 from localcluster.layout import ClusterFiles
 

@@ -92,12 +92,29 @@ def test_a_custom_syncer_without_an_upload_dir_is_an_error(syncer: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("field", "value"), [("sync_period", 0), ("sync_period", -5), ("sync_timeout", 0)]
+    ("field", "value"),
+    [
+        ("sync_period", 0),
+        ("sync_period", -5),
+        ("sync_period", 0.5),
+        ("sync_period", 604801),
+        ("sync_timeout", 0),
+        ("sync_timeout", float("nan")),
+        ("sync_timeout", True),
+    ],
 )
-def test_non_positive_period_or_timeout_is_refused(field: str, value: int) -> None:
+def test_a_period_or_timeout_out_of_bounds_is_refused(field: str, value: float) -> None:
     config = dataclasses.replace(SyncConfig(), **{field: value})
-    with pytest.raises(ValueError, match=f"{field} must be a positive number"):
+    with pytest.raises(
+        ValueError,
+        match=rf"{field} must be a whole number of seconds from 1 to 604800 \(a week\), got ",
+    ):
         config.validate_upload_dir()
+
+
+@pytest.mark.parametrize(("field", "value"), [("sync_period", 1), ("sync_timeout", 604800.0)])
+def test_a_period_or_timeout_at_its_bounds_is_accepted(field: str, value: float) -> None:
+    assert dataclasses.replace(SyncConfig(), **{field: value}).validate_upload_dir()
 
 
 class _OnlyMemory(Syncer):

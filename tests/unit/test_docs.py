@@ -6,9 +6,8 @@ import json
 import pathlib
 import re
 
-from tools import crd_reference
-
 from tests.support.pods import DEFAULTS, lookup_for, opted_in_pod, syncconfig
+from tools import crd_reference
 from trialsync.metrics import Metrics
 from trialsync_operator import names
 from trialsync_operator.admission import injection

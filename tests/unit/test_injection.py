@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from tests.support.pods import DEFAULTS, apply, lookup_for, sidecars
+from tests.support.sidecar_env import same_configuration, sidecar_settings
 from trialsync_operator import names
 from trialsync_operator.admission import injection, patch
 
@@ -38,6 +39,20 @@ def test_a_pod_becomes_what_its_golden_file_says(path: Path) -> None:
         expected_path.write_text(yaml.safe_dump(got, sort_keys=False, width=100))
     assert expected_path.exists(), f"no {expected_path.name}: run with TRIALSYNC_UPDATE_GOLDEN=1"
     assert got == yaml.safe_load(expected_path.read_text())
+
+
+@pytest.mark.parametrize("path", CASES, ids=[p.stem for p in CASES])
+def test_the_sidecar_reads_back_the_configuration_the_operator_injected(
+    path: Path, tmp_path: Path
+) -> None:
+    case = yaml.safe_load(path.read_text())
+    result = _run(case)
+    assert result.patch is not None
+    assert result.config is not None
+    (sidecar,) = sidecars(apply(case["pod"], result.patch))
+    role = json.loads(result.patch["annotations"][names.STATUS_ANNOTATION])["role"]
+    parsed = sidecar_settings(sidecar, tmp_path)
+    same_configuration(result.config, role, parsed, case["namespace"])
 
 
 @pytest.mark.parametrize("path", CASES, ids=[p.stem for p in CASES])

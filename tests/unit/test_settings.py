@@ -8,8 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-import trialsync.defaults
-from trialsync import cli
+from trialsync import cli, contract
 from trialsync._process import settings
 from trialsync._process.settings import ConfigError, Settings, parse, unknown_env
 
@@ -25,7 +24,7 @@ CLOUD: dict[str, Check] = {
     "sync_on_checkpoint": ("no", lambda s: s.config.sync_on_checkpoint, False),
     "checkpoint_pattern": ("ckpt-*", lambda s: s.layout.checkpoint_pattern, "ckpt-*"),
     "exclude": ("*.tmp,*.lock", lambda s: s.layout.excludes, ("*.tmp", "*.lock")),
-    "checkpoint_settle": ("7.5", lambda s: s.checkpoint_settle, 7.5),
+    "checkpoint_settle": ("7", lambda s: s.checkpoint_settle, 7),
     "once": ("true", lambda s: s.once, True),
     "final_sync_timeout": ("11", lambda s: s.final_sync_timeout, 11),
     "mirror_deletes": ("1", lambda s: s.mirror_deletes, True),
@@ -57,20 +56,24 @@ HEAD: dict[str, Check] = {
 }
 
 
+#: Each flag's destination, and the variable it falls back to.
+ENV = {settings._dest(setting): setting.env for setting in contract.SETTINGS}
+
+
 def test_every_flag_falls_back_to_its_environment_variable(tmp_path: pathlib.Path) -> None:
     checked = {"root", *CLOUD, *HEAD, *CUSTOM}
-    assert checked == set(settings._flag_names()), "a flag without a check"
+    assert checked == set(ENV), "a flag without a check"
     token = tmp_path / "token"
     token.write_text("s3cret\n")
     for checks in (CLOUD, HEAD, CUSTOM):
-        env = {settings.env_name(dest): raw for dest, (raw, _, _) in checks.items()}
+        env = {ENV[dest]: raw for dest, (raw, _, _) in checks.items()}
         env["TRIALSYNC_ROOT"] = str(tmp_path)
         if "TRIALSYNC_HEAD_TOKEN_FILE" in env:
             env["TRIALSYNC_HEAD_TOKEN_FILE"] = str(token)
         parsed = parse([], env)
         assert parsed.root == str(tmp_path)
         for dest, (raw, read, expected) in checks.items():
-            assert read(parsed) == expected, f"{settings.env_name(dest)}={raw}"
+            assert read(parsed) == expected, f"{ENV[dest]}={raw}"
     # The variable that is not a flag.
     env = {"TRIALSYNC_ROOT": str(tmp_path), "TRIALSYNC_HEAD_URL": "http://head:9747"}
     assert parse([], {**env, "TRIALSYNC_HEAD_TOKEN": "tok"}).head_token == "tok"
@@ -108,18 +111,31 @@ def test_seed_defaults_apply_when_nothing_is_given(tmp_path: pathlib.Path) -> No
 @pytest.mark.parametrize(
     ("env", "says"),
     [
-        ({"TRIALSYNC_SYNC_PERIOD": "soon"}, "TRIALSYNC_SYNC_PERIOD='soon': expected a number"),
-        ({"TRIALSYNC_SYNC_ARTIFACTS": "maybe"}, "expected true or false"),
-        ({"TRIALSYNC_ROLE": "driver"}, "expected one of worker, head"),
-        ({"TRIALSYNC_STORAGE_OPTIONS": "{nope"}, "TRIALSYNC_STORAGE_OPTIONS is not JSON"),
-        ({"TRIALSYNC_SYNC_TIMEOUT": "-1"}, "sync_timeout must be a positive number"),
+        (
+            {"TRIALSYNC_SYNC_PERIOD": "soon"},
+            "TRIALSYNC_SYNC_PERIOD: sync_period must be a whole number of seconds from 1 to "
+            "604800 (a week), got 'soon'",
+        ),
+        ({"TRIALSYNC_SYNC_PERIOD": "0.5"}, "sync_period must be a whole number"),
+        ({"TRIALSYNC_SYNC_PERIOD": "1000000000"}, "from 1 to 604800 (a week), got 1000000000"),
+        ({"TRIALSYNC_SYNC_ARTIFACTS": "maybe"}, "sync_artifacts must be true or false"),
+        ({"TRIALSYNC_ROLE": "driver"}, "role must be one of worker, head, got 'driver'"),
+        ({"TRIALSYNC_STORAGE_OPTIONS": "{nope"}, "TRIALSYNC_STORAGE_OPTIONS: storage_options is"),
+        ({"TRIALSYNC_STORAGE_OPTIONS": '{"secret": "x"}'}, "credentials never go in storage"),
+        ({"TRIALSYNC_STORAGE_OPTIONS": '{"endpoint_url": "s3:9000"}'}, "http:// or https://"),
+        ({"TRIALSYNC_SYNC_TIMEOUT": "-1"}, "sync_timeout must be a whole number of seconds"),
         ({"TRIALSYNC_UPLOAD_DIR": "ftp:/x"}, "has no scheme"),
+        ({"TRIALSYNC_CHECKPOINT_PATTERN": "a/b"}, "checkpoint_pattern must be a glob of a"),
+        ({"TRIALSYNC_SYNCER": "none", "TRIALSYNC_UPLOAD_DIR": ""}, None),
     ],
 )
 def test_bad_values_are_configuration_errors(
-    tmp_path: pathlib.Path, env: dict[str, str], says: str
+    tmp_path: pathlib.Path, env: dict[str, str], says: str | None
 ) -> None:
     env = {"TRIALSYNC_UPLOAD_DIR": "s3://bucket/x", **env}
+    if says is None:  # the control: the same call with a good value parses
+        parse(["--root", str(tmp_path)], env)
+        return
     with pytest.raises(ConfigError) as info:
         parse(["--root", str(tmp_path)], env)
     assert says in str(info.value)
@@ -182,14 +198,23 @@ def test_syncing_with_the_head_node_needs_a_token(tmp_path: pathlib.Path) -> Non
 @pytest.mark.parametrize(
     ("flags", "says"),
     [
-        (["--reconcile-interval", "-1"], "--reconcile-interval must be positive, or 0"),
-        (["--reconcile-interval", "nan"], "--reconcile-interval must be positive, or 0"),
-        (["--checkpoint-settle", "0"], "--checkpoint-settle must be a positive number"),
-        (["--final-sync-timeout", "inf"], "--final-sync-timeout must be a positive number"),
-        (["--poll-interval", "nan"], "--poll-interval must be a positive number"),
-        (["--http-addr", "localhost"], "--http-addr 'localhost': expected HOST:PORT"),
+        (
+            ["--reconcile-interval", "-1"],
+            "--reconcile-interval: reconcile_interval must be a positive number of seconds, "
+            "or 0 (never), got -1",
+        ),
+        (["--reconcile-interval", "nan"], "reconcile_interval must be a positive number"),
+        (
+            ["--checkpoint-settle", "0"],
+            "--checkpoint-settle: checkpoint_settle must be a whole number of seconds from 1 to "
+            "3600, got 0",
+        ),
+        (["--checkpoint-settle", "0.5"], "checkpoint_settle must be a whole number"),
+        (["--final-sync-timeout", "inf"], "final_sync_timeout must be a whole number of"),
+        (["--poll-interval", "nan"], "--poll-interval: poll_interval must be a positive number"),
+        (["--http-addr", "localhost"], "http_addr must be HOST:PORT, e.g. 0.0.0.0:9746"),
         (["--part-size", "1024"], "at least 5 MiB"),
-        (["--mirror-deletes", "--syncer", "pkg.mod:Cls"], "--mirror-deletes needs the default"),
+        (["--mirror-deletes", "--syncer", "pkg.mod:Cls"], "mirror_deletes needs syncer 'auto'"),
     ],
 )
 def test_bad_flags_say_what_to_fix(tmp_path: pathlib.Path, flags: list[str], says: str) -> None:
@@ -201,7 +226,7 @@ def test_the_s3_client_can_be_pinned_to_botocore(tmp_path: pathlib.Path) -> None
     args = ["--root", str(tmp_path), "--upload-dir", "s3://bucket/x"]
     assert parse(args, {}).s3_client == "auto"
     assert parse(args, {"TRIALSYNC_S3_CLIENT": "botocore"}).s3_client == "botocore"
-    with pytest.raises(ConfigError, match="TRIALSYNC_S3_CLIENT='boto': expected one of auto"):
+    with pytest.raises(ConfigError, match="TRIALSYNC_S3_CLIENT: s3_client must be one of auto"):
         parse(args, {"TRIALSYNC_S3_CLIENT": "boto"})
 
 
@@ -236,9 +261,9 @@ def test_head_service_flags_fall_back_to_the_environment_and_have_defaults(
 @pytest.mark.parametrize(
     ("flags", "says"),
     [
-        (["--role=head", "--receiver-max-object-size=0"], "--receiver-max-object-size must be"),
-        (["--role=head", "--receiver-max-uploads=0"], "--receiver-max-uploads must be at least 1"),
-        (["--role=head", "--receiver-claim-lease=0"], "--receiver-claim-lease must be a positive"),
+        (["--role=head", "--receiver-max-object-size=0"], "receiver_max_object_size must be a"),
+        (["--role=head", "--receiver-max-uploads=0"], "receiver_max_uploads must be a whole num"),
+        (["--role=head", "--receiver-claim-lease=0"], "receiver_claim_lease must be a positive"),
         (["--head-url", "http://h:1", "--head-identity-file", "{root}/id"], "is inside --root"),
     ],
 )
@@ -271,7 +296,7 @@ def test_the_readme_states_every_flag_its_variable_and_its_default(tmp_path: pat
         if line.startswith("| `--") and len(cells) >= 3:
             dest = cells[0].strip("`").split()[0].replace("--[no-]", "--")[2:].replace("-", "_")
             rows[dest] = (cells[1], cells[2])
-    assert set(rows) == set(settings._flag_names())
+    assert set(rows) == set(ENV)
     defaults = parse(["--root", str(tmp_path), "--upload-dir", "s3://bucket/x"], {})
     actual = {
         **{dest: getattr(defaults, dest, None) for dest in rows},
@@ -285,9 +310,9 @@ def test_the_readme_states_every_flag_its_variable_and_its_default(tmp_path: pat
         "exclude": defaults.layout.excludes,
         "storage_option": None,
         "head_token_file": None,
-        "receiver_state_dir": f"<root>/{trialsync.defaults.RECEIVER_STATE_DIR}",
+        "receiver_state_dir": f"<root>/{contract.HEAD_STATE_DIR}",
     }
     for dest, (env, default) in rows.items():
-        assert env.startswith(f"`{settings.env_name(dest)}`"), dest
+        assert env.startswith(f"`{ENV[dest]}`"), dest
         expected = "(required)" if dest == "root" else _readme_default(actual[dest])
         assert default == expected, f"--{dest}: README says {default}, the code {expected}"

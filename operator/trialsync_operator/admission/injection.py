@@ -24,23 +24,21 @@ from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
+from trialsync import contract
+from trialsync.contract import Duty, Mode, Role
 from trialsync_operator import names, quantity
+from trialsync_operator.settings import Defaults
 from trialsync_operator.syncconfig import ConfigView
 
 JsonDict = dict[str, Any]
 Lookup = Callable[[str, str], ConfigView | None]
 
 STATUS_VERSION = 1
-#: Seconds of the grace period to leave beside the sidecar's own bound: at pod deletion the
-#: trainer gets SIGTERM first and the sidecar only once the trainer has exited; the
-#: sidecar's --final-sync-timeout then bounds its final sync and clean-up, and its process
-#: needs a moment more to exit (the sidecar's README keeps 2 s for that).
-SHUTDOWN_MARGIN = 5
 #: The kubelet's default when a pod sets no terminationGracePeriodSeconds.
 DEFAULT_GRACE = 30
 #: Upload buffers take at most this share of the sidecar's memory limit.
 UPLOAD_MEMORY_SHARE = Decimal("0.5")
-UPLOAD_MEMORY_MAX = 256 * 2**20
+UPLOAD_MEMORY_MAX = contract.UPLOAD_MEMORY.default
 UPLOAD_MEMORY_MIN = 16 * 2**20
 NON_ROOT_UID = 65532
 #: A SyncConfig name that is also a label value (the webhook labels the pod with it).
@@ -53,21 +51,6 @@ _WEB_IDENTITY_ENV = (
     "AWS_REGION",
     "AWS_DEFAULT_REGION",
 )
-
-
-@dataclasses.dataclass(frozen=True)
-class Defaults:
-    """What the operator injects where a SyncConfig says nothing (chart values)."""
-
-    image: str
-    pull_policy: str = "IfNotPresent"
-    requests: Mapping[str, str] = dataclasses.field(
-        default_factory=lambda: {"cpu": "100m", "memory": "256Mi"}
-    )
-    limits: Mapping[str, str] = dataclasses.field(
-        default_factory=lambda: {"cpu": "1", "memory": "512Mi"}
-    )
-    scratch_size: str = "64Mi"
 
 
 class Refusal(Exception):
@@ -90,7 +73,7 @@ class PodRequest:
     """What a pod asks for in its annotations."""
 
     config: str
-    role: str
+    role: Role
     volume: str | None
     mount_path: str | None
 
@@ -117,8 +100,8 @@ def read_request(pod: Mapping[str, Any]) -> PodRequest:
     """The pod's annotations, checked; Refusal saying which annotation is wrong."""
     annotations = _mapping(_mapping(pod.get("metadata")).get("annotations"))
     config = config_name(pod)
-    role = _annotation(annotations, names.ROLE_ANNOTATION, default="worker")
-    if role not in names.ROLES:
+    role = _annotation(annotations, names.ROLE_ANNOTATION, default=contract.ROLE.default)
+    if role not in contract.ROLE.choices:
         raise Refusal(f"annotation {names.ROLE_ANNOTATION}={role!r:.100} must be worker or head")
     volume = _annotation(annotations, names.VOLUME_ANNOTATION) or None
     mount_path = _annotation(annotations, names.MOUNT_PATH_ANNOTATION) or None
@@ -142,7 +125,7 @@ def read_request(pod: Mapping[str, Any]) -> PodRequest:
                 "absolute path other than / (and without ':')"
             )
         mount_path = normal
-    return PodRequest(config=config, role=role, volume=volume, mount_path=mount_path)
+    return PodRequest(config=config, role=Role(role), volume=volume, mount_path=mount_path)
 
 
 def _annotation(annotations: Mapping[str, Any], key: str, default: str = "") -> str:
@@ -174,7 +157,7 @@ def plan(pod: Mapping[str, Any], namespace: str, lookup: Lookup, defaults: Defau
         )
     if not view.valid:
         raise Refusal(f"SyncConfig {namespace}/{config} is invalid: {view.message}")
-    if view.mode == "disabled":
+    if view.mode is Mode.DISABLED:
         return Result(
             warnings=[
                 f"SyncConfig {namespace}/{view.name} disables syncing (syncer: none, no "
@@ -203,9 +186,10 @@ def _inject(
         if reserved in names_before:
             raise Refusal(f"the pod already has a volume named {reserved!r}")
 
-    root, mounts = _trial_volume(request, view, volumes, [*init_containers, *containers])
+    duty = contract.duty_of(view.mode, request.role)
+    root, mounts = _trial_volume(request, view, duty, volumes, [*init_containers, *containers])
     volumes.append({"name": names.SCRATCH_VOLUME, "emptyDir": {"sizeLimit": defaults.scratch_size}})
-    mounts.append({"name": names.SCRATCH_VOLUME, "mountPath": "/tmp"})
+    mounts.append({"name": names.SCRATCH_VOLUME, "mountPath": contract.SCRATCH_DIR})
     env_from: list[JsonDict] = []
     if view.credentials_secret:
         env_from.append({"secretRef": {"name": view.credentials_secret}})
@@ -215,12 +199,12 @@ def _inject(
         mounts.append(
             {
                 "name": names.CREDENTIALS_VOLUME,
-                "mountPath": names.CREDENTIALS_MOUNT,
+                "mountPath": contract.CREDENTIALS_MOUNT,
                 "readOnly": True,
             }
         )
     resources = _resources(view, defaults)
-    env = _env(namespace, request, view, root, resources)
+    env = _env(namespace, request, view, duty, root, resources)
     if view.workload_identity:
         env, mounts = _copy_web_identity(containers, env, mounts)
     uid, gid = _trainer_user(spec, containers)
@@ -231,17 +215,17 @@ def _inject(
         "restartPolicy": "Always",
         "args": ["sync"],
         "env": env,
-        "ports": _ports(request, view),
+        "ports": _ports(duty),
         "startupProbe": {
             # Ready once the ledger is recovered and the store answered: the trainer starts
             # only when its checkpoints can be saved.
-            "httpGet": {"path": "/readyz", "port": names.HTTP_PORT},
+            "httpGet": {"path": "/readyz", "port": contract.HTTP_PORT},
             "periodSeconds": 1,
             "timeoutSeconds": 5,
             "failureThreshold": 300,
         },
         "livenessProbe": {
-            "httpGet": {"path": "/healthz", "port": names.HTTP_PORT},
+            "httpGet": {"path": "/healthz", "port": contract.HTTP_PORT},
             "periodSeconds": 10,
             "timeoutSeconds": 5,
             "failureThreshold": 6,
@@ -263,17 +247,16 @@ def _inject(
     }
     if request.mount_path is not None:
         patch["containers"] = containers
-    warnings = _warnings(spec, view, uid, receives=_receives(request, view))
+    warnings = _warnings(spec, view, uid, receives=duty is Duty.RECEIVE)
     return Result(patch=patch, warnings=warnings, config=view)
 
 
-def _receives(request: PodRequest, view: ConfigView) -> bool:
-    """A head with no uploadDir receives the workers' trial dirs: its mount is writable."""
-    return request.role == "head" and view.mode == "head"
-
-
 def _trial_volume(
-    request: PodRequest, view: ConfigView, volumes: list[JsonDict], containers: list[JsonDict]
+    request: PodRequest,
+    view: ConfigView,
+    duty: Duty,
+    volumes: list[JsonDict],
+    containers: list[JsonDict],
 ) -> tuple[str, list[JsonDict]]:
     """The sidecar's root and its mount of the trial volume; with a mount path, the
     emptyDir is added to ``volumes`` and mounted in every one of ``containers``."""
@@ -284,7 +267,7 @@ def _trial_volume(
                 f"annotation {names.VOLUME_ANNOTATION}={request.volume!r:.100} names no volume of "
                 f"the pod (it has: {', '.join(sorted(map(str, present))) or 'none'})"
             )
-        root, volume = names.TRIAL_MOUNT, request.volume
+        root, volume = contract.TRIAL_MOUNT, request.volume
     else:
         assert request.mount_path is not None
         if names.TRIAL_VOLUME in present:
@@ -296,7 +279,7 @@ def _trial_volume(
     mount: JsonDict = {"name": volume, "mountPath": root}
     # Read-only unless the sidecar writes there: a head receiving workers' trial dirs, or
     # the record of sent checkpoints that mirrorDeletes keeps on the volume.
-    if not (_receives(request, view) or view.mirror_deletes):
+    if not (duty is Duty.RECEIVE or view.mirror_deletes):
         mount["readOnly"] = True
     return root, [mount]
 
@@ -309,7 +292,7 @@ def _metadata(
     meta = _mapping(pod.get("metadata"))
     labels = {str(k): str(v) for k, v in _mapping(meta.get("labels")).items()}
     labels[names.CONFIG_LABEL] = view.name
-    labels[names.ROLE_LABEL] = request.role
+    labels[names.ROLE_LABEL] = request.role.value
     annotations = {str(k): str(v) for k, v in _mapping(meta.get("annotations")).items()}
     annotations[names.STATUS_ANNOTATION] = json.dumps(
         {
@@ -320,7 +303,7 @@ def _metadata(
             "generation": view.generation,
             "uid": view.uid,
             "image": image,
-            "role": request.role,
+            "role": request.role.value,
         },
         sort_keys=True,
         separators=(",", ":"),
@@ -346,12 +329,12 @@ def _warnings(
             "set securityContext.runAsUser (and fsGroup) so both write as one user"
         )
     grace = _first_int(spec.get("terminationGracePeriodSeconds"), DEFAULT_GRACE)
-    needed = view.final_sync_timeout + SHUTDOWN_MARGIN
+    needed = contract.grace_needed(view.final_sync_timeout)
     if grace is not None and grace < needed:
         warnings.append(
             f"terminationGracePeriodSeconds={grace} is shorter than the sidecar's shutdown "
             f"needs ({view.final_sync_timeout} s of spec.finalSyncTimeoutSeconds after the "
-            f"trainer exits, + {SHUTDOWN_MARGIN} s for the trainer to stop and the sidecar "
+            f"trainer exits, + {contract.EXIT_MARGIN} s for the trainer to stop and the sidecar "
             f"to exit): the last checkpoint may not be durable; set it to at least {needed}"
         )
     return warnings
@@ -361,58 +344,55 @@ def _env(
     namespace: str,
     request: PodRequest,
     view: ConfigView,
+    duty: Duty,
     root: str,
     resources: Mapping[str, Mapping[str, str]],
 ) -> list[JsonDict]:
-    """The sidecar's settings as ``TRIALSYNC_*`` variables (see the sidecar's README)."""
-    values: list[tuple[str, str]] = [
-        ("TRIALSYNC_ROOT", root),
-        ("TRIALSYNC_ROLE", request.role),
-        ("TRIALSYNC_SYNCER", view.syncer),
-        ("TRIALSYNC_SYNC_PERIOD", str(view.sync_period)),
-        ("TRIALSYNC_SYNC_TIMEOUT", str(view.sync_timeout)),
-        ("TRIALSYNC_SYNC_ARTIFACTS", _flag(view.sync_artifacts)),
-        ("TRIALSYNC_SYNC_ON_CHECKPOINT", _flag(view.sync_on_checkpoint)),
-        ("TRIALSYNC_CHECKPOINT_PATTERN", view.checkpoint_pattern),
-        ("TRIALSYNC_CHECKPOINT_SETTLE", str(view.settle_seconds)),
-        ("TRIALSYNC_FINAL_SYNC_TIMEOUT", str(view.final_sync_timeout)),
-        ("TRIALSYNC_UPLOAD_MEMORY", str(upload_memory(resources))),
-        ("TMPDIR", "/tmp"),
-        ("HOME", "/tmp"),
-    ]
+    """The sidecar's settings as its ``TRIALSYNC_*`` variables (``trialsync.contract``):
+    every setting the SyncConfig holds, where the pod keeps its data and its role, and
+    where a worker reaches the head; the head-node token from its Secret."""
+    values: dict[str, Any] = {
+        "root": root,
+        "role": request.role.value,
+        "syncer": view.syncer,
+        "sync_period": view.sync_period,
+        "sync_timeout": view.sync_timeout,
+        "sync_artifacts": view.sync_artifacts,
+        "sync_on_checkpoint": view.sync_on_checkpoint,
+        "checkpoint_pattern": view.checkpoint_pattern,
+        "checkpoint_settle": view.settle_seconds,
+        "final_sync_timeout": view.final_sync_timeout,
+        "upload_memory": upload_memory(resources),
+    }
     if view.upload_dir:
-        values.append(("TRIALSYNC_UPLOAD_DIR", view.upload_dir))
+        values["upload_dir"] = view.upload_dir
     if view.excludes:
-        values.append(("TRIALSYNC_EXCLUDE", ",".join(view.excludes)))
+        values["exclude"] = view.excludes
     if view.mirror_deletes:
-        values.append(("TRIALSYNC_MIRROR_DELETES", "true"))
-    if view.storage_options != "{}":
-        values.append(("TRIALSYNC_STORAGE_OPTIONS", view.storage_options))
-    if view.mode == "head" and request.role == "worker":
-        values.append(("TRIALSYNC_HEAD_URL", names.head_url(view.name, namespace)))
-    env: list[JsonDict] = [{"name": k, "value": v} for k, v in values]
-    if view.mode == "head":
-        env.append(
-            {
-                "name": "TRIALSYNC_HEAD_TOKEN",
-                "valueFrom": {
-                    "secretKeyRef": {
-                        "name": names.head_secret_name(view.name, view.uid),
-                        "key": names.HEAD_TOKEN_KEY,
-                    }
-                },
-            }
-        )
+        values["mirror_deletes"] = True
+    options = json.loads(view.storage_options)
+    if options:
+        values["storage_options"] = options
+    if duty is Duty.SEND:
+        values["head_url"] = names.head_url(view.name, namespace)
+    env: list[JsonDict] = [{"name": k, "value": v} for k, v in contract.environment(values)]
+    # The root filesystem is read-only: anything a library writes goes to the scratch dir.
+    env += [{"name": "TMPDIR", "value": contract.SCRATCH_DIR}]
+    env += [{"name": "HOME", "value": contract.SCRATCH_DIR}]
+    if duty in (Duty.SEND, Duty.RECEIVE):
+        secret = names.head_secret_name(view.name, view.uid)
+        ref = {"secretKeyRef": {"name": secret, "key": names.HEAD_TOKEN_KEY}}
+        env.append({"name": contract.HEAD_TOKEN_ENV, "valueFrom": ref})
     return env
 
 
-def _ports(request: PodRequest, view: ConfigView) -> list[JsonDict]:
+def _ports(duty: Duty) -> list[JsonDict]:
     ports: list[JsonDict] = [
-        {"name": "trialsync-http", "containerPort": names.HTTP_PORT, "protocol": "TCP"}
+        {"name": "trialsync-http", "containerPort": contract.HTTP_PORT, "protocol": "TCP"}
     ]
-    if view.mode == "head" and request.role == "head":
+    if duty is Duty.RECEIVE:
         ports.append(
-            {"name": "trialsync-head", "containerPort": names.HEAD_PORT, "protocol": "TCP"}
+            {"name": "trialsync-head", "containerPort": contract.HEAD_PORT, "protocol": "TCP"}
         )
     return ports
 
@@ -533,10 +513,6 @@ def _first_int(*values: object) -> int | None:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     return None
-
-
-def _flag(value: bool) -> str:
-    return "true" if value else "false"
 
 
 def _mapping(value: object) -> Mapping[str, Any]:

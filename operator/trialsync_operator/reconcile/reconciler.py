@@ -13,6 +13,8 @@ import secrets
 from collections.abc import Mapping
 from typing import Any
 
+from trialsync import contract
+from trialsync.contract import Mode
 from trialsync_operator import kube, names
 from trialsync_operator.events import event_body, now, record_event
 from trialsync_operator.syncconfig import REASON_INVALID, REASON_VALID, ConfigView
@@ -49,15 +51,15 @@ def desired_status(view: ConfigView, current: Mapping[str, Any], now: str) -> Js
         "destination": view.destination,
         "conditions": [condition],
     }
-    if view.mode == "head" and view.valid:
+    if view.mode is Mode.HEAD and view.valid:
         desired["headService"] = names.head_service_name(view.name)
     return desired
 
 
 def _ready_message(view: ConfigView) -> str:
-    if view.mode == "upload":
+    if view.mode is Mode.UPLOAD:
         return f"pods that opt in sync to {view.upload_dir}"
-    if view.mode == "head":
+    if view.mode is Mode.HEAD:
         return (
             "pods that opt in sync to the head node through Service "
             f"{names.head_service_name(view.name)}"
@@ -101,8 +103,8 @@ def head_service(view: ConfigView) -> JsonDict:
             "ports": [
                 {
                     "name": "trialsync-head",
-                    "port": names.HEAD_PORT,
-                    "targetPort": names.HEAD_PORT,
+                    "port": contract.HEAD_PORT,
+                    "targetPort": contract.HEAD_PORT,
                     "protocol": "TCP",
                 }
             ],
@@ -140,7 +142,7 @@ class Reconciler:
     async def reconcile(self, view: ConfigView, status: Mapping[str, Any]) -> None:
         """Bring one SyncConfig's status and children in line with its spec."""
         desired = desired_status(view, status, now())
-        if view.valid and view.mode == "head":
+        if view.valid and view.mode is Mode.HEAD:
             await self._ensure_head_objects(view)
         else:
             await self._remove_head_objects(view)

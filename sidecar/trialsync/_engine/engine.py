@@ -18,7 +18,7 @@ import os
 import time
 from collections.abc import Collection, Mapping
 
-from trialsync import defaults
+from trialsync import contract
 from trialsync._engine import scanner, transfer
 from trialsync._engine.layout import MANIFEST_NAME, Kind, Layout
 from trialsync._engine.ledger import Ledger
@@ -47,9 +47,9 @@ class EngineOptions:
     sync_artifacts: bool = True
     sync_experiment: bool = True  # experiment state is the head's (seed scenario 1)
     layout: Layout = dataclasses.field(default_factory=Layout)
-    files_in_flight: int = defaults.FILES_IN_FLIGHT
-    upload_memory: int = defaults.UPLOAD_MEMORY
-    part_size: int = defaults.PART_SIZE
+    files_in_flight: int = contract.FILES_IN_FLIGHT.default
+    upload_memory: int = contract.UPLOAD_MEMORY.default
+    part_size: int = contract.PART_SIZE.default
     mirror_deletes: bool = False
 
 

@@ -11,11 +11,11 @@ import dataclasses
 import enum
 import fnmatch
 
-from trialsync import defaults
+from trialsync import contract
 
 MANIFEST_NAME = ".trialsync-manifest.json"
 #: The sidecar's own state on the volume (``sent_checkpoints``), never synced.
-STATE_DIR = ".trialsync"
+STATE_DIR = contract.STATE_DIR
 
 
 class Kind(enum.Enum):
@@ -36,7 +36,7 @@ class Placement:
 class Layout:
     """Classifies root-relative POSIX paths; ``excludes`` are globs matched against them."""
 
-    checkpoint_pattern: str = defaults.CHECKPOINT_PATTERN
+    checkpoint_pattern: str = contract.CHECKPOINT_PATTERN.default
     excludes: tuple[str, ...] = ()
 
     def place(self, rel: str) -> Placement | None:

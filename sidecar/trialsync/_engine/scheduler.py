@@ -17,7 +17,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from trialsync import defaults
+from trialsync import contract
 from trialsync._engine.engine import Round, SyncEngine
 from trialsync._engine.layout import Kind
 from trialsync._util import backoff
@@ -42,8 +42,8 @@ class Plan:
     periodic_kinds: frozenset[Kind] = frozenset()
     checkpoint_kinds: frozenset[Kind] = frozenset()
     defer_checkpoints: bool = False
-    backoff_base: float = defaults.BACKOFF_BASE
-    backoff_max: float = defaults.MAX_BACKOFF
+    backoff_base: float = backoff.BASE
+    backoff_max: float = contract.MAX_BACKOFF.default
     reconcile_interval: float | None = None
 
 

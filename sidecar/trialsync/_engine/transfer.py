@@ -8,8 +8,8 @@ import logging
 import os
 from collections.abc import AsyncIterator, Callable
 
-from trialsync import defaults
-from trialsync._stores.base import ObjectRefused, Store, part_size_for
+from trialsync import contract
+from trialsync._stores.base import PART_CONCURRENCY, ObjectRefused, Store, part_size_for
 from trialsync._util import local_files, tasks
 from trialsync._util.local_files import FileFailure, Stat
 
@@ -28,10 +28,10 @@ class Gates:
 
     def __init__(
         self,
-        files: int = defaults.FILES_IN_FLIGHT,
-        memory: int = defaults.UPLOAD_MEMORY,
-        part_size: int = defaults.PART_SIZE,
-        part_concurrency: int = defaults.PART_CONCURRENCY,
+        files: int = contract.FILES_IN_FLIGHT.default,
+        memory: int = contract.UPLOAD_MEMORY.default,
+        part_size: int = contract.PART_SIZE.default,
+        part_concurrency: int = PART_CONCURRENCY,
     ) -> None:
         self.files = files
         self._files = asyncio.Semaphore(files)

@@ -20,7 +20,7 @@ import struct
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
-from trialsync import defaults
+from trialsync import contract
 from trialsync._engine import scanner
 from trialsync._util.local_files import Stat
 
@@ -85,7 +85,7 @@ class InotifyJournal:
     thread, so the event loop keeps serving ``/healthz`` meanwhile.
     """
 
-    def __init__(self, root: str, poll_interval: float = defaults.POLL_INTERVAL) -> None:
+    def __init__(self, root: str, poll_interval: float = contract.POLL_INTERVAL.default) -> None:
         self._root = root
         self._poll_interval = poll_interval
         self._fallback: PollingJournal | None = None

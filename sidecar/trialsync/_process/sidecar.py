@@ -8,7 +8,6 @@ import dataclasses
 import logging
 import signal
 
-from trialsync import defaults
 from trialsync._engine.engine import EngineOptions, SyncEngine
 from trialsync._engine.layout import Kind
 from trialsync._engine.scheduler import Plan, Scheduler
@@ -21,15 +20,26 @@ from trialsync._stores import aborts
 from trialsync._stores.base import Store
 from trialsync._stores.fsspec_store import RemoteStore
 from trialsync._stores.syncer_store import SyncerStore
+from trialsync.contract import Duty, Role
 from trialsync.metrics import Metrics
 from trialsync.syncer import load_syncer
 
 log = logging.getLogger(__name__)
 
 
+#: The part of the SIGTERM budget kept back from the final sync for aborts and closing:
+#: this fraction of it, at most ``aborts.GRACE`` seconds.
+ABORT_SHARE = 0.2
+
+
+def abort_reserve(budget: float) -> float:
+    """Seconds of a SIGTERM ``budget`` kept back from the final sync for aborts and closing."""
+    return min(aborts.GRACE, budget * ABORT_SHARE)
+
+
 def build_store(settings: Settings, metrics: Metrics | None = None) -> Store:
     config = settings.config
-    if config.upload_dir is None:
+    if settings.duty is Duty.SEND:
         assert settings.head_url is not None
         return HeadStore(
             settings.head_url,
@@ -37,6 +47,7 @@ def build_store(settings: Settings, metrics: Metrics | None = None) -> Store:
             identity_file=settings.head_identity_file,
             metrics=metrics,
         )
+    assert config.upload_dir is not None
     if isinstance(config.syncer, str) and config.syncer != "auto":
         syncer = load_syncer(config.syncer, config.sync_period, config.sync_timeout)
         syncer.validate_upload_dir(config.upload_dir)
@@ -50,7 +61,7 @@ def build_store(settings: Settings, metrics: Metrics | None = None) -> Store:
 
 
 def build_plan(settings: Settings) -> Plan:
-    """The seed's scenarios for this role: see DESIGN's table."""
+    """The seed's scenarios for this role (docs/architecture.md, "The four scenarios")."""
     config = settings.config
     base = Plan(
         period=config.sync_period,
@@ -59,7 +70,7 @@ def build_plan(settings: Settings) -> Plan:
         backoff_max=settings.max_backoff,
         reconcile_interval=settings.reconcile_interval or None,
     )
-    if config.upload_dir is None:  # scenario 3: the whole trial dir goes to the head node
+    if settings.duty is Duty.SEND:  # scenario 3: the whole trial dir goes to the head node
         trial_dir = frozenset({Kind.ARTIFACT})
         return dataclasses.replace(
             base,
@@ -69,7 +80,7 @@ def build_plan(settings: Settings) -> Plan:
         )
     artifacts = frozenset({Kind.ARTIFACT}) if config.sync_artifacts else frozenset()
     periodic: frozenset[Kind] = frozenset()
-    if settings.role == "head":
+    if settings.role == Role.HEAD:
         periodic = frozenset({Kind.EXPERIMENT}) | artifacts  # scenario 1
     # Scenario 2 publishes each checkpoint when complete; scenario 4 rides with it.
     return dataclasses.replace(base, periodic_kinds=periodic, checkpoint_kinds=artifacts)
@@ -90,7 +101,7 @@ class Shutdown:
     """The time after SIGTERM, all of it within ``--final-sync-timeout`` seconds.
 
     The final sync may use the budget less a reserve (a fifth of it, at most
-    ``defaults.ABORT_GRACE`` seconds); in the reserve, the HTTP server stops (at most
+    ``aborts.GRACE`` seconds); in the reserve, the HTTP server stops (at most
     ``status_server.SHUTDOWN_TIMEOUT``), the multipart uploads the sync had to cancel are
     aborted and the store's connections closed. What is left after the budget is exiting,
     which takes well under a second.
@@ -104,7 +115,7 @@ class Shutdown:
         """SIGTERM arrived: the loop time by which the final sync must end."""
         if self.ends is None:
             self.ends = asyncio.get_running_loop().time() + self.budget
-        return self.ends - defaults.abort_reserve(self.budget)
+        return self.ends - abort_reserve(self.budget)
 
     async def close(self, store: Store) -> None:
         """Close ``store`` (it waits for pending aborts), by the end of the budget if
@@ -124,7 +135,7 @@ async def run(settings: Settings) -> int:
     """Run until SIGTERM (then a final sync), or once with ``--once``; the exit code."""
     config = settings.config
     metrics = Metrics()
-    if config.upload_dir is None and (config.syncer is None or settings.role == "head"):
+    if settings.duty in (Duty.RECEIVE, Duty.IDLE):
         if settings.once:
             # Nothing of this sidecar's own to sync (syncer none, or the head-node service
             # that only receives): everything is durable at once.
@@ -142,8 +153,8 @@ async def run(settings: Settings) -> int:
         EngineOptions(
             root=settings.root,
             # Syncing to the head node carries the whole trial dir (scenario 3).
-            sync_artifacts=config.sync_artifacts or config.upload_dir is None,
-            sync_experiment=settings.role == "head",
+            sync_artifacts=config.sync_artifacts or settings.duty is Duty.SEND,
+            sync_experiment=settings.role == Role.HEAD,
             layout=settings.layout,
             files_in_flight=settings.files_in_flight,
             upload_memory=settings.upload_memory,
@@ -269,7 +280,7 @@ async def _serve_without_syncing(settings: Settings, metrics: Metrics) -> None:
         loop.add_signal_handler(sig, stop.set)
     runner, _ = await status_server.start(settings.http_addr, metrics, lambda: True, _no_sync)
     receiver = None
-    if settings.config.syncer is None:
+    if settings.duty is Duty.IDLE:
         log.info("syncing disabled (syncer=none and no upload dir); idling")
     else:
         receiver, port = await head_receiver.start(

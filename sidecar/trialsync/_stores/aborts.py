@@ -13,6 +13,9 @@ from collections.abc import Awaitable, Callable
 
 log = logging.getLogger(__name__)
 
+#: Seconds a store's close waits for the aborts still running (at SIGTERM, at most what
+#: is left of the budget).
+GRACE = 5.0
 _pending: set[asyncio.Task[None]] = set()
 
 

@@ -13,6 +13,9 @@ from typing import Protocol
 
 #: S3 allows 10,000 parts to an object; the other stores' chunked uploads follow suit.
 MAX_PARTS = 10_000
+#: The parts of one file in flight: about ``part_size * PART_CONCURRENCY`` of memory for
+#: each large file being uploaded.
+PART_CONCURRENCY = 4
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

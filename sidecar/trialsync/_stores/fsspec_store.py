@@ -21,8 +21,8 @@ import fsspec
 from fsspec.core import split_protocol
 from fsspec.implementations.local import LocalFileSystem
 
-from trialsync import defaults
-from trialsync._stores import aborts, credentials, gcs_upload, s3_client, s3_upload
+from trialsync import contract
+from trialsync._stores import aborts, base, credentials, gcs_upload, s3_client, s3_upload
 from trialsync._stores.base import RemoteObject
 from trialsync._util import local_files, small_reads, tasks
 
@@ -60,8 +60,8 @@ class RemoteStore:
         self,
         upload_dir: str,
         storage_options: Mapping[str, Any] | None = None,
-        part_size: int = defaults.PART_SIZE,
-        part_concurrency: int = defaults.PART_CONCURRENCY,
+        part_size: int = contract.PART_SIZE.default,
+        part_concurrency: int = base.PART_CONCURRENCY,
         credential_files: tuple[str, ...] = (),
         s3_botocore: bool = False,
     ) -> None:
@@ -144,7 +144,7 @@ class RemoteStore:
 
     async def _close_clients(self, clients: _Clients) -> None:
         # Aborts of its cancelled multipart uploads still need the client (parts are billed).
-        await aborts.wait(defaults.ABORT_GRACE)
+        await aborts.wait(aborts.GRACE)
         if isinstance(clients.s3, s3_client.S3Client):
             await clients.s3.close()
         # BotocoreApi uses the filesystem's client, closed with it.
@@ -329,7 +329,7 @@ class RemoteStore:
             await asyncio.to_thread(fs.rm, list(paths))
 
     async def close(self) -> None:
-        """Wait for scheduled aborts (at most ``defaults.ABORT_GRACE``, once: closing each
+        """Wait for scheduled aborts (at most ``aborts.GRACE``, once: closing each
         generation of clients waits for them), then close every client. The caller bounds
         the whole with its own deadline at SIGTERM."""
         current, self._current = self._current, None

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import random
 
+#: The first retry's wait: 1, 2, 4, ... seconds.
+BASE = 1.0
+
 
 def delay(attempt: int, base: float, cap: float, jitter: bool = False) -> float:
     """Seconds to wait before retry number ``attempt`` (1 for the first retry).
