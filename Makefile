@@ -47,6 +47,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check sidecar operator localcluster tests bench demo tools images
 	$(BIN)/ruff format --check sidecar operator localcluster tests bench demo tools images
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 
 test: $(STAMP) tools images lint
 	TRIALSYNC_TOOLS_BIN="$(TOOLS_BIN)" TRIALSYNC_IMAGES="$(IMAGES_MANIFEST)" $(BIN)/pytest -ra

@@ -51,7 +51,7 @@ def trialsync_env(server: S3Server) -> dict[str, str]:
     return {
         **os.environ,
         **server.env(),
-        "TRIALSYNC_STORAGE_OPTIONS": json.dumps(server.storage_options()),
+        "TRIALSYNC_STORAGE_OPTIONS": json.dumps(server.sidecar_options()),
         # The caller's PYTHONPATH first, so a scratch copy of trialsync can be measured.
         "PYTHONPATH": os.pathsep.join(
             p for p in (os.environ.get("PYTHONPATH"), str(Path(__file__).resolve().parents[1])) if p

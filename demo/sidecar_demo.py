@@ -56,7 +56,7 @@ def run(server: S3Server, tmp: Path) -> int:
     argv = [
         *(sys.executable, "-m", "trialsync.cli", "sync"),
         *("--root", str(root), "--upload-dir", upload_dir, "--role", "head"),
-        *("--sync-period", "2", "--checkpoint-settle", "0.5"),
+        *("--sync-period", "2", "--checkpoint-settle", "1"),
         *("--http-addr", f"127.0.0.1:{port}"),
     ]
     print(f"S3 endpoint   {server.endpoint_url}\nupload dir    {upload_dir}\nlocal root    {root}")

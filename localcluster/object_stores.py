@@ -129,6 +129,13 @@ class S3Server:
             "config_kwargs": {"s3": {"addressing_style": "path"}},
         }
 
+    def sidecar_options(self) -> dict[str, Any]:
+        """``storage_options`` without the credentials, which a sidecar takes from ``env()``
+        only (it refuses them in its storage options)."""
+        options = self.storage_options()
+        del options["key"], options["secret"]
+        return options
+
     def filesystem(self, **overrides: Any) -> Any:
         """A fresh (uncached) ``s3fs.S3FileSystem`` for this server."""
         import s3fs
@@ -342,6 +349,13 @@ class GcsServer:
         bucket unless GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=false was set before importing gcsfs.
         """
         return {"endpoint_url": self.endpoint_url, "token": "anon", "project": self.project}
+
+    def sidecar_options(self) -> dict[str, Any]:
+        """``storage_options`` without the credentials, which a sidecar takes from ``env()``
+        only (it refuses them in its storage options)."""
+        options = self.storage_options()
+        del options["key"], options["secret"]
+        return options
 
     def filesystem(self, **overrides: Any) -> Any:
         """A fresh (uncached) plain ``gcsfs.core.GCSFileSystem`` for this server."""

@@ -1,4 +1,5 @@
-"""The operator process: kopf, the webhook server, leader election, TLS and probes together.
+"""The operator process: kopf (through its adapter), the webhook server, leader election, TLS
+and probes together.
 
 Shutdown is graceful for admissions: at SIGTERM this replica turns unready at once, keeps
 answering admissions for ``SHUTDOWN_DELAY`` seconds while the Service drops it from its
@@ -12,13 +13,11 @@ import contextlib
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, cast
-
-import kopf
+from typing import Any
 
 from trialsync_operator import health, kube
 from trialsync_operator.admission.review import PodAdmission
-from trialsync_operator.kopf_adapter import handlers, webhook_server
+from trialsync_operator.kopf_adapter import runner, webhook_server
 from trialsync_operator.reconcile.controller import Controller
 from trialsync_operator.reconcile.leader import LeaderElector
 from trialsync_operator.settings import Settings
@@ -29,18 +28,6 @@ log = logging.getLogger(__name__)
 SHUTDOWN_DELAY = 5.0
 
 
-def kopf_settings(server: webhook_server.WebhookServer) -> kopf.OperatorSettings:
-    settings = kopf.OperatorSettings()
-    settings.admission.server = server
-    settings.admission.managed = None  # the chart's webhook configurations, not kopf's
-    settings.peering.standalone = True  # kopf's peering would pause a standby's index
-    settings.posting.enabled = False  # Events are ours, about validity, not log lines
-    settings.scanning.disabled = True  # the CRD is installed first: no CRD watch (nor RBAC)
-    settings.watching.server_timeout = 300
-    settings.watching.client_timeout = 330
-    return settings
-
-
 async def run(settings: Settings, shutdown_delay: float = SHUTDOWN_DELAY) -> None:
     """Run until SIGTERM or SIGINT."""
     client = kube.Kube(kube.load_configuration())
@@ -49,8 +36,6 @@ async def run(settings: Settings, shutdown_delay: float = SHUTDOWN_DELAY) -> Non
     serving = tls.ServingContext(settings.cert_dir)
     webhook_server.skip_copies_for_empty_patches()
     server = webhook_server.WebhookServer(settings.webhook_addr, settings.webhook_port, serving)
-    registry = handlers.build_registry(controller, admission)
-    kopf.on.login(registry=registry)(kopf.login_via_client)
 
     leading: list[Callable[[], Coroutine[Any, Any, None]]] = [controller.lead]
     background: list[Awaitable[None]] = [controller.wait_for_empty_index()]
@@ -87,29 +72,20 @@ async def run(settings: Settings, shutdown_delay: float = SHUTDOWN_DELAY) -> Non
         ),
     )
     tasks = [asyncio.ensure_future(coro) for coro in background]
-    try:
-        root_tasks = await kopf.spawn_tasks(
-            registry=registry,
-            settings=kopf_settings(server),
-            standalone=True,
-            # Our identity: kopf would otherwise ask getpass.getuser(), which fails for a
-            # uid with no passwd entry (any runAsUser).
-            identity=cast(Any, settings.identity),
-            clusterwide=not settings.namespaces,
-            namespaces=list(settings.namespaces),
-            stop_flag=stop_flag,
-        )
+    loop = asyncio.get_running_loop()
+
+    def on_signal(sig: signal.Signals) -> None:
+        log.info("%s: unready now, stopping in %ss", sig.name, shutdown_delay)
+        stopping.set()
+        loop.call_later(shutdown_delay, stop_flag.set)
+
+    def drain_at_signals() -> None:
         # After kopf's own signal handlers, so these replace them: drain first, then stop.
-        loop = asyncio.get_running_loop()
-
-        def on_signal(sig: signal.Signals) -> None:
-            log.info("%s: unready now, stopping in %ss", sig.name, shutdown_delay)
-            stopping.set()
-            loop.call_later(shutdown_delay, stop_flag.set)
-
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, on_signal, sig)
-        await kopf.run_tasks(root_tasks)
+
+    try:
+        await runner.run(controller, admission, server, stop_flag, drain_at_signals)
     finally:
         for task in tasks:
             task.cancel()

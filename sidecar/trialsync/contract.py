@@ -681,6 +681,12 @@ CREDENTIAL_OPTION_MESSAGE = (
     "credentials never go in storage options: put them in a Secret (a SyncConfig's "
     "credentials.secretRef) or the sidecar's environment"
 )
+#: The one value of a credential option that is no credential: gcsfs's anonymous access.
+ANONYMOUS = ("token", "anon")
+
+
+def is_credential_option(key: str, value: object) -> bool:
+    return key.lower() in CREDENTIAL_OPTIONS and (key.lower(), value) != ANONYMOUS
 
 
 _ENDPOINT = "the store's endpoint must be an http:// or https:// URL"
@@ -707,7 +713,7 @@ class StorageOptions(Setting[dict[str, Any]]):
     def check(self, value: object) -> dict[str, Any]:
         if not isinstance(value, dict):
             raise self.refuse("a JSON object", value)
-        if any(str(key).lower() in CREDENTIAL_OPTIONS for key in value):
+        if any(is_credential_option(str(key), v) for key, v in value.items()):
             raise SettingError(CREDENTIAL_OPTION_MESSAGE)
         if "endpoint_url" in value:
             check_endpoint(value["endpoint_url"])
@@ -730,7 +736,7 @@ ENDPOINT_RULE = CelRule.of(
 CREDENTIAL_OPTIONS_RULE = CelRule.of(
     "!self.exists(k, k.lowerAscii() in ["
     + ", ".join(f"'{key}'" for key in sorted(CREDENTIAL_OPTIONS))
-    + "])",
+    + f"] && !(k.lowerAscii() == '{ANONYMOUS[0]}' && self[k] == '{ANONYMOUS[1]}'))",
     CREDENTIAL_OPTION_MESSAGE,
 )
 

@@ -58,7 +58,7 @@ def test_sigkill_at_random_moments_neither_half_publishes_nor_loses_a_checkpoint
     checked_between_kills = len(reader.sightings)
     # Everything the trainer left is whole on disk now: one --once publishes it all.
     code, out = run_once(
-        sidecar_args(root, target, "--checkpoint-settle", "0.5", "--mirror-deletes"),
+        sidecar_args(root, target, "--checkpoint-settle", "1", "--mirror-deletes"),
         seaweedfs.env(),
         timeout=300,
     )

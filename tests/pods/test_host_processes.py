@@ -19,12 +19,17 @@ from localcluster.processes import free_port
 from tests.pods.trial_pods import (
     MANIFEST_NAME,
     RESTRICTED,
+    SIDECAR_NAME,
+    TRIAL_ROOT,
     bucket_objects,
-    s3_sidecar,
+    s3_spec,
+    syncconfig_view,
     trainer,
 )
-from tests.support.sidecar_pod import SIDECAR_NAME, inject
 from tests.support.webhook import WebhookServer, json_patch, mutating_webhook_configuration
+from trialsync_operator import names
+from trialsync_operator.admission import injection, patch
+from trialsync_operator.settings import Defaults
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -43,18 +48,16 @@ def test_a_webhook_on_the_hosts_loopback_injects_the_sidecar_into_a_pod_that_run
     marker = uuid.uuid4().hex[:10]
     cluster.kube.kubectl("label", "namespace", ns, f"trialsync-webhook-test={marker}")
     bucket = cluster_s3.server.make_bucket()
-    sidecar = s3_sidecar(cluster, cluster_s3, cluster_s3.install(cluster, ns), f"s3://{bucket}/x")
+    endpoint = cluster_s3.install(cluster, ns)
+    view = syncconfig_view(cluster, ns, s3_spec(cluster_s3, endpoint, f"s3://{bucket}/x"))
 
     def inject_sidecar(request: dict[str, Any]) -> dict[str, Any]:
-        # What the operator's webhook will do, with the hand-written result.
-        injected = inject(request["object"], sidecar)
-        ops = [
-            {"op": "add", "path": f"/spec/{key}", "value": injected["spec"][key]}
-            for key in ("initContainers", "containers", "volumes")
-        ]
-        annotations = injected["metadata"]["annotations"]
-        ops.append({"op": "add", "path": "/metadata/annotations", "value": annotations})
-        return json_patch(ops)
+        # The operator's injection and its JSON patch, served from a plain test webhook.
+        pod = request["object"]
+        defaults = Defaults(image=cluster.images.sidecar)
+        result = injection.plan(pod, request["namespace"], lambda ns, n: view, defaults)
+        assert result.patch is not None
+        return json_patch(patch.json_patch(pod, result.patch))
 
     # The server listens on the host's 127.0.0.1; the same address and port inside the
     # namespace (where the apiserver is) is forwarded to it, so its URL works unchanged.
@@ -71,7 +74,13 @@ def test_a_webhook_on_the_hosts_loopback_injects_the_sidecar_into_a_pod_that_run
                 {
                     "apiVersion": "v1",
                     "kind": "Pod",
-                    "metadata": {"name": "plain"},
+                    "metadata": {
+                        "name": "plain",
+                        "annotations": {
+                            names.CONFIG_ANNOTATION: view.name,
+                            names.MOUNT_PATH_ANNOTATION: TRIAL_ROOT,
+                        },
+                    },
                     "spec": {
                         "restartPolicy": "Never",
                         "containers": [

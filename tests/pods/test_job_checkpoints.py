@@ -12,15 +12,16 @@ from localcluster.cluster_s3 import ClusterS3
 from localcluster.harness import Cluster, Manifest
 from tests.pods.trial_pods import (
     MANIFEST_NAME,
+    SIDECAR_NAME,
     bucket_objects,
-    s3_sidecar,
+    injected_pod,
+    s3_spec,
     sidecar_records,
+    syncconfig_view,
     trainer,
     trainer_events,
-    trial_pod,
     written_files,
 )
-from tests.support.sidecar_pod import SIDECAR_NAME
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -36,10 +37,11 @@ def test_job_completes_with_every_checkpoint_published(
     ns = cluster_namespace
     bucket = cluster_s3.server.make_bucket()
     endpoint = cluster_s3.install(cluster, ns)
-    sidecar = s3_sidecar(cluster, cluster_s3, endpoint, f"s3://{bucket}/experiments")
-    pod = trial_pod(
+    view = syncconfig_view(cluster, ns, s3_spec(cluster_s3, endpoint, f"s3://{bucket}/experiments"))
+    pod = injected_pod(
+        cluster,
+        view,
         "unused",
-        sidecar,
         [
             trainer(
                 cluster.images.sidecar,
@@ -51,7 +53,10 @@ def test_job_completes_with_every_checkpoint_published(
         ],
     )
     template = {
-        "metadata": {"labels": {"app": "train"}, "annotations": pod["metadata"]["annotations"]},
+        "metadata": {
+            "labels": {**pod["metadata"]["labels"], "app": "train"},
+            "annotations": pod["metadata"]["annotations"],
+        },
         "spec": pod["spec"],
     }
     job: Manifest = {

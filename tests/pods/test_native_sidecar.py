@@ -15,14 +15,15 @@ from localcluster.control_plane import kubectl_path
 from localcluster.harness import Cluster, container_status
 from tests.pods.trial_pods import (
     MANIFEST_NAME,
+    SIDECAR_NAME,
     bucket_objects,
-    s3_sidecar,
+    injected_pod,
+    s3_spec,
     sidecar_records,
+    syncconfig_view,
     trainer,
     trainer_events,
-    trial_pod,
 )
-from tests.support.sidecar_pod import SIDECAR_NAME
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -46,7 +47,7 @@ def test_trainer_starts_only_after_the_startup_probe_and_outlives_the_sidecar(
     bucket = cluster_s3.server.make_bucket()
     # The Service the sidecar uses has no endpoint yet: its connections are refused.
     endpoint = cluster_s3.install(cluster, ns, name="s3-gate", ready=False)
-    sidecar = s3_sidecar(cluster, cluster_s3, endpoint, f"s3://{bucket}/runs")
+    view = syncconfig_view(cluster, ns, s3_spec(cluster_s3, endpoint, f"s3://{bucket}/runs"))
     # A restored trial: a checkpoint is already on the volume when the sidecar starts, so
     # the sidecar must list the store before it is ready (an empty root needs no listing).
     restore = {
@@ -59,9 +60,10 @@ def test_trainer_starts_only_after_the_startup_probe_and_outlives_the_sidecar(
         ],
         "securityContext": {"runAsNonRoot": True, "runAsUser": 65532},
     }
-    pod = trial_pod(
+    pod = injected_pod(
+        cluster,
+        view,
         "ordered",
-        sidecar,
         [trainer(cluster.images.sidecar, trial="trial_0", checkpoints=2, trigger=True)],
         init_containers=[restore],
     )
@@ -126,11 +128,12 @@ def test_deleting_a_running_pod_makes_the_last_checkpoint_durable(
     # The trainer does not announce its checkpoints, and they settle only 12 s after the last
     # write. The pod is deleted well before that, so only the final sync can publish them:
     # it waits for them to settle, within its own 30 s bound and the 45 s grace period.
-    settings = {"TRIALSYNC_CHECKPOINT_SETTLE": "12", "TRIALSYNC_FINAL_SYNC_TIMEOUT": "30"}
-    sidecar = s3_sidecar(cluster, cluster_s3, endpoint, f"s3://{bucket}/runs", settings)
-    pod = trial_pod(
+    settings = {"checkpointSettleSeconds": 12, "finalSyncTimeoutSeconds": 30}
+    spec = s3_spec(cluster_s3, endpoint, f"s3://{bucket}/runs", **settings)
+    pod = injected_pod(
+        cluster,
+        syncconfig_view(cluster, ns, spec),
         "preempted",
-        sidecar,
         [trainer(cluster.images.sidecar, trial="trial_0", checkpoints=3, interval=0, then="sleep")],
         grace_seconds=45,
     )

@@ -9,8 +9,14 @@ import pytest
 
 from localcluster.cluster_s3 import ClusterS3
 from localcluster.harness import Cluster
-from tests.pods.trial_pods import RESTRICTED, s3_sidecar, trial_pod
-from tests.support.sidecar_pod import DEFAULT_UID, SIDECAR_NAME
+from tests.pods.trial_pods import (
+    RESTRICTED,
+    SIDECAR_NAME,
+    injected_pod,
+    s3_spec,
+    syncconfig_view,
+)
+from trialsync_operator.admission.injection import NON_ROOT_UID
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -58,7 +64,7 @@ def _idle(image: str) -> dict[str, object]:
 @pytest.mark.parametrize(
     ("pod_security", "uid", "gid"),
     [
-        pytest.param({}, DEFAULT_UID, DEFAULT_UID, id="image-user"),
+        pytest.param({}, NON_ROOT_UID, NON_ROOT_UID, id="image-user"),
         pytest.param(POD_USER, 1234, 2345, id="pod-runAsUser"),
     ],
 )
@@ -73,9 +79,10 @@ def test_sidecar_runs_unprivileged_on_a_read_only_root(
     ns = cluster_namespace
     bucket = cluster_s3.server.make_bucket()
     endpoint = cluster_s3.install(cluster, ns)
-    pod = trial_pod(
+    pod = injected_pod(
+        cluster,
+        syncconfig_view(cluster, ns, s3_spec(cluster_s3, endpoint, f"s3://{bucket}/r")),
         "restricted",
-        s3_sidecar(cluster, cluster_s3, endpoint, f"s3://{bucket}/r"),
         [_idle(cluster.images.sidecar)],
         pod_security=pod_security,
         grace_seconds=5,

@@ -1,17 +1,30 @@
-"""Pods of simulated Ray trials with the sidecar injected, and how to read what they did."""
+"""Pods of simulated Ray trials with the sidecar injected, and how to read what they did.
+
+Tests that run no operator build their pods with the operator's own injection
+(``trialsync_operator.admission.injection``), from a SyncConfig spec: a pod here is what
+the webhook would make of it.
+"""
 
 from __future__ import annotations
 
 import json
+import secrets
+import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from localcluster.cluster_s3 import ClusterS3
 from localcluster.harness import Cluster, Manifest, workload
 from localcluster.object_stores import S3Server
-from tests.support.pods import syncconfig
-from tests.support.sidecar_pod import SIDECAR_NAME, SidecarSpec, inject
+from tests.support.pods import apply, syncconfig
+from trialsync import contract
 from trialsync_operator import names
+from trialsync_operator.admission import injection
+from trialsync_operator.reconcile import reconciler
+from trialsync_operator.settings import Defaults
+from trialsync_operator.syncconfig import ConfigView, SidecarImage, view_of
+
+SIDECAR_NAME = names.SIDECAR_NAME
 
 MANIFEST_NAME = ".trialsync-manifest.json"
 TRIAL_ROOT = "/trial"
@@ -23,15 +36,12 @@ RESTRICTED = {
     "seccompProfile": {"type": "RuntimeDefault"},
     "runAsNonRoot": True,
 }
-#: Settings that keep the tests quick: short settle window and retry backoff, and a final
-#: sync bounded well inside the pods' grace period.
-FAST_SIDECAR_ENV = {
-    "TRIALSYNC_CHECKPOINT_SETTLE": "1",
-    "TRIALSYNC_MAX_BACKOFF": "2",
-    "TRIALSYNC_FINAL_SYNC_TIMEOUT": "20",
-    "TRIALSYNC_UPLOAD_MEMORY": str(64 * 2**20),
-    "TRIALSYNC_LOG_LEVEL": "info",
-}
+#: SyncConfig settings that keep the tests quick: a short settle window, and a final sync
+#: bounded well inside the pods' grace period.
+FAST_SPEC = {"checkpointSettleSeconds": 1, "finalSyncTimeoutSeconds": 20}
+#: Sidecar settings no SyncConfig holds, added to the injected sidecar: a short retry
+#: backoff, so a store that comes up late is retried within seconds.
+TEST_ONLY_ENV = {"TRIALSYNC_MAX_BACKOFF": "2"}
 
 
 def trainer(
@@ -77,42 +87,59 @@ def trainer(
     }
 
 
-def s3_sidecar(
-    cluster: Cluster,
-    s3: ClusterS3,
-    endpoint_url: str,
-    upload_dir: str,
-    env: Mapping[str, str] | None = None,
-) -> SidecarSpec:
-    """The sidecar of a worker syncing to ``upload_dir`` on the test's SeaweedFS."""
-    return SidecarSpec(
-        image=cluster.images.sidecar,
-        mount_path=TRIAL_ROOT,
-        env={
-            **FAST_SIDECAR_ENV,
-            "TRIALSYNC_UPLOAD_DIR": upload_dir,
-            "TRIALSYNC_STORAGE_OPTIONS": s3.storage_options(endpoint_url),
-            **(env or {}),
+def s3_spec(s3: ClusterS3, endpoint_url: str, upload_dir: str, **spec: Any) -> dict[str, Any]:
+    """A SyncConfig spec syncing to ``upload_dir`` on the test's SeaweedFS, reached at
+    ``endpoint_url`` with the credentials Secret ``s3.install`` made; ``spec`` over that."""
+    return {
+        "uploadDir": upload_dir,
+        "storage": {
+            "endpoint": endpoint_url,
+            "region": s3.server.region,
+            "addressingStyle": "path",
         },
-        secret_env=s3.credentials(),
-    )
+        "credentials": {"secretRef": {"name": ClusterS3.CREDENTIALS_SECRET}},
+        **FAST_SPEC,
+        **spec,
+    }
 
 
-def trial_pod(
+def syncconfig_view(cluster: Cluster, namespace: str, spec: Mapping[str, Any]) -> ConfigView:
+    """SyncConfig ``exp`` of ``spec`` in ``namespace``, read as the operator reads it (with
+    the defaults the apiserver would fill in)."""
+    body = syncconfig("exp", {**_crd_defaults(), **spec})
+    body["metadata"].update(namespace=namespace, uid=str(uuid.uuid4()), generation=1)
+    image = SidecarImage(cluster.images.sidecar, frozenset(contract.IMAGE_SCHEMES))
+    view = view_of(body, image)
+    assert view.valid, view.message
+    return view
+
+
+def _crd_defaults() -> dict[str, Any]:
+    return {
+        field: setting.default
+        for field, setting in contract.BY_CRD_FIELD.items()
+        if setting.default not in (None, ())
+    }
+
+
+def injected_pod(
+    cluster: Cluster,
+    view: ConfigView,
     name: str,
-    sidecar: SidecarSpec,
     containers: Iterable[Manifest],
     *,
+    role: str = "worker",
     init_containers: Iterable[Manifest] = (),
     labels: Mapping[str, str] | None = None,
     grace_seconds: int = 30,
     pod_security: Mapping[str, Any] | None = None,
 ) -> Manifest:
-    """A Pod (restartPolicy Never) running ``containers``, with the sidecar injected."""
+    """A Pod (restartPolicy Never) running ``containers`` that opts in to SyncConfig
+    ``view`` as ``role``, with the sidecar injected as the operator's webhook injects it."""
     pod: Manifest = {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {"name": name, "labels": dict(labels or {})},
+        "metadata": {"name": name, **opted_in(view.name, role)},
         "spec": {
             "restartPolicy": "Never",
             "terminationGracePeriodSeconds": grace_seconds,
@@ -121,7 +148,34 @@ def trial_pod(
             "containers": list(containers),
         },
     }
-    return inject(pod, sidecar)
+    pod["metadata"]["labels"].update(labels or {})
+    return inject(cluster, view, pod)
+
+
+def inject(cluster: Cluster, view: ConfigView, pod: Manifest) -> Manifest:
+    """``pod`` as the operator's webhook admits it with SyncConfig ``view``, plus
+    ``TEST_ONLY_ENV`` in its sidecar, less the opt-in label."""
+    defaults = Defaults(image=cluster.images.sidecar)
+    result = injection.plan(pod, view.namespace, lambda ns, n: view, defaults)
+    assert result.patch is not None, result.warnings
+    out = apply(pod, result.patch)
+    (sidecar,) = [c for c in out["spec"]["initContainers"] if c["name"] == SIDECAR_NAME]
+    sidecar["env"] = [*sidecar["env"], *({"name": k, "value": v} for k, v in TEST_ONLY_ENV.items())]
+    # Created injected already: no webhook of an operator another test installed sees it.
+    del out["metadata"]["labels"][names.INJECT_LABEL]
+    return out
+
+
+def head_objects(cluster: Cluster, view: ConfigView) -> None:
+    """The head-node token Secret and Service the operator makes for a SyncConfig without
+    an upload dir (seed scenario 3), made here for a test that runs no operator."""
+    for body in (
+        reconciler.head_secret(view, secrets.token_urlsafe(24)),
+        reconciler.head_service(view),
+    ):
+        # No SyncConfig object owns them here: the garbage collector would remove them.
+        del body["metadata"]["ownerReferences"]
+        cluster.apply(body, view.namespace)
 
 
 def trainer_events(logs: str) -> list[dict[str, Any]]:

@@ -44,7 +44,7 @@ def worker(
     scratch dir, so a restart with the same ``name`` is the same worker."""
     root = tmp_path / name
     root.mkdir(exist_ok=True)
-    args = ["--root", str(root), "--head-url", head_url, "--checkpoint-settle", "0.3", *flags]
+    args = ["--root", str(root), "--head-url", head_url, "--checkpoint-settle", "1", *flags]
     env = {
         "TRIALSYNC_HEAD_TOKEN": TOKEN,
         "TRIALSYNC_HEAD_IDENTITY_FILE": str(tmp_path / f"{name}-scratch" / "identity.json"),

@@ -207,7 +207,7 @@ def test_an_unreadable_file_fails_only_its_own_checkpoint_and_artifact(
     unreadable = [f"{CKPT2}/model.pt", f"{TRIAL}/events.log"]
     for rel in unreadable:
         (root / rel).chmod(0)  # EACCES: the trainer runs as another user
-    args = ["--root", str(root), "--upload-dir", s3.url, "--checkpoint-settle", "0.3"]
+    args = ["--root", str(root), "--upload-dir", s3.url, "--checkpoint-settle", "1"]
     log = str(tmp_path / "sidecar.log")
     sidecar = Sidecar.start(args, s3.env, log, preexec_fn=drop_file_privileges)
     sidecars.append(sidecar)

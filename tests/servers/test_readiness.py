@@ -15,7 +15,7 @@ from tests.support.sidecar_process import Sidecar, wait_for
 def _start(server: S3Server, upload_dir: str, root: Path, log: Path, **env: str) -> Sidecar:
     return Sidecar.start(
         ["--root", str(root), "--upload-dir", upload_dir, "--max-backoff", "1"],
-        {**server.env(), "TRIALSYNC_STORAGE_OPTIONS": json.dumps(server.storage_options()), **env},
+        {**server.env(), "TRIALSYNC_STORAGE_OPTIONS": json.dumps(server.sidecar_options()), **env},
         str(log),
     )
 
@@ -42,10 +42,13 @@ def test_wrong_credentials_keep_it_unready_and_say_so(
 ) -> None:
     root = tmp_path / "root"
     root.mkdir()
-    options = {**seaweedfs.storage_options(), "secret": "not-the-secret"}
     sidecar = Sidecar.start(
         ["--root", str(root), "--upload-dir", f"{s3_bucket.url}/exp", "--max-backoff", "1"],
-        {**seaweedfs.env(), "TRIALSYNC_STORAGE_OPTIONS": json.dumps(options)},
+        {
+            **seaweedfs.env(),
+            "AWS_SECRET_ACCESS_KEY": "not-the-secret",
+            "TRIALSYNC_STORAGE_OPTIONS": json.dumps(seaweedfs.sidecar_options()),
+        },
         str(tmp_path / "s.log"),
     )
     try:

@@ -82,7 +82,7 @@ def test_head_syncs_experiment_state_periodically_never_more_often_than_the_peri
 def test_checkpoint_and_its_artifacts_upload_as_soon_as_it_is_complete(
     s3: Backend, root: pathlib.Path, tmp_path: pathlib.Path, sidecars: list[Sidecar]
 ) -> None:
-    start(sidecars, tmp_path, root, s3, "--checkpoint-settle", "0.5", "--sync-period", "3600")
+    start(sidecars, tmp_path, root, s3, "--checkpoint-settle", "1", "--sync-period", "3600")
     trial = trials.trial(trials.experiment(root))
     time.sleep(1.5)
     # A worker has no timer (scenario 2 and 4 ride on checkpoints): artifacts wait.
@@ -103,9 +103,7 @@ def test_checkpoint_and_its_artifacts_upload_as_soon_as_it_is_complete(
 def test_artifacts_stay_local_without_sync_artifacts(
     s3: Backend, root: pathlib.Path, tmp_path: pathlib.Path, sidecars: list[Sidecar]
 ) -> None:
-    sidecar = start(
-        sidecars, tmp_path, root, s3, "--checkpoint-settle", "0.3", "--no-sync-artifacts"
-    )
+    sidecar = start(sidecars, tmp_path, root, s3, "--checkpoint-settle", "1", "--no-sync-artifacts")
     trial = trials.trial(trials.experiment(root))
     trials.checkpoint(trial, 1, {"model.pt": 1000})
     wait_for(lambda: MANIFEST in s3.listing(), 10, what="the checkpoint's manifest")
@@ -132,7 +130,7 @@ def test_hung_upload_is_cancelled_at_sync_timeout_and_retried(
         tmp_path,
         root,
         s3,
-        *("--sync-timeout", "2", "--checkpoint-settle", "0.2", "--max-backoff", "1"),
+        *("--sync-timeout", "2", "--checkpoint-settle", "1", "--max-backoff", "1"),
         env=endpoint(proxy.endpoint_url),
     )
     trial = trials.trial(trials.experiment(root))
@@ -157,7 +155,7 @@ def test_hung_upload_is_cancelled_at_sync_timeout_and_retried(
 def test_sigterm_final_sync_publishes_a_checkpoint_once_it_settles(
     s3: Backend, root: pathlib.Path, tmp_path: pathlib.Path, sidecars: list[Sidecar]
 ) -> None:
-    sidecar = start(sidecars, tmp_path, root, s3, "--checkpoint-settle", "1.5")
+    sidecar = start(sidecars, tmp_path, root, s3, "--checkpoint-settle", "2")
     trial = trials.trial(trials.experiment(root))
     trials.checkpoint(trial, 1, {"model.pt": 200_000, "opt.pt": 1_000})
     assert sidecar.stop() == 0  # at once: the final sync waits for the checkpoint to settle
@@ -172,7 +170,7 @@ def test_sigterm_final_sync_publishes_a_checkpoint_once_it_settles(
 def test_a_checkpoint_is_whole_when_its_manifest_appears(
     s3: Backend, root: pathlib.Path, tmp_path: pathlib.Path, sidecars: list[Sidecar]
 ) -> None:
-    start(sidecars, tmp_path, root, s3, "--checkpoint-settle", "0.3", "--files-in-flight", "1")
+    start(sidecars, tmp_path, root, s3, "--checkpoint-settle", "1", "--files-in-flight", "1")
     trial = trials.trial(trials.experiment(root))
     files = {f"shard_{i:03d}.bin": 2_000 + i for i in range(200)} | {"model.pt": 4_000_000}
     trials.checkpoint(trial, 1, files)
@@ -227,7 +225,7 @@ def test_once_with_an_empty_checkpoint_dir_publishes_the_rest_and_exits_zero(
 def test_an_empty_checkpoint_dir_does_not_hold_up_the_final_sync(
     s3: Backend, root: pathlib.Path, tmp_path: pathlib.Path, sidecars: list[Sidecar]
 ) -> None:
-    sidecar = start(sidecars, tmp_path, root, s3, "--checkpoint-settle", "0.3")
+    sidecar = start(sidecars, tmp_path, root, s3, "--checkpoint-settle", "1")
     trial = trials.trial(trials.experiment(root))
     trials.checkpoint(trial, 1, {"model.pt": 5_000})
     wait_for(lambda: MANIFEST in s3.listing(), 30, what="the checkpoint")
@@ -258,7 +256,7 @@ def test_once_exits_zero_only_when_everything_is_durable(
 def test_mirrored_checkpoint_deletion_removes_the_marker_and_files(
     s3: Backend, root: pathlib.Path, tmp_path: pathlib.Path, sidecars: list[Sidecar]
 ) -> None:
-    start(sidecars, tmp_path, root, s3, "--checkpoint-settle", "0.2", "--mirror-deletes")
+    start(sidecars, tmp_path, root, s3, "--checkpoint-settle", "1", "--mirror-deletes")
     trial = trials.trial(trials.experiment(root))
     trials.checkpoint(trial, 1, {"model.pt": 1000})
     trials.checkpoint(trial, 2, {"model.pt": 1000})
@@ -273,7 +271,7 @@ def test_mirrored_checkpoint_deletion_removes_the_marker_and_files(
 def test_without_mirroring_a_local_deletion_keeps_the_remote_copy(
     s3: Backend, root: pathlib.Path, tmp_path: pathlib.Path, sidecars: list[Sidecar]
 ) -> None:
-    sidecar = start(sidecars, tmp_path, root, s3, "--checkpoint-settle", "0.2")
+    sidecar = start(sidecars, tmp_path, root, s3, "--checkpoint-settle", "1")
     trials.checkpoint(trials.trial(trials.experiment(root)), 1, {"model.pt": 1000})
     wait_for(lambda: MANIFEST in s3.listing(), 10, what="the checkpoint")
     shutil.rmtree(root / CKPT)

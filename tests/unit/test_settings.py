@@ -122,6 +122,8 @@ def test_seed_defaults_apply_when_nothing_is_given(tmp_path: pathlib.Path) -> No
         ({"TRIALSYNC_ROLE": "driver"}, "role must be one of worker, head, got 'driver'"),
         ({"TRIALSYNC_STORAGE_OPTIONS": "{nope"}, "TRIALSYNC_STORAGE_OPTIONS: storage_options is"),
         ({"TRIALSYNC_STORAGE_OPTIONS": '{"secret": "x"}'}, "credentials never go in storage"),
+        ({"TRIALSYNC_STORAGE_OPTIONS": '{"token": "a-key.json"}'}, "credentials never go in"),
+        ({"TRIALSYNC_STORAGE_OPTIONS": '{"token": "anon"}'}, None),
         ({"TRIALSYNC_STORAGE_OPTIONS": '{"endpoint_url": "s3:9000"}'}, "http:// or https://"),
         ({"TRIALSYNC_SYNC_TIMEOUT": "-1"}, "sync_timeout must be a whole number of seconds"),
         ({"TRIALSYNC_UPLOAD_DIR": "ftp:/x"}, "has no scheme"),

@@ -100,6 +100,7 @@ def skip_copies_for_empty_patches() -> None:
         return original(self, body)
 
     as_json_patch._trialsync = True  # type: ignore[attr-defined]
+    as_json_patch.__wrapped__ = original  # type: ignore[attr-defined]
     kopf.Patch.as_json_patch = as_json_patch  # type: ignore[method-assign]
 
 

@@ -18,11 +18,8 @@ from trialsync._process import status_server
 from trialsync._process.settings import ConfigError, Settings
 from trialsync._stores import aborts
 from trialsync._stores.base import Store
-from trialsync._stores.fsspec_store import RemoteStore
-from trialsync._stores.syncer_store import SyncerStore
 from trialsync.contract import Duty, Role
 from trialsync.metrics import Metrics
-from trialsync.syncer import load_syncer
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +35,8 @@ def abort_reserve(budget: float) -> float:
 
 
 def build_store(settings: Settings, metrics: Metrics | None = None) -> Store:
+    """The store this sidecar syncs to. The fsspec store and the custom syncers are imported
+    here, only for an upload dir: a worker that syncs to the head loads no storage client."""
     config = settings.config
     if settings.duty is Duty.SEND:
         assert settings.head_url is not None
@@ -48,6 +47,10 @@ def build_store(settings: Settings, metrics: Metrics | None = None) -> Store:
             metrics=metrics,
         )
     assert config.upload_dir is not None
+    from trialsync._stores.fsspec_store import RemoteStore
+    from trialsync._stores.syncer_store import SyncerStore
+    from trialsync.syncer import load_syncer
+
     if isinstance(config.syncer, str) and config.syncer != "auto":
         syncer = load_syncer(config.syncer, config.sync_period, config.sync_timeout)
         syncer.validate_upload_dir(config.upload_dir)

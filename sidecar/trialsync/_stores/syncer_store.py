@@ -13,9 +13,23 @@ import posixpath
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable
+from typing import Protocol
 
 from trialsync._stores.base import RemoteObject
-from trialsync.syncer import Syncer
+
+
+class Syncer(Protocol):
+    """What this store asks of a ``trialsync.Syncer`` (Ray's directory-level API)."""
+
+    def sync_up(
+        self, local_dir: str, remote_dir: str, exclude: list[str] | None = None
+    ) -> bool: ...
+
+    def delete(self, remote_dir: str) -> bool: ...
+
+    def wait(self) -> None: ...
+
+    def close(self) -> None: ...
 
 
 class SyncerStore:
