@@ -37,7 +37,7 @@ def test_importing_the_operator_package_loads_no_client_at_all() -> None:
 def test_the_whole_operator_loads_the_contract_but_no_engine_or_storage_client() -> None:
     modules = _loaded("import trialsync_operator.app, trialsync_operator.cli")
     ours = {m for m in modules if m == "trialsync" or m.startswith("trialsync.")}
-    assert ours == {"trialsync", "trialsync.contract", "trialsync.logs"}
+    assert ours == {"trialsync", "trialsync.contract", "trialsync.setting_kinds", "trialsync.logs"}
     assert not [m for m in modules if m.split(".")[0] in HEAVY]
     assert not [m for m in modules if m.startswith(STORAGE)]
     assert not [m for m in modules if m in ENGINE]
