@@ -1,14 +1,49 @@
-"""Fixtures shared by every test: real servers on loopback, started once per session."""
+"""Fixtures shared by every test: real servers on loopback, started once per session; and
+the rule that CI skips nothing it could run (tests/support/requirements.py)."""
+
+from __future__ import annotations
 
 import os
+
+import pytest
+
+from tests.support import requirements
 
 # gcsfs reads this when imported: against the GCS emulator, use its plain HTTP client
 # (see trialsync.cli.use_plain_gcs_client_for_emulators).
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 
 pytest_plugins = [
+    "pytester",
     "tests.support.store_fixtures",
     "tests.support.kube_fixtures",
     "tests.support.head_service",
     "tests.support.cluster_fixtures",
 ]
+
+_SKIPPED: list[tuple[str, str]] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.skipped and not hasattr(report, "wasxfail"):
+        longrepr = report.longrepr
+        reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+        _SKIPPED.append((report.nodeid, reason.removeprefix("Skipped: ")))
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Under CI, a skip CI does not accept fails the session: CI installs all a test needs."""
+    if not requirements.required():
+        return
+    refused = [(node, why) for node, why in _SKIPPED if not requirements.accepted_in_ci(why)]
+    if refused:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(
+                f"{requirements.REQUIRE_ENV}=1: {len(refused)} tests skipped, which CI does "
+                "not accept:",
+                red=True,
+            )
+            for node, why in refused:
+                reporter.write_line(f"  {node}: {why}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -21,6 +21,7 @@ import yaml
 from localcluster.control_plane import REPO_ROOT, Kube
 from tests.support.operator_process import CRD_PATH, point_webhooks_at, start_operator
 from tests.support.pods import opted_in_pod, sidecars, syncconfig
+from tests.support.requirements import external_cluster_only, unavailable
 from tests.support.sidecar_process import wait_for
 from trialsync_operator import names
 
@@ -31,7 +32,7 @@ RELEASE = "trialsync"
 
 def _helm(kube: Kube, *args: str, check: bool = True) -> Any:
     if kube.helm_path is None:
-        pytest.skip("no helm: run `make tools`")
+        unavailable("no helm: run `make tools`")
     return kube.helm(*args, check=check)
 
 
@@ -253,7 +254,7 @@ class Installed:
 def installed(kube: Kube, request: pytest.FixtureRequest) -> Iterator[Installed]:
     """The chart installed into the test control plane (pods never run here)."""
     if not kube.local:
-        pytest.skip("the operator process serves webhooks on this host's 127.0.0.1")
+        external_cluster_only("the operator process serves webhooks on this host's 127.0.0.1")
     namespace = "trialsync-system"
     workload = kube.create_namespace(f"rbac-{uuid.uuid4().hex[:8]}")
     sets = [f"--set=operator.watchNamespaces={{{workload}}}"] if request.param else []

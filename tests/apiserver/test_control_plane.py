@@ -13,6 +13,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from localcluster.control_plane import Kube
+from tests.support.requirements import external_cluster_only
 from tests.support.webhook import WebhookServer, json_patch, mutating_webhook_configuration
 
 pytestmark = pytest.mark.k8s
@@ -105,10 +106,7 @@ def test_pod_created_through_the_api_is_read_back(kube: Kube, k8s_namespace: str
 
 def test_mutating_webhook_is_called_and_its_label_lands_on_the_pod(kube: Kube) -> None:
     if not kube.local:
-        pytest.skip(
-            "TRIALSYNC_KUBECONFIG cluster: its apiserver cannot reach a webhook on this "
-            "host's 127.0.0.1"
-        )
+        external_cluster_only("its apiserver cannot reach a webhook on this host's 127.0.0.1")
     # The namespace label scopes the webhook to this test, so its failurePolicy=Fail
     # cannot break pods elsewhere if the server is gone.
     marker = uuid.uuid4().hex[:10]
@@ -179,7 +177,7 @@ def test_rbac_denies_an_unprivileged_user_until_a_role_grants_access(
 
 def test_client_certificate_user_is_authenticated_but_not_authorized(kube: Kube) -> None:
     if not kube.local:
-        pytest.skip("TRIALSYNC_KUBECONFIG cluster: its client CA key is not available here")
+        external_cluster_only("its client CA key is not available here")
     kubeconfig = kube.user_kubeconfig("smoke-cert-user", groups=["smoke-team"])
     with kube.api_client(kubeconfig) as api, pytest.raises(ApiException) as denied:
         client.CoreV1Api(api).list_namespaced_pod("default")
@@ -192,7 +190,7 @@ def test_helm_installs_a_chart_whose_objects_land_in_the_cluster(
     kube: Kube, k8s_namespace: str, tmp_path: Path
 ) -> None:
     if kube.helm_path is None and not kube.local:
-        pytest.skip("TRIALSYNC_KUBECONFIG cluster and no helm in TRIALSYNC_TOOLS_BIN or PATH")
+        external_cluster_only("no helm in TRIALSYNC_TOOLS_BIN or PATH")
     chart = tmp_path / "smoke"
     (chart / "templates").mkdir(parents=True)
     (chart / "Chart.yaml").write_text("apiVersion: v2\nname: smoke\nversion: 0.1.0\n")

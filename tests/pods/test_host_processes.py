@@ -26,6 +26,7 @@ from tests.pods.trial_pods import (
     syncconfig_view,
     trainer,
 )
+from tests.support.requirements import external_cluster_only
 from tests.support.webhook import WebhookServer, json_patch, mutating_webhook_configuration
 from trialsync_operator import names
 from trialsync_operator.admission import injection, patch
@@ -37,7 +38,7 @@ pytestmark = pytest.mark.timeout(300)
 @pytest.fixture
 def local(cluster: Cluster) -> LocalCluster:
     if cluster.local is None:
-        pytest.skip("host processes in the cluster's network need the local cluster")
+        external_cluster_only("host processes in the cluster's network need the local cluster")
     return cluster.local
 
 

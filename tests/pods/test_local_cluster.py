@@ -20,6 +20,7 @@ from localcluster import cgroups, control, isolation, layout
 from localcluster.control import LocalCluster
 from localcluster.harness import Cluster
 from tests.pods.trial_pods import RESTRICTED
+from tests.support.requirements import external_cluster_only
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -29,7 +30,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture
 def local(cluster: Cluster) -> LocalCluster:
     if cluster.local is None:
-        pytest.skip("the host-isolation checks need the local cluster, not TRIALSYNC_KUBECONFIG's")
+        external_cluster_only("the host-isolation checks need the local cluster")
     return cluster.local
 
 

@@ -3,7 +3,6 @@ given the grace period to make the last checkpoint durable when the pod is delet
 
 from __future__ import annotations
 
-import datetime
 import json
 import subprocess
 import time
@@ -16,8 +15,10 @@ from localcluster.harness import Cluster, container_status
 from tests.pods.trial_pods import (
     MANIFEST_NAME,
     SIDECAR_NAME,
+    bucket_listings,
     bucket_objects,
     injected_pod,
+    log_time,
     s3_spec,
     sidecar_records,
     syncconfig_view,
@@ -29,15 +30,6 @@ pytestmark = pytest.mark.timeout(600)
 
 #: How long the test watches the pod while the sidecar cannot become ready.
 GATE_CLOSED_S = 6.0
-
-
-def _epoch(stamp: str) -> float:
-    """Seconds since the epoch of the sidecar's log time, ``2026-01-01T00:00:00.000Z``."""
-    return (
-        datetime.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ")
-        .replace(tzinfo=datetime.UTC)
-        .timestamp()
-    )
 
 
 def test_trainer_starts_only_after_the_startup_probe_and_outlives_the_sidecar(
@@ -113,7 +105,7 @@ def test_trainer_starts_only_after_the_startup_probe_and_outlives_the_sidecar(
         "final sync finished"
     )
     assert events[-1]["event"] == "done"
-    assert _epoch(sigterm["time"]) >= events[-1]["time"]
+    assert log_time(sigterm["time"]) >= events[-1]["time"]
     objects = bucket_objects(cluster_s3.server, bucket, "runs/exp/trial_0/")
     for i in (1, 2):
         assert f"runs/exp/trial_0/checkpoint_{i:06d}/{MANIFEST_NAME}" in objects
@@ -156,18 +148,31 @@ def test_deleting_a_running_pod_makes_the_last_checkpoint_durable(
         stdout=subprocess.PIPE,
         text=True,
     )
+    prefix = "runs/exp/trial_0/"
     try:
-        delete = ["delete", "pod", "preempted", "-n", ns, "--grace-period=45", "--wait=true"]
-        cluster.kube.kubectl(*delete, timeout=120)
+        with bucket_listings(cluster_s3.server, bucket, prefix) as listings:
+            delete = ["delete", "pod", "preempted", "-n", ns, "--grace-period=45", "--wait=true"]
+            cluster.kube.kubectl(*delete, timeout=120)
+            gone_at = time.time()
         log_text, _ = follow.communicate(timeout=30)
     finally:
         if follow.poll() is None:
             follow.kill()
             follow.wait()
 
-    # The pod is gone only after the sidecar exited; by then the last checkpoint was
-    # published, manifest last.
-    objects = bucket_objects(cluster_s3.server, bucket, "runs/exp/trial_0/")
+    # Manifest last: no listing ever showed a checkpoint's manifest without all its files,
+    # and the listings did see the files of the last checkpoint before its manifest.
+    files = ("model.bin", "meta.json")
+    for keys in listings:
+        for i in (1, 2, 3):
+            checkpoint = f"{prefix}checkpoint_{i:06d}/"
+            if checkpoint + MANIFEST_NAME in keys:
+                assert {checkpoint + f for f in files} <= keys, sorted(keys)
+    last = f"{prefix}checkpoint_000003/"
+    assert any(
+        last + "model.bin" in keys and last + MANIFEST_NAME not in keys for keys in listings
+    ), "the listings never saw the last checkpoint's files without its manifest"
+    objects = bucket_objects(cluster_s3.server, bucket, prefix)
     for i in (1, 2, 3):
         assert f"runs/exp/trial_0/checkpoint_{i:06d}/{MANIFEST_NAME}" in objects
         assert f"runs/exp/trial_0/checkpoint_{i:06d}/model.bin" in objects
@@ -178,3 +183,6 @@ def test_deleting_a_running_pod_makes_the_last_checkpoint_durable(
     )
     (final,) = [r for r in records if r["msg"] == "final sync finished"]
     assert final["durable"] is True, log_text
+    # The pod object went away only after the sidecar was done: its last record (the
+    # kubelet's clock, which this host shares) is older than the moment delete returned.
+    assert log_time(records[-1]["time"]) <= gone_at, (records[-1], gone_at)

@@ -9,6 +9,7 @@ import pytest
 
 from localcluster.harness import Cluster
 from tests.pods.trial_pods import RESTRICTED
+from tests.support.requirements import unavailable
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -155,6 +156,6 @@ def test_host_clients_reach_the_apiserver(cluster: Cluster) -> None:
     assert node.status.node_info is not None
     assert node.status.node_info.kubelet_version == "v1.37.2"
     if cluster.kube.helm_path is None:
-        pytest.skip("no helm in TRIALSYNC_TOOLS_BIN or on PATH")
+        unavailable("no helm in TRIALSYNC_TOOLS_BIN or on PATH")
     listed = cluster.kube.helm("list", "--all-namespaces", "--output", "json")
     assert json.loads(listed.stdout) == []

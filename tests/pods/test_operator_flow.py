@@ -22,6 +22,7 @@ from tests.pods.trial_pods import (
     apply_s3_syncconfig,
     bucket_objects,
     job_pod,
+    log_time,
     opted_in,
     sidecar_records,
     trainer,
@@ -32,6 +33,7 @@ from tests.pods.trial_pods import (
 )
 from tests.support.operator_process import Operator, delete_webhooks, start_operator
 from tests.support.pods import sidecars, syncconfig
+from tests.support.requirements import external_cluster_only
 from trialsync_operator import names
 
 pytestmark = pytest.mark.timeout(600)
@@ -43,7 +45,7 @@ def operator_beside(
     cluster: Cluster, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Operator]:
     if cluster.local is None:
-        pytest.skip("the operator process needs the local cluster's network (reach_host)")
+        external_cluster_only("the operator process needs the local cluster's network")
     operator = start_operator(
         cluster.kube,
         tmp_path_factory.mktemp("operator"),
@@ -101,11 +103,14 @@ def test_with_mirror_deletes_the_sidecar_keeps_its_record_on_the_volume_and_mirr
 ) -> None:
     ns = cluster_namespace
     bucket = apply_s3_syncconfig(cluster, cluster_s3, ns, mirrorDeletes=True)
-    # Ray's num_to_keep=1: each checkpoint is deleted once the next one is written.
+    # Ray's num_to_keep=1: each checkpoint is deleted once the next one is written (3 s
+    # later; the trainer announces each, so it is published well before).
     job = training_job(
         "keep1",
         opted_in("exp"),
-        trainer(cluster.images.sidecar, trial="t0", checkpoints=3, interval=3, keep=1),
+        trainer(
+            cluster.images.sidecar, trial="t0", checkpoints=3, interval=3, keep=1, trigger=True
+        ),
     )
     cluster.apply(job, ns)
     cluster.wait_for("job", "keep1", ns, "condition=Complete", 240)
@@ -126,9 +131,19 @@ def test_with_mirror_deletes_the_sidecar_keeps_its_record_on_the_volume_and_mirr
     objects = bucket_objects(cluster_s3.server, bucket, "results/exp/t0/")
     left = {key.split("/")[3] for key in objects if "/checkpoint_" in key}
     assert left == {"checkpoint_000003"}
+    # Each of the three was published (its manifest in the bucket) before the trainer
+    # deleted it, and the deletions of the first two, and only those, were mirrored.
     mirrored = {r["path"] for r in records if r["msg"] == "checkpoint deletion mirrored"}
     published = {r["path"] for r in records if r["msg"] == "checkpoint published"}
-    assert mirrored == published - {"exp/t0/checkpoint_000003"}
+    every = {f"exp/t0/checkpoint_{i:06d}" for i in (1, 2, 3)}
+    assert published == every, records
+    assert mirrored == every - {"exp/t0/checkpoint_000003"}, records
+    for path in mirrored:
+        deleted_at = next(e["time"] for e in events if e.get("name") == path.split("/")[-1])
+        published_at = next(
+            r["time"] for r in records if r["msg"] == "checkpoint published" and r["path"] == path
+        )
+        assert log_time(published_at) <= deleted_at, f"{path} deleted before it was published"
 
 
 def test_without_an_upload_dir_workers_reach_the_head_through_the_operators_service(

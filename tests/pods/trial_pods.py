@@ -7,10 +7,13 @@ the webhook would make of it.
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import json
 import secrets
+import threading
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from localcluster.cluster_s3 import ClusterS3
@@ -178,6 +181,13 @@ def head_objects(cluster: Cluster, view: ConfigView) -> None:
         cluster.apply(body, view.namespace)
 
 
+def log_time(stamp: str) -> float:
+    """Seconds since the epoch of a sidecar log record's time, ``2026-01-01T00:00:00.000Z``
+    (the node's clock, which the trainer's event times and the test share)."""
+    moment = datetime.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ")
+    return moment.replace(tzinfo=datetime.UTC).timestamp()
+
+
 def trainer_events(logs: str) -> list[dict[str, Any]]:
     """The trainer's JSON event lines (anything else in the log is ignored)."""
     events = []
@@ -217,6 +227,37 @@ def bucket_objects(server: S3Server, bucket: str, prefix: str = "") -> dict[str,
         return objects
     finally:
         client.close()
+
+
+@contextlib.contextmanager
+def bucket_listings(
+    server: S3Server, bucket: str, prefix: str, period: float = 0.2
+) -> Iterator[list[set[str]]]:
+    """The keys under ``prefix`` in ``bucket``, listed every ``period`` seconds in a thread
+    while the block runs (and once more after it): one set per listing."""
+    listings: list[set[str]] = []
+    stop = threading.Event()
+
+    def watch() -> None:
+        client = server.client()
+        try:
+            while True:
+                pages = client.get_paginator("list_objects_v2").paginate(
+                    Bucket=bucket, Prefix=prefix
+                )
+                listings.append({o["Key"] for page in pages for o in page.get("Contents", [])})
+                if stop.wait(period):
+                    break
+        finally:
+            client.close()
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    try:
+        yield listings
+    finally:
+        stop.set()
+        thread.join(timeout=30)
 
 
 def apply_s3_syncconfig(cluster: Cluster, s3: ClusterS3, namespace: str, **spec: Any) -> str:

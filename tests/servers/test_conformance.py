@@ -14,29 +14,42 @@ from tests.support import trials
 from tests.support.engines import RunningEngine, running_engine
 from trialsync._engine.engine import Round, SyncEngine
 from trialsync._engine.layout import MANIFEST_NAME, Kind
+from trialsync._stores.base import RemoteObject
 from trialsync._stores.fsspec_store import RemoteStore
 
 ALL = frozenset({Kind.EXPERIMENT, Kind.ARTIFACT})
 
 
 class SpyStore(RemoteStore):
-    """The real store, recording each remote operation in order."""
+    """The real store, recording each remote operation in order: ``calls`` as each
+    completes (a read or a listing as it starts), ``events`` as each begins and ends, and
+    what each listing returned."""
 
     def __init__(self, backend: Backend) -> None:
         super().__init__(backend.url, backend.storage_options, **backend.store_options)
         self.calls: list[tuple[str, str]] = []
+        self.events: list[tuple[str, str, str]] = []  # (operation, "begin" or "end", rel)
+        self.listed: dict[str, dict[str, RemoteObject]] = {}
 
     async def put_file(self, local_path: str, rel: str, size: int) -> None:
+        self.events.append(("put", "begin", rel))
         await super().put_file(local_path, rel, size)
+        self.events.append(("put", "end", rel))
         self.calls.append(("put", rel))
 
     async def put_bytes(self, rel: str, data: bytes) -> None:
+        self.events.append(("put_bytes", "begin", rel))
         await super().put_bytes(rel, data)
+        self.events.append(("put_bytes", "end", rel))
         self.calls.append(("put_bytes", rel))
 
-    async def list(self, rel_prefix: str = "") -> dict[str, object]:  # type: ignore[override]
+    async def list(self, rel_prefix: str = "") -> dict[str, RemoteObject]:
         self.calls.append(("list", rel_prefix))
-        return await super().list(rel_prefix)  # type: ignore[return-value]
+        self.events.append(("list", "begin", rel_prefix))
+        listing = await super().list(rel_prefix)
+        self.events.append(("list", "end", rel_prefix))
+        self.listed[rel_prefix] = listing
+        return listing
 
     async def read_bytes(self, rel: str) -> bytes:
         self.calls.append(("read", rel))
@@ -140,7 +153,17 @@ async def test_checkpoint_is_published_marker_last(backend: Backend, root: pathl
     assert sorted(rel for op, rel in calls if op == "put") == sorted(
         f"{checkpoint}/{name}" for name in files
     )
-    assert ("list", checkpoint) in calls  # verified against the store before the marker
+    # The marker's write began only after every file's upload had ended and a listing of
+    # the checkpoint had returned each file whole (its full size).
+    events = spy(engine).events
+    marker_begins = events.index(("put_bytes", "begin", manifest_rel))
+    for name in files:
+        assert events.index(("put", "end", f"{checkpoint}/{name}")) < marker_begins, name
+    assert events.index(("list", "end", checkpoint)) < marker_begins
+    listed = spy(engine).listed[checkpoint]
+    assert {rel: obj.size for rel, obj in listed.items()} == {
+        f"{checkpoint}/{name}": size for name, size in files.items()
+    }
     manifest = json.loads(backend.read(manifest_rel))
     # The format the README states.
     assert manifest.keys() == {"version", "checkpoint", "published_at", "total_bytes", "files"}

@@ -203,7 +203,11 @@ async def test_upload_cut_short_by_a_disconnect_leaves_no_file_and_no_temp_file(
     for rel in ("exp/t/new", "exp/t/old"):
         length = {"Content-Length": "1000000"}
         _, writer = await open_put(head.port, rel, auth, length, b"x" * 300_000)
-        await asyncio.sleep(0.2)  # the server has created its temp file by now
+        for _ in range(500):  # until the server holds the body's start in its temp file
+            if temp_files(root):
+                break
+            await asyncio.sleep(0.01)
+        assert temp_files(root), "the server never started writing the upload"
         writer.transport.abort()  # reset, mid-body
     await eventually_equal(root, {"exp/t/old": b"previous version"})
 

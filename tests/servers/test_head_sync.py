@@ -82,8 +82,9 @@ def test_sync_on_checkpoint_forces_a_sync_to_the_head(
     trial = trials.trial(root / "exp")
     written = time.monotonic()
     trials.checkpoint(trial, 1, {"model.pt": 500_000})
-    wait_for(lambda: (head_root / CKPT / MANIFEST_NAME).exists(), 60, what="the checkpoint")
-    assert time.monotonic() - written < 60  # on a busy machine, and still not the 3600 s period
+    wait_for(lambda: (head_root / CKPT / MANIFEST_NAME).exists(), 240, what="the checkpoint")
+    # Within a minute on a busy machine (the wait allows four), not the 3600 s period.
+    assert time.monotonic() - written < 60
     assert (head_root / CKPT / "model.pt").read_bytes() == (root / CKPT / "model.pt").read_bytes()
     assert (head_root / TRIAL / "params.json").exists()  # the whole trial dir went with it
 

@@ -7,6 +7,7 @@ import socket
 
 import pytest
 
+from tests.support.requirements import unavailable
 from trialsync._process import status_server
 from trialsync.metrics import Metrics
 
@@ -74,7 +75,7 @@ async def test_an_ipv6_address_is_given_in_brackets() -> None:
         with socket.socket(socket.AF_INET6) as probe:
             probe.bind(("::1", 0))
     except OSError as exc:
-        pytest.skip(f"no IPv6 loopback on this machine: {exc}")
+        unavailable(f"no IPv6 loopback on this machine: {exc}")
     runner, port = await status_server.start("[::1]:0", Metrics(), lambda: True, _no_sync)
     try:
         conn = http.client.HTTPConnection("::1", port, timeout=5)

@@ -26,8 +26,8 @@ from localcluster.cluster_s3 import ClusterS3
 from localcluster.control_plane import Kube, external_cluster, kubectl_path
 from localcluster.harness import Cluster, Images
 from localcluster.object_stores import S3Server
+from tests.support.requirements import external_cluster_only, unavailable
 
-REQUIRE_ENV = "TRIALSYNC_REQUIRE_CLUSTER"
 HOST_IP_ENV = "TRIALSYNC_CLUSTER_HOST_IP"
 
 _STARTUP: list[str] = []
@@ -41,9 +41,7 @@ _LAST_USER: list[str] = []
 def _start_local(workdir: Path) -> tuple[Cluster, control.LocalCluster]:
     reason = control.unsupported_reason()
     if reason:
-        if os.environ.get(REQUIRE_ENV) == "1":
-            pytest.fail(f"{REQUIRE_ENV}=1 but {reason}", pytrace=False)
-        pytest.skip(reason)
+        unavailable(reason)
     bin_dir = artifacts.node_bin_dir()
     manifest = artifacts.image_manifest()
     host_before = isolation.snapshot()
@@ -114,7 +112,8 @@ def cluster_namespace(cluster: Cluster) -> Iterator[str]:
 def cluster_s3(cluster: Cluster, seaweedfs: S3Server) -> Iterator[ClusterS3]:
     """The session's SeaweedFS, reachable from the cluster's pods (see ClusterS3)."""
     if cluster.pod_reachable_host is None:
-        pytest.skip(f"the cluster's pods cannot reach this machine: set {HOST_IP_ENV}")
+        # Only an external cluster can be out of the pods' reach: the local one never is.
+        external_cluster_only(f"its pods cannot reach this machine: set {HOST_IP_ENV}")
     port = int(seaweedfs.endpoint_url.rsplit(":", 1)[1])
     forwarder = cluster.expose(port)
     try:

@@ -26,6 +26,7 @@ import yaml
 
 from localcluster.control_plane import REPO_ROOT, Kube
 from localcluster.processes import free_ports, stop, tail
+from tests.support.requirements import external_cluster_only
 
 CRD_PATH = REPO_ROOT / "crds" / "syncconfig.yaml"
 OPERATOR_NAMESPACE = "trialsync-system"
@@ -262,7 +263,7 @@ def delete_webhooks(kube: Kube, name: str = WEBHOOK_NAME) -> None:
 def operator(kube: Kube, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
     """The operator with its webhooks registered, for one test module."""
     if not kube.local:
-        pytest.skip("the operator process serves webhooks on this host's 127.0.0.1")
+        external_cluster_only("the operator process serves webhooks on this host's 127.0.0.1")
     running = start_operator(kube, tmp_path_factory.mktemp("operator"))
     try:
         yield running

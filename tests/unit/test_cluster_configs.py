@@ -13,11 +13,11 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
 from localcluster import configs
 from localcluster.layout import ClusterFiles
+from tests.support.requirements import unavailable
 
 TOOLS = Path(__file__).resolve().parents[2] / "tools"
 
@@ -25,7 +25,7 @@ TOOLS = Path(__file__).resolve().parents[2] / "tools"
 def _json_fields(module: str, types_file: str) -> set[str]:
     """Every JSON field name declared in ``types_file`` of ``module`` as tools/go.mod pins it."""
     if shutil.which("go") is None:
-        pytest.skip("Go is not installed: the pinned types cannot be read")
+        unavailable("Go is not installed: the pinned types cannot be read")
     done = subprocess.run(
         ["go", "list", "-mod=readonly", "-m", "-f", "{{.Dir}}", module],
         cwd=TOOLS,
@@ -35,7 +35,7 @@ def _json_fields(module: str, types_file: str) -> set[str]:
     )
     source = Path(done.stdout.strip(), types_file)
     if done.returncode != 0 or not source.is_file():
-        pytest.skip(f"{module} is not in the Go module cache (run `make tools`)")
+        unavailable(f"{module} is not in the Go module cache (run `make tools`)")
     return set(re.findall(r'json:"([A-Za-z0-9]+)', source.read_text()))
 
 

@@ -1,7 +1,7 @@
 """The pod mutation: a pure function of (pod, SyncConfig, defaults) to what the pod becomes.
 
 Kept apart from the webhook plumbing so it is tested without a server (golden files in
-``tests/unit/golden/``). The contract (DESIGN's injection contract):
+``tests/unit/golden/``). The contract (docs/architecture.md, "The injection"):
 
 - the sidecar is a native sidecar: an init container with ``restartPolicy: Always``,
   appended after the pod's own init containers; ``containers`` keep their order;
