@@ -47,6 +47,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from trialsync import contract
+
 REPO = Path(__file__).resolve().parents[1]
 BASE_REF = "docker.io/library/debian:bookworm-slim"
 #: Bump when the base recipe below changes; the base is rebuilt only then (or when its
@@ -73,7 +75,7 @@ SLIM_INCLUDES = ["/usr/share/doc/*/copyright"]
 PYTHON_VERSION = "3.11"
 GLIBC_MINOR = 36
 #: The project images' extras: what each one installs.
-EXTRAS = {"sidecar": "cloud", "operator": "operator"}
+EXTRAS = {"sidecar": ",".join(contract.IMAGE_EXTRAS), "operator": "operator"}
 
 
 class BuildError(RuntimeError):

@@ -12,6 +12,8 @@ from typing import Any
 import yaml
 
 import trialsync_operator
+from images import build
+from trialsync import contract
 from trialsync_operator import settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -94,3 +96,15 @@ def test_the_charts_images_are_the_ones_the_project_builds() -> None:
         assert re.search(rf"kind load docker-image [^\n]*{re.escape(ref)}", readme)
     sidecar = f"docker.io/trialsync/sidecar:{version}"
     assert sidecar == settings.DEFAULT_IMAGE
+
+
+def test_the_schemes_the_chart_admits_are_those_the_default_image_installs() -> None:
+    # The contract names the image's extras and the schemes they serve; the chart's list
+    # (what the operator admits) and the operator's default must be that list, and the
+    # Dockerfile must install those extras. tests/pods checks the built image serves them.
+    assert tuple(_values()["sidecar"]["schemes"]) == contract.IMAGE_SCHEMES
+    assert settings.DEFAULT_SCHEMES == contract.IMAGE_SCHEMES
+    dockerfile = (REPO / "images" / "sidecar" / "Dockerfile").read_text().splitlines()
+    run = "\n".join(line for line in dockerfile if not line.lstrip().startswith("#"))
+    assert re.findall(r"'trialsync\[([a-z,]+)\]'", run) == [",".join(contract.IMAGE_EXTRAS)]
+    assert build.EXTRAS["sidecar"] == ",".join(contract.IMAGE_EXTRAS)
