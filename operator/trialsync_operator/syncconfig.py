@@ -96,8 +96,8 @@ class ConfigView:
     pull_policy: str | None = None
     resources: str = "{}"  # JSON of a ResourceRequirements, or {} for the defaults
     checkpoint_pattern: str = C.CHECKPOINT_PATTERN.default
-    excludes: tuple[str, ...] = C.EXCLUDE.default
-    settle_seconds: int = C.CHECKPOINT_SETTLE.default
+    exclude: tuple[str, ...] = C.EXCLUDE.default
+    checkpoint_settle: int = C.CHECKPOINT_SETTLE.default
     final_sync_timeout: int = C.FINAL_SYNC_TIMEOUT.default
     mirror_deletes: bool = C.MIRROR_DELETES.default
 
@@ -168,41 +168,23 @@ def _read_spec(spec: object) -> dict[str, Any]:
     if not isinstance(spec, Mapping):
         raise SpecError(f"spec must be an object, got {_kind(spec)}")
     out: dict[str, Any] = {}
-    for field, name in _FIELDS.items():
-        setting = C.BY_CRD_FIELD[field]
+    for field, setting in C.BY_CRD_FIELD.items():
         value = spec.get(field)
         if value is None:
-            out[name] = setting.default
-            continue
-        if setting is C.UPLOAD_DIR and isinstance(value, str):
+            out[setting.name] = setting.default
+        elif setting is C.UPLOAD_DIR and isinstance(value, str):
             # Checked with the other seed fields, in validate_upload_dir's order.
-            out[name] = value
-            continue
-        try:
-            out[name] = setting.check(value)
-        except SettingError as exc:
-            raise SpecError(f"spec.{field}: {exc}") from None
+            out[setting.name] = value
+        else:
+            try:
+                out[setting.name] = setting.check(value)
+            except SettingError as exc:
+                raise SpecError(f"spec.{field}: {exc}") from None
     out["upload_dir"] = out["upload_dir"] or None
     out["storage_options"] = json.dumps(_storage_options(spec.get("storage")), sort_keys=True)
     out.update(_credentials(spec.get("credentials")))
     out.update(_sidecar(spec.get("sidecar")))
     return out
-
-
-#: The SyncConfig fields read through the contract, and their names in a ConfigView.
-_FIELDS = {
-    "uploadDir": "upload_dir",
-    "syncer": "syncer",
-    "syncPeriod": "sync_period",
-    "syncTimeout": "sync_timeout",
-    "syncArtifacts": "sync_artifacts",
-    "syncOnCheckpoint": "sync_on_checkpoint",
-    "checkpointPattern": "checkpoint_pattern",
-    "excludes": "excludes",
-    "checkpointSettleSeconds": "settle_seconds",
-    "finalSyncTimeoutSeconds": "final_sync_timeout",
-    "mirrorDeletes": "mirror_deletes",
-}
 
 
 def _storage_options(storage: object) -> dict[str, Any]:

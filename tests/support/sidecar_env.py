@@ -40,8 +40,8 @@ def same_configuration(
     assert config.sync_artifacts is view.sync_artifacts
     assert config.sync_on_checkpoint is view.sync_on_checkpoint
     assert parsed.layout.checkpoint_pattern == view.checkpoint_pattern
-    assert parsed.layout.excludes == view.excludes
-    assert parsed.checkpoint_settle == view.settle_seconds
+    assert parsed.layout.excludes == view.exclude
+    assert parsed.checkpoint_settle == view.checkpoint_settle
     assert parsed.final_sync_timeout == view.final_sync_timeout
     assert parsed.mirror_deletes is view.mirror_deletes
     assert dict(parsed.storage_options) == json.loads(view.storage_options)

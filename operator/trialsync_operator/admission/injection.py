@@ -360,14 +360,14 @@ def _env(
         "sync_artifacts": view.sync_artifacts,
         "sync_on_checkpoint": view.sync_on_checkpoint,
         "checkpoint_pattern": view.checkpoint_pattern,
-        "checkpoint_settle": view.settle_seconds,
+        "checkpoint_settle": view.checkpoint_settle,
         "final_sync_timeout": view.final_sync_timeout,
         "upload_memory": upload_memory(resources),
     }
     if view.upload_dir:
         values["upload_dir"] = view.upload_dir
-    if view.excludes:
-        values["exclude"] = view.excludes
+    if view.exclude:
+        values["exclude"] = view.exclude
     if view.mirror_deletes:
         values["mirror_deletes"] = True
     options = json.loads(view.storage_options)
