@@ -172,8 +172,9 @@ def _read_spec(spec: object) -> dict[str, Any]:
         value = spec.get(field)
         if value is None:
             out[setting.name] = setting.default
-        elif setting is C.UPLOAD_DIR and isinstance(value, str):
-            # Checked with the other seed fields, in validate_upload_dir's order.
+        elif setting is C.UPLOAD_DIR and isinstance(value, str) and value:
+            # Checked with the other seed fields, in validate_upload_dir's order (the
+            # empty text too is refused, as the CRD's schema refuses it).
             out[setting.name] = value
         else:
             try:

@@ -425,3 +425,11 @@ def test_a_pod_is_injected_as_soon_as_its_syncconfig_exists(kube: Kube, ns: str)
             break
         time.sleep(0.2)
     assert created.returncode == 0, created.stderr
+    pod = _get(kube, ns, "pod", "quick")
+    [sidecar] = sidecars(pod)
+    assert sidecar["name"] == names.SIDECAR_NAME
+    init = pod["spec"]["initContainers"]
+    assert init[-1] is sidecar
+    assert sidecar["restartPolicy"] == "Always"
+    status = json.loads(pod["metadata"]["annotations"][names.STATUS_ANNOTATION])
+    assert status["config"] == "fresh"
