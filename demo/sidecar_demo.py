@@ -3,9 +3,11 @@
 ``make demo`` runs this where the local cluster cannot run (not Linux, or not root).
 
 Starts SeaweedFS on loopback, runs `trialsync sync` as a process (role head, so it also
-syncs the experiment state), and plays a trainer that writes artifacts and checkpoints.
-Prints where each checkpoint landed and how long after completion it was published, then
-stops the sidecar with SIGTERM (its final sync) and lists what is in the bucket.
+syncs the experiment state), writes the experiment state and runs the simulated trainer
+(``localcluster/trainer.py``, the one the pods run) for a trial: checkpoints and an artifact.
+Prints where each checkpoint landed and how long after the trainer finished it its manifest
+was published, then stops the sidecar with SIGTERM (its final sync) and lists what is in
+the bucket.
 """
 
 from __future__ import annotations
@@ -26,9 +28,13 @@ from localcluster.object_stores import S3Server, start_seaweedfs
 from localcluster.processes import free_port
 from tests.support.sidecar_process import wait_for
 
+REPO = Path(__file__).resolve().parents[1]
 MANIFEST = ".trialsync-manifest.json"
+EXPERIMENT = "tune_demo"
+TRIAL = "train_fn_00000"
 CHECKPOINTS = 3
 MODEL_BYTES = 24 * 2**20
+SETTLE = 1  # --checkpoint-settle
 
 
 def main() -> int:
@@ -56,7 +62,7 @@ def run(server: S3Server, tmp: Path) -> int:
     argv = [
         *(sys.executable, "-m", "trialsync.cli", "sync"),
         *("--root", str(root), "--upload-dir", upload_dir, "--role", "head"),
-        *("--sync-period", "2", "--checkpoint-settle", "1"),
+        *("--sync-period", "2", "--checkpoint-settle", str(SETTLE)),
         *("--http-addr", f"127.0.0.1:{port}"),
     ]
     print(f"S3 endpoint   {server.endpoint_url}\nupload dir    {upload_dir}\nlocal root    {root}")
@@ -80,34 +86,43 @@ def run(server: S3Server, tmp: Path) -> int:
 
 
 def train(root: Path, server: S3Server, bucket: str) -> None:
-    """Play a Ray trial: experiment state, per-iteration results, and checkpoints."""
-    fs = server.filesystem()
-    _exists(fs, f"{bucket}/experiments")  # warm this watcher's client: time the sidecar only
-    exp = root / "tune_demo"
-    trial = exp / "train_fn_00000"
+    """Play a Ray experiment: the driver's state, then one trial written by the trainer
+    (``localcluster.trainer``) as a process, and each checkpoint as it is published."""
+    trial = root / EXPERIMENT / TRIAL
     trial.mkdir(parents=True)
-    (exp / "experiment_state-demo.json").write_text(json.dumps({"trials": ["train_fn_00000"]}))
+    (root / EXPERIMENT / "experiment_state-demo.json").write_text(json.dumps({"trials": [TRIAL]}))
     (trial / "params.json").write_text(json.dumps({"lr": 0.01, "batch_size": 64}))
-    for step in range(1, CHECKPOINTS + 1):
-        with open(trial / "result.json", "a") as results:
-            results.write(json.dumps({"training_iteration": step, "loss": 1.0 / step}) + "\n")
-        checkpoint = trial / f"checkpoint_{step:06d}"
-        checkpoint.mkdir()
-        (checkpoint / "model.pt").write_bytes(os.urandom(MODEL_BYTES))
-        (checkpoint / "optimizer.pt").write_bytes(os.urandom(MODEL_BYTES // 4))
-        (checkpoint / ".tune_metadata").write_text(json.dumps({"iteration": step}))
-        complete = time.monotonic()
-        rel = checkpoint.relative_to(root).as_posix()
-        marker = f"{bucket}/experiments/{rel}/{MANIFEST}"
-        wait_for(functools.partial(_exists, fs, marker), 60, interval=0.02, what=rel)
-        took = time.monotonic() - complete
-        size = sum(p.stat().st_size for p in checkpoint.iterdir()) / 2**20
-        print(
-            f"checkpoint {step}: {size:5.1f} MiB -> s3://{bucket}/experiments/{rel}/  "
-            f"published {took:4.2f} s after it was complete (0.5 s of that is the settle window)",
-            flush=True,
-        )
-        time.sleep(1.0)
+    argv = [
+        *(sys.executable, "-m", "localcluster.trainer", "--root", str(root)),
+        *("--experiment", EXPERIMENT, "--trial", TRIAL, "--checkpoints", str(CHECKPOINTS)),
+        *("--size", str(MODEL_BYTES), "--interval", "2"),
+    ]
+    client = server.client()
+    trainer = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert trainer.stdout is not None
+        for line in trainer.stdout:
+            event = json.loads(line)
+            if event["event"] != "checkpoint":
+                continue
+            rel = f"{EXPERIMENT}/{TRIAL}/{event['name']}"
+            key = f"experiments/{rel}/{MANIFEST}"
+            manifest = wait_for(functools.partial(_manifest, client, bucket, key), 60, what=rel)
+            took = manifest["published_at"] - event["time"]
+            size = manifest["total_bytes"] / 2**20
+            print(
+                f"{event['name']}: {size:5.1f} MiB -> s3://{bucket}/experiments/{rel}/"
+                f"  published {took:4.2f} s after the trainer wrote it ({SETTLE} s of that is"
+                " the settle window)",
+                flush=True,
+            )
+        if trainer.wait(60) != 0:
+            raise RuntimeError(f"the trainer exited {trainer.returncode}")
+    finally:
+        if trainer.poll() is None:
+            trainer.kill()
+            trainer.wait()
+        client.close()
 
 
 def show_bucket(server: S3Server, bucket: str) -> None:
@@ -119,9 +134,14 @@ def show_bucket(server: S3Server, bucket: str) -> None:
         print(f"  {info['size']:>10,d}  {rel}")
 
 
-def _exists(fs: Any, path: str) -> bool:
-    fs.invalidate_cache()
-    return bool(fs.exists(path))
+def _manifest(client: Any, bucket: str, key: str) -> dict[str, Any]:
+    """The manifest at ``key``; empty while there is none."""
+    try:
+        body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+    except client.exceptions.NoSuchKey:
+        return {}
+    manifest: dict[str, Any] = json.loads(body)
+    return manifest
 
 
 def _get(port: int, path: str) -> int:

@@ -12,6 +12,12 @@ from tests.support.checkpoint_audit import BucketReader
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 PART = 5 * 2**20  # small parts: multipart uploads from 10 MiB, so kills hit them
+#: The trainer of the fault suite: two trials round robin, files drawn from the seed and
+#: growing a chunk every 4 ms, 0.2 s between checkpoints, until told otherwise.
+TRAINER = (
+    *("--trials", "2", "--checkpoints", "0", "--interval", "0.2", "--chunk-pause", "0.004"),
+    *("--part-size", str(PART)),
+)
 
 
 @dataclasses.dataclass
@@ -44,15 +50,16 @@ def sidecar_args(root: pathlib.Path, target: Target, *flags: str) -> list[str]:
 def start_trainer(
     root: pathlib.Path, log: pathlib.Path, seed: int, *flags: str
 ) -> subprocess.Popen[bytes]:
-    """The trainer process (``tests.support.trainer``) writing into ``root``."""
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tests.support.trainer",
-            *("--root", str(root), "--log", str(log), "--seed", str(seed)),
-            *("--part-size", str(PART), *flags),
-        ],
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-    )
+    """The trainer process (``localcluster.trainer``) writing into ``root``: its truth in
+    ``log``, its events (JSON lines) in ``<log>.events``; ``flags`` over ``TRAINER``."""
+    with open(log.with_name(log.name + ".events"), "wb") as events:
+        return subprocess.Popen(
+            [
+                *(sys.executable, "-m", "localcluster.trainer"),
+                *("--root", str(root), "--log", str(log), "--seed", str(seed)),
+                *TRAINER,
+                *flags,
+            ],
+            cwd=REPO,
+            stdout=events,
+        )

@@ -98,4 +98,5 @@ def test_a_faulty_store_neither_half_publishes_nor_loses_a_checkpoint(
     assert not reader.errors, reader.errors
     assert half == [], f"seed {fault_seed}: half-published: {half}"
     assert missing == [], f"seed {fault_seed}: lost: {missing}"
-    assert left == [], f"seed {fault_seed}: deleted, still in storage: {left} {proxy.stalled}"
+    stalled = proxy.stalled_requests
+    assert left == [], f"seed {fault_seed}: deleted, still in storage: {left} {stalled}"

@@ -11,10 +11,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from localcluster.trainer import s3_etag
 from tests.faults.harness import Target, sidecar_args
 from tests.support.checkpoint_audit import checkpoint_files, list_bucket, read_manifest
 from tests.support.sidecar_process import Sidecar, wait_for
-from tests.support.trainer import s3_etag
 from trialsync._engine.layout import MANIFEST_NAME
 
 CKPT = "exp/trial_00000/checkpoint_000001"

@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
+from tests.support.fault_proxy import FaultProxy
 from tests.support.head_service import TOKEN, Receiver, open_put, read_answer, tree
-from tests.support.stall_proxy import StallProxy
 from trialsync._head import store as head_store
 from trialsync._head.store import HeadStore, HeadStoreError
 from trialsync._stores.base import ObjectRefused
@@ -248,7 +248,7 @@ async def test_head_store_reports_an_object_over_the_limit_as_refused_for_good(
 async def test_a_head_that_stops_answering_ends_an_upload_at_the_write_timeout(
     head: Receiver,
     tmp_path: pathlib.Path,
-    stall_proxy_factory: Callable[[str, int], StallProxy],
+    stall_proxy_factory: Callable[[str, int], FaultProxy],
 ) -> None:
     proxy = stall_proxy_factory("127.0.0.1", head.port)
     store = HeadStore(proxy.endpoint_url, TOKEN, write_timeout=1)

@@ -15,10 +15,10 @@ import pytest
 
 from localcluster.object_stores import GcsBucket, GcsServer, S3Bucket, S3Server
 from tests.support import peers
-from tests.support.stall_proxy import StallProxy
+from tests.support.fault_proxy import FaultProxy
 
 MiB = 1024 * 1024
-ProxyFactory = Callable[[str, int], StallProxy]
+ProxyFactory = Callable[[str, int], FaultProxy]
 
 
 def _host_port(url: str) -> tuple[str, int]:

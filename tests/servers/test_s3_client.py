@@ -12,7 +12,7 @@ import pytest
 from aiohttp import web
 from botocore.credentials import Credentials
 
-from tests.support.stall_proxy import StallProxy
+from tests.support.fault_proxy import FaultProxy
 from trialsync._stores import s3_client, s3_upload
 from trialsync._stores.s3_client import S3Client, S3Error
 
@@ -31,8 +31,8 @@ async def client(seaweedfs: Any) -> AsyncIterator[S3Client]:
 
 @pytest.fixture
 def proxied(
-    seaweedfs: Any, stall_proxy_factory: Callable[[str, int], StallProxy]
-) -> tuple[StallProxy, S3Client]:
+    seaweedfs: Any, stall_proxy_factory: Callable[[str, int], FaultProxy]
+) -> tuple[FaultProxy, S3Client]:
     host, port = seaweedfs.endpoint_url.rsplit("//", 1)[1].split(":")
     proxy = stall_proxy_factory(host, int(port))
     credentials = Credentials(seaweedfs.access_key, seaweedfs.secret_key)
@@ -117,7 +117,7 @@ async def test_a_wrong_secret_is_a_permission_error(seaweedfs: Any) -> None:
 
 
 async def test_throttled_requests_are_retried(
-    seaweedfs: Any, proxied: tuple[StallProxy, S3Client]
+    seaweedfs: Any, proxied: tuple[FaultProxy, S3Client]
 ) -> None:
     proxy, client = proxied
     bucket = seaweedfs.make_bucket()
@@ -131,7 +131,7 @@ async def test_throttled_requests_are_retried(
 
 
 async def test_throttling_that_persists_is_reported(
-    seaweedfs: Any, proxied: tuple[StallProxy, S3Client]
+    seaweedfs: Any, proxied: tuple[FaultProxy, S3Client]
 ) -> None:
     proxy, client = proxied
     bucket = seaweedfs.make_bucket()
@@ -146,7 +146,7 @@ async def test_throttling_that_persists_is_reported(
 
 
 async def test_a_stalled_body_write_ends_at_the_write_timeout_and_is_retried(
-    seaweedfs: Any, stall_proxy_factory: Callable[[str, int], StallProxy]
+    seaweedfs: Any, stall_proxy_factory: Callable[[str, int], FaultProxy]
 ) -> None:
     host, port = seaweedfs.endpoint_url.rsplit("//", 1)[1].split(":")
     proxy = stall_proxy_factory(host, int(port))
@@ -196,7 +196,7 @@ class RecordingApi:
 
 
 async def test_an_upload_cancelled_while_being_created_is_aborted_once_created(
-    seaweedfs: Any, proxied: tuple[StallProxy, S3Client], tmp_path: pathlib.Path
+    seaweedfs: Any, proxied: tuple[FaultProxy, S3Client], tmp_path: pathlib.Path
 ) -> None:
     proxy, client = proxied
     bucket = seaweedfs.make_bucket()

@@ -16,7 +16,6 @@ from tests.servers.conftest import Backend
 from tests.support import trials
 from tests.support.fault_proxy import FaultProxy
 from tests.support.sidecar_process import Sidecar, wait_for
-from tests.support.stall_proxy import StallProxy
 from trialsync._engine.layout import MANIFEST_NAME
 
 MiB = 2**20
@@ -51,7 +50,7 @@ def test_sigterm_with_a_hung_store_exits_within_the_final_sync_timeout(
     stall_proxy_factory: Any,
 ) -> None:
     host, port = seaweedfs.endpoint_url.rsplit("//", 1)[1].split(":")
-    proxy: StallProxy = stall_proxy_factory(host, int(port))
+    proxy: FaultProxy = stall_proxy_factory(host, int(port))
     args = [
         *("--root", str(root), "--upload-dir", s3.url, "--checkpoint-settle", "600"),
         *("--part-size", str(5 * MiB), "--final-sync-timeout", str(BUDGET)),

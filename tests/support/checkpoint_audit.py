@@ -13,6 +13,8 @@ trainer's log, :class:`Truth`), which is known only once the trainer is done:
 
 The listing gives each object's size and ETag (the MD5, or the multipart ETag for the
 part size the trainer computed), so nothing is downloaded but the small manifests.
+:func:`snapshot` takes what a bucket holds at one moment, multipart uploads in progress
+included (``tests/faults/landings.py`` tells from two where a SIGKILL landed).
 """
 
 from __future__ import annotations
@@ -36,9 +38,10 @@ class Truth:
 
     @classmethod
     def load(cls, log: Path) -> Truth:
+        """The truth so far: a line the trainer is still writing is left out."""
         complete: dict[str, dict[str, tuple[int, str]]] = {}
         deleted: set[str] = set()
-        for line in log.read_text().splitlines():
+        for line in log.read_text().split("\n")[:-1]:
             entry = json.loads(line)
             if "deleted" in entry:
                 deleted.add(entry["deleted"])
@@ -69,6 +72,25 @@ def list_bucket(client: Any, bucket: str, prefix: str) -> dict[str, tuple[int, s
         for item in page.get("Contents", []):
             found[item["Key"][len(prefix) + 1 :]] = (item["Size"], item["ETag"].strip('"'))
     return found
+
+
+@dataclasses.dataclass(frozen=True)
+class Snapshot:
+    """What a bucket held at one moment: its objects, and the multipart uploads begun and
+    neither completed nor aborted."""
+
+    objects: dict[str, tuple[int, str]]  # key relative to the prefix -> (size, etag)
+    uploads: frozenset[tuple[str, str]]  # (key relative to the prefix, upload id)
+
+
+def snapshot(client: Any, bucket: str, prefix: str) -> Snapshot:
+    uploads = set()
+    for page in client.get_paginator("list_multipart_uploads").paginate(
+        Bucket=bucket, Prefix=prefix + "/"
+    ):
+        for upload in page.get("Uploads", []):
+            uploads.add((upload["Key"][len(prefix) + 1 :], upload["UploadId"]))
+    return Snapshot(list_bucket(client, bucket, prefix), frozenset(uploads))
 
 
 def read_manifest(client: Any, bucket: str, key: str) -> dict[str, int] | None:

@@ -1,6 +1,6 @@
 """pytest fixtures of the object stores: ``seaweedfs`` and ``fake_gcs`` (session), and a
-fresh bucket for each test (``s3_bucket``, ``gcs_bucket``). ``stall_proxy_factory`` is
-re-exported so that ``pytest_plugins`` picks it up."""
+fresh bucket for each test (``s3_bucket``, ``gcs_bucket``). ``stall_proxy_factory`` (from
+``tests.support.fault_proxy``) is re-exported so that ``pytest_plugins`` picks it up."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from localcluster.object_stores import (
     start_fake_gcs,
     start_seaweedfs,
 )
-from tests.support.stall_proxy import stall_proxy_factory
+from tests.support.fault_proxy import stall_proxy_factory
 
 __all__ = ["fake_gcs", "gcs_bucket", "s3_bucket", "seaweedfs", "stall_proxy_factory"]
 
