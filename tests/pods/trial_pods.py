@@ -60,8 +60,9 @@ def trainer(
     name: str = "trainer",
     keep: int = 0,
 ) -> Manifest:
-    """A container running the simulated trainer (``localcluster/trainer.py``): ``checkpoints`` checkpoints
-    of ``trial`` under the trial volume, ``interval`` seconds apart; ``trigger`` announces
+    """A container running the simulated trainer (``localcluster/trainer.py``):
+    ``checkpoints`` checkpoints of ``trial`` under the trial volume, ``interval`` seconds
+    apart; ``trigger`` announces
     each to the sidecar, ``then`` is ``exit`` or ``sleep`` (until SIGTERM); ``keep`` deletes
     all but the newest ``keep`` checkpoints after each one (Ray's num_to_keep)."""
     args = [
