@@ -13,6 +13,8 @@
 #                            cni/{bridge,host-local,loopback,portmap}      (tools/cni)
 #                            coredns                                       (tools/coredns)
 #                            pause, the pods' sandbox process              (tools/pause)
+#                            ray-operator, KubeRay, and its RayCluster and RayJob CRDs
+#                                                      in kuberay-crds/    (tools/kuberay)
 #
 # <key> hashes every go.mod, go.sum, Go and C source under tools/, this script and the Go
 # version, so editing any pin gives a new directory and an unchanged tree reuses the old one
@@ -29,7 +31,7 @@
 # If KUBEBUILDER_ASSETS names a directory holding executable kube-apiserver and etcd, only
 # helm is built (into .../tools/<key>/helm-only/bin) unless the full cache already exists;
 # --bin-dir then prints that helm-only directory and callers must take kube-apiserver and
-# etcd from KUBEBUILDER_ASSETS (tests/support/control_plane.py does). --node ignores
+# etcd from KUBEBUILDER_ASSETS (localcluster/control_plane.py does). --node ignores
 # KUBEBUILDER_ASSETS: the local cluster runs its own apiserver.
 set -euo pipefail
 
@@ -40,7 +42,7 @@ for arg in "$@"; do
         --bin-dir) print_bin_dir=1 ;;
         --node) node=1 ;;
         -h | --help)
-            sed -n '2,33p' "$0" | sed 's/^# \{0,1\}//'
+            sed -n '2,35p' "$0" | sed 's/^# \{0,1\}//'
             exit 0
             ;;
         *)
@@ -79,7 +81,7 @@ control_plane=(kube-apiserver etcd helm)
 node_set=(
     kubelet kube-controller-manager kube-scheduler kube-proxy
     containerd ctr containerd-shim-runc-v2 runc coredns pause
-    cni/bridge cni/host-local cni/loopback cni/portmap
+    cni/bridge cni/host-local cni/loopback cni/portmap ray-operator
 )
 
 # complete DIR NAME... : every NAME is an executable file in DIR.
@@ -189,11 +191,13 @@ if [[ $need_control_plane == 1 || $need_node == 1 ]]; then
         runc_version="$(module_version runc github.com/opencontainers/runc)"
         cni_version="$(module_version cni github.com/containernetworking/plugins)"
         coredns_version="$(module_version coredns github.com/coredns/coredns)"
+        kuberay_version="$(module_version kuberay github.com/ray-project/kuberay/ray-operator)"
         # The pause image's version is the one kubeadm pins for this Kubernetes release.
         pause_version="$(sed -n 's/^\tPauseVersion = "\(.*\)"$/\1/p' \
             "$(go list -mod=readonly -m -f '{{.Dir}}' k8s.io/kubernetes)/cmd/kubeadm/app/constants/constants.go")"
         echo "build.sh: building the node (kubernetes $k8s_version, containerd $containerd_version," \
-            "runc $runc_version, CNI plugins $cni_version, CoreDNS $coredns_version) into $bin_dir;" \
+            "runc $runc_version, CNI plugins $cni_version, CoreDNS $coredns_version," \
+            "KubeRay $kuberay_version) into $bin_dir;" \
             "a cold build takes several minutes" >&2
         start=$SECONDS
         out="$tmp/node"
@@ -234,11 +238,21 @@ if [[ $need_control_plane == 1 || $need_node == 1 ]]; then
             -o "$out/coredns" github.com/coredns/coredns)
         echo "build.sh: CoreDNS built after $((SECONDS - start))s" >&2
 
+        # KubeRay's version is in its source (no stamp); its CRDs come with the module.
+        (cd kuberay && CGO_ENABLED=0 go build -mod=readonly -p "$jobs" -trimpath -ldflags="-s -w" \
+            -o "$out/" github.com/ray-project/kuberay/ray-operator)
+        kuberay_dir="$(cd kuberay && go list -mod=readonly -m -f '{{.Dir}}' github.com/ray-project/kuberay/ray-operator)"
+        mkdir -p "$out/kuberay-crds"
+        cp "$kuberay_dir"/config/crd/bases/ray.io_rayclusters.yaml \
+            "$kuberay_dir"/config/crd/bases/ray.io_rayjobs.yaml "$out/kuberay-crds/"
+        chmod 0644 "$out"/kuberay-crds/*
+        echo "build.sh: KubeRay built after $((SECONDS - start))s" >&2
+
         cc="${CC:-gcc}"
         "$cc" -static -Os -s -Wall -Werror -DPAUSE_VERSION="\"$pause_version\"" \
             -o "$out/pause" pause/pause.c
 
-        install_set "$out" "${node_set[@]}"
+        install_set "$out" "${node_set[@]}" kuberay-crds
         echo "build.sh: node built in $((SECONDS - start))s" >&2
     fi
 fi

@@ -355,6 +355,25 @@ class SyncEngine:
         finally:
             self.dirty |= batch - done
 
+    async def upload_now(self, rels: Collection[str]) -> dict[str, FileFailure]:
+        """Upload ``rels`` (files, not checkpoints) now, whatever their kind, unless the
+        ledger has them as they are; the files that could not be sent, by path. A file
+        this uploads is no longer dirty: the next round does not send it again."""
+        stats = await asyncio.to_thread(scanner.stat_files, self.options.root, set(rels))
+        done: set[str] = set()
+        todo: dict[str, Stat] = {}
+        failures: dict[str, FileFailure] = {}
+        for rel, st in stats.items():
+            if st is None:
+                failures[rel] = FileFailure(local_files.VANISHED, "no such file")
+            elif self.ledger.is_current(rel, st):
+                done.add(rel)
+            else:
+                todo[rel] = st
+        failures.update(await self._upload(todo, done))
+        self.dirty -= done
+        return failures
+
     async def publish(self, checkpoint: str, complete: bool = True) -> None:
         """Upload a checkpoint dir, verify it, then write its manifest (marker-last).
 

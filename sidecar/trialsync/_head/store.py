@@ -175,6 +175,10 @@ class HeadStore:
             for rel, info in payload["objects"].items()
         }
 
+    async def stat(self, rel: str) -> RemoteObject | None:
+        """The object at ``rel`` on the head, or None (a listing of it alone)."""
+        return (await self.list(rel)).get(rel)
+
     async def delete(self, rels: Iterable[str]) -> None:
         """Delete every object in ``rels``; missing ones are not an error.
 

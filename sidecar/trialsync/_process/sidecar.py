@@ -14,7 +14,7 @@ from trialsync._engine.scheduler import Plan, Scheduler
 from trialsync._engine.watcher import ChangeJournal, start_journal
 from trialsync._head import receiver as head_receiver
 from trialsync._head.store import HeadStore
-from trialsync._process import status_server
+from trialsync._process import status_server, storage_api
 from trialsync._process.settings import ConfigError, Settings
 from trialsync._stores import aborts
 from trialsync._stores.base import Store
@@ -229,7 +229,11 @@ async def _serve(
         loop.add_signal_handler(sig, terminate)
     loop.add_signal_handler(signal.SIGUSR1, on_signal_trigger)
     runner, port = await status_server.start(
-        settings.http_addr, metrics, scheduler.ready.is_set, trigger
+        settings.http_addr,
+        metrics,
+        scheduler.ready.is_set,
+        trigger,
+        storage_api.StoreView(engine, engine.store),
     )
     try:
 
@@ -281,7 +285,10 @@ async def _serve_without_syncing(settings: Settings, metrics: Metrics) -> None:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    runner, _ = await status_server.start(settings.http_addr, metrics, lambda: True, _no_sync)
+    local = storage_api.LocalView(settings.root) if settings.duty is Duty.RECEIVE else None
+    runner, _ = await status_server.start(
+        settings.http_addr, metrics, lambda: True, _no_sync, local
+    )
     receiver = None
     if settings.duty is Duty.IDLE:
         log.info("syncing disabled (syncer=none and no upload dir); idling")

@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from trialsync._process import storage_api
 from trialsync._util.http_site import serve
 from trialsync.metrics import Metrics
 
@@ -22,13 +23,15 @@ async def start(
     metrics: Metrics,
     is_ready: Callable[[], bool],
     request_sync: Callable[[], Awaitable[None]],
+    storage: storage_api.StorageView | None = None,
 ) -> tuple[web.AppRunner, int]:
     """Serve on ``host:port`` (port 0 picks one); returns the runner and the bound port.
 
     ``GET /healthz``: 200 while the process serves. ``GET /readyz``: 200 after the first
     successful sync, 503 before. ``GET /metrics``: Prometheus text. ``POST /sync`` (from
     localhost only): 202 once ``request_sync`` has taken note of the pending checkpoints
-    (they are complete; a checkpoint started after the answer is not), sync now.
+    (they are complete; a checkpoint started after the answer is not), sync now. With
+    ``storage``, the storage API too (``storage_api``, localhost only).
     """
 
     async def healthz(_: web.Request) -> web.Response:
@@ -60,6 +63,8 @@ async def start(
             web.post("/sync", sync),
         ]
     )
+    if storage is not None:
+        app.add_routes(storage_api.routes(storage, lambda r: from_this_pod(r.remote)))
     return await serve(app, addr, shutdown_timeout=SHUTDOWN_TIMEOUT)
 
 

@@ -50,6 +50,9 @@ class Store(Protocol):
 
     async def list(self, rel_prefix: str = "") -> dict[str, RemoteObject]: ...
 
+    async def stat(self, rel: str) -> RemoteObject | None:
+        """The object at ``rel``, or None if there is none (or the store cannot say)."""
+
     async def delete(self, rels: Iterable[str]) -> None: ...
 
     async def close(self) -> None: ...

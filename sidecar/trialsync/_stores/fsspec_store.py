@@ -283,6 +283,33 @@ class RemoteStore:
                 listing[rel] = _remote_object(info)
             return listing
 
+    async def stat(self, rel: str) -> RemoteObject | None:
+        """The object at ``rel``: on S3 one listing of at most one key; None if there is
+        none, or if ``rel`` is a directory."""
+        async with self._clients() as c:
+            if c.s3 is not None:
+                key = self._key(c, rel)
+                listing = (
+                    c.s3.list_objects(c.bucket, key, page_size=1)
+                    if isinstance(c.s3, s3_client.S3Client)
+                    else c.s3.list_objects(c.bucket, key)
+                )
+                async for item in listing:  # the key itself sorts before all it prefixes
+                    if item.key == key:
+                        return RemoteObject(item.size, item.mtime, item.etag)
+                    return None
+                return None
+            path = self._path(c, rel)
+            try:
+                if self.is_async:
+                    c.fs.invalidate_cache(path)
+                    info = await c.fs._info(path)
+                else:
+                    info = await asyncio.to_thread(c.fs.info, path)
+            except FileNotFoundError:
+                return None
+            return _remote_object(info) if info.get("type", "file") == "file" else None
+
     @staticmethod
     async def _list_s3(c: _Clients, api: s3_upload.S3Api, key: str) -> dict[str, RemoteObject]:
         strip = len(c.prefix) + 1 if c.prefix else 0  # keys relative to the root

@@ -56,6 +56,9 @@ class SyncerStore:
     async def list(self, rel_prefix: str = "") -> dict[str, RemoteObject]:
         return {}
 
+    async def stat(self, rel: str) -> RemoteObject | None:
+        return None  # a Syncer cannot look at single objects
+
     async def read_bytes(self, rel: str) -> bytes:
         # A Syncer reads whole directories only. The engine reads what list() reports,
         # which is nothing.
