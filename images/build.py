@@ -76,6 +76,9 @@ PYTHON_VERSION = "3.11"
 GLIBC_MINOR = 36
 #: The project images' extras: what each one installs.
 EXTRAS = {"sidecar": ",".join(contract.IMAGE_EXTRAS), "operator": "operator"}
+#: The Ray image (images/ray): a Ray for KubeRay, with trialsync's storage filesystem.
+RAY_VERSION = "2.60.0"
+RAY_REQUIREMENT = f"ray[default,tune]=={RAY_VERSION}"
 
 
 class BuildError(RuntimeError):
@@ -342,21 +345,34 @@ def requirements_of(wheel: Path) -> list[str]:
 
 
 def dependency_wheels(cache: Path, own_wheel: Path) -> Path:
-    """Every dependency of the images for the image's platform, downloaded once per set of
-    pins (constraints.txt, images/constraints.txt and the project's requirements)."""
-    constraints = [REPO / "constraints.txt", REPO / "images" / "constraints.txt"]
+    """Every dependency of the trialsync images for the image's platform, downloaded once
+    per set of pins (constraints.txt, images/constraints.txt and the project's
+    requirements)."""
     extras = ",".join(sorted(set(EXTRAS.values())))
+    return download_wheels(cache, own_wheel, [f"trialsync[{extras}]=={_version()}", "pip"])
+
+
+def ray_wheels(cache: Path, own_wheel: Path) -> Path:
+    """Every dependency of the Ray image: Ray, and trialsync with its own dependencies."""
+    return download_wheels(cache, own_wheel, [RAY_REQUIREMENT, f"trialsync=={_version()}", "pip"])
+
+
+def download_wheels(cache: Path, own_wheel: Path, requirements: list[str]) -> Path:
+    """The wheels of ``requirements`` (one of them the project, ``own_wheel``) for the
+    images' platform, pinned by the project's constraints, downloaded once per set of
+    inputs."""
+    constraints = [REPO / "constraints.txt", REPO / "images" / "constraints.txt"]
     key = digest_of(
         [c.read_text() for c in constraints],
         requirements_of(own_wheel),
-        extras,
+        requirements,
         PYTHON_VERSION,
         platform_tags(),
     )
     target = cache / "wheels" / key
     if target.is_dir():
         return target
-    log("downloading the images' dependency wheels")
+    log(f"downloading the wheels of {', '.join(requirements)}")
     tmp = Path(tempfile.mkdtemp(prefix=".wheels-", dir=cache / "wheels"))
     try:
         shutil.copy2(own_wheel, tmp)
@@ -380,8 +396,7 @@ def dependency_wheels(cache: Path, own_wheel: Path) -> Path:
                 "--abi=abi3",
                 "--abi=none",
                 *platforms,
-                f"trialsync[{extras}]=={_version()}",
-                "pip",
+                *requirements,
             ]
         )
         own_wheel_copy = tmp / own_wheel.name
@@ -538,6 +553,19 @@ def build_all() -> dict[str, Built]:
                     context=context,
                     base_id=base_id,
                 )
+        with tempfile.TemporaryDirectory(prefix="ray-ctx-", dir=cache) as ctx:
+            context = Path(ctx)
+            own = project_wheel(context)
+            for wheel in ray_wheels(cache, own).iterdir():
+                os.link(wheel, context / wheel.name)
+            built["ray"] = build_image(
+                buildah,
+                name="ray",
+                ref=f"docker.io/trialsync/ray:{RAY_VERSION}",
+                dockerfile=REPO / "images" / "ray" / "Dockerfile",
+                context=context,
+                base_id=base_id,
+            )
         prune_archives(cache, {b.archive for b in built.values()})
         return built
 
@@ -554,20 +582,23 @@ def prune_archives(cache: Path, keep: set[Path]) -> None:
             archive.with_suffix(".json").unlink(missing_ok=True)
 
 
-def write_wheels(target: Path) -> int:
-    """The build context of the Python images, for users who build them with docker."""
+def write_wheels(target: Path, ray: bool = False) -> int:
+    """The build context of the trialsync images (or with ``ray``, of the Ray image), for
+    users who build them with docker."""
     cache = cache_dir()
     (cache / "wheels").mkdir(parents=True, exist_ok=True)
     target.mkdir(parents=True, exist_ok=True)
     try:
         with locked(cache / ".lock"):
             own = project_wheel(target)
-            for wheel in dependency_wheels(cache, own).iterdir():
+            wheels = ray_wheels(cache, own) if ray else dependency_wheels(cache, own)
+            for wheel in wheels.iterdir():
                 shutil.copy2(wheel, target / wheel.name)
     except BuildError as exc:
         log(f"failed: {exc}")
         return 1
-    log(f"wheels in {target}: docker build -f images/sidecar/Dockerfile ... {target}")
+    image = "ray" if ray else "sidecar"
+    log(f"wheels in {target}: docker build -f images/{image}/Dockerfile ... {target}")
     return 0
 
 
@@ -613,9 +644,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="only write the images' build context (the project's wheel and its dependencies "
         "for the images' platform) into DIR, for `docker build ... DIR`; needs no root",
     )
+    parser.add_argument(
+        "--ray-wheels",
+        type=Path,
+        metavar="DIR",
+        help="only write the Ray image's build context into DIR",
+    )
     args = parser.parse_args(argv)
     if args.wheels:
         return write_wheels(args.wheels)
+    if args.ray_wheels:
+        return write_wheels(args.ray_wheels, ray=True)
     os.environ["PATH"] = os.environ.get("PATH", "") + ":/usr/sbin:/sbin"
     reason = unsupported_reason()
     if reason:

@@ -14,7 +14,15 @@ from typing import Any
 from localcluster import control
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-NODE_BINARIES = ("kubelet", "containerd", "runc", "coredns", "kube-proxy", "pause")
+NODE_BINARIES = (
+    "kubelet",
+    "containerd",
+    "runc",
+    "coredns",
+    "kube-proxy",
+    "pause",
+    "ray-operator",
+)
 
 
 def version() -> str:

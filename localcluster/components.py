@@ -23,6 +23,7 @@ ORDER = (
     "kubelet",
     "kube-proxy",
     "coredns",
+    "ray-operator",
 )
 
 
@@ -161,6 +162,18 @@ def components(files: ClusterFiles, bin_dir: Path, api_port: int) -> dict[str, C
             {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
         ),
         Component("coredns", [str(b / "coredns"), "-conf", str(etc / "Corefile")]),
+        # KubeRay, so that RayCluster and RayJob objects behave as they do for users.
+        Component(
+            "ray-operator",
+            [
+                str(b / "ray-operator"),
+                f"-kubeconfig={etc / 'ray-operator.kubeconfig'}",
+                "-enable-leader-election=false",
+                f"-metrics-addr=127.0.0.1:{layout.RAY_OPERATOR_METRICS_PORT}",
+                f"-health-probe-bind-address=127.0.0.1:{layout.RAY_OPERATOR_HEALTH_PORT}",
+                "-log-stdout-encoder=console",
+            ],
+        ),
     ]
     by_name = {c.name: c for c in result}
     assert tuple(by_name) == ORDER, "components() and ORDER disagree"

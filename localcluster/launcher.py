@@ -143,6 +143,16 @@ class Launcher:
         self._phase("services")
         self._wait(self._service_accounts_work, "the default ServiceAccount and kube-root-ca.crt")
         self._phase("service-accounts")
+        # KubeRay last: its CRDs first (server-side: they are too large for the annotation
+        # a client-side apply writes), then its operator.
+        crds = Path(self.plan.bin_dir) / layout.KUBERAY_CRDS
+        self._kubectl("apply", "--server-side", "-f", str(crds))
+        self._spawn("ray-operator")
+        self._wait(
+            lambda: self._http_ok(layout.RAY_OPERATOR_HEALTH_PORT, "/readyz"),
+            "KubeRay's operator /readyz",
+        )
+        self._phase("kuberay")
         self._wait(self._helpers_done, "the image imports")
         self._phase("images")
 

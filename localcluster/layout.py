@@ -44,6 +44,10 @@ KUBE_PROXY_HEALTHZ_PORT = 10256
 KUBE_PROXY_METRICS_PORT = 10249
 COREDNS_HEALTH_PORT = 8080
 COREDNS_READY_PORT = 8181
+RAY_OPERATOR_METRICS_PORT = 10290
+RAY_OPERATOR_HEALTH_PORT = 10291
+#: KubeRay's CRDs, as tools/build.sh --node copies them beside its binaries.
+KUBERAY_CRDS = "kuberay-crds"
 
 #: The kubelet writes these global sysctls at start. Inside the cluster's mount namespace a
 #: file holding the value it wants is bind-mounted over each, so it finds them set and the

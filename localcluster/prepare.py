@@ -21,6 +21,9 @@ IDENTITIES: dict[str, tuple[str, tuple[str, ...]]] = {
     "kubelet": (f"system:node:{layout.NODE_NAME}", ("system:nodes",)),
     "kube-proxy": ("system:kube-proxy", ()),
     "coredns": ("system:coredns", ()),
+    # KubeRay's own chart grants its operator wide rights on pods, services, jobs and its
+    # CRDs in every namespace; here it gets them all.
+    "ray-operator": ("kuberay-operator", ("system:masters",)),
 }
 
 

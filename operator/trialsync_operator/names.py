@@ -23,6 +23,8 @@ CONFIG_ANNOTATION = f"{GROUP}/config"
 ROLE_ANNOTATION = f"{GROUP}/role"
 VOLUME_ANNOTATION = f"{GROUP}/volume"
 MOUNT_PATH_ANNOTATION = f"{GROUP}/mount-path"
+#: Ray's storage_path, where it is below the trial volume's mount: the sidecar's root.
+STORAGE_PATH_ANNOTATION = f"{GROUP}/storage-path"
 #: Written by the webhook: what was injected (JSON).
 STATUS_ANNOTATION = f"{GROUP}/status"
 #: Labels the webhook adds, so a Service can select a SyncConfig's head pod.

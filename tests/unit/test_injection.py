@@ -127,6 +127,14 @@ CONFIG = {
             _pod(**{names.MOUNT_PATH_ANNOTATION: "/r", names.ROLE_ANNOTATION: "driver"}),
             "must be worker or head",
         ),
+        (
+            _pod(**{names.MOUNT_PATH_ANNOTATION: "/r", names.STORAGE_PATH_ANNOTATION: "x/y"}),
+            "storage-path='x/y' must be an absolute path",
+        ),
+        (
+            _pod(**{names.MOUNT_PATH_ANNOTATION: "/r", names.STORAGE_PATH_ANNOTATION: "/rr/x"}),
+            "is not on the trial volume, which the trainer mounts at /r",
+        ),
     ],
 )
 def test_a_pod_with_wrong_annotations_is_refused_saying_which(

@@ -23,6 +23,20 @@ def test_files_are_placed_as_the_seed_scenarios_need() -> None:
     )
 
 
+def test_train_v2s_checkpoints_have_no_trial_level_and_keep_their_depth() -> None:
+    layout = Layout()
+    run = "my_run/checkpoint_2026-12-06_05-30-00.123456"
+    assert layout.place(f"{run}/model.pt") == Placement(Kind.CHECKPOINT, run)
+    assert layout.place(f"{run}/shard/0.bin") == Placement(Kind.CHECKPOINT, run)
+    assert layout.checkpoint_dir(run) == run
+    assert layout.place("my_run/.validate_storage_marker") == Placement(Kind.EXPERIMENT)
+    assert layout.place("my_run/checkpoint_manager_snapshot.json") == Placement(Kind.EXPERIMENT)
+    # A Tune trial dir is never taken for a checkpoint, nor its checkpoints lose a level.
+    assert layout.checkpoint_dir("exp/train_fn_00000_0_lr=0.1") is None
+    tune = "exp/train_fn_00000_0_lr=0.1/checkpoint_000002"
+    assert layout.place(f"{tune}/model.pt") == Placement(Kind.CHECKPOINT, tune)
+
+
 def test_temp_checkpoint_dirs_and_manifests_are_not_checkpoint_files() -> None:
     layout = Layout()
     assert layout.place("exp/t/checkpoint_tmp123/model.pt") == Placement(Kind.ARTIFACT)

@@ -76,6 +76,9 @@ class PodRequest:
     role: Role
     volume: str | None
     mount_path: str | None
+    #: Where in the trainer's view of the volume the data is (Ray's storage_path); None:
+    #: the mount itself.
+    storage_path: str | None = None
 
 
 def config_name(pod: Mapping[str, Any]) -> str:
@@ -125,7 +128,22 @@ def read_request(pod: Mapping[str, Any]) -> PodRequest:
                 "absolute path other than / (and without ':')"
             )
         mount_path = normal
-    return PodRequest(config=config, role=Role(role), volume=volume, mount_path=mount_path)
+    storage_path = _annotation(annotations, names.STORAGE_PATH_ANNOTATION) or None
+    if storage_path is not None:
+        normal = posixpath.normpath(storage_path)
+        if not storage_path.startswith("/") or ":" in storage_path:
+            raise Refusal(
+                f"annotation {names.STORAGE_PATH_ANNOTATION}={storage_path!r:.200} must be an "
+                "absolute path (without ':'): Ray's storage_path, on the trial volume"
+            )
+        storage_path = normal
+    return PodRequest(
+        config=config,
+        role=Role(role),
+        volume=volume,
+        mount_path=mount_path,
+        storage_path=storage_path,
+    )
 
 
 def _annotation(annotations: Mapping[str, Any], key: str, default: str = "") -> str:
@@ -261,27 +279,58 @@ def _trial_volume(
     """The sidecar's root and its mount of the trial volume; with a mount path, the
     emptyDir is added to ``volumes`` and mounted in every one of ``containers``."""
     present = {v.get("name") for v in volumes}
+    mount: JsonDict
     if request.volume is not None:
         if request.volume not in present:
             raise Refusal(
                 f"annotation {names.VOLUME_ANNOTATION}={request.volume!r:.100} names no volume of "
                 f"the pod (it has: {', '.join(sorted(map(str, present))) or 'none'})"
             )
-        root, volume = contract.TRIAL_MOUNT, request.volume
+        # The sidecar sees the volume as the trainer does (its subPath too), at its own path.
+        trainer_mount = _trainer_mount(containers, request.volume)
+        mount = {"name": request.volume, "mountPath": contract.TRIAL_MOUNT}
+        if trainer_mount.get("subPath"):
+            mount["subPath"] = trainer_mount["subPath"]
+        seen_at = str(trainer_mount.get("mountPath") or contract.TRIAL_MOUNT)
     else:
         assert request.mount_path is not None
         if names.TRIAL_VOLUME in present:
             raise Refusal(f"the pod already has a volume named {names.TRIAL_VOLUME!r}")
-        root, volume = request.mount_path, names.TRIAL_VOLUME
         volumes.append({"name": names.TRIAL_VOLUME, "emptyDir": {}})
         for container in containers:
-            _mount_trial_dir(container, root)
-    mount: JsonDict = {"name": volume, "mountPath": root}
+            _mount_trial_dir(container, request.mount_path)
+        mount = {"name": names.TRIAL_VOLUME, "mountPath": request.mount_path}
+        seen_at = request.mount_path
+    below = _below(seen_at, request.storage_path)
+    root = posixpath.join(mount["mountPath"], below) if below else str(mount["mountPath"])
     # Read-only unless the sidecar writes there: a head receiving workers' trial dirs, or
     # the record of sent checkpoints that mirrorDeletes keeps on the volume.
     if not (duty is Duty.RECEIVE or view.mirror_deletes):
         mount["readOnly"] = True
     return root, [mount]
+
+
+def _trainer_mount(containers: Sequence[Mapping[str, Any]], volume: str) -> Mapping[str, Any]:
+    """How the trainer (the first container that mounts ``volume``) mounts it; {} if none."""
+    for container in containers:
+        for mount in _list(container.get("volumeMounts")):
+            if mount.get("name") == volume:
+                found: Mapping[str, Any] = mount
+                return found
+    return {}
+
+
+def _below(mount_path: str, storage_path: str | None) -> str:
+    """Where ``storage_path`` is below ``mount_path``, relative ("" for the mount itself);
+    Refusal when it is not on the trial volume."""
+    if storage_path is None or storage_path == mount_path:
+        return ""
+    if not storage_path.startswith(mount_path.rstrip("/") + "/"):
+        raise Refusal(
+            f"annotation {names.STORAGE_PATH_ANNOTATION}={storage_path!r:.200} is not on the "
+            f"trial volume, which the trainer mounts at {mount_path}: give a path below it"
+        )
+    return storage_path[len(mount_path.rstrip("/")) + 1 :]
 
 
 def _metadata(

@@ -1,8 +1,9 @@
 """Where a file belongs in a Ray storage path: experiment state, trial artifact or checkpoint.
 
-The root holds ``<experiment>/<trial>/checkpoint_NNNNNN/...``. Files directly in an
-experiment dir are experiment state (seed scenario 1); files in a trial dir are artifacts
-(scenario 4) unless they sit under a checkpoint dir (scenario 2).
+The root holds Tune's ``<experiment>/<trial>/checkpoint_NNNNNN/...``, or Train V2's
+``<run>/checkpoint_<timestamp>/...`` (no trial level). Files directly in an experiment dir
+are experiment state (seed scenario 1); files in a trial dir are artifacts (scenario 4)
+unless they sit under a checkpoint dir (scenario 2).
 """
 
 from __future__ import annotations
@@ -45,18 +46,28 @@ class Layout:
         parts = rel.split("/")
         if parts[-1] == MANIFEST_NAME or parts[0] == STATE_DIR or self.excluded(rel):
             return None
+        depth = self._checkpoint_depth(parts)
+        if depth and len(parts) > depth:
+            return Placement(Kind.CHECKPOINT, "/".join(parts[:depth]))
         if len(parts) <= 2:
             return Placement(Kind.EXPERIMENT)
-        if len(parts) >= 4 and fnmatch.fnmatchcase(parts[2], self.checkpoint_pattern):
-            return Placement(Kind.CHECKPOINT, "/".join(parts[:3]))
         return Placement(Kind.ARTIFACT)
 
     def checkpoint_dir(self, rel: str) -> str | None:
-        """Return ``rel`` itself if it names a checkpoint dir (``exp/trial/checkpoint_N``)."""
+        """Return ``rel`` itself if it names a checkpoint dir (``exp/trial/checkpoint_N``, or
+        Train V2's ``run/checkpoint_<timestamp>``)."""
         parts = rel.split("/")
-        if len(parts) == 3 and fnmatch.fnmatchcase(parts[2], self.checkpoint_pattern):
-            return rel
-        return None
+        return rel if self._checkpoint_depth(parts) == len(parts) else None
+
+    def _checkpoint_depth(self, parts: list[str]) -> int:
+        """How many leading parts of a path make its checkpoint dir: 3 in Tune's layout, 2
+        in Train V2's, 0 when the path is in none."""
+        for depth in (2, 3):
+            if len(parts) >= depth and fnmatch.fnmatchcase(
+                parts[depth - 1], self.checkpoint_pattern
+            ):
+                return depth
+        return 0
 
     def excluded(self, rel: str) -> bool:
         return any(fnmatch.fnmatchcase(rel, pattern) for pattern in self.excludes)
