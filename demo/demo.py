@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from localcluster import control
+from localcluster import artifacts, control
 from localcluster.artifacts import image_manifest, node_bin_dir
 from localcluster.cluster_s3 import ClusterS3
 from localcluster.control_plane import REPO_ROOT, Kube, external_cluster, kubectl_path
@@ -40,6 +40,7 @@ MANIFEST = ".trialsync-manifest.json"
 #: The images the chart defaults to: the ones images/build.py and the README's docker build make.
 SIDECAR_IMAGE = f"docker.io/trialsync/sidecar:{__version__}"
 OPERATOR_IMAGE = f"docker.io/trialsync/operator:{__version__}"
+RAY_IMAGE = f"docker.io/trialsync/ray:{artifacts.RAY_VERSION}"
 KIND_HOWTO = f"""\
 To run the same demo on kind (Docker and Kubernetes 1.29 or later needed): build the two
 images as the README's quickstart shows, then
@@ -91,7 +92,7 @@ def _cluster(work: Path, external: str | None) -> Iterator[Cluster]:
     if external:
         step(f"using the cluster of TRIALSYNC_KUBECONFIG={external}")
         kube = external_cluster(Path(external), work)
-        images = Images(SIDECAR_IMAGE, OPERATOR_IMAGE)
+        images = Images(SIDECAR_IMAGE, OPERATOR_IMAGE, RAY_IMAGE)
         yield Cluster(kube, images, None, os.environ.get("TRIALSYNC_CLUSTER_HOST_IP") or None)
         return
     step(
@@ -115,7 +116,7 @@ def _cluster(work: Path, external: str | None) -> Iterator[Cluster]:
         workdir=work,
         helm_path=bin_dir / "helm",
     )
-    images = Images(manifest["sidecar"]["ref"], manifest["operator"]["ref"])
+    images = Images(manifest["sidecar"]["ref"], manifest["operator"]["ref"], manifest["ray"]["ref"])
     try:
         yield Cluster(kube, images, local, local.node_ip)
     finally:

@@ -11,9 +11,12 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from images import build
 from localcluster import control
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+#: The Ray the Ray image carries.
+RAY_VERSION = build.RAY_VERSION
 NODE_BINARIES = (
     "kubelet",
     "containerd",

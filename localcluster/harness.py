@@ -37,6 +37,8 @@ class Images:
 
     sidecar: str
     operator: str
+    #: A Ray for KubeRay with trialsync's storage filesystem (images/ray).
+    ray: str
 
 
 class Cluster:

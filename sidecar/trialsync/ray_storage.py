@@ -175,7 +175,12 @@ class TrialVolumeHandler(pafs.FileSystemHandler):  # type: ignore[misc]
             self._ask("POST", "publish", path=rel)
 
     def delete_dir(self, path: str) -> None:
-        self._local.delete_dir(path)
+        # Tune's driver deletes checkpoints beyond num_to_keep that trials wrote on other
+        # pods: this pod has nothing to delete there, and the store keeps its copy unless
+        # the SyncConfig mirrors deletions (the pod that wrote it does, when Ray deletes
+        # it there).
+        if os.path.isdir(path) or self._rel(path) is None:
+            self._local.delete_dir(path)
 
     def delete_dir_contents(self, path: str, missing_dir_ok: bool = False) -> None:
         self._local.delete_dir_contents(path, missing_dir_ok=missing_dir_ok)
@@ -184,7 +189,8 @@ class TrialVolumeHandler(pafs.FileSystemHandler):  # type: ignore[misc]
         raise PermissionError("trialsync: deleting the whole filesystem is not supported")
 
     def delete_file(self, path: str) -> None:
-        self._local.delete_file(path)
+        if os.path.lexists(path) or self._rel(path) is None:
+            self._local.delete_file(path)
 
     def move(self, src: str, dest: str) -> None:
         _makedirs(os.path.dirname(dest))

@@ -9,7 +9,6 @@ sidecar, its settings, the head-node Service and token) comes from the operator.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import pytest
 
@@ -30,33 +29,11 @@ from tests.pods.trial_pods import (
     trial_volume_files,
     written_files,
 )
-from tests.support.operator_process import Operator, delete_webhooks, start_operator
+from tests.support.operator_process import Operator
 from tests.support.pods import sidecars, syncconfig
-from tests.support.requirements import external_cluster_only
 from trialsync_operator import names
 
 pytestmark = pytest.mark.timeout(600)
-WEBHOOK = "trialsync-cluster-flow"
-
-
-@pytest.fixture(scope="module")
-def operator_beside(
-    cluster: Cluster, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Operator]:
-    if cluster.local is None:
-        external_cluster_only("the operator process needs the local cluster's network")
-    operator = start_operator(
-        cluster.kube,
-        tmp_path_factory.mktemp("operator"),
-        extra_args=["--sidecar-image", cluster.images.sidecar],
-        webhook_name=WEBHOOK,
-    )
-    try:
-        with cluster.local.reach_host(operator.webhook_port):
-            yield operator
-    finally:
-        delete_webhooks(cluster.kube, WEBHOOK)
-        operator.stop()
 
 
 def _wait_ready_condition(cluster: Cluster, ns: str) -> None:

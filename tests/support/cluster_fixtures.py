@@ -62,7 +62,11 @@ def _start_local(workdir: Path) -> tuple[Cluster, control.LocalCluster]:
         workdir=workdir,
         helm_path=bin_dir / "helm" if (bin_dir / "helm").is_file() else None,
     )
-    images = Images(sidecar=manifest["sidecar"]["ref"], operator=manifest["operator"]["ref"])
+    images = Images(
+        sidecar=manifest["sidecar"]["ref"],
+        operator=manifest["operator"]["ref"],
+        ray=manifest["ray"]["ref"],
+    )
     return Cluster(kube, images, local, local.node_ip, host_before), local
 
 
@@ -71,6 +75,7 @@ def _use_existing(kubeconfig: Path, workdir: Path) -> Cluster:
     images = Images(
         sidecar=f"docker.io/trialsync/sidecar:{artifacts.version()}",
         operator=f"docker.io/trialsync/operator:{artifacts.version()}",
+        ray=f"docker.io/trialsync/ray:{artifacts.RAY_VERSION}",
     )
     state = kubeconfig.parent / "cluster.json"
     if state.is_file():  # a `make cluster-up` cluster: reach its network namespace too

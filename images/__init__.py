@@ -1,0 +1,1 @@
+"""The project's images and their build (``images/build.py``)."""
