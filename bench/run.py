@@ -16,7 +16,7 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import common, idle, noop, request_cost, throughput, webhook
+from bench import common, idle, noop, ray_checkpoint, request_cost, throughput, webhook
 
 BENCHMARKS = {
     "throughput": throughput,
@@ -24,6 +24,7 @@ BENCHMARKS = {
     "idle": idle,
     "requests": request_cost,
     "webhook": webhook,
+    "ray": ray_checkpoint,
 }
 QUICK = {
     "size_mib": 128,
@@ -36,6 +37,8 @@ QUICK = {
     "reviews": 1000,
     "pods": 100,
     "syncconfigs": 1000,
+    "ray_size_mib": 256,
+    "ray_repeat": 1,
 }
 
 
@@ -54,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-peers", action="store_true", help="noop: skip the peers")
     request_cost.add_arguments(parser)
     webhook.add_arguments(parser)
+    ray_checkpoint.add_arguments(parser)
     args = parser.parse_args(argv)
     if args.quick:
         for key, value in QUICK.items():

@@ -13,7 +13,8 @@
 #                            cni/{bridge,host-local,loopback,portmap}      (tools/cni)
 #                            coredns                                       (tools/coredns)
 #                            pause, the pods' sandbox process              (tools/pause)
-#                            ray-operator, KubeRay, and its RayCluster and RayJob CRDs
+#                            ray-operator, KubeRay, and its RayCluster, RayJob and
+#                            RayService CRDs
 #                                                      in kuberay-crds/    (tools/kuberay)
 #
 # <key> hashes every go.mod, go.sum, Go and C source under tools/, this script and the Go
@@ -42,7 +43,7 @@ for arg in "$@"; do
         --bin-dir) print_bin_dir=1 ;;
         --node) node=1 ;;
         -h | --help)
-            sed -n '2,35p' "$0" | sed 's/^# \{0,1\}//'
+            awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"
             exit 0
             ;;
         *)
@@ -243,8 +244,10 @@ if [[ $need_control_plane == 1 || $need_node == 1 ]]; then
             -o "$out/" github.com/ray-project/kuberay/ray-operator)
         kuberay_dir="$(cd kuberay && go list -mod=readonly -m -f '{{.Dir}}' github.com/ray-project/kuberay/ray-operator)"
         mkdir -p "$out/kuberay-crds"
+        # All three: the operator waits for each kind's cache and exits if one is missing.
         cp "$kuberay_dir"/config/crd/bases/ray.io_rayclusters.yaml \
-            "$kuberay_dir"/config/crd/bases/ray.io_rayjobs.yaml "$out/kuberay-crds/"
+            "$kuberay_dir"/config/crd/bases/ray.io_rayjobs.yaml \
+            "$kuberay_dir"/config/crd/bases/ray.io_rayservices.yaml "$out/kuberay-crds/"
         chmod 0644 "$out"/kuberay-crds/*
         echo "build.sh: KubeRay built after $((SECONDS - start))s" >&2
 

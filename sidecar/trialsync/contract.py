@@ -499,6 +499,18 @@ HEAD_URL: Text[str | None] = Text(
     "head_url", None, "the head-node service's URL (a worker, no upload dir)"
 )
 UPLOAD_MEMORY = Count("upload_memory", 256 * 2**20, "bytes of upload buffers at most")
+CREATE_ROOT = Flag(
+    "create_root",
+    False,
+    "make the root if it is missing: Ray's storage_path below the trial volume's mount, "
+    "which the trainer has not made yet",
+)
+SHARE_FILES = Flag(
+    "share_files",
+    False,
+    "make what the sidecar writes in the trial volume writable by every user (dirs 0777, "
+    "files 0666): set when the pod does not say which user its trainer runs as",
+)
 
 # -- the sidecar's own -----------------------------------------------------------------------
 
@@ -561,6 +573,7 @@ LOG_LEVEL = Choice(
 #: Every setting of the sidecar, in the order of ``trialsync sync --help``.
 SETTINGS: tuple[Setting[Any], ...] = (
     ROOT,
+    CREATE_ROOT,
     UPLOAD_DIR,
     HEAD_URL,
     HEAD_TOKEN_FILE,
@@ -588,6 +601,7 @@ SETTINGS: tuple[Setting[Any], ...] = (
     FILES_IN_FLIGHT,
     PART_SIZE,
     UPLOAD_MEMORY,
+    SHARE_FILES,
     RECONCILE_INTERVAL,
     POLL_INTERVAL,
     MAX_BACKOFF,

@@ -74,6 +74,33 @@ def test_a_labelled_job_is_injected_runs_to_complete_and_publishes_its_checkpoin
         )
 
 
+def test_a_storage_path_below_the_mount_is_synced_without_a_level_added(
+    cluster: Cluster, operator_beside: Operator, cluster_s3: ClusterS3, cluster_namespace: str
+) -> None:
+    """Ray's storage_path a directory below the trial volume (the annotation names it):
+    the remote layout is the storage path's own, with neither the mount nor the directory
+    as an extra level."""
+    ns = cluster_namespace
+    bucket = apply_s3_syncconfig(cluster, cluster_s3, ns)
+    metadata = opted_in("exp")
+    storage_path = f"{TRIAL_ROOT}/ray_results"
+    metadata["annotations"][names.STORAGE_PATH_ANNOTATION] = storage_path
+    job = training_job(
+        "below",
+        metadata,
+        trainer(cluster.images.sidecar, trial="t0", checkpoints=2, root=storage_path),
+    )
+    cluster.apply(job, ns)
+    cluster.wait_for("job", "below", ns, "condition=Complete", 240)
+    objects = bucket_objects(cluster_s3.server, bucket, "results/")
+    assert objects
+    assert all(key.startswith("results/exp/t0/") for key in objects), sorted(objects)
+    checkpoints = {key.split("/")[3] for key in objects if "/checkpoint_" in key}
+    assert checkpoints == {"checkpoint_000001", "checkpoint_000002"}
+    for index in (1, 2):
+        assert f"results/exp/t0/checkpoint_{index:06d}/{MANIFEST_NAME}" in objects
+
+
 def test_with_mirror_deletes_the_sidecar_keeps_its_record_on_the_volume_and_mirrors_deletions(
     cluster: Cluster, operator_beside: Operator, cluster_s3: ClusterS3, cluster_namespace: str
 ) -> None:

@@ -59,14 +59,15 @@ def trainer(
     then: str = "exit",
     name: str = "trainer",
     keep: int = 0,
+    root: str = TRIAL_ROOT,
 ) -> Manifest:
     """A container running the simulated trainer (``localcluster/trainer.py``):
-    ``checkpoints`` checkpoints of ``trial`` under the trial volume, ``interval`` seconds
-    apart; ``trigger`` announces
-    each to the sidecar, ``then`` is ``exit`` or ``sleep`` (until SIGTERM); ``keep`` deletes
-    all but the newest ``keep`` checkpoints after each one (Ray's num_to_keep)."""
+    ``checkpoints`` checkpoints of ``trial`` under ``root`` (Ray's storage_path: the trial
+    volume), ``interval`` seconds apart; ``trigger`` announces each to the sidecar,
+    ``then`` is ``exit`` or ``sleep`` (until SIGTERM); ``keep`` deletes all but the newest
+    ``keep`` checkpoints after each one (Ray's num_to_keep)."""
     args = [
-        f"--root={TRIAL_ROOT}",
+        f"--root={root}",
         f"--experiment={experiment}",
         f"--trial={trial}",
         f"--checkpoints={checkpoints}",

@@ -13,7 +13,7 @@ import pytest
 
 from localcluster.processes import free_port
 from tests.servers.conftest import Backend
-from tests.servers.test_head_sync import TOKEN, head_sidecar, worker
+from tests.servers.test_head_sync import head_sidecar, worker
 from tests.support.sidecar_process import Sidecar, wait_for
 from trialsync.ray_storage import MARKER, storage_filesystem
 
@@ -91,6 +91,37 @@ def test_a_checkpoint_written_on_one_pod_is_listed_and_read_on_another(
     assert not (tmp_path / "head" / TRIAL).exists()  # read through, nothing written here
 
 
+def test_a_checkpoint_without_its_manifest_is_not_there_for_a_reader(
+    s3: Backend, tmp_path: pathlib.Path, sidecars: list[Sidecar]
+) -> None:
+    """A checkpoint whose upload was cut short (its files, no manifest) is invisible to a
+    restore; once its manifest is there, it is whole, and the manifest stays hidden."""
+    fs = pod(tmp_path, sidecars, s3, "head")
+    checkpoint = f"{TRIAL}/checkpoint_000007"
+    store = s3.reader()
+    store.pipe_file(f"{s3._root()}/{checkpoint}/model.pt", b"half")
+    store.pipe_file(f"{s3._root()}/{TRIAL}/result.json", b"{}\n")
+    base = f"{tmp_path}/head/{TRIAL}"
+
+    def listed() -> set[str]:
+        infos = fs.get_file_info(pafs.FileSelector(base, recursive=True))
+        return {info.path[len(base) + 1 :] for info in infos}
+
+    assert listed() == {"result.json"}
+    (info,) = fs.get_file_info([f"{base}/checkpoint_000007/model.pt"])
+    assert info.type == pafs.FileType.NotFound
+    with pytest.raises(FileNotFoundError):
+        fs.open_input_file(f"{base}/checkpoint_000007/model.pt")
+    with pytest.raises(FileNotFoundError):
+        pafs.copy_files(f"{base}/checkpoint_000007", str(tmp_path / "r"), source_filesystem=fs)
+    store.pipe_file(f"{s3._root()}/{checkpoint}/.trialsync-manifest.json", b"{}")
+    assert listed() == {"result.json", "checkpoint_000007", "checkpoint_000007/model.pt"}
+    inside = fs.get_file_info(pafs.FileSelector(f"{base}/checkpoint_000007"))
+    assert [i.path for i in inside] == [f"{base}/checkpoint_000007/model.pt"]
+    with fs.open_input_file(f"{base}/checkpoint_000007/model.pt") as handle:
+        assert handle.read() == b"half"
+
+
 def test_what_it_writes_the_sidecar_and_the_trainer_can_both_write_and_delete(
     s3: Backend, tmp_path: pathlib.Path, sidecars: list[Sidecar]
 ) -> None:
@@ -135,7 +166,6 @@ def test_without_an_upload_dir_a_worker_finds_the_marker_on_the_head(
     wait_for(lambda: (head_root / TRIAL / "result.json").exists(), 30, what="the trial dir")
     with driver.open_input_stream(f"{head_root}/{TRIAL}/result.json") as handle:
         assert handle.read() == b'{"loss": 1}\n'
-    assert TOKEN  # the head and the worker share it (tests/servers/test_head_sync.py)
 
 
 @pytest.mark.parametrize("path", ["/etc/passwd", "../x", "a/../../x"])

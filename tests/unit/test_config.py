@@ -59,7 +59,7 @@ def test_a_path_given_to_validate_upload_dir_is_validated_instead_as_in_ray() ->
         ("s3\n://bucket/x", "upload_dir 's3\\n://bucket/x' has no scheme"),
         ("s3://bucket\n/x", "no valid bucket name"),
         ("c:\\data", "upload_dir 'c:\\\\data' has no scheme"),
-        ("hdfs://namenode:8020/exp", "needs pyarrow"),
+        ("az://container/exp", "needs adlfs"),
     ],
 )
 def test_invalid_upload_dir_is_refused_with_the_reason(uri: str, says: str) -> None:

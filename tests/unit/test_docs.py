@@ -52,3 +52,16 @@ def test_the_documented_status_annotation_has_the_keys_the_webhook_writes() -> N
     assert set(documented) == set(written)
     assert documented["volumes"] == written["volumes"]
     assert documented["container"] == written["container"]
+
+
+def test_the_readme_ray_section_shows_exactly_the_files_the_ray_test_runs() -> None:
+    root = pathlib.Path(__file__).resolve().parents[2]
+    readme = (root / "README.md").read_text()
+    shown = dict(re.findall(r"```[a-z]+\n# (docs/ray/[^\n]+)\n(.*?)```", readme, re.DOTALL))
+    files = {str(p.relative_to(root)): p.read_text() for p in (root / "docs/ray").iterdir()}
+    assert set(files) == {
+        "docs/ray/syncconfig.yaml",
+        "docs/ray/raycluster.yaml",
+        "docs/ray/tune_experiment.py",
+    }
+    assert shown == files

@@ -34,6 +34,8 @@ CLOUD: dict[str, Check] = {
     "files_in_flight": ("7", lambda s: s.files_in_flight, 7),
     "part_size": (str(8 * 2**20), lambda s: s.part_size, 8 * 2**20),
     "upload_memory": (str(2**30), lambda s: s.upload_memory, 2**30),
+    "share_files": ("true", lambda s: s.share_files, True),
+    "create_root": ("true", lambda s: s.create_root, True),
     "reconcile_interval": ("0", lambda s: s.reconcile_interval, 0),
     "poll_interval": ("2", lambda s: s.poll_interval, 2),
     "max_backoff": ("9", lambda s: s.max_backoff, 9),

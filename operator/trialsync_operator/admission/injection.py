@@ -8,7 +8,10 @@ Kept apart from the webhook plumbing so it is tested without a server (golden fi
 - the trial volume is an existing volume of the pod (``trialsync.io/volume``) or an
   emptyDir mounted at ``trialsync.io/mount-path`` in every container;
 - explicit requests and limits, a restrictive securityContext, and the pod's runAsUser
-  and runAsGroup where set (so the sidecar can read what the trainer writes);
+  and runAsGroup where set (so the sidecar can read what the trainer writes); where the
+  pod sets none (Ray's images run as uid 1000 without saying so), the sidecar runs as
+  65532 and makes what it writes in the trial volume writable by every user
+  (``share_files``), so the trainer can still change and delete it;
 - credentials are referenced (``envFrom``/``secretKeyRef``), never copied;
 - idempotent: a pod that already has the sidecar is left alone, and the status
   annotation records what was injected and from which SyncConfig generation.
@@ -222,10 +225,11 @@ def _inject(
             }
         )
     resources = _resources(view, defaults)
-    env = _env(namespace, request, view, duty, root, resources)
+    uid, gid = _trainer_user(spec, containers)
+    below_mount = root != mounts[0]["mountPath"]
+    env = _env(namespace, request, view, duty, root, resources, uid is None, below_mount)
     if view.workload_identity:
         env, mounts = _copy_web_identity(containers, env, mounts)
-    uid, gid = _trainer_user(spec, containers)
     sidecar: JsonDict = {
         "name": names.SIDECAR_NAME,
         "image": view.image or defaults.image,
@@ -265,7 +269,7 @@ def _inject(
     }
     if request.mount_path is not None:
         patch["containers"] = containers
-    warnings = _warnings(spec, view, uid, receives=duty is Duty.RECEIVE)
+    warnings = _warnings(spec, view, uid)
     return Result(patch=patch, warnings=warnings, config=view)
 
 
@@ -303,9 +307,10 @@ def _trial_volume(
         seen_at = request.mount_path
     below = _below(seen_at, request.storage_path)
     root = posixpath.join(mount["mountPath"], below) if below else str(mount["mountPath"])
-    # Read-only unless the sidecar writes there: a head receiving workers' trial dirs, or
-    # the record of sent checkpoints that mirrorDeletes keeps on the volume.
-    if not (duty is Duty.RECEIVE or view.mirror_deletes):
+    # Read-only unless the sidecar writes there: a head receiving workers' trial dirs, the
+    # record of sent checkpoints that mirrorDeletes keeps on the volume, or the storage
+    # path below the mount, which the sidecar makes (it starts before the trainer).
+    if not (duty is Duty.RECEIVE or view.mirror_deletes or below):
         mount["readOnly"] = True
     return root, [mount]
 
@@ -360,22 +365,14 @@ def _metadata(
     return {"labels": labels, "annotations": annotations}
 
 
-def _warnings(
-    spec: Mapping[str, Any], view: ConfigView, uid: int | None, receives: bool
-) -> list[str]:
-    """What the admission warns about: a pod running as root, a receiving head whose
-    user the sidecar cannot match, a grace period too short for the final sync."""
+def _warnings(spec: Mapping[str, Any], view: ConfigView, uid: int | None) -> list[str]:
+    """What the admission warns about: a pod running as root, a grace period too short
+    for the final sync."""
     warnings = []
     if uid == 0:
         warnings.append(
             "the pod runs as root (runAsUser: 0), so the trialsync sidecar does too, with "
             "every capability dropped; run the pod as a non-root user where you can"
-        )
-    if receives and uid is None:
-        warnings.append(
-            "this head pod sets no runAsUser: its sidecar receives the workers' trial dirs "
-            f"as uid {NON_ROOT_UID}, but Ray's driver creates those dirs as the image's user; "
-            "set securityContext.runAsUser (and fsGroup) so both write as one user"
         )
     grace = _first_int(spec.get("terminationGracePeriodSeconds"), DEFAULT_GRACE)
     needed = contract.grace_needed(view.final_sync_timeout)
@@ -396,10 +393,14 @@ def _env(
     duty: Duty,
     root: str,
     resources: Mapping[str, Mapping[str, str]],
+    share_files: bool,
+    create_root: bool,
 ) -> list[JsonDict]:
     """The sidecar's settings as its ``TRIALSYNC_*`` variables (``trialsync.contract``):
-    every setting the SyncConfig holds, where the pod keeps its data and its role, and
-    where a worker reaches the head; the head-node token from its Secret."""
+    every setting the SyncConfig holds, where the pod keeps its data (and whether the
+    sidecar makes that dir, below the mount) and its role, whether its files must be open
+    to a trainer of unknown uid, and where a worker reaches the head; the head-node token
+    from its Secret."""
     values: dict[str, Any] = {
         "root": root,
         "role": request.role.value,
@@ -422,6 +423,10 @@ def _env(
     options = json.loads(view.storage_options)
     if options:
         values["storage_options"] = options
+    if create_root:
+        values["create_root"] = True
+    if share_files:
+        values["share_files"] = True
     if duty is Duty.SEND:
         values["head_url"] = names.head_url(view.name, namespace)
     env: list[JsonDict] = [{"name": k, "value": v} for k, v in contract.environment(values)]

@@ -53,6 +53,8 @@ class Settings:
     files_in_flight: int = C.FILES_IN_FLIGHT.default
     part_size: int = C.PART_SIZE.default
     upload_memory: int = C.UPLOAD_MEMORY.default
+    share_files: bool = C.SHARE_FILES.default
+    create_root: bool = C.CREATE_ROOT.default
     reconcile_interval: float = C.RECONCILE_INTERVAL.default
     poll_interval: float = C.POLL_INTERVAL.default
     max_backoff: float = C.MAX_BACKOFF.default
@@ -175,7 +177,7 @@ def _build(values: dict[str, Any], environ: Mapping[str, str]) -> Settings:
     root = values.pop("root", None)
     if not root:
         raise ConfigError("--root (or TRIALSYNC_ROOT) is required: the trial data directory")
-    if not os.path.isdir(root):
+    if not os.path.isdir(root) and not (values.get("create_root") and not os.path.exists(root)):
         raise ConfigError(f"--root {root!r} is not a directory")
     root = os.path.abspath(root)
     upload_dir = values.pop("upload_dir", None) or None

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
 import signal
 
 from trialsync._engine.engine import EngineOptions, SyncEngine
@@ -136,6 +137,16 @@ class Shutdown:
 
 async def run(settings: Settings) -> int:
     """Run until SIGTERM (then a final sync), or once with ``--once``; the exit code."""
+    if settings.share_files:
+        # The trainer's uid is unknown (docs/architecture.md, "Ray on Kubernetes"): what
+        # this process creates is open to every user, but for the files it keeps private
+        # (0700 dirs, 0600 files, set explicitly).
+        os.umask(0)
+    if settings.create_root:
+        try:
+            os.makedirs(settings.root, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"--root {settings.root!r} cannot be made: {exc}") from exc
     config = settings.config
     metrics = Metrics()
     if settings.duty in (Duty.RECEIVE, Duty.IDLE):
@@ -233,7 +244,7 @@ async def _serve(
         metrics,
         scheduler.ready.is_set,
         trigger,
-        storage_api.StoreView(engine, engine.store),
+        storage_api.StoreView(engine, engine.store, settings.layout),
     )
     try:
 

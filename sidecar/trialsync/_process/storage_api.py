@@ -9,6 +9,11 @@ writes, so that every trial finds it). Served on the sidecar's HTTP port to the 
 
 - ``GET /v1/storage/stat?path=REL``: 200 ``{"type": "file", "size": N, "mtime": T}`` or
   ``{"type": "dir"}``, as the store has it; 404 if it has nothing there.
+
+The store is read as any reader must read it: a checkpoint is there only once its
+manifest is, so the files of one still being uploaded (or never finished) are not shown,
+and neither are the manifests themselves. A restore never takes half a checkpoint.
+
 - ``GET /v1/storage/list?prefix=REL``: 200 ``{"objects": {REL: {"size": N, "mtime": T}}}``,
   every object below REL.
 - ``GET /v1/storage/object?path=REL``: 200 and the object's bytes; 404.
@@ -31,6 +36,7 @@ from typing import Protocol
 from aiohttp import web
 
 from trialsync._engine.engine import SyncEngine
+from trialsync._engine.layout import MANIFEST_NAME, Kind, Layout
 from trialsync._engine.scanner import scan
 from trialsync._stores.base import RemoteObject, Store
 from trialsync._util.local_files import Stat
@@ -51,21 +57,43 @@ class StorageView(Protocol):
 
 
 class StoreView:
-    """A sidecar that syncs (to an upload dir, or to the head): its store, and its engine
-    to publish through (so the file is in the ledger, and not sent again)."""
+    """A sidecar that syncs (to an upload dir, or to the head): its store, as published,
+    and its engine to publish through (so the file is in the ledger, not sent again)."""
 
-    def __init__(self, engine: SyncEngine, store: Store) -> None:
+    def __init__(self, engine: SyncEngine, store: Store, layout: Layout) -> None:
         self._engine = engine
         self._store = store
+        self._layout = layout
 
     async def stat(self, rel: str) -> RemoteObject | None:
+        if not await self._readable(rel):
+            return None
         return await self._store.stat(rel)
 
     async def list(self, prefix: str) -> dict[str, RemoteObject]:
-        return await self._store.list(prefix)
+        objects = await self._store.list(prefix)
+        # A listing inside a checkpoint dir does not hold its manifest: ask for it.
+        below = self._layout.place(f"{prefix}/x") if prefix else None
+        if below is not None and below.kind is Kind.CHECKPOINT and below.checkpoint:
+            manifest = f"{below.checkpoint}/{MANIFEST_NAME}"
+            if manifest not in objects and await self._store.stat(manifest) is not None:
+                objects = {**objects, manifest: RemoteObject(0, 0.0)}
+        return published(objects, self._layout)
 
     async def read(self, rel: str) -> bytes:
+        if not await self._readable(rel):
+            raise FileNotFoundError(rel)
         return await self._store.read_bytes(rel)
+
+    async def _readable(self, rel: str) -> bool:
+        """Whether a reader may take the object ``rel``: not ours, and not part of a
+        checkpoint without its manifest."""
+        placement = self._layout.place(rel)
+        if placement is None:
+            return False
+        if placement.kind is not Kind.CHECKPOINT or placement.checkpoint is None:
+            return True
+        return await self._store.stat(f"{placement.checkpoint}/{MANIFEST_NAME}") is not None
 
     async def publish(self, rel: str) -> None:
         failures = await self._engine.upload_now([rel])
@@ -95,6 +123,21 @@ class LocalView:
     async def publish(self, rel: str) -> None:
         if await self.stat(rel) is None:
             raise FileNotFoundError(rel)  # else it is where it must be already
+
+
+def published(objects: dict[str, RemoteObject], layout: Layout) -> dict[str, RemoteObject]:
+    """``objects`` (root-relative keys) as a reader may take them: without manifests and
+    the sidecar's own files, and without the files of checkpoints that have no manifest."""
+    manifests = {key.rpartition("/")[0] for key in objects if key.endswith("/" + MANIFEST_NAME)}
+    shown = {}
+    for key, found in objects.items():
+        placement = layout.place(key)
+        if placement is None:
+            continue
+        if placement.kind is Kind.CHECKPOINT and placement.checkpoint not in manifests:
+            continue
+        shown[key] = found
+    return shown
 
 
 def _stat_file(path: str) -> RemoteObject | None:
