@@ -1,8 +1,10 @@
-"""Fixtures of the pod tests: the operator as a process beside the local cluster."""
+"""Fixtures of the pod tests: the operator as a process beside the local cluster, and a
+"pods" section of figures at the end of the run."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -31,3 +33,25 @@ def operator_beside(
     finally:
         delete_webhooks(cluster.kube, WEBHOOK)
         operator.stop()
+
+
+_FIGURES = pytest.StashKey[list[str]]()
+
+
+@pytest.fixture
+def pod_figures(pytestconfig: pytest.Config, request: pytest.FixtureRequest) -> Callable[..., None]:
+    """``report(**figures)``: one line of this test's figures in the end-of-run summary."""
+
+    def report(**figures: Any) -> None:
+        line = f"{request.node.name}: " + " ".join(f"{k}={v}" for k, v in figures.items())
+        pytestconfig.stash.setdefault(_FIGURES, []).append(line)
+
+    return report
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    lines = terminalreporter.config.stash.get(_FIGURES, None)
+    if lines:
+        terminalreporter.section("pods")
+        for line in lines:
+            terminalreporter.write_line(line)

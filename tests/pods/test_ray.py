@@ -18,7 +18,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -388,7 +388,7 @@ def _statuses(state: bytes) -> list[str]:
 
 
 def test_a_lost_raycluster_resumes_every_trial_from_its_last_published_checkpoint(
-    lost_and_resumed: LostAndResumed,
+    lost_and_resumed: LostAndResumed, pod_figures: Callable[..., None]
 ) -> None:
     """Tune resumes a trial from the newest checkpoint its driver recorded. A worker can
     still finish one after the driver is gone (the pods stop together): it is published,
@@ -398,6 +398,11 @@ def test_a_lost_raycluster_resumes_every_trial_from_its_last_published_checkpoin
     run = lost_and_resumed.resumed
     assert run.returncode == 0, run.stderr[-4000:]
     resumed = 0
+    trials = run.summary["trials"]
+    pod_figures(
+        published_at_loss={t: sorted(i) for t, i in lost_and_resumed.published_at_loss.items()},
+        resumed_from={t: f"{r['resumed_from']}@step{r['resumed_at']}" for t, r in trials.items()},
+    )
     for trial, result in run.summary["trials"].items():
         assert result["step"] == ITERATIONS, (trial, result)
         published = lost_and_resumed.published_at_loss.get(trial)
