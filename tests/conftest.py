@@ -4,10 +4,11 @@ the rule that CI skips nothing it could run (tests/support/requirements.py)."""
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import pytest
 
-from tests.support import requirements
+from tests.support import figures, requirements
 
 # gcsfs reads this when imported: against the GCS emulator, use its plain HTTP client
 # (see trialsync.cli.use_plain_gcs_client_for_emulators).
@@ -47,3 +48,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             for node, why in refused:
                 reporter.write_line(f"  {node}: {why}")
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """The figures tests reported (``tests/support/figures.py``), a section each."""
+    figures.write_sections(terminalreporter)

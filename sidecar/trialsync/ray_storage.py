@@ -166,8 +166,8 @@ class TrialVolumeHandler(pafs.FileSystemHandler):  # type: ignore[misc]
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | mode, 0o666)
         os.fchmod(fd, 0o666)
         if posixpath.basename(path) != MARKER:
-            # A native stream: a checkpoint's bytes never pass through Python (a Python
-            # file costs Ray's 64 MiB chunks a fresh buffer each, several times the copy).
+            # A native stream: a checkpoint's bytes do not pass through Python. Only the
+            # marker needs to say when it is closed.
             os.close(fd)
             return pa.OSFile(path, mode="a" if mode == os.O_APPEND else "w")
         handle = _Written(os.fdopen(fd, "ab" if mode == os.O_APPEND else "wb"), self, path)

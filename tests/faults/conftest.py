@@ -9,11 +9,10 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import Callable
-from typing import Any
 
 import pytest
 
-_FIGURES = pytest.StashKey[list[str]]()
+from tests.support import figures
 
 
 @pytest.fixture
@@ -28,18 +27,4 @@ def fault_report(
     pytestconfig: pytest.Config, request: pytest.FixtureRequest
 ) -> Callable[..., None]:
     """``report(**counts)``: one line of figures for this test in the end-of-run summary."""
-
-    def report(**counts: Any) -> None:
-        line = f"{request.node.name}: " + " ".join(f"{k}={v}" for k, v in counts.items())
-        pytestconfig.stash.setdefault(_FIGURES, []).append(line)
-        print(line)
-
-    return report
-
-
-def pytest_terminal_summary(terminalreporter: Any) -> None:
-    lines = terminalreporter.config.stash.get(_FIGURES, None)
-    if lines:
-        terminalreporter.section("fault suite")
-        for line in lines:
-            terminalreporter.write_line(line)
+    return figures.reporter(pytestconfig, request.node.name, "fault suite", echo=True)

@@ -4,11 +4,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import pytest
 
 from localcluster.harness import Cluster
+from tests.support import figures
 from tests.support.operator_process import Operator, delete_webhooks, start_operator
 from tests.support.requirements import external_cluster_only
 
@@ -35,23 +35,7 @@ def operator_beside(
         operator.stop()
 
 
-_FIGURES = pytest.StashKey[list[str]]()
-
-
 @pytest.fixture
 def pod_figures(pytestconfig: pytest.Config, request: pytest.FixtureRequest) -> Callable[..., None]:
     """``report(**figures)``: one line of this test's figures in the end-of-run summary."""
-
-    def report(**figures: Any) -> None:
-        line = f"{request.node.name}: " + " ".join(f"{k}={v}" for k, v in figures.items())
-        pytestconfig.stash.setdefault(_FIGURES, []).append(line)
-
-    return report
-
-
-def pytest_terminal_summary(terminalreporter: Any) -> None:
-    lines = terminalreporter.config.stash.get(_FIGURES, None)
-    if lines:
-        terminalreporter.section("pods")
-        for line in lines:
-            terminalreporter.write_line(line)
+    return figures.reporter(pytestconfig, request.node.name, "pods")

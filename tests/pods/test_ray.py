@@ -17,7 +17,6 @@ import json
 import re
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +28,7 @@ import yaml
 from localcluster.cluster_s3 import ClusterS3
 from localcluster.harness import Cluster, Manifest, container_status
 from tests.pods.trial_pods import MANIFEST_NAME, bucket_objects, sidecar_records
+from tests.support.cluster_fixtures import fresh_namespace
 from tests.support.operator_process import Operator
 from tests.support.pods import sidecars
 from trialsync_operator import names
@@ -46,6 +46,8 @@ PREFIX = "experiments"
 #: Tune's trial dir names start with the trainable and the trial id.
 TRIAL_DIR = re.compile(r"^train_(?P<id>[0-9a-f]+_\d+)_")
 CHECKPOINT_DIR = re.compile(r"^checkpoint_(\d{6})$")
+#: The README's wait for a RayCluster (``kubectl wait --for=...``).
+READY_STATE = "jsonpath={.status.state}=ready"
 
 
 def docs() -> tuple[Manifest, Manifest, str]:
@@ -120,6 +122,9 @@ class Experiment:
                 raise AssertionError(f"RayCluster not Ready in {timeout}s: {states}")
             time.sleep(0.5)
         elapsed = time.monotonic() - started
+        # What the README waits for: KubeRay says the cluster is ready.
+        name = self.raycluster["metadata"]["name"]
+        self.cluster.wait_for("raycluster", name, self.namespace, READY_STATE, 60)
         [head] = [p for p in ready if p["metadata"]["labels"]["ray.io/node-type"] == "head"]
         workers = [p for p in ready if p["metadata"]["labels"]["ray.io/node-type"] == "worker"]
         assert len(workers) == 2
@@ -220,10 +225,8 @@ class LostAndResumed:
 
 @pytest.fixture(scope="module")
 def module_namespace(cluster: Cluster) -> Iterator[str]:
-    name = f"ts-ray-{uuid.uuid4().hex[:8]}"
-    cluster.kube.create_namespace(name)
-    yield name
-    cluster.kube.kubectl("delete", "namespace", name, "--wait=false", check=False)
+    with fresh_namespace(cluster, "ts-ray") as name:
+        yield name
 
 
 @pytest.fixture(scope="module")
@@ -423,20 +426,16 @@ def head_node_run(
     cluster: Cluster, operator_beside: Operator, cluster_timings: dict[str, float]
 ) -> Iterator[tuple[Experiment, RayCluster, Run]]:
     """Scenario 3: the README's experiment, with no upload dir in its SyncConfig."""
-    name = f"ts-ray3-{uuid.uuid4().hex[:8]}"
-    cluster.kube.create_namespace(name)
-    experiment = Experiment(cluster, name)
-    syncconfig = experiment.syncconfig
-    for key in ("uploadDir", "storage", "credentials"):
-        del syncconfig["spec"][key]
-    experiment.install(syncconfig)
-    ray = experiment.start()
-    run = experiment.run(ray)
-    cluster_timings["Tune experiment to the head node, wall time"] = run.seconds
-    try:
+    with fresh_namespace(cluster, "ts-ray3") as name:
+        experiment = Experiment(cluster, name)
+        syncconfig = experiment.syncconfig
+        for key in ("uploadDir", "storage", "credentials"):
+            del syncconfig["spec"][key]
+        experiment.install(syncconfig)
+        ray = experiment.start()
+        run = experiment.run(ray)
+        cluster_timings["Tune experiment to the head node, wall time"] = run.seconds
         yield experiment, ray, run
-    finally:
-        cluster.kube.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 
 def test_scenario_3_the_workers_trial_dirs_reach_the_head_pods_volume(

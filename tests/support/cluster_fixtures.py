@@ -12,6 +12,7 @@ missing) the tests that need it skip with that reason; with TRIALSYNC_REQUIRE_CL
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import uuid
@@ -102,15 +103,24 @@ def cluster() -> Iterator[Cluster]:
         local.stop()  # idempotent: usually done already after the last test that needed it
 
 
-@pytest.fixture
-def cluster_namespace(cluster: Cluster) -> Iterator[str]:
-    """A fresh namespace for one test, deleted (without waiting) afterwards."""
-    name = f"ts-{uuid.uuid4().hex[:10]}"
+@contextlib.contextmanager
+def fresh_namespace(cluster: Cluster, prefix: str = "ts") -> Iterator[str]:
+    """A new namespace, deleted (without waiting) afterwards."""
+    name = f"{prefix}-{uuid.uuid4().hex[:10]}"
     # The controller-manager creates `default` too; creating it here means a pod created
     # right away is not refused for want of it.
     cluster.kube.create_namespace(name)
-    yield name
-    cluster.kube.kubectl("delete", "namespace", name, "--wait=false", check=False)
+    try:
+        yield name
+    finally:
+        cluster.kube.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture
+def cluster_namespace(cluster: Cluster) -> Iterator[str]:
+    """A fresh namespace for one test."""
+    with fresh_namespace(cluster) as name:
+        yield name
 
 
 @pytest.fixture(scope="session")
