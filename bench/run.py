@@ -16,7 +16,7 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import common, idle, noop, ray_checkpoint, request_cost, throughput, webhook
+from bench import common, idle, noop, ray_checkpoint, request_cost, restore, throughput, webhook
 
 BENCHMARKS = {
     "throughput": throughput,
@@ -25,6 +25,7 @@ BENCHMARKS = {
     "requests": request_cost,
     "webhook": webhook,
     "ray": ray_checkpoint,
+    "restore": restore,
 }
 QUICK = {
     "size_mib": 128,
@@ -39,6 +40,7 @@ QUICK = {
     "syncconfigs": 1000,
     "ray_size_mib": 256,
     "ray_repeat": 1,
+    "restore_repeat": 1,
 }
 
 
@@ -58,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     request_cost.add_arguments(parser)
     webhook.add_arguments(parser)
     ray_checkpoint.add_arguments(parser)
+    restore.add_arguments(parser)
     args = parser.parse_args(argv)
     if args.quick:
         for key, value in QUICK.items():

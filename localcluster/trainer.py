@@ -24,12 +24,17 @@ the ETag S3 gives the file uploaded in ``--part-size`` parts); with ``--trigger`
 it waits ``--interval`` seconds; then, with ``--keep N``, it deletes the trial's checkpoints
 older than its newest N, as Ray's ``num_to_keep`` does (``{"deleted": ...}`` in the log).
 It stops after ``--checkpoints`` (0: no limit) or, between two checkpoints, once
-``--stop-file`` exists; ``--then sleep`` keeps it running afterwards, until SIGTERM.
+``--stop-file`` exists; ``--then sleep`` keeps it running afterwards, until SIGTERM, and
+``--hold-after N`` holds a run that resumed nothing after checkpoint N (SIGTERM then
+fails it, exit 143). With
+``--resume`` it goes on after the newest checkpoint it finds (a restored one), as a Ray
+trainer resuming does.
 
 It prints one JSON line per event on stdout (``kubectl logs`` in a pod), each with its
 ``time`` (``time.time()``):
 
-    {"event": "start", "readyz": 200, "uid": ..., "gid": ...}   the sidecar's /readyz then
+    {"event": "start", "readyz": 200, "uid": ..., "gid": ...,   the sidecar's /readyz then,
+     "found": {trial: {checkpoint: {path: sha256}}}}           and what the volume holds
     {"event": "checkpoint", "trial": ..., "name": ..., "files": {relative path: sha256},
      "trigger": 202}                                            (the answer to POST /sync)
     {"event": "deleted", "trial": ..., "name": ...}
@@ -147,7 +152,39 @@ def parse(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--log", help="the truth log (JSON lines)")
     parser.add_argument("--stop-file", help="stop before the next checkpoint once it exists")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="go on after the newest checkpoint found in the trial dirs (then --checkpoints "
+        "counts from the first one ever)",
+    )
+    parser.add_argument(
+        "--hold-after",
+        type=int,
+        default=0,
+        help="after checkpoint N of a run that resumed nothing, wait for SIGTERM",
+    )
     return parser.parse_args(argv)
+
+
+def found_checkpoints(trial_dir: str) -> dict[str, dict[str, str]]:
+    """The checkpoints in ``trial_dir``: name -> {relative path: sha256} of their files."""
+    found: dict[str, dict[str, str]] = {}
+    if not os.path.isdir(trial_dir):
+        return found
+    for name in sorted(os.listdir(trial_dir)):
+        path = os.path.join(trial_dir, name)
+        if not name.startswith("checkpoint_") or not os.path.isdir(path):
+            continue
+        files: dict[str, str] = {}
+        for parent, _, names in os.walk(path):
+            for file in names:
+                full = os.path.join(parent, file)
+                with open(full, "rb") as handle:
+                    digest = hashlib.sha256(handle.read()).hexdigest()
+                files[os.path.relpath(full, trial_dir)] = digest
+        found[name] = files
+    return found
 
 
 def main(argv: list[str]) -> int:
@@ -159,16 +196,24 @@ def main(argv: list[str]) -> int:
         emit("sigterm")
         sys.exit(0)
 
+    def on_sigterm_while_holding(signum: int, frame: object) -> None:
+        emit("sigterm")
+        sys.exit(143)  # killed mid-training: the pod fails, and its Job retries it
+
     signal.signal(signal.SIGTERM, on_sigterm)
-    emit("start", readyz=sidecar_status(port, "/readyz"), uid=os.getuid(), gid=os.getgid())
+    readyz = sidecar_status(port, "/readyz")
     names = [args.trial] if args.trial else [f"trial_{t:05d}" for t in range(args.trials)]
+    # What the volume holds at the first instruction: a restored trial's checkpoints.
+    found = {t: found_checkpoints(os.path.join(args.root, args.experiment, t)) for t in names}
+    emit("start", readyz=readyz, uid=os.getuid(), gid=os.getgid(), found=found)
+    resumed = min((len(found[t]) and int(max(found[t])[11:])) for t in names) if args.resume else 0
     rng = random.Random(args.seed if args.seed is not None else "/".join([args.experiment, *names]))
     kept: dict[str, list[str]] = {trial: [] for trial in names}
     for trial in names:
         os.makedirs(os.path.join(args.root, args.experiment, trial), exist_ok=True)
     log = open(args.log, "a", encoding="utf-8") if args.log else None  # noqa: SIM115
     try:
-        number = 0
+        number = resumed * len(names)  # every trial goes on after its newest checkpoint
         while not args.checkpoints or number < args.checkpoints:
             if args.stop_file and os.path.exists(args.stop_file):
                 break
@@ -201,6 +246,11 @@ def main(argv: list[str]) -> int:
                 shutil.rmtree(os.path.join(trial_dir, old))
                 record(log, {"deleted": f"{args.experiment}/{trial}/{old}"})
                 emit("deleted", trial=trial, name=old)
+            if args.hold_after and iteration == args.hold_after and not resumed:
+                emit("holding", name=name)
+                signal.signal(signal.SIGTERM, on_sigterm_while_holding)
+                while True:
+                    time.sleep(3600)
     finally:
         if log is not None:
             log.close()

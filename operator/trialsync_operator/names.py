@@ -25,6 +25,11 @@ VOLUME_ANNOTATION = f"{GROUP}/volume"
 MOUNT_PATH_ANNOTATION = f"{GROUP}/mount-path"
 #: Ray's storage_path, where it is below the trial volume's mount: the sidecar's root.
 STORAGE_PATH_ANNOTATION = f"{GROUP}/storage-path"
+#: Restore on start: "true" or "false" over the SyncConfig's restoreOnStart; the owner
+#: key a pod's replacement shares, or the prefix of the upload dir the pod owns.
+RESTORE_ANNOTATION = f"{GROUP}/restore"
+RESTORE_KEY_ANNOTATION = f"{GROUP}/restore-key"
+RESTORE_PREFIX_ANNOTATION = f"{GROUP}/restore-prefix"
 #: Written by the webhook: what was injected (JSON).
 STATUS_ANNOTATION = f"{GROUP}/status"
 #: Labels the webhook adds, so a Service can select a SyncConfig's head pod.

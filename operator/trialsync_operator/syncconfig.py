@@ -100,6 +100,8 @@ class ConfigView:
     checkpoint_settle: int = C.CHECKPOINT_SETTLE.default
     final_sync_timeout: int = C.FINAL_SYNC_TIMEOUT.default
     mirror_deletes: bool = C.MIRROR_DELETES.default
+    restore: bool = C.RESTORE.default
+    restore_timeout: int = C.RESTORE_TIMEOUT.default
 
     @property
     def mode(self) -> Mode:
@@ -156,6 +158,7 @@ def _check(view: ConfigView, sidecar: SidecarImage) -> None:
         backend=any_scheme if view.image else sidecar.check_backend,
     )
     contract.check_mirror_deletes(view.mirror_deletes, view.syncer)
+    contract.check_restore(view.restore, view.syncer)
     if view.syncer not in ("auto", "none") and not view.image:
         raise ValueError(NEEDS_IMAGE)
 

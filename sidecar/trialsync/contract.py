@@ -11,8 +11,8 @@ setting"). Both import this module, which states once:
   the same whoever asks: the operator's webhook, the sidecar's parser, the seed's
   ``validate_upload_dir``, and the CRD's CEL rules, which ``cel_rules`` writes out and
   ``tests/unit/test_contract.py`` finds in ``crds/syncconfig.yaml``;
-- the checks across settings: the seed's ``upload_dir`` with its ``syncer``, and
-  ``mirror_deletes``.
+- the checks across settings: the seed's ``upload_dir`` with its ``syncer``,
+  ``mirror_deletes`` and ``restore``.
 
 It imports the standard library only, so the operator and every sidecar load it for
 nothing.
@@ -314,7 +314,8 @@ def check_seed(
 
 
 def seed_cel_rules() -> list[CelRule]:
-    """The spec-level rules of the CRD that ``check_seed`` and ``check_mirror_deletes`` make
+    """The spec-level rules of the CRD that ``check_seed``, ``check_mirror_deletes`` and
+    ``check_restore`` make
     across fields."""
     custom = f"self.syncer.matches('^{_CLASS}$')"
     return [
@@ -337,6 +338,11 @@ def seed_cel_rules() -> list[CelRule]:
             "!has(self.mirrorDeletes) || !self.mirrorDeletes || !has(self.syncer) || "
             "self.syncer == 'auto'",
             MIRROR_DELETES_NEEDS_AUTO,
+        ),
+        CelRule.of(
+            "!has(self.restoreOnStart) || !self.restoreOnStart || !has(self.syncer) || "
+            "self.syncer == 'auto'",
+            RESTORE_NEEDS_AUTO,
         ),
     ]
 
@@ -403,6 +409,44 @@ MIRROR_DELETES_NEEDS_AUTO = (
 def check_mirror_deletes(mirror_deletes: bool, syncer: object) -> None:
     if mirror_deletes and syncer != "auto":
         raise SettingError(MIRROR_DELETES_NEEDS_AUTO)
+
+
+RESTORE = Flag(
+    "restore",
+    False,
+    "before reporting ready, restore the pod's trials (their newest complete checkpoint "
+    "and trial files) and, for the head, its experiment state",
+    crd="restoreOnStart",
+)
+RESTORE_TIMEOUT = WholeSeconds(
+    "restore_timeout",
+    1800,
+    "seconds a restore may take; past them the sidecar exits with an error and the "
+    "trainer does not start",
+    crd="restoreTimeoutSeconds",
+    most=86400,
+)
+RESTORE_NEEDS_AUTO = (
+    "restore on start needs syncer 'auto' (a custom Syncer cannot list or read, and None "
+    "syncs nothing)"
+)
+RESTORE_KEY: Text[str | None] = Text(
+    "restore_key",
+    None,
+    "the owner key of this pod's trials: recorded beside what it uploads, and what it "
+    "restores (the operator derives it from the pod's Job, StatefulSet or RayCluster)",
+)
+RESTORE_PREFIX: Text[str | None] = Text(
+    "restore_prefix",
+    None,
+    "restore every trial below this path of the upload dir (or of the head) instead of "
+    "the owner key's",
+)
+
+
+def check_restore(restore: bool, syncer: object) -> None:
+    if restore and syncer != "auto":
+        raise SettingError(RESTORE_NEEDS_AUTO)
 
 
 #: Storage option keys that would put a credential in a SyncConfig or on a command line.
@@ -595,6 +639,10 @@ SETTINGS: tuple[Setting[Any], ...] = (
     ONCE,
     FINAL_SYNC_TIMEOUT,
     MIRROR_DELETES,
+    RESTORE,
+    RESTORE_TIMEOUT,
+    RESTORE_KEY,
+    RESTORE_PREFIX,
     STORAGE_OPTIONS,
     S3_CLIENT,
     HTTP_ADDR,

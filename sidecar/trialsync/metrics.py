@@ -68,6 +68,27 @@ class Metrics:
             "Checkpoints seen but not yet published.",
             registry=self.registry,
         )
+        self.restored_bytes = Counter(
+            "trialsync_restored_bytes",
+            "Bytes restored into the trial volume at start (restore on start).",
+            registry=self.registry,
+        )
+        self.restored_files = Counter(
+            "trialsync_restored_files",
+            "Files restored into the trial volume at start.",
+            registry=self.registry,
+        )
+        self.restore_seconds = Gauge(
+            "trialsync_restore_seconds",
+            "Seconds the restore at start took (0 until it is done, or without one).",
+            registry=self.registry,
+        )
+        self.data_loss_window = Gauge(
+            "trialsync_data_loss_window_seconds",
+            "Seconds since the last checkpoint was published (or since the sidecar "
+            "started): the training a loss of the pod now would cost.",
+            registry=self.registry,
+        )
         self.head_refusals = Counter(
             "trialsync_head_refusals",
             "Requests the head-node service refused for good, by reason (claimed, head_only, "

@@ -12,6 +12,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import concurrent.futures
+import contextlib
 import fnmatch
 import importlib
 import logging
@@ -22,13 +23,13 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from trialsync import contract
-from trialsync._engine import scanner, transfer
+from trialsync._engine import download, scanner, transfer
 from trialsync._engine.ledger import Ledger
 from trialsync._stores.fsspec_store import RemoteStore
 from trialsync._util import local_files, tasks
 from trialsync.config import validate_uri
 
-DOWNLOADS_IN_FLIGHT = 16
+DOWNLOADS_IN_FLIGHT = 16  # files, and parts of them
 
 log = logging.getLogger(__name__)
 
@@ -228,16 +229,29 @@ class FsspecSyncer(Syncer):
             raise SyncError(f"{len(failed)} files not uploaded: {failed}")
 
     async def _sync_down(self, remote_dir: str, local_dir: str, exclude: list[str]) -> None:
-        """Every remote file into ``local_dir``, streamed (never held whole in memory), each
-        written to a temp file and renamed into place, ``DOWNLOADS_IN_FLIGHT`` at a time."""
+        """Every remote file into ``local_dir`` in ranged parts (never held whole in memory),
+        each written to a temp file and renamed into place, ``DOWNLOADS_IN_FLIGHT`` at a
+        time."""
         store = self._store(remote_dir)
+        listed = await store.list()
+        gate = asyncio.Semaphore(DOWNLOADS_IN_FLIGHT)
 
         async def one(rel: str) -> None:
             target = os.path.join(local_dir, rel)
+            temp = f"{target}.trialsync-tmp"
             await asyncio.to_thread(os.makedirs, os.path.dirname(target), exist_ok=True)
-            await store.get_file(rel, target)
+            try:
+                size = listed[rel].size
+                await download.fetch(
+                    store, rel, temp, size, contract.PART_SIZE.default, gate, lambda _: None
+                )
+                await asyncio.to_thread(os.replace, temp, target)
+            except BaseException:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(temp)
+                raise
 
-        rels = [rel for rel in await store.list() if not _excluded(rel, exclude)]
+        rels = [rel for rel in listed if not _excluded(rel, exclude)]
         await tasks.bounded(DOWNLOADS_IN_FLIGHT, rels, one)
 
     async def _delete(self, remote_dir: str) -> None:

@@ -60,12 +60,17 @@ def trainer(
     name: str = "trainer",
     keep: int = 0,
     root: str = TRIAL_ROOT,
+    resume: bool = False,
+    hold_after: int = 0,
 ) -> Manifest:
     """A container running the simulated trainer (``localcluster/trainer.py``):
     ``checkpoints`` checkpoints of ``trial`` under ``root`` (Ray's storage_path: the trial
     volume), ``interval`` seconds apart; ``trigger`` announces each to the sidecar,
     ``then`` is ``exit`` or ``sleep`` (until SIGTERM); ``keep`` deletes all but the newest
-    ``keep`` checkpoints after each one (Ray's num_to_keep)."""
+    ``keep`` checkpoints after each one (Ray's num_to_keep); ``resume`` goes on after the
+    newest checkpoint in the volume; ``hold_after`` waits after that checkpoint (unless it
+    resumed) until SIGTERM, and then fails (exit 143), as a trainer killed mid-training
+    does."""
     args = [
         f"--root={root}",
         f"--experiment={experiment}",
@@ -78,6 +83,10 @@ def trainer(
     ]
     if trigger:
         args.append("--trigger")
+    if resume:
+        args.append("--resume")
+    if hold_after:
+        args.append(f"--hold-after={hold_after}")
     return {
         "name": name,
         "image": image,

@@ -44,6 +44,12 @@ def same_configuration(
     assert parsed.checkpoint_settle == view.checkpoint_settle
     assert parsed.final_sync_timeout == view.final_sync_timeout
     assert parsed.mirror_deletes is view.mirror_deletes
+    if parsed.restore:  # a pod's annotations may turn it on or off; its bound is the view's
+        assert parsed.restore_timeout == view.restore_timeout
+        assert bool(parsed.restore_key) != (parsed.restore_prefix is not None)
+    else:
+        assert parsed.restore_key is None
+        assert parsed.restore_prefix is None
     assert dict(parsed.storage_options) == json.loads(view.storage_options)
     assert parsed.role == role
     assert parsed.mode is view.mode

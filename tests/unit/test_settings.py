@@ -28,6 +28,9 @@ CLOUD: dict[str, Check] = {
     "once": ("true", lambda s: s.once, True),
     "final_sync_timeout": ("11", lambda s: s.final_sync_timeout, 11),
     "mirror_deletes": ("1", lambda s: s.mirror_deletes, True),
+    "restore": ("true", lambda s: s.restore, True),
+    "restore_timeout": ("60", lambda s: s.restore_timeout, 60),
+    "restore_key": ("ns/job/train", lambda s: s.restore_key, "ns/job/train"),
     "storage_option": ('{"anon": true}', lambda s: s.storage_options["anon"], True),
     "s3_client": ("botocore", lambda s: s.s3_client, "botocore"),
     "http_addr": ("127.0.0.1:7001", lambda s: s.http_addr, "127.0.0.1:7001"),
@@ -55,6 +58,7 @@ HEAD: dict[str, Check] = {
     "receiver_max_uploads": ("3", lambda s: s.receiver_max_uploads, 3),
     "receiver_claim_lease": ("90", lambda s: s.receiver_claim_lease, 90),
     "receiver_state_dir": ("/state", lambda s: s.receiver_state_dir, "/state"),
+    "restore_prefix": ("/exp/trial_1/", lambda s: s.restore_prefix, "exp/trial_1"),
 }
 
 

@@ -30,6 +30,7 @@ from typing import Any
 from trialsync import contract
 from trialsync.contract import Duty, Mode, Role
 from trialsync_operator import names, quantity
+from trialsync_operator.admission import ownership
 from trialsync_operator.settings import Defaults
 from trialsync_operator.syncconfig import ConfigView
 
@@ -39,6 +40,9 @@ Lookup = Callable[[str, str], ConfigView | None]
 STATUS_VERSION = 1
 #: The kubelet's default when a pod sets no terminationGracePeriodSeconds.
 DEFAULT_GRACE = 30
+#: Seconds the startup probe waits for the ledger's recovery and the store's first answer
+#: (plus restoreTimeoutSeconds with a restore).
+STARTUP_SECONDS = 300
 #: Upload buffers take at most this share of the sidecar's memory limit.
 UPLOAD_MEMORY_SHARE = Decimal("0.5")
 UPLOAD_MEMORY_MAX = contract.UPLOAD_MEMORY.default
@@ -82,6 +86,10 @@ class PodRequest:
     #: Where in the trainer's view of the volume the data is (Ray's storage_path); None:
     #: the mount itself.
     storage_path: str | None = None
+    #: Restore on start, as the pod's annotation says (None: as its SyncConfig says).
+    restore: bool | None = None
+    #: The prefix of the upload dir whose trials the pod restores (annotation), if any.
+    restore_prefix: str | None = None
 
 
 def config_name(pod: Mapping[str, Any]) -> str:
@@ -140,12 +148,35 @@ def read_request(pod: Mapping[str, Any]) -> PodRequest:
                 "absolute path (without ':'): Ray's storage_path, on the trial volume"
             )
         storage_path = normal
+    restore = _annotation(annotations, names.RESTORE_ANNOTATION)
+    if restore not in ("", "true", "false"):
+        raise Refusal(
+            f'annotation {names.RESTORE_ANNOTATION}={restore!r:.100} must be "true" or '
+            '"false" (over the SyncConfig\'s restoreOnStart)'
+        )
+    prefix = _annotation(annotations, names.RESTORE_PREFIX_ANNOTATION) or None
+    if prefix is not None:
+        parts = prefix.split("/")
+        if any(part in ("", ".", "..") for part in parts) or ":" in prefix:
+            raise Refusal(
+                f"annotation {names.RESTORE_PREFIX_ANNOTATION}={prefix!r:.200} must be a path "
+                "below the upload dir, such as <experiment> or <experiment>/<trial> (no "
+                "leading '/', no '.', '..' or '//')"
+            )
+        if _annotation(annotations, names.RESTORE_KEY_ANNOTATION):
+            raise Refusal(
+                f"annotations {names.RESTORE_KEY_ANNOTATION} and "
+                f"{names.RESTORE_PREFIX_ANNOTATION} conflict: name the owner key the pod "
+                "shares with the pod it replaces, or the prefix it restores, not both"
+            )
     return PodRequest(
         config=config,
         role=Role(role),
         volume=volume,
         mount_path=mount_path,
         storage_path=storage_path,
+        restore=None if not restore else restore == "true",
+        restore_prefix=prefix,
     )
 
 
@@ -208,7 +239,10 @@ def _inject(
             raise Refusal(f"the pod already has a volume named {reserved!r}")
 
     duty = contract.duty_of(view.mode, request.role)
-    root, mounts = _trial_volume(request, view, duty, volumes, [*init_containers, *containers])
+    restore, restore_warnings = _restore(pod, namespace, request, view, duty)
+    root, mounts = _trial_volume(
+        request, view, duty, volumes, [*init_containers, *containers], bool(restore)
+    )
     volumes.append({"name": names.SCRATCH_VOLUME, "emptyDir": {"sizeLimit": defaults.scratch_size}})
     mounts.append({"name": names.SCRATCH_VOLUME, "mountPath": contract.SCRATCH_DIR})
     env_from: list[JsonDict] = []
@@ -227,7 +261,7 @@ def _inject(
     resources = _resources(view, defaults)
     uid, gid = _trainer_user(spec, containers)
     below_mount = root != mounts[0]["mountPath"]
-    env = _env(namespace, request, view, duty, root, resources, uid is None, below_mount)
+    env = _env(namespace, request, view, duty, root, resources, uid is None, below_mount, restore)
     if view.workload_identity:
         env, mounts = _copy_web_identity(containers, env, mounts)
     sidecar: JsonDict = {
@@ -244,7 +278,9 @@ def _inject(
             "httpGet": {"path": "/readyz", "port": contract.HTTP_PORT},
             "periodSeconds": 1,
             "timeoutSeconds": 5,
-            "failureThreshold": 300,
+            # A restore has restoreTimeoutSeconds of its own: the sidecar, not the probe,
+            # ends one that takes longer, saying so.
+            "failureThreshold": STARTUP_SECONDS + (view.restore_timeout if restore else 0),
         },
         "livenessProbe": {
             "httpGet": {"path": "/healthz", "port": contract.HTTP_PORT},
@@ -269,8 +305,40 @@ def _inject(
     }
     if request.mount_path is not None:
         patch["containers"] = containers
-    warnings = _warnings(spec, view, uid)
+    warnings = _warnings(spec, view, uid) + restore_warnings
     return Result(patch=patch, warnings=warnings, config=view)
+
+
+#: What the sidecar restores: ("key", k) the trials of an owner key, ("prefix", p) every
+#: trial below a prefix; None: no restore.
+RestoreScope = tuple[str, str] | None
+
+
+def _restore(
+    pod: Mapping[str, Any], namespace: str, request: PodRequest, view: ConfigView, duty: Duty
+) -> tuple[RestoreScope, list[str]]:
+    """Whether the pod's sidecar restores at start, and what; with the warnings to give."""
+    wanted = view.restore if request.restore is None else request.restore
+    if not wanted:
+        return None, []
+    if duty not in (Duty.UPLOAD, Duty.SEND):
+        if request.restore:  # asked for by this pod, not only by its SyncConfig
+            return None, [
+                "restore on start is off for this pod: the head-node service's volume is "
+                "its workers' store, so nothing holds a copy of it to restore from"
+            ]
+        return None, []
+    if request.restore_prefix is not None:
+        return ("prefix", request.restore_prefix), []
+    key = ownership.owner_key(pod, namespace)
+    if key is None:
+        return None, [
+            "restore on start is off for this pod: it belongs to no Job, StatefulSet or "
+            "RayCluster head, so no pod that replaces it would share its trials; set "
+            f"annotation {names.RESTORE_KEY_ANNOTATION} (an owner key) or "
+            f"{names.RESTORE_PREFIX_ANNOTATION} (a prefix of the upload dir)"
+        ]
+    return ("key", key), []
 
 
 def _trial_volume(
@@ -279,6 +347,7 @@ def _trial_volume(
     duty: Duty,
     volumes: list[JsonDict],
     containers: list[JsonDict],
+    restore: bool,
 ) -> tuple[str, list[JsonDict]]:
     """The sidecar's root and its mount of the trial volume; with a mount path, the
     emptyDir is added to ``volumes`` and mounted in every one of ``containers``."""
@@ -308,9 +377,9 @@ def _trial_volume(
     below = _below(seen_at, request.storage_path)
     root = posixpath.join(mount["mountPath"], below) if below else str(mount["mountPath"])
     # Read-only unless the sidecar writes there: a head receiving workers' trial dirs, the
-    # record of sent checkpoints that mirrorDeletes keeps on the volume, or the storage
-    # path below the mount, which the sidecar makes (it starts before the trainer).
-    if not (duty is Duty.RECEIVE or view.mirror_deletes or below):
+    # record of sent checkpoints that mirrorDeletes keeps on the volume, the storage path
+    # below the mount, which the sidecar makes (it starts before the trainer), or a restore.
+    if not (duty is Duty.RECEIVE or view.mirror_deletes or below or restore):
         mount["readOnly"] = True
     return root, [mount]
 
@@ -395,6 +464,7 @@ def _env(
     resources: Mapping[str, Mapping[str, str]],
     share_files: bool,
     create_root: bool,
+    restore: RestoreScope = None,
 ) -> list[JsonDict]:
     """The sidecar's settings as its ``TRIALSYNC_*`` variables (``trialsync.contract``):
     every setting the SyncConfig holds, where the pod keeps its data (and whether the
@@ -425,6 +495,10 @@ def _env(
         values["storage_options"] = options
     if create_root:
         values["create_root"] = True
+    if restore is not None:
+        values["restore"] = True
+        values["restore_timeout"] = view.restore_timeout
+        values[f"restore_{restore[0]}"] = restore[1]
     if share_files:
         values["share_files"] = True
     if duty is Duty.SEND:

@@ -20,7 +20,7 @@ from collections.abc import Collection, Mapping
 
 from trialsync import contract
 from trialsync._engine import scanner, transfer
-from trialsync._engine.layout import MANIFEST_NAME, Kind, Layout
+from trialsync._engine.layout import MANIFEST_NAME, Kind, Layout, owner_marker
 from trialsync._engine.ledger import Ledger
 from trialsync._engine.sent_checkpoints import SentCheckpoints
 from trialsync._stores.base import RemoteObject, Store
@@ -51,6 +51,9 @@ class EngineOptions:
     upload_memory: int = contract.UPLOAD_MEMORY.default
     part_size: int = contract.PART_SIZE.default
     mirror_deletes: bool = False
+    #: The owner key whose marker goes in every dir this engine uploads into (restore on
+    #: start); None: no markers.
+    owner_key: str | None = None
 
 
 @dataclasses.dataclass
@@ -103,6 +106,10 @@ class SyncEngine:
         self._gates = transfer.Gates(
             options.files_in_flight, options.upload_memory, options.part_size
         )
+        self.marker = owner_marker(options.owner_key) if options.owner_key else None
+        self.marked: set[str] = set()  # dirs known to hold the owner marker
+        # Wall time of the last checkpoint published (or of the start): the data-loss window.
+        self.last_durable = time.time()
 
     # -- fed by the change journal -------------------------------------------------------
 
@@ -177,6 +184,9 @@ class SyncEngine:
         remote = await self._list_scopes(scopes)
         self.listed = scopes
         published = {rel.rsplit("/", 1)[0] for rel in remote if rel.endswith("/" + MANIFEST_NAME)}
+        if self.marker is not None:
+            mark = "/" + self.marker
+            self.marked |= {rel[: -len(mark)] for rel in remote if rel.endswith(mark)}
         in_scope: dict[str, Stat] = {}
         checkpoint_of: dict[str, str] = {}  # checkpoint file -> its checkpoint dir
         for rel, st in local.items():
@@ -434,6 +444,7 @@ class SyncEngine:
         await self.store.put_bytes(manifest_rel, json.dumps(manifest, sort_keys=True).encode())
         self.ledger.published.add(checkpoint)
         self.activity.pop(checkpoint, None)
+        self.last_durable = time.time()
         self.metrics.checkpoints_published.inc()
         log.info(
             "checkpoint published",
@@ -562,9 +573,28 @@ class SyncEngine:
             self.metrics.bytes_uploaded.labels(label).inc(st[0])
             self.metrics.files_uploaded.labels(label).inc()
 
+        if self.marker is not None and todo:
+            await self._mark(todo)
         return await transfer.upload_files(
             self.store, self.options.root, todo, self._gates, uploaded
         )
+
+    async def _mark(self, rels: Collection[str]) -> None:
+        """Put the owner marker in the dirs of ``rels`` that lack it, before their files:
+        a restore with this key then finds every dir that has anything of this pod's."""
+        assert self.marker is not None
+        units: set[str] = set()
+        for rel in rels:
+            placement = self.layout.place(rel)
+            unit = self.layout.unit_of(rel, placement) if placement else None
+            if unit is not None and unit not in self.marked:
+                units.add(unit)
+
+        async def mark(unit: str) -> None:
+            await self.store.put_bytes(f"{unit}/{self.marker}", b"")
+            self.marked.add(unit)
+
+        await tasks.bounded(LISTINGS_IN_FLIGHT, sorted(units), mark)
 
     async def _mirror_deletes(self) -> None:
         for checkpoint in sorted(self.deleted_checkpoints):

@@ -11,10 +11,17 @@ from __future__ import annotations
 import dataclasses
 import enum
 import fnmatch
+import hashlib
 
 from trialsync import contract
 
 MANIFEST_NAME = ".trialsync-manifest.json"
+#: ``<dir>/.trialsync-owner.<hash of the key>``: an empty object beside what a sidecar
+#: with an owner key uploads, marking ``dir`` (a trial dir, or an experiment dir for its
+#: state) as that key's, for a restore to find (docs/architecture.md, "Restore on start").
+OWNER_MARKER_PREFIX = ".trialsync-owner."
+#: A file or checkpoint dir being restored, renamed into place once whole; never synced.
+RESTORING_PREFIX = ".trialsync-restoring."
 #: The sidecar's own state on the volume (``sent_checkpoints``), never synced.
 STATE_DIR = contract.STATE_DIR
 
@@ -44,7 +51,12 @@ class Layout:
         """Return where ``rel`` belongs, or None if it is excluded or ours (a manifest, the
         state dir)."""
         parts = rel.split("/")
-        if parts[-1] == MANIFEST_NAME or parts[0] == STATE_DIR or self.excluded(rel):
+        if (
+            is_ours(parts[-1])
+            or parts[0] == STATE_DIR
+            or any(part.startswith(RESTORING_PREFIX) for part in parts)
+            or self.excluded(rel)
+        ):
             return None
         depth = self._checkpoint_depth(parts)
         if depth and len(parts) > depth:
@@ -52,6 +64,17 @@ class Layout:
         if len(parts) <= 2:
             return Placement(Kind.EXPERIMENT)
         return Placement(Kind.ARTIFACT)
+
+    def unit_of(self, rel: str, placement: Placement) -> str | None:
+        """The dir an owner marker for ``rel`` goes in: a checkpoint's parent (the trial
+        dir, or Train V2's run dir), an artifact's trial dir, the experiment dir of its
+        state; None for a file directly in the root."""
+        if placement.checkpoint is not None:
+            return placement.checkpoint.rpartition("/")[0]
+        parts = rel.split("/")
+        if placement.kind is Kind.ARTIFACT:
+            return "/".join(parts[:2])
+        return parts[0] if len(parts) == 2 else None
 
     def checkpoint_dir(self, rel: str) -> str | None:
         """Return ``rel`` itself if it names a checkpoint dir (``exp/trial/checkpoint_N``, or
@@ -71,3 +94,13 @@ class Layout:
 
     def excluded(self, rel: str) -> bool:
         return any(fnmatch.fnmatchcase(rel, pattern) for pattern in self.excludes)
+
+
+def owner_marker(key: str) -> str:
+    """The name of the owner marker of ``key`` (its hash: any text makes a safe name)."""
+    return OWNER_MARKER_PREFIX + hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+def is_ours(name: str) -> bool:
+    """Whether a file name is trialsync's own: a manifest or an owner marker."""
+    return name == MANIFEST_NAME or name.startswith(OWNER_MARKER_PREFIX)

@@ -48,7 +48,7 @@ from trialsync._head.protocol import (
     REASON_TOO_LARGE,
     REGISTER_PATH,
 )
-from trialsync._stores.base import ObjectRefused, RemoteObject
+from trialsync._stores.base import ObjectRefused, RemoteObject, byte_range
 from trialsync._util import backoff, private_files, tasks
 from trialsync.metrics import Metrics
 
@@ -163,6 +163,10 @@ class HeadStore:
 
     async def read_bytes(self, rel: str) -> bytes:
         return await self._call("GET", self._object_url(rel), _read)
+
+    async def read_range(self, rel: str, start: int, end: int) -> bytes:
+        headers = {"Range": byte_range(start, end)}
+        return await self._call("GET", self._object_url(rel), _read, headers=headers)
 
     async def list(self, rel_prefix: str = "") -> dict[str, RemoteObject]:
         """Every object at or below ``rel_prefix``, keyed relative to this store's prefix."""

@@ -47,6 +47,10 @@ class Settings:
     once: bool = C.ONCE.default
     final_sync_timeout: float = C.FINAL_SYNC_TIMEOUT.default
     mirror_deletes: bool = C.MIRROR_DELETES.default
+    restore: bool = C.RESTORE.default
+    restore_timeout: int = C.RESTORE_TIMEOUT.default
+    restore_key: str | None = C.RESTORE_KEY.default
+    restore_prefix: str | None = C.RESTORE_PREFIX.default
     storage_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     s3_client: str = C.S3_CLIENT.default
     http_addr: str = C.HTTP_ADDR.default
@@ -196,6 +200,7 @@ def _build(values: dict[str, Any], environ: Mapping[str, str]) -> Settings:
     try:
         config.validate_upload_dir()
         contract.check_mirror_deletes(values.get("mirror_deletes", False), syncer)
+        contract.check_restore(values.get("restore", False), syncer)
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
     role = values.pop("role", C.ROLE.default)
@@ -207,6 +212,14 @@ def _build(values: dict[str, Any], environ: Mapping[str, str]) -> Settings:
             "a worker needs --upload-dir (cloud syncing) or --head-url (syncing to the head "
             "node's service); --syncer none disables syncing"
         )
+    if values.get("restore_key") and values.get("restore_prefix") is not None:
+        raise ConfigError(
+            "give --restore-key (restore the trials recorded under it) or --restore-prefix "
+            "(restore every trial below a path), not both"
+        )
+    prefix = values.get("restore_prefix")
+    if prefix is not None:
+        values["restore_prefix"] = _relative_prefix(prefix)
     token_file = values.pop("head_token_file", None)
     head_token = _head_token(token_file, environ) if duty in (Duty.SEND, Duty.RECEIVE) else ""
     layout = Layout(
@@ -233,6 +246,18 @@ def _build(values: dict[str, Any], environ: Mapping[str, str]) -> Settings:
         head_identity_file=identity,
         **values,
     )
+
+
+def _relative_prefix(prefix: str) -> str:
+    """``--restore-prefix`` as a path relative to the upload dir: no leading or trailing
+    '/', no '.' or '..' segment."""
+    clean = prefix.strip("/")
+    if any(part in ("", ".", "..") for part in clean.split("/")) and clean:
+        raise ConfigError(
+            f"--restore-prefix {prefix!r} must be a path below the upload dir "
+            "(<experiment> or <experiment>/<trial>), without '.', '..' or '//'"
+        )
+    return clean
 
 
 def _head_token(path: str | None, environ: Mapping[str, str]) -> str:

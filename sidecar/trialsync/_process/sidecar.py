@@ -8,9 +8,11 @@ import dataclasses
 import logging
 import os
 import signal
+import time
 
 from trialsync._engine.engine import EngineOptions, SyncEngine
 from trialsync._engine.layout import Kind
+from trialsync._engine.restore import RestoreError, Restorer, Scope
 from trialsync._engine.scheduler import Plan, Scheduler
 from trialsync._engine.watcher import ChangeJournal, start_journal
 from trialsync._head import receiver as head_receiver
@@ -19,6 +21,7 @@ from trialsync._process import status_server, storage_api
 from trialsync._process.settings import ConfigError, Settings
 from trialsync._stores import aborts
 from trialsync._stores.base import Store
+from trialsync._util import backoff
 from trialsync.contract import Duty, Role
 from trialsync.metrics import Metrics
 
@@ -150,6 +153,13 @@ async def run(settings: Settings) -> int:
     config = settings.config
     metrics = Metrics()
     if settings.duty in (Duty.RECEIVE, Duty.IDLE):
+        if settings.restore:
+            log.warning(
+                "restore on start ignored: %s",
+                "this head's volume is the store of its workers; nothing holds a copy of it"
+                if settings.duty is Duty.RECEIVE
+                else "syncing is disabled",
+            )
         if settings.once:
             # Nothing of this sidecar's own to sync (syncer none, or the head-node service
             # that only receives): everything is durable at once.
@@ -174,10 +184,12 @@ async def run(settings: Settings) -> int:
             upload_memory=settings.upload_memory,
             part_size=settings.part_size,
             mirror_deletes=settings.mirror_deletes,
+            owner_key=settings.restore_key,
         ),
         store,
         metrics,
     )
+    metrics.data_loss_window.set_function(lambda: time.time() - engine.last_durable)
     scheduler = Scheduler(engine, build_plan(settings), metrics)
     shutdown = Shutdown(settings.final_sync_timeout)
     try:
@@ -185,9 +197,76 @@ async def run(settings: Settings) -> int:
             ok = await _once(settings, scheduler, shutdown)
         else:
             ok = await _serve(settings, engine, scheduler, metrics, shutdown)
+    except RestoreError as exc:
+        log.error(str(exc))
+        return 1
     finally:
         await shutdown.close(store)
     return 0 if ok else 1
+
+
+def restorer_for(settings: Settings, store: Store, metrics: Metrics | None = None) -> Restorer:
+    """The restore this sidecar makes at start: the trials of its owner key, or every
+    trial below its restore prefix (the whole store when neither is given)."""
+    scope = Scope(
+        key=settings.restore_key or None,
+        prefix=settings.restore_prefix or "",
+        experiment_state=settings.role == Role.HEAD,
+    )
+    return Restorer(
+        store,
+        settings.root,
+        settings.layout,
+        scope,
+        part_size=settings.part_size,
+        # Each part is held until written, and read whole: two copies at most.
+        parts_in_flight=settings.upload_memory // (2 * settings.part_size),
+        on_bytes=metrics.restored_bytes.inc if metrics else lambda _: None,
+    )
+
+
+async def restore(
+    settings: Settings, engine: SyncEngine, restorer: Restorer, metrics: Metrics
+) -> None:
+    """Restore, retrying a failing store with backoff, within ``restore_timeout``;
+    RestoreError when it cannot finish in time."""
+    started = time.monotonic()
+    attempt = 0
+    try:
+        async with asyncio.timeout(settings.restore_timeout):
+            while True:
+                attempt += 1
+                try:
+                    done = await restorer.run()
+                    break
+                except Exception as exc:  # the store's failures are many kinds; all retried
+                    wait = backoff.delay(attempt, backoff.BASE, settings.max_backoff, jitter=True)
+                    log.warning(
+                        "restore failed; retrying",
+                        extra={"attempt": attempt, "error": repr(exc), "retry_in": round(wait, 2)},
+                    )
+                    await asyncio.sleep(wait)
+    except TimeoutError:
+        raise RestoreError(
+            f"the restore did not finish within restore_timeout={settings.restore_timeout} s "
+            f"({restorer.progress.describe()}, {attempt} attempts): the trainer is not "
+            "started. Raise the SyncConfig's restoreTimeoutSeconds, or check the store "
+            "(the warnings above say what failed)"
+        ) from None
+    seconds = time.monotonic() - started
+    engine.marked |= done.units
+    metrics.restored_files.inc(done.files)
+    metrics.restore_seconds.set(seconds)
+    log.info(
+        "restore finished",
+        extra={
+            "units": len(done.units),
+            "checkpoints": list(done.checkpoints),
+            "files": done.files,
+            "bytes": done.bytes,
+            "seconds": round(seconds, 3),
+        },
+    )
 
 
 async def _once(settings: Settings, scheduler: Scheduler, shutdown: Shutdown) -> bool:
@@ -239,14 +318,35 @@ async def _serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, terminate)
     loop.add_signal_handler(signal.SIGUSR1, on_signal_trigger)
+    restorer = restorer_for(settings, engine.store, metrics) if settings.restore else None
+
+    def waiting() -> str:
+        if restorer is not None and restorer.progress.phase != "done":
+            return restorer.progress.describe()
+        return "no successful sync yet"
+
     runner, port = await status_server.start(
         settings.http_addr,
         metrics,
         scheduler.ready.is_set,
         trigger,
         storage_api.StoreView(engine, engine.store, settings.layout),
+        waiting,
     )
     try:
+        if restorer is not None:
+            restoring = loop.create_task(restore(settings, engine, restorer, metrics))
+            stopped = loop.create_task(stop.wait())
+            await asyncio.wait({restoring, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            stopped.cancel()
+            if not restoring.done():
+                # SIGTERM before the trainer ever ran: what is aside is removed next time.
+                restoring.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await restoring
+                log.info("SIGTERM during the restore: stopping")
+                return True
+            restoring.result()
 
         def on_change(rel: str, is_dir: bool, removed: bool) -> None:
             engine.note_change(rel, is_dir, removed)

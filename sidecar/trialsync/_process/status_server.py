@@ -24,11 +24,13 @@ async def start(
     is_ready: Callable[[], bool],
     request_sync: Callable[[], Awaitable[None]],
     storage: storage_api.StorageView | None = None,
+    waiting: Callable[[], str] = lambda: "no successful sync yet",
 ) -> tuple[web.AppRunner, int]:
     """Serve on ``host:port`` (port 0 picks one); returns the runner and the bound port.
 
     ``GET /healthz``: 200 while the process serves. ``GET /readyz``: 200 after the first
-    successful sync, 503 before. ``GET /metrics``: Prometheus text. ``POST /sync`` (from
+    successful sync, 503 before, saying what it waits for (``waiting``: a restore's
+    progress). ``GET /metrics``: Prometheus text. ``POST /sync`` (from
     localhost only): 202 once ``request_sync`` has taken note of the pending checkpoints
     (they are complete; a checkpoint started after the answer is not), sync now. With
     ``storage``, the storage API too (``storage_api``, localhost only).
@@ -40,7 +42,7 @@ async def start(
     async def readyz(_: web.Request) -> web.Response:
         if is_ready():
             return web.Response(text="ok\n")
-        return web.Response(status=503, text="no successful sync yet\n")
+        return web.Response(status=503, text=waiting() + "\n")
 
     async def metrics_text(_: web.Request) -> web.Response:
         body = generate_latest(metrics.registry)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 #: S3 allows 10,000 parts to an object; the other stores' chunked uploads follow suit.
 MAX_PARTS = 10_000
@@ -30,8 +30,8 @@ class RemoteObject:
 class Store(Protocol):
     """What the engine needs of the remote side. ``verifiable``: ``list`` reports sizes.
 
-    ``delete`` of a missing object is not an error. ``read_bytes`` raises
-    FileNotFoundError for a missing one.
+    ``delete`` of a missing object is not an error. ``read_bytes`` and ``read_range``
+    raise FileNotFoundError for a missing one.
     """
 
     verifiable: bool
@@ -48,6 +48,10 @@ class Store(Protocol):
 
     async def read_bytes(self, rel: str) -> bytes: ...
 
+    async def read_range(self, rel: str, start: int, end: int) -> bytes:
+        """Bytes ``start`` to ``end`` (exclusive) of the object at ``rel``; FileNotFoundError
+        for a missing one. Fewer bytes mean the object is shorter."""
+
     async def list(self, rel_prefix: str = "") -> dict[str, RemoteObject]: ...
 
     async def stat(self, rel: str) -> RemoteObject | None:
@@ -56,6 +60,15 @@ class Store(Protocol):
     async def delete(self, rels: Iterable[str]) -> None: ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class WritesRanges(Protocol):
+    """A store that writes a range of an object straight to a file, as it arrives."""
+
+    async def read_range_into(self, rel: str, start: int, end: int, fd: int) -> int:
+        """Write bytes ``start`` to ``end`` (exclusive) of ``rel`` at the same offsets of
+        the open file ``fd``; the number of bytes written (fewer: the object is shorter)."""
 
 
 class ObjectRefused(PermissionError):
@@ -78,3 +91,8 @@ def part_size_for(size: int, part_size: int) -> int:
     """The part size to use for a file of ``size`` bytes: at least ``part_size``, larger
     where ``MAX_PARTS`` parts would not hold the file."""
     return max(part_size, -(-size // MAX_PARTS))
+
+
+def byte_range(start: int, end: int) -> str:
+    """The HTTP Range header of bytes ``start`` to ``end`` (exclusive)."""
+    return f"bytes={start}-{end - 1}"

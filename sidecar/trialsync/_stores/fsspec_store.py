@@ -244,20 +244,30 @@ class RemoteStore:
             data = await asyncio.to_thread(c.fs.cat_file, self._path(c, rel))
             return data
 
-    async def get_file(self, rel: str, local_path: str) -> None:
-        """Download ``rel`` to ``local_path``: streamed to a temp file, then renamed."""
-        temp = f"{local_path}.trialsync-tmp"
+    async def read_range(self, rel: str, start: int, end: int) -> bytes:
         async with self._clients() as c:
-            try:
-                if self.is_async:
-                    await c.fs._get_file(self._path(c, rel), temp)
-                else:
-                    await asyncio.to_thread(c.fs.get_file, self._path(c, rel), temp)
-                await asyncio.to_thread(os.replace, temp, local_path)
-            except BaseException:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(temp)
-                raise
+            if c.s3 is not None:
+                return await c.s3.get_range(c.bucket, self._key(c, rel), start, end)
+            if self.is_async:
+                data: bytes = await c.fs._cat_file(self._path(c, rel), start=start, end=end)
+                return data
+            data = await asyncio.to_thread(c.fs.cat_file, self._path(c, rel), start, end)
+            return data
+
+    async def read_range_into(self, rel: str, start: int, end: int, fd: int) -> int:
+        """``WritesRanges``: on S3 through the lean client, each chunk written as it
+        arrives (on the event loop: a write to the page cache is quick); else read whole,
+        then written."""
+        async with self._clients() as c:
+            if isinstance(c.s3, s3_client.S3Client):
+
+                def write(offset: int, chunk: bytes) -> None:
+                    local_files.write_at(fd, chunk, start + offset)
+
+                return await c.s3.get_range_into(c.bucket, self._key(c, rel), start, end, write)
+        data = await self.read_range(rel, start, end)
+        await asyncio.to_thread(local_files.write_at, fd, data, start)
+        return len(data)
 
     async def list(self, rel_prefix: str = "") -> dict[str, RemoteObject]:
         """Every object below ``rel_prefix``, keyed by root-relative path; {} if none."""

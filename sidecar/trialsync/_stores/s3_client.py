@@ -42,9 +42,13 @@ from urllib.parse import quote, unquote_plus, urlsplit
 import aiohttp
 from yarl import URL
 
+from trialsync._stores.base import byte_range
 from trialsync._util import backoff
 
 log = logging.getLogger(__name__)
+
+#: Where a streamed answer goes: ``sink(offset, chunk)``.
+Sink = Callable[[int, bytes], None]
 
 UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
@@ -360,6 +364,35 @@ class S3Client:
         _, data = await self._request("GET", bucket, key, {}, b"")
         return data
 
+    async def get_range(self, bucket: str, key: str, start: int, end: int) -> bytes:
+        """Bytes ``start`` to ``end`` (exclusive) of the object: one ranged GET."""
+        _, data = await self._request(
+            "GET", bucket, key, {}, b"", extra_headers={"Range": byte_range(start, end)}
+        )
+        return data
+
+    async def get_range_into(self, bucket: str, key: str, start: int, end: int, sink: Sink) -> int:
+        """Bytes ``start`` to ``end`` (exclusive) of the object, handed to ``sink`` as they
+        arrive (never held whole): ``sink(offset in the range, chunk)``. A retry hands
+        them again from offset 0. Returns how many bytes the last attempt handed over."""
+        received = 0
+
+        def counted(offset: int, chunk: bytes) -> None:
+            nonlocal received
+            sink(offset, chunk)
+            received = offset + len(chunk)
+
+        await self._request(
+            "GET",
+            bucket,
+            key,
+            {},
+            b"",
+            extra_headers={"Range": byte_range(start, end)},
+            sink=counted,
+        )
+        return received
+
     async def delete_object(self, bucket: str, key: str) -> None:
         """Delete ``key``; a missing key is not an error (S3 answers 204 either way)."""
         try:
@@ -420,8 +453,11 @@ class S3Client:
         key: str,
         query: Mapping[str, str],
         body: bytes | memoryview,
+        extra_headers: Mapping[str, str] | None = None,
+        sink: Sink | None = None,
     ) -> tuple[Mapping[str, str], bytes]:
-        """Send one request; its headers and body.
+        """Send one request; its headers and body. ``extra_headers`` are sent unsigned;
+        with ``sink``, a successful answer's body goes to it instead.
 
         Throttling, 5xx and connection errors are retried up to ``ATTEMPTS`` times in all;
         a bucket in another region is followed once.
@@ -433,7 +469,9 @@ class S3Client:
             attempt += 1
             region = self._bucket_regions.get(bucket, self.region)
             try:
-                status, headers, data = await self._send(method, bucket, key, query, body, region)
+                status, headers, data = await self._send(
+                    method, bucket, key, query, body, region, extra_headers, sink
+                )
             except (TimeoutError, aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
                 if attempt >= ATTEMPTS:
                     raise OSError(f"{where}: {exc or type(exc).__name__}") from exc
@@ -466,6 +504,8 @@ class S3Client:
         query: Mapping[str, str],
         body: bytes | memoryview,
         region: str,
+        extra_headers: Mapping[str, str] | None = None,
+        sink: Sink | None = None,
     ) -> tuple[int, Mapping[str, str], bytes]:
         base, host, path = self._url(bucket, key, region)
         headers = {"Host": host}  # exactly what was signed
@@ -487,6 +527,8 @@ class S3Client:
             )
         if len(body) or method in ("PUT", "POST"):
             headers["Content-Length"] = str(len(body))
+        if extra_headers:
+            headers.update(extra_headers)
         qs = canonical_query(query)
         url = URL(f"{base}{path}?{qs}" if qs else f"{base}{path}", encoded=True)
         session = self._client()
@@ -506,7 +548,14 @@ class S3Client:
                 method, url, data=data, headers=headers, allow_redirects=False, proxy=self._proxy
             ) as response:
                 watchdog.reschedule(None)  # the body is sent: read_timeout bounds the rest
-                answer = await response.read()
+                if sink is not None and response.status < 300:
+                    offset = 0
+                    async for chunk in response.content.iter_any():
+                        sink(offset, chunk)
+                        offset += len(chunk)
+                    answer = b""
+                else:
+                    answer = await response.read()
         return response.status, response.headers, answer
 
 

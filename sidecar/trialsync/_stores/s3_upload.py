@@ -42,6 +42,8 @@ class S3Api(Protocol):
 
     async def get_object(self, bucket: str, key: str) -> bytes: ...
 
+    async def get_range(self, bucket: str, key: str, start: int, end: int) -> bytes: ...
+
     def list_objects(self, bucket: str, prefix: str) -> AsyncIterator[Listed]: ...
 
 
@@ -89,6 +91,10 @@ class BotocoreApi:
 
     async def get_object(self, bucket: str, key: str) -> bytes:
         data: bytes = await self._fs._cat_file(f"{bucket}/{key}")
+        return data
+
+    async def get_range(self, bucket: str, key: str, start: int, end: int) -> bytes:
+        data: bytes = await self._fs._cat_file(f"{bucket}/{key}", start=start, end=end)
         return data
 
     async def list_objects(self, bucket: str, prefix: str) -> AsyncIterator[Listed]:

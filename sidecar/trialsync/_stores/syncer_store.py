@@ -64,6 +64,9 @@ class SyncerStore:
         # which is nothing.
         raise FileNotFoundError(f"{self.url(rel)}: a Syncer cannot read single objects")
 
+    async def read_range(self, rel: str, start: int, end: int) -> bytes:
+        raise FileNotFoundError(f"{self.url(rel)}: a Syncer cannot read single objects")
+
     async def delete(self, rels: Iterable[str]) -> None:
         async with self._lock:
             for rel in rels:

@@ -104,3 +104,11 @@ def diagnose(path: str, scanned: Stat, error: BaseException) -> FileFailure | No
 
 def _local(exc: OSError, path: str) -> LocalReadError:
     return LocalReadError(exc.errno, exc.strerror or str(exc), path)
+
+
+def write_at(fd: int, data: bytes | memoryview, offset: int) -> None:
+    """Write all of ``data`` at ``offset`` of ``fd`` (``os.pwrite`` may write less)."""
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
