@@ -5,6 +5,7 @@ again."""
 from __future__ import annotations
 
 import pathlib
+import shutil
 import time
 
 import pytest
@@ -247,3 +248,45 @@ def test_a_restored_checkpoint_that_lost_its_writes_is_restored_again(
     assert again.stop() == 0
     third, _ = start(tmp_path, sidecars, "retry", target, s3.env, "--restore")
     assert third.metric("trialsync_restored_bytes_total") == 0
+
+
+def test_mirrored_deletions_reach_a_restored_checkpoint_and_never_older_ones(
+    s3: Backend, tmp_path: pathlib.Path, sidecars: list[Sidecar]
+) -> None:
+    target = ["--upload-dir", s3.url, "--mirror-deletes"]
+    first, first_root = start(tmp_path, sidecars, "first", target, s3.env)
+    train(first_root, TRIAL, range(1, 4))
+    published(first, 3)
+    assert first.stop() == 0
+    retry, root = start(tmp_path, sidecars, "retry", target, s3.env, "--restore")
+    # The trainer goes on and, as Ray's num_to_keep=1 does, deletes the one it resumed from.
+    trials.checkpoint(root / TRIAL, 4, {"model.pt": 1000})
+    published(retry, 1)
+    shutil.rmtree(root / TRIAL / "checkpoint_000003")
+    wait_for(
+        lambda: not any("checkpoint_000003" in rel for rel in s3.listing()),
+        30,
+        what="the restored checkpoint's deletion mirrored",
+    )
+    assert retry.stop() == 0
+    checkpoints = {rel.split("/")[2] for rel in s3.listing() if "/checkpoint_" in rel}
+    assert checkpoints == {"checkpoint_000001", "checkpoint_000002", "checkpoint_000004"}
+
+
+def test_the_metrics_say_how_long_the_restore_took_and_how_much_training_is_at_risk(
+    s3: Backend, tmp_path: pathlib.Path, sidecars: list[Sidecar]
+) -> None:
+    target = ["--upload-dir", s3.url]
+    first, first_root = start(tmp_path, sidecars, "first", target, s3.env)
+    train(first_root, TRIAL, range(1, 2))
+    published(first, 1)
+    assert first.stop() == 0
+    retry, root = start(tmp_path, sidecars, "retry", target, s3.env, "--restore")
+    assert retry.metric("trialsync_restore_seconds") > 0
+    # Nothing published since the start: the window grows with the time since then.
+    time.sleep(2)
+    before = retry.metric("trialsync_data_loss_window_seconds")
+    assert before >= 2
+    trials.checkpoint(root / TRIAL, 2, {"model.pt": 1000})
+    published(retry, 1)
+    assert retry.metric("trialsync_data_loss_window_seconds") < before
