@@ -125,13 +125,14 @@ def landed(server: S3Server, bucket: str, prefix: str) -> Landed:
     return Landed(objects, size, manifests)
 
 
-def tree_stats(root: Path) -> tuple[int, int]:
-    """(files, bytes) below ``root``."""
+def tree_stats(root: Path, skip: str = "") -> tuple[int, int]:
+    """(files, bytes) below ``root``, but files named ``skip``."""
     files = size = 0
     for dirpath, _, names in os.walk(root):
         for name in names:
-            files += 1
-            size += os.lstat(os.path.join(dirpath, name)).st_size
+            if name != skip:
+                files += 1
+                size += os.lstat(os.path.join(dirpath, name)).st_size
     return files, size
 
 

@@ -105,7 +105,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     os.sync()  # no dirty pages of the last run for this one's fsyncs to wait on
                     argv, env = BUILDERS[name](server, url, dest)
                     done = common.timed(argv, env)
-                    got = _restored(dest)
+                    got = common.tree_stats(dest, skip=MANIFEST_NAME)  # the peers copy it too
                     if got != (files, size):
                         raise RuntimeError(f"{name}: restored {got}, expected {(files, size)}")
                     times[name].append(done.seconds)
@@ -138,17 +138,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "trialsync_over_s5cmd_throughput": medians["s5cmd cp"] / medians["trialsync"],
         "restore_over_s5cmd_throughput": medians["s5cmd cp"] / restore_s,
     }
-
-
-def _restored(dest: Path) -> tuple[int, int]:
-    """(files, bytes) below ``dest`` but manifests (the peers copy them too)."""
-    files = size = 0
-    for dirpath, _, names in os.walk(dest):
-        for name in names:
-            if name != MANIFEST_NAME:
-                files += 1
-                size += os.lstat(os.path.join(dirpath, name)).st_size
-    return files, size
 
 
 def report(results: dict[str, Any]) -> str:

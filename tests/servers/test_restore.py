@@ -46,6 +46,23 @@ def published(sidecar: Sidecar, count: int) -> None:
     )
 
 
+def saved(
+    tmp_path: pathlib.Path,
+    sidecars: list[Sidecar],
+    target: list[str],
+    env: dict[str, str],
+    checkpoints: int,
+    *flags: str,
+) -> pathlib.Path:
+    """A first pod's sidecar that published checkpoints 1..``checkpoints`` of TRIAL and
+    stopped (exit 0); its root."""
+    first, root = start(tmp_path, sidecars, "first", target, env, *flags)
+    train(root, TRIAL, range(1, checkpoints + 1))
+    published(first, checkpoints)
+    assert first.stop() == 0
+    return root
+
+
 def train(root: pathlib.Path, trial: str, indexes: range) -> None:
     trial_dir = trials.trial(root / trial.split("/")[0], trial.split("/")[1])
     for index in indexes:
@@ -99,10 +116,7 @@ def test_a_checkpoint_without_its_manifest_or_with_a_wrong_file_is_passed_over(
     s3: Backend, tmp_path: pathlib.Path, sidecars: list[Sidecar]
 ) -> None:
     target = ["--upload-dir", s3.url]
-    first, first_root = start(tmp_path, sidecars, "first", target, s3.env, "--restore")
-    train(first_root, TRIAL, range(1, 4))
-    published(first, 3)
-    assert first.stop() == 0
+    saved(tmp_path, sidecars, target, s3.env, 3, "--restore")
     fs = s3.reader()
     base = s3.url.removeprefix("s3://")
     fs.rm(f"{base}/{TRIAL}/checkpoint_000003/{MANIFEST_NAME}")  # never published whole
@@ -133,10 +147,8 @@ def test_a_worker_restores_from_the_head_node_service(
         }
 
     key = ("--restore", "--restore-key", "ns/statefulset/trainer-0")
-    first, first_root = start(tmp_path, sidecars, "first", target, env("first"), *key)
-    train(first_root, TRIAL, range(1, 3))
-    published(first, 2)
-    assert first.stop() == 0  # releases its claim on the trial dir
+    # The first worker's exit releases its claim on the trial dir.
+    first_root = saved(tmp_path, sidecars, target, env("first"), 2, *key)
 
     retry, root = start(tmp_path, sidecars, "retry", target, env("retry"), *key)
     newest = f"{TRIAL}/checkpoint_000002"
@@ -213,10 +225,7 @@ def test_nothing_left_aside_survives_the_next_restore(
     s3: Backend, tmp_path: pathlib.Path, sidecars: list[Sidecar]
 ) -> None:
     target = ["--upload-dir", s3.url]
-    first, first_root = start(tmp_path, sidecars, "first", target, s3.env)
-    train(first_root, TRIAL, range(1, 2))
-    published(first, 1)
-    assert first.stop() == 0
+    saved(tmp_path, sidecars, target, s3.env, 1)
     root = tmp_path / "retry"
     aside = root / TRIAL / f"{RESTORING_PREFIX}checkpoint_000001"
     trials.write(aside / "model.pt", b"half")  # what a killed restore left
@@ -231,10 +240,7 @@ def test_a_restored_checkpoint_that_lost_its_writes_is_restored_again(
     """A node that went down before a restore's writes reached its disk leaves, on a
     volume that outlives it, a checkpoint shorter than its manifest."""
     target = ["--upload-dir", s3.url]
-    first, first_root = start(tmp_path, sidecars, "first", target, s3.env)
-    train(first_root, TRIAL, range(1, 3))
-    published(first, 2)
-    assert first.stop() == 0
+    first_root = saved(tmp_path, sidecars, target, s3.env, 2)
     restored, root = start(tmp_path, sidecars, "retry", target, s3.env, "--restore")
     assert restored.stop() == 0
     model = root / TRIAL / "checkpoint_000002" / "model.pt"
@@ -254,10 +260,7 @@ def test_mirrored_deletions_reach_a_restored_checkpoint_and_never_older_ones(
     s3: Backend, tmp_path: pathlib.Path, sidecars: list[Sidecar]
 ) -> None:
     target = ["--upload-dir", s3.url, "--mirror-deletes"]
-    first, first_root = start(tmp_path, sidecars, "first", target, s3.env)
-    train(first_root, TRIAL, range(1, 4))
-    published(first, 3)
-    assert first.stop() == 0
+    saved(tmp_path, sidecars, target, s3.env, 3)
     retry, root = start(tmp_path, sidecars, "retry", target, s3.env, "--restore")
     # The trainer goes on and, as Ray's num_to_keep=1 does, deletes the one it resumed from.
     trials.checkpoint(root / TRIAL, 4, {"model.pt": 1000})
@@ -277,10 +280,7 @@ def test_the_metrics_say_how_long_the_restore_took_and_how_much_training_is_at_r
     s3: Backend, tmp_path: pathlib.Path, sidecars: list[Sidecar]
 ) -> None:
     target = ["--upload-dir", s3.url]
-    first, first_root = start(tmp_path, sidecars, "first", target, s3.env)
-    train(first_root, TRIAL, range(1, 2))
-    published(first, 1)
-    assert first.stop() == 0
+    saved(tmp_path, sidecars, target, s3.env, 1)
     retry, root = start(tmp_path, sidecars, "retry", target, s3.env, "--restore")
     assert retry.metric("trialsync_restore_seconds") > 0
     # Nothing published since the start: the window grows with the time since then.

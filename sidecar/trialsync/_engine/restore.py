@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 
 FILES_IN_FLIGHT = 16
 CHECKPOINTS_IN_FLIGHT = 4
+MANIFESTS_IN_FLIGHT = 8
 PROGRESS_LOG_INTERVAL = 5.0
 
 
@@ -209,16 +210,22 @@ class Restorer:
         remote = await self.store.list(self.scope.prefix)
         units = owned_units(remote, self.layout, self.scope)
         await asyncio.to_thread(self._clean_leftovers, units)
-        files: dict[str, tuple[int, int | None]] = {}  # path -> (size, mtime_ns)
+        listed = {rel: found for unit in units.values() for rel, found in unit.files.items()}
+        missing = await asyncio.to_thread(self._missing, listed)
+        files = {  # path -> (size, mtime_ns)
+            rel: (found.size, None if found.mtime is None else int(found.mtime * 1e9))
+            for rel, found in listed.items()
+            if rel in missing
+        }
         checkpoints: dict[str, dict[str, tuple[int, int]]] = {}
-        for name, unit in sorted(units.items()):
-            for rel, found in unit.files.items():
-                if not await asyncio.to_thread(os.path.lexists, self._local(rel)):
-                    mtime = None if found.mtime is None else int(found.mtime * 1e9)
-                    files[rel] = (found.size, mtime)
-            chosen = await self._newest_complete(name, unit)
+
+        async def choose(name: str) -> None:
+            chosen = await self._newest_complete(name, units[name])
             if chosen is not None:
                 checkpoints[chosen[0]] = chosen[1]
+
+        # One manifest read per trial: many at once, not one trial after the other.
+        await tasks.bounded(MANIFESTS_IN_FLIGHT, sorted(units), choose)
         self.progress.phase = "downloading"
         self.progress.files = len(files) + sum(len(c) for c in checkpoints.values())
         self.progress.bytes = sum(s for s, _ in files.values()) + sum(
@@ -346,6 +353,10 @@ class Restorer:
         while True:
             await asyncio.sleep(PROGRESS_LOG_INTERVAL)
             log.info(self.progress.describe())
+
+    def _missing(self, listed: Mapping[str, RemoteObject]) -> set[str]:
+        """The paths of ``listed`` the volume has nothing at (blocking)."""
+        return {rel for rel in listed if not os.path.lexists(self._local(rel))}
 
     def _clean_leftovers(self, units: Mapping[str, Unit]) -> None:
         """Remove what an interrupted restore left aside in the units' dirs."""
