@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 JsonDict = dict[str, Any]
 MERGE_PATCH = "application/merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
+JSON_PATCH = "application/json-patch+json"
 TIMEOUT = aiohttp.ClientTimeout(total=30, sock_connect=10)
 
 
@@ -124,6 +125,9 @@ class Kube:
 
     async def merge_patch(self, path: str, patch: JsonDict) -> JsonDict:
         return await self.request("PATCH", path, patch, MERGE_PATCH)
+
+    async def json_patch(self, path: str, ops: list[JsonDict]) -> JsonDict:
+        return await self.request("PATCH", path, ops, JSON_PATCH)
 
     async def delete(self, path: str, precondition_uid: str | None = None) -> None:
         body = {"preconditions": {"uid": precondition_uid}} if precondition_uid else None

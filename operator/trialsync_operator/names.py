@@ -45,6 +45,8 @@ TRIAL_VOLUME = "trialsync-trial"
 SCRATCH_VOLUME = "trialsync-tmp"
 CREDENTIALS_VOLUME = "trialsync-credentials"
 HEAD_TOKEN_KEY = "token"
+#: The type of the Secrets the operator creates (the only type it may create).
+HEAD_SECRET_TYPE = f"{GROUP}/head-node"
 
 _NOT_DNS_LABEL = re.compile(r"[^a-z0-9-]")
 

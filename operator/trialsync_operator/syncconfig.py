@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
@@ -36,6 +37,27 @@ PULL_POLICIES = ("Always", "IfNotPresent", "Never")
 #: Reasons of the Ready condition.
 REASON_VALID = "Valid"
 REASON_INVALID = "InvalidSpec"
+REASON_SCHEME = "SchemeNotServed"
+REASON_PATH = "PathNotWritable"
+
+
+class SchemeNotServed(ValueError):
+    """The sidecar image that would run does not serve the uploadDir's scheme."""
+
+
+class PathNotWritable(ValueError):
+    """The uploadDir is a path the sidecar has no place to write to."""
+
+
+#: fsspec's schemes of the local filesystem.
+LOCAL_SCHEMES = frozenset({"file", "local"})
+#: Why a ``file://`` uploadDir is refused: the injected sidecar has no volume there.
+FILE_UPLOAD_DIR = (
+    "upload_dir {uri}: a file:// path would be written inside the sidecar's own container, "
+    "whose root filesystem is read-only and is lost with the pod; use an object store "
+    "(s3://, gs://, any fsspec URI the sidecar image serves), or no uploadDir to sync to the "
+    "head node"
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +78,7 @@ class SidecarImage:
             return
         package = PACKAGE_FOR.get(scheme)
         needs = f" (it needs {package})" if package else ""
-        raise ValueError(
+        raise SchemeNotServed(
             f"upload_dir {quoted(uri)}: the sidecar image {self.image} cannot serve "
             f"{scheme}://{needs}; it serves {', '.join(sorted(self.schemes))}. Use one of "
             "those, or build a sidecar image with that backend and name it in "
@@ -83,6 +105,10 @@ class ConfigView:
     generation: int = 0
     valid: bool = True
     message: str = ""
+    #: The Ready condition's reason while invalid (REASON_INVALID, _SCHEME, _PATH).
+    reason: str = REASON_VALID
+    #: Deleted, and held by a finalizer until the pods that use it are gone.
+    terminating: bool = False
     upload_dir: str | None = C.UPLOAD_DIR.default
     syncer: str = C.SYNCER.default
     sync_period: int = C.SYNC_PERIOD.default
@@ -133,16 +159,24 @@ def view_of(body: Mapping[str, Any], sidecar: SidecarImage) -> ConfigView:
         "name": name,
         "uid": str(meta.get("uid") or ""),
         "generation": _int_or_zero(meta.get("generation")),
+        "terminating": bool(meta.get("deletionTimestamp")),
     }
     try:
         fields = _read_spec(body.get("spec", {}))
     except SpecError as exc:
-        return ConfigView(**identity, valid=False, message=str(exc))
+        return ConfigView(**identity, valid=False, message=str(exc), reason=REASON_INVALID)
     view = ConfigView(**identity, **fields)
     try:
         _check(view, sidecar)
     except ValueError as exc:
-        return dataclasses.replace(view, valid=False, message=str(exc))
+        reason = (
+            REASON_SCHEME
+            if isinstance(exc, SchemeNotServed)
+            else REASON_PATH
+            if isinstance(exc, PathNotWritable)
+            else REASON_INVALID
+        )
+        return dataclasses.replace(view, valid=False, message=str(exc), reason=reason)
     return view
 
 
@@ -157,6 +191,8 @@ def _check(view: ConfigView, sidecar: SidecarImage) -> None:
         view.sync_timeout,
         backend=any_scheme if view.image else sidecar.check_backend,
     )
+    if view.mode is Mode.UPLOAD and _scheme(str(view.upload_dir)) in LOCAL_SCHEMES:
+        raise PathNotWritable(FILE_UPLOAD_DIR.format(uri=quoted(str(view.upload_dir))))
     contract.check_mirror_deletes(view.mirror_deletes, view.syncer)
     contract.check_restore(view.restore, view.syncer)
     if view.syncer not in ("auto", "none") and not view.image:
@@ -306,6 +342,10 @@ def _resources(resources: object) -> dict[str, dict[str, str]]:
                 f"limit {limit}"
             )
     return out
+
+
+def _scheme(uri: str) -> str:
+    return urllib.parse.urlsplit(uri).scheme.lower()
 
 
 def _opt_str(obj: Mapping[str, Any], field: str, where: str) -> str | None:

@@ -118,13 +118,15 @@ def _grants(rules: list[Any], resource: str) -> set[str]:
 
 def test_the_operator_is_granted_only_the_verbs_it_calls(kube: Kube) -> None:
     cluster_wide = _rules(_render(kube), "ClusterRole")
-    # kopf lists and watches; nothing GETs a single SyncConfig.
-    assert _grants(cluster_wide, "syncconfigs") == {"list", "watch"}
+    # kopf lists and watches; nothing GETs a single SyncConfig; the leader patches the
+    # finalizer that keeps a head-node service for the pods that use it.
+    assert _grants(cluster_wide, "syncconfigs") == {"list", "watch", "patch"}
     assert _grants(cluster_wide, "syncconfigs/status") == {"patch"}
     assert _grants(cluster_wide, "secrets") == {"create"}
     assert _grants(cluster_wide, "events") == {"create"}
     assert _grants(cluster_wide, "services") == {"get", "create", "patch", "delete"}
-    assert _grants(cluster_wide, "pods") == set()
+    # Listed (by label) only to know when the last pod using a head-node service is gone.
+    assert _grants(cluster_wide, "pods") == {"list"}
 
 
 def test_watched_namespaces_get_roles_instead_of_cluster_wide_syncconfig_rules(
@@ -137,7 +139,7 @@ def test_watched_namespaces_get_roles_instead_of_cluster_wide_syncconfig_rules(
     assert _grants(cluster_wide, "mutatingwebhookconfigurations") == {"get", "update"}
     for namespace in ("ml", "tune"):
         rules = _rules(docs, "Role", namespace)
-        assert _grants(rules, "syncconfigs") == {"list", "watch"}
+        assert _grants(rules, "syncconfigs") == {"list", "watch", "patch"}
         assert _grants(rules, "services") == {"get", "create", "patch", "delete"}
         [binding] = [
             d

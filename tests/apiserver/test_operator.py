@@ -27,6 +27,8 @@ from tests.support.sidecar_process import wait_for
 from trialsync import SyncConfig
 from trialsync_operator import names
 from trialsync_operator.admission import injection
+from trialsync_operator.reconcile import in_use
+from trialsync_operator.reconcile.controller import RECHECK_INTERVAL
 from trialsync_operator.syncconfig import view_of
 
 pytestmark = pytest.mark.k8s
@@ -232,7 +234,7 @@ def test_status_conditions_and_events_follow_validity(kube: Kube, ns: str) -> No
         30,
         what="Ready=False",
     )
-    assert condition["reason"] == "InvalidSpec"
+    assert condition["reason"] == "SchemeNotServed"
     assert "cannot serve hdfs://" in condition["message"]
     status = _get(kube, ns, "syncconfig", "flip")["status"]
     assert status["observedGeneration"] == 2
@@ -260,7 +262,7 @@ def test_status_conditions_and_events_follow_validity(kube: Kube, ns: str) -> No
     # One Event per change of validity: created valid, turned invalid, valid again.
     assert Counter(f"{e['type']}/{e['reason']}" for e in got) == {
         "Normal/Valid": 2,
-        "Warning/InvalidSpec": 1,
+        "Warning/SchemeNotServed": 1,
     }
     [warning] = [e for e in got if e["type"] == "Warning"]
     assert "cannot serve hdfs://" in warning["message"]
@@ -340,7 +342,16 @@ def test_without_an_upload_dir_the_operator_owns_a_token_secret_and_a_head_servi
     token = base64.b64decode(secret["data"][names.HEAD_TOKEN_KEY]).decode()
     assert token not in json.dumps(_get(kube, ns, "pod", "worker"))
 
-    # Given an uploadDir, the Service goes; the Secret stays, owned, with its token.
+    # Given an uploadDir, new pods upload; the Service stays while the head and the
+    # worker still use it, and says so.
+    assert in_use.FINALIZER in config["metadata"].get("finalizers", []) or wait_for(
+        lambda: (
+            in_use.FINALIZER
+            in _get(kube, ns, "syncconfig", "local")["metadata"].get("finalizers", [])
+        ),
+        30,
+        what="the finalizer",
+    )
     kube.kubectl(
         "patch",
         "syncconfig",
@@ -351,13 +362,147 @@ def test_without_an_upload_dir_the_operator_owns_a_token_secret_and_a_head_servi
         "-p",
         json.dumps({"spec": {"uploadDir": "s3://bucket/x"}}),
     )
+    retained = wait_for(
+        lambda: _condition(kube, ns, "local", "HeadServiceRetained"), 30, what="the condition"
+    )
+    assert retained["status"] == "True"
+    assert "(head, worker)" in retained["message"]
+    assert "PodsInUse" in _event_reasons(kube, ns, "local")
+    time.sleep(RECHECK_INTERVAL + 1)  # a recheck has come and gone
+    assert kube.kubectl("get", "service", service_name, "-n", ns, check=False).returncode == 0
+    assert _apply(kube, ns, _pod("uploader", "local")).returncode == 0
+    [sidecar] = sidecars(_get(kube, ns, "pod", "uploader"))
+    assert "TRIALSYNC_HEAD_URL" not in {e["name"] for e in sidecar["env"]}
+    # Once they are gone, so is the Service; the Secret stays, owned, with its token.
+    kube.kubectl("delete", "pod", "head", "worker", "-n", ns)
     wait_for(
         lambda: kube.kubectl("get", "service", service_name, "-n", ns, check=False).returncode != 0,
         30,
         what="the head Service to go",
     )
+    wait_for(
+        lambda: (
+            _condition(kube, ns, "local", "HeadServiceRetained") is None
+            and in_use.FINALIZER
+            not in _get(kube, ns, "syncconfig", "local")["metadata"].get("finalizers", [])
+        ),
+        30,
+        what="the condition and the finalizer to go",
+    )
     kept = kube.kubectl("get", "secret", secret_name, "-n", ns, "-o", "json")
     assert json.loads(kept.stdout)["data"] == secret["data"]
+
+
+def _condition(kube: Kube, namespace: str, name: str, type_: str) -> dict[str, Any] | None:
+    status = _get(kube, namespace, "syncconfig", name).get("status") or {}
+    found = [c for c in status.get("conditions") or [] if c["type"] == type_]
+    return dict(found[0]) if found else None
+
+
+def _event_reasons(kube: Kube, namespace: str, name: str) -> set[str]:
+    out = kube.kubectl(
+        "get",
+        "events",
+        "-n",
+        namespace,
+        "--field-selector",
+        f"involvedObject.name={name}",
+        "-o",
+        "json",
+    ).stdout
+    return {e["reason"] for e in json.loads(out)["items"]}
+
+
+def test_a_deleted_syncconfig_stays_with_its_head_service_until_its_pods_have_finished(
+    kube: Kube, ns: str
+) -> None:
+    assert _apply(kube, ns, syncconfig("team", {})).returncode == 0
+    service_name = names.head_service_name("team")
+    wait_for(
+        lambda: (
+            in_use.FINALIZER
+            in _get(kube, ns, "syncconfig", "team")["metadata"].get("finalizers", [])
+        ),
+        30,
+        what="the finalizer",
+    )
+    assert _apply(kube, ns, _pod("head", "team", **{names.ROLE_ANNOTATION: "head"})).returncode == 0
+    assert _apply(kube, ns, _pod("worker", "team")).returncode == 0
+    kube.kubectl("delete", "syncconfig", "team", "-n", ns, "--wait=false")
+
+    ready = wait_for(
+        lambda: (c := _condition(kube, ns, "team", "Ready")) and c["reason"] == "Terminating" and c,
+        30,
+        what="Ready=False, Terminating",
+    )
+    assert ready["status"] == "False"
+    assert "(head, worker)" in ready["message"]
+    assert "Terminating" in _event_reasons(kube, ns, "team")
+    time.sleep(RECHECK_INTERVAL + 1)
+    assert kube.kubectl("get", "service", service_name, "-n", ns, check=False).returncode == 0
+    # A replacement worker (a Job's retry, KubeRay's new worker) is still injected.
+    created = _apply(kube, ns, _pod("worker-2", "team"))
+    assert created.returncode == 0
+    assert "is being deleted" in created.stderr
+    assert len(sidecars(_get(kube, ns, "pod", "worker-2"))) == 1
+
+    # A finished pod no longer counts; once none is left, the SyncConfig goes.
+    kube.kubectl(
+        "patch",
+        "pod",
+        "worker",
+        "-n",
+        ns,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        json.dumps({"status": {"phase": "Succeeded"}}),
+    )
+    kube.kubectl("delete", "pod", "head", "-n", ns)
+    wait_for(
+        lambda: "(worker-2)" in str((_condition(kube, ns, "team", "Ready") or {}).get("message")),
+        30,
+        what="the message to name the pod left",
+    )
+    kube.kubectl("delete", "pod", "worker-2", "-n", ns)
+    wait_for(
+        lambda: kube.kubectl("get", "syncconfig", "team", "-n", ns, check=False).returncode != 0,
+        30,
+        what="the SyncConfig to go",
+    )
+
+
+def test_ready_says_pods_wait_for_a_missing_credentials_secret_until_it_exists(
+    kube: Kube, ns: str
+) -> None:
+    spec = {"uploadDir": "s3://bucket/exp", "credentials": {"secretRef": {"name": "s3-keys"}}}
+    assert _apply(kube, ns, syncconfig("keyed", spec)).returncode == 0
+    ready = wait_for(
+        lambda: (c := _ready(kube, ns, "keyed")) and c["reason"] == "SecretMissing" and c,
+        30,
+        what="Ready=False, SecretMissing",
+    )
+    assert ready["status"] == "False"
+    assert f"Secret {ns}/s3-keys" in ready["message"]
+    # The operator learnt it without creating (or reading) anything.
+    assert kube.kubectl("get", "secret", "s3-keys", "-n", ns, check=False).returncode != 0
+    kube.kubectl(
+        "create", "secret", "generic", "s3-keys", "-n", ns, "--from-literal=AWS_ACCESS_KEY_ID=k"
+    )
+    wait_for(
+        lambda: (_ready(kube, ns, "keyed") or {}).get("status") == "True",
+        30,
+        what="Ready=True once the Secret exists",
+    )
+
+
+def test_a_file_upload_dir_is_refused_as_a_path_the_sidecar_cannot_write(
+    kube: Kube, ns: str
+) -> None:
+    refused = _apply(kube, ns, syncconfig("on-disk", {"uploadDir": "file:///data/checkpoints"}))
+    assert refused.returncode != 0
+    assert "file:///data/checkpoints" in refused.stderr
+    assert "read-only" in refused.stderr
 
 
 def test_a_syncconfig_deleted_and_created_again_gets_head_objects_of_its_own_at_once(
@@ -433,3 +578,47 @@ def test_a_pod_is_injected_as_soon_as_its_syncconfig_exists(kube: Kube, ns: str)
     assert sidecar["restartPolicy"] == "Always"
     status = json.loads(pod["metadata"]["annotations"][names.STATUS_ANNOTATION])
     assert status["config"] == "fresh"
+
+
+def test_an_invalid_syncconfig_can_still_be_labelled_and_deleted_but_not_given_a_new_spec(
+    kube: Kube, ns: str
+) -> None:
+    # Written while the validating webhook was away (or before an operator that refuses it).
+    validating = kube.kubectl(
+        "get", "validatingwebhookconfiguration", WEBHOOK_NAME, "-o", "json"
+    ).stdout
+    kube.kubectl("delete", "validatingwebhookconfiguration", WEBHOOK_NAME)
+    try:
+        spec = {"uploadDir": "hdfs://namenode:8020/exp"}
+        assert _apply(kube, ns, syncconfig("stale", spec)).returncode == 0
+    finally:
+        restored = json.loads(validating)
+        for key in ("resourceVersion", "uid", "creationTimestamp", "generation", "managedFields"):
+            restored["metadata"].pop(key, None)
+        kube.kubectl("create", "-f", "-", input=json.dumps(restored))
+    wait_for(lambda: (_ready(kube, ns, "stale") or {}).get("status") == "False", 30, what="Ready")
+    changed = json.dumps({"spec": {"syncPeriod": 60}})
+    refused = wait_for(
+        lambda: (
+            (
+                r := kube.kubectl(
+                    "patch",
+                    "syncconfig",
+                    "stale",
+                    "-n",
+                    ns,
+                    "--type=merge",
+                    "-p",
+                    changed,
+                    check=False,
+                )
+            ).returncode
+            != 0
+            and r
+        ),
+        30,
+        what="the webhook back",
+    )
+    assert "cannot serve hdfs://" in refused.stderr
+    kube.kubectl("label", "syncconfig", "stale", "-n", ns, "team=ml")
+    kube.kubectl("delete", "syncconfig", "stale", "-n", ns, "--timeout=30s")

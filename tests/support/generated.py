@@ -182,7 +182,6 @@ UPLOAD_DIRS = st.sampled_from(
         "s3a://bucket/a/b",
         "gs://my-bucket/x",
         "gcs://b.c/d",
-        "file:///data/exp",
     ]
 )
 #: A custom syncer's name, which needs an upload dir and a sidecar image that ships it.

@@ -44,6 +44,24 @@ def test_a_backend_the_sidecar_image_lacks_is_refused_saying_how_to_fix_it() -> 
     assert not view.valid
     assert "cannot serve hdfs:// (it needs pyarrow)" in view.message
     assert "spec.sidecar.image" in view.message
+    assert view.reason == "SchemeNotServed"
+
+
+@pytest.mark.parametrize("uri", ["file:///data/checkpoints", "FILE:///x"])
+def test_a_local_path_is_refused_as_one_the_sidecar_cannot_write(uri: str) -> None:
+    view = view_of(_config({"uploadDir": uri}), SIDECAR)
+    assert not view.valid
+    assert (view.reason, view.mode) == ("PathNotWritable", "upload")
+    assert f"upload_dir {uri!r}" in view.message or f'upload_dir "{uri}"' in view.message
+    assert "read-only" in view.message
+
+
+def test_an_invalid_spec_has_the_generic_reason_and_a_deleted_one_says_so() -> None:
+    assert view_of(_config({"syncPeriod": 0}), SIDECAR).reason == "InvalidSpec"
+    body = _config({})
+    assert not view_of(body, SIDECAR).terminating
+    body["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    assert view_of(body, SIDECAR).terminating
 
 
 def test_a_custom_image_is_trusted_with_its_backends() -> None:

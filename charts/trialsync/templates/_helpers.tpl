@@ -71,12 +71,15 @@ annotations:
 {{- end -}}
 
 {{/* What the operator calls where SyncConfigs live: kopf lists and watches them (no
-     single GET), the leader patches their status, records Events, creates head-node
-     token Secrets and keeps the head-node Services it owns. */}}
+     single GET), the leader patches their status and their finalizer (JSON patch: it
+     holds a SyncConfig whose head-node service pods still use), records Events, creates
+     head-node token Secrets (and dry-runs a create to learn whether a credentials Secret
+     exists, never reading one), keeps the head-node Services it owns, and lists the pods
+     of a SyncConfig being deleted to know when the last has finished. */}}
 {{- define "trialsync.syncconfigRules" -}}
 - apiGroups: [trialsync.io]
   resources: [syncconfigs]
-  verbs: [list, watch]
+  verbs: [list, watch, patch]
 - apiGroups: [trialsync.io]
   resources: [syncconfigs/status]
   verbs: [patch]
@@ -89,4 +92,7 @@ annotations:
 - apiGroups: [""]
   resources: [services]
   verbs: [get, create, patch, delete]
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [list]
 {{- end -}}

@@ -306,6 +306,12 @@ def _inject(
     if request.mount_path is not None:
         patch["containers"] = containers
     warnings = _warnings(spec, view, uid) + restore_warnings
+    if view.terminating:
+        warnings.append(
+            f"SyncConfig {namespace}/{view.name} is being deleted: this pod syncs as it says, "
+            "and the SyncConfig stays until the pods that use its head-node service have "
+            "finished; create a new SyncConfig for new work"
+        )
     return Result(patch=patch, warnings=warnings, config=view)
 
 
@@ -427,6 +433,7 @@ def _metadata(
             "uid": view.uid,
             "image": image,
             "role": request.role.value,
+            "mode": view.mode.value,
         },
         sort_keys=True,
         separators=(",", ":"),

@@ -50,8 +50,13 @@ def build_registry(controller: Controller, admission: PodAdmission) -> kopf.Oper
         operations=["CREATE", "UPDATE"],
         registry=registry,
     )
-    async def validate_syncconfig(body: kopf.Body, **_: Any) -> None:
+    async def validate_syncconfig(body: kopf.Body, **kwargs: Any) -> None:
         # async: kopf runs it on the loop, no thread hop (it does no I/O)
+        old: kopf.Body | None = kwargs.get("old")
+        if old is not None and old.get("spec") == body.get("spec"):
+            # Metadata only (the operator's finalizer, labels): a SyncConfig that a newer
+            # operator finds invalid must still be deletable.
+            return
         view = view_of(body, sidecar)
         if not view.valid:
             raise kopf.AdmissionError(view.message, code=422)

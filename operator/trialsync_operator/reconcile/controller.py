@@ -21,6 +21,9 @@ log = logging.getLogger(__name__)
 
 #: The leader re-reconciles every SyncConfig this often, catching anything an event missed.
 RESYNC_INTERVAL = 300.0
+#: A SyncConfig waiting for something no watch here reports (its credentials Secret to be
+#: created, the pods that use its head-node service to finish) is checked this often.
+RECHECK_INTERVAL = 5.0
 
 
 class Controller:
@@ -31,6 +34,7 @@ class Controller:
         self.elector: LeaderElector | None = None
         #: Set once the index holds every SyncConfig: no admission is answered before.
         self.index_ready = asyncio.Event()
+        self._rechecks: dict[tuple[str, str], asyncio.Task[None]] = {}
 
     # -- the index -----------------------------------------------------------------------
 
@@ -91,12 +95,42 @@ class Controller:
         """Reconcile one SyncConfig; an API error is logged and left to the next event or
         resync (a namespace being deleted refuses new objects, for one)."""
         view = view_of(body, self.settings.sidecar)
+        finalizers = [str(f) for f in (body.get("metadata") or {}).get("finalizers") or []]
         try:
-            await self.reconciler.reconcile(view, body.get("status") or {})
+            again = await self.reconciler.reconcile(view, body.get("status") or {}, finalizers)
         except (kube.ApiError, OSError, TimeoutError) as exc:
             log.warning(
-                "reconcile of %s/%s failed; retried at the next change or resync: %s",
+                "reconcile of %s/%s failed; retried in %.0f s: %s",
                 view.namespace,
                 view.name,
+                RECHECK_INTERVAL,
                 exc,
             )
+            again = True
+        if again:
+            self._recheck_later(view.namespace, view.name)
+
+    def _recheck_later(self, namespace: str, name: str) -> None:
+        key = (namespace, name)
+        if key not in self._rechecks:
+            task = asyncio.get_running_loop().create_task(self._recheck(namespace, name))
+            self._rechecks[key] = task
+
+    async def _recheck(self, namespace: str, name: str) -> None:
+        """Reconcile one SyncConfig again, as it is then (listed by name: the operator
+        lists and watches SyncConfigs, and gets none by name)."""
+        await asyncio.sleep(RECHECK_INTERVAL)
+        del self._rechecks[(namespace, name)]
+        if not self.is_leader:
+            return
+        try:
+            listing = await self.kube.get(
+                kube.namespaced(SYNCCONFIGS, namespace),
+                params={"fieldSelector": f"metadata.name={name}"},
+            )
+        except (kube.ApiError, OSError, TimeoutError) as exc:
+            log.warning("recheck of %s/%s failed: %s", namespace, name, exc)
+            self._recheck_later(namespace, name)
+            return
+        for item in listing.get("items") or []:
+            await self.reconcile(item)

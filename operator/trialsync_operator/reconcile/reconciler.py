@@ -8,15 +8,17 @@ object when this replica becomes the leader. Only the leader runs it.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import logging
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from trialsync import contract
 from trialsync.contract import Mode
 from trialsync_operator import kube, names
 from trialsync_operator.events import event_body, now, record_event
+from trialsync_operator.reconcile import in_use
 from trialsync_operator.syncconfig import REASON_INVALID, REASON_VALID, ConfigView
 
 log = logging.getLogger(__name__)
@@ -24,21 +26,101 @@ log = logging.getLogger(__name__)
 SYNCCONFIGS = f"apis/{names.API_VERSION}/{names.PLURAL}"
 SECRETS = "api/v1/secrets"
 SERVICES = "api/v1/services"
+PODS = "api/v1/pods"
+#: Conditions besides Ready, and reasons.
+RETAINED = "HeadServiceRetained"
+REASON_PODS_IN_USE = "PodsInUse"
+REASON_TERMINATING = "Terminating"
+REASON_SECRET_MISSING = "SecretMissing"
 JsonDict = dict[str, Any]
 
 
-def desired_status(view: ConfigView, current: Mapping[str, Any], now: str) -> JsonDict:
-    """The status a SyncConfig should have (kstatus: ``observedGeneration`` and ``Ready``).
+@dataclasses.dataclass(frozen=True)
+class Facts:
+    """What the reconciler learnt from the cluster about one SyncConfig, beyond its spec."""
 
-    ``lastTransitionTime`` changes only when the condition's status does.
+    #: spec.credentials.secretRef names a Secret that does not exist.
+    secret_missing: bool = False
+    #: Live pods that use its head-node service (read only while the finalizer is needed
+    #: for them: the SyncConfig is deleted, or no longer syncs to the head node).
+    head_users: tuple[str, ...] = ()
+
+
+def desired_status(
+    view: ConfigView, current: Mapping[str, Any], now: str, facts: Facts = Facts()
+) -> JsonDict:
+    """The status a SyncConfig should have (kstatus: ``observedGeneration``, ``Ready``,
+    and ``HeadServiceRetained`` while pods keep a head-node service it no longer wants).
+
+    A condition's ``lastTransitionTime`` changes only when its status does.
     """
-    previous = _ready(current)
-    status = "True" if view.valid else "False"
-    condition = {
-        "type": "Ready",
+    status, reason, message = _readiness(view, facts)
+    conditions = [_condition("Ready", status, reason, message, view, current, now)]
+    retained = facts.head_users and not _wants_head(view)
+    if retained:
+        users = facts.head_users
+        conditions.append(
+            _condition(
+                RETAINED,
+                "True",
+                REASON_PODS_IN_USE,
+                f"{len(users)} pod(s) still use the head-node Service "
+                f"{names.head_service_name(view.name)} and its token Secret "
+                f"({in_use.shown(users)}): both are kept until the last has finished",
+                view,
+                current,
+                now,
+            )
+        )
+    desired: JsonDict = {
+        "observedGeneration": view.generation,
+        "destination": view.destination,
+        "conditions": conditions,
+    }
+    if _wants_head(view) or retained:
+        desired["headService"] = names.head_service_name(view.name)
+    return desired
+
+
+def _readiness(view: ConfigView, facts: Facts) -> tuple[str, str, str]:
+    """The Ready condition: what a pod that names the SyncConfig now would meet."""
+    if view.terminating:
+        waiting = (
+            f"; kept, with its head-node Service and token Secret, until the "
+            f"{len(facts.head_users)} pod(s) that use them have finished "
+            f"({in_use.shown(facts.head_users)})"
+            if facts.head_users
+            else ""
+        )
+        return "False", REASON_TERMINATING, f"the SyncConfig is being deleted{waiting}"
+    if not view.valid:
+        return "False", view.reason or REASON_INVALID, view.message
+    if facts.secret_missing:
+        return (
+            "False",
+            REASON_SECRET_MISSING,
+            f"Secret {view.namespace}/{view.credentials_secret} (spec.credentials.secretRef) "
+            "does not exist: a pod that names this SyncConfig waits in ContainerCreating "
+            "until it does; create it, or fix the name",
+        )
+    return "True", REASON_VALID, _ready_message(view)
+
+
+def _condition(
+    type_: str,
+    status: str,
+    reason: str,
+    message: str,
+    view: ConfigView,
+    current: Mapping[str, Any],
+    now: str,
+) -> JsonDict:
+    previous = _find(current, type_)
+    return {
+        "type": type_,
         "status": status,
-        "reason": REASON_VALID if view.valid else REASON_INVALID,
-        "message": _ready_message(view) if view.valid else view.message,
+        "reason": reason,
+        "message": message,
         "observedGeneration": view.generation,
         "lastTransitionTime": (
             previous["lastTransitionTime"]
@@ -46,14 +128,11 @@ def desired_status(view: ConfigView, current: Mapping[str, Any], now: str) -> Js
             else now
         ),
     }
-    desired: JsonDict = {
-        "observedGeneration": view.generation,
-        "destination": view.destination,
-        "conditions": [condition],
-    }
-    if view.mode is Mode.HEAD and view.valid:
-        desired["headService"] = names.head_service_name(view.name)
-    return desired
+
+
+def _wants_head(view: ConfigView) -> bool:
+    """Whether the spec itself wants a head-node service now."""
+    return view.valid and view.mode is Mode.HEAD and not view.terminating
 
 
 def _ready_message(view: ConfigView) -> str:
@@ -67,9 +146,9 @@ def _ready_message(view: ConfigView) -> str:
     return "syncing is disabled (syncer: none, no uploadDir): pods get no sidecar"
 
 
-def _ready(status: Mapping[str, Any]) -> Mapping[str, Any] | None:
+def _find(status: Mapping[str, Any], type_: str) -> Mapping[str, Any] | None:
     for condition in status.get("conditions") or []:
-        if isinstance(condition, Mapping) and condition.get("type") == "Ready":
+        if isinstance(condition, Mapping) and condition.get("type") == type_:
             return condition
     return None
 
@@ -139,13 +218,21 @@ class Reconciler:
     def __init__(self, client: kube.Kube) -> None:
         self._kube = client
 
-    async def reconcile(self, view: ConfigView, status: Mapping[str, Any]) -> None:
-        """Bring one SyncConfig's status and children in line with its spec."""
-        desired = desired_status(view, status, now())
-        if view.valid and view.mode is Mode.HEAD:
+    async def reconcile(
+        self, view: ConfigView, status: Mapping[str, Any], finalizers: Sequence[str] = ()
+    ) -> bool:
+        """Bring one SyncConfig's status, finalizer and children in line with its spec and
+        with the pods that use it. True when something it waits for (a Secret to appear,
+        pods to finish) is worth checking again soon."""
+        facts = await self._facts(view, finalizers)
+        if _wants_head(view):
             await self._ensure_head_objects(view)
-        else:
+        elif not facts.head_users and not view.terminating:
             await self._remove_head_objects(view)
+        # A deleted SyncConfig's Service and Secret go with it (garbage collector), once the
+        # finalizer is gone: nothing to delete here.
+        await self._keep_finalizer(view, finalizers, _wants_head(view) or bool(facts.head_users))
+        desired = desired_status(view, status, now(), facts)
         if not _same(desired, status):
             path = kube.namespaced(SYNCCONFIGS, view.namespace, view.name) + "/status"
             # headService: null removes a stale one (merge-patch semantics).
@@ -154,11 +241,66 @@ class Reconciler:
                 await self._kube.merge_patch(path, patch)
             except kube.ApiError as exc:
                 if exc.status == 404:  # deleted meanwhile
-                    return
+                    return False
                 raise
-            before = _ready(status)
-            if before is None or before.get("status") != desired["conditions"][0]["status"]:
-                await self.event(view, desired["conditions"][0])
+            for condition in desired["conditions"]:
+                before = _find(status, condition["type"])
+                changed = before is None or before.get("status") != condition["status"]
+                # Ready's every change; another condition's when it becomes True.
+                if changed and (condition["type"] == "Ready" or condition["status"] == "True"):
+                    await self.event(view, condition)
+        return facts.secret_missing or bool(facts.head_users)
+
+    async def _facts(self, view: ConfigView, finalizers: Sequence[str]) -> Facts:
+        secret_missing = bool(
+            view.valid
+            and not view.terminating
+            and view.credentials_secret
+            and not await self._secret_exists(view.namespace, view.credentials_secret)
+        )
+        users: tuple[str, ...] = ()
+        if in_use.FINALIZER in finalizers and not _wants_head(view):
+            listing = await self._kube.get(
+                kube.namespaced(PODS, view.namespace),
+                params={"labelSelector": f"{names.CONFIG_LABEL}={view.name}"},
+            )
+            users = in_use.head_users(listing.get("items") or [], view.uid)
+        return Facts(secret_missing=secret_missing, head_users=users)
+
+    async def _secret_exists(self, namespace: str, name: str) -> bool:
+        """Whether Secret ``namespace/name`` exists, learnt without reading it: a dry-run
+        create of that name answers AlreadyExists when it does (the operator may create
+        only Secrets of its own type, and reads none). True when the answer says neither."""
+        probe = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "type": names.HEAD_SECRET_TYPE,
+            "metadata": {"name": name, "labels": {names.MANAGED_BY_LABEL: names.MANAGED_BY}},
+        }
+        try:
+            await self._kube.request(
+                "POST", kube.namespaced(SECRETS, namespace), probe, params={"dryRun": "All"}
+            )
+        except kube.ApiError as exc:
+            if exc.status != 409:
+                log.warning("cannot tell whether Secret %s/%s exists: %s", namespace, name, exc)
+            return True
+        return False
+
+    async def _keep_finalizer(
+        self, view: ConfigView, finalizers: Sequence[str], wanted: bool
+    ) -> None:
+        present = in_use.FINALIZER in finalizers
+        if wanted == present or (wanted and view.terminating):
+            return  # a finalizer cannot be added to an object being deleted
+        ops = in_use.add_finalizer(finalizers) if wanted else in_use.remove_finalizer(finalizers)
+        try:
+            await self._kube.json_patch(
+                kube.namespaced(SYNCCONFIGS, view.namespace, view.name), ops
+            )
+        except kube.ApiError as exc:
+            if exc.status not in (404, 409, 422):  # gone, or changed meanwhile: next event
+                raise
 
     async def event(self, view: ConfigView, condition: Mapping[str, Any]) -> None:
         """Record a change of validity as an Event on the SyncConfig."""
