@@ -110,16 +110,22 @@ class RemoteStore:
         They are checked at most once a second (this runs for every upload), and at once
         after the store refused them.
         """
-        now = asyncio.get_running_loop().time()
+        loop = asyncio.get_running_loop()
         current = self._current
-        if current is not None and now - self._checked_at < CREDENTIAL_CHECK_INTERVAL:
+        if (
+            current is not None
+            and loop.time() - self._checked_at < CREDENTIAL_CHECK_INTERVAL
+            and not self._rebuild.locked()  # a rebuild's callers wait for the new clients
+        ):
             return current
-        self._checked_at = now
         async with self._rebuild:
+            current = self._current
+            if current is not None and loop.time() - self._checked_at < CREDENTIAL_CHECK_INTERVAL:
+                return current  # checked (and rebuilt, if it had to be) while we waited
+            self._checked_at = loop.time()
             # Reads the mount and stats credential files: off the event loop, which must
             # keep serving /healthz.
             fingerprint = await asyncio.to_thread(self._credentials_now)
-            current = self._current
             if current is not None and fingerprint == current.fingerprint:
                 return current
             built = await self._build(fingerprint)
