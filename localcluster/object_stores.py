@@ -18,10 +18,12 @@ each lookup burns ~60 s of retries. :meth:`GcsServer.filesystem` therefore build
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -96,6 +98,7 @@ class S3Server:
     log_path: Path | None = None
     startup_seconds: float = 0.0
     stray_files: list[Path] = field(default_factory=list, repr=False)
+    s3_config: Path | None = None  # the identities file weed reads at start and on SIGHUP
 
     def env(self) -> dict[str, str]:
         """Env vars that point botocore, the aws CLI, s5cmd and rclone-with-env_auth here.
@@ -174,6 +177,30 @@ class S3Server:
             client.close()
         return bucket
 
+    def rotate_keys(self, timeout: float = 10.0) -> tuple[str, str]:
+        """Give the identity a new access key and secret and revoke the old ones, live:
+        weed reloads its ``-s3.config`` on SIGHUP, and an identity it knows takes the
+        credentials the file now lists. Returns once the old key is refused and the new
+        one answers (this object then holds the new ones); the new (access key, secret).
+        """
+        if self.s3_config is None or self.process is None:
+            raise ObjectStoreError("rotate_keys needs a server this process started")
+        old = (self.access_key, self.secret_key)
+        new = ("AK" + secrets.token_hex(8).upper(), secrets.token_urlsafe(30))
+        config = json.loads(self.s3_config.read_text())
+        config["identities"][0]["credentials"] = [{"accessKey": new[0], "secretKey": new[1]}]
+        tmp = self.s3_config.with_suffix(".tmp")
+        tmp.write_text(json.dumps(config))
+        tmp.replace(self.s3_config)
+        self.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + timeout
+        while not (_refused(self, *old) and not _refused(self, *new)):
+            if time.monotonic() > deadline:
+                raise ObjectStoreError(f"the new keys did not replace the old within {timeout}s")
+            time.sleep(0.1)
+        self.access_key, self.secret_key = new
+        return new
+
     def stop(self) -> None:
         """Stop the server and delete its data; idempotent."""
         # The data is throwaway, and a graceful stop takes 15 s (the filer's gRPC server
@@ -185,6 +212,26 @@ class S3Server:
         if self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)
             self.workdir = None
+
+
+def _refused(server: S3Server, access_key: str, secret_key: str) -> bool:
+    """Whether the server refuses these credentials (a signed ListBuckets)."""
+    import botocore.exceptions
+
+    client = dataclasses.replace(
+        server, access_key=access_key, secret_key=secret_key, process=None
+    ).client()
+    try:
+        client.list_buckets()
+        return False
+    except botocore.exceptions.ClientError as exc:
+        return exc.response.get("Error", {}).get("Code") in (
+            "InvalidAccessKeyId",
+            "SignatureDoesNotMatch",
+            "AccessDenied",
+        )
+    finally:
+        client.close()
 
 
 def _seaweedfs_argv(weed: Path, workdir: Path, ports: list[int], s3_config: Path) -> list[str]:
@@ -269,6 +316,7 @@ def start_seaweedfs(workdir: Path | None = None) -> S3Server:
         workdir=workdir if own_dir else None,
         process=proc,
         log_path=log_path,
+        s3_config=s3_config,
         # Hard-coded /tmp paths (TMPDIR is ignored for these), removed again by stop().
         stray_files=[
             Path("/tmp") / f"seaweedfs-{kind}-grpc-{port}.sock"

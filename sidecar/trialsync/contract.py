@@ -582,6 +582,12 @@ RECEIVER_STATE_DIR: Text[str | None] = Text(
     "receiver_state_dir", None, f"the head's key and claims (default <root>/{HEAD_STATE_DIR})"
 )
 ONCE = Flag("once", False, "sync everything once, then exit")
+CREDENTIALS_DIR: Text[str] = Text(
+    "credentials_dir",
+    CREDENTIALS_MOUNT,
+    "a mounted credentials Secret: each file named like an environment variable is read as "
+    "one, again whenever the kubelet updates the volume (no such dir: the environment alone)",
+)
 S3_CLIENT = Choice(
     "s3_client",
     "auto",
@@ -645,6 +651,7 @@ SETTINGS: tuple[Setting[Any], ...] = (
     RESTORE_PREFIX,
     STORAGE_OPTIONS,
     S3_CLIENT,
+    CREDENTIALS_DIR,
     HTTP_ADDR,
     FILES_IN_FLIGHT,
     PART_SIZE,

@@ -30,7 +30,7 @@ class Metrics:
         )
         self.failures = Counter(
             "trialsync_sync_failures",
-            "Failed sync runs, by reason (timeout or error).",
+            "Failed sync runs, by reason (timeout, credentials: the store refused them, or error).",
             ["reason"],
             registry=self.registry,
         )

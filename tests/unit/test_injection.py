@@ -18,6 +18,7 @@ import yaml
 
 from tests.support.pods import DEFAULTS, apply, lookup_for, sidecars
 from tests.support.sidecar_env import same_configuration, sidecar_settings
+from trialsync import contract
 from trialsync_operator import names
 from trialsync_operator.admission import injection, patch
 
@@ -185,6 +186,34 @@ def test_a_pod_that_already_has_the_sidecar_is_left_alone_even_without_the_statu
     pod = _pod(**{names.MOUNT_PATH_ANNOTATION: "/r"})
     pod["spec"]["initContainers"] = [{"name": names.SIDECAR_NAME, "image": "x"}]
     assert injection.plan(pod, "ml", lookup_for(), DEFAULTS).patch is None
+
+
+def test_the_credentials_secret_is_a_volume_the_sidecar_reads_never_its_environment(
+    tmp_path: Path,
+) -> None:
+    """An environment is fixed when the container starts; a volume follows the Secret."""
+    config = copy.deepcopy(CONFIG)
+    config["spec"]["credentials"] = {"secretRef": {"name": "s3-keys"}}
+    pod = _pod(**{names.MOUNT_PATH_ANNOTATION: "/r"})
+    injected = apply(pod, injection.plan(pod, "ml", lookup_for(config), DEFAULTS).patch)
+    (sidecar,) = sidecars(injected)
+    assert "envFrom" not in sidecar
+    assert not any("valueFrom" in item for item in sidecar["env"])
+    (volume,) = [v for v in injected["spec"]["volumes"] if v.get("secret")]
+    assert volume["secret"] == {"secretName": "s3-keys"}
+    (mount,) = [m for m in sidecar["volumeMounts"] if m["name"] == volume["name"]]
+    assert mount == {
+        "name": volume["name"],
+        "mountPath": contract.CREDENTIALS_MOUNT,
+        "readOnly": True,
+    }
+    # Only the sidecar gets the Secret; and it reads its keys from that mount.
+    assert all(
+        m["name"] != volume["name"]
+        for c in injected["spec"]["containers"]
+        for m in c.get("volumeMounts", [])
+    )
+    assert sidecar_settings(sidecar, tmp_path).credentials_dir == contract.CREDENTIALS_MOUNT
 
 
 def test_a_request_above_a_default_limit_raises_that_limit() -> None:

@@ -43,6 +43,7 @@ CLOUD: dict[str, Check] = {
     "poll_interval": ("2", lambda s: s.poll_interval, 2),
     "max_backoff": ("9", lambda s: s.max_backoff, 9),
     "log_level": ("debug", lambda s: s.log_level, "debug"),
+    "credentials_dir": ("/secret", lambda s: s.credentials_dir, "/secret"),
 }
 # A custom syncer: with an upload dir, and without --mirror-deletes (it cannot list).
 CUSTOM: dict[str, Check] = {

@@ -12,7 +12,9 @@ Kept apart from the webhook plumbing so it is tested without a server (golden fi
   pod sets none (Ray's images run as uid 1000 without saying so), the sidecar runs as
   65532 and makes what it writes in the trial volume writable by every user
   (``share_files``), so the trainer can still change and delete it;
-- credentials are referenced (``envFrom``/``secretKeyRef``), never copied;
+- credentials are referenced (a Secret volume, ``secretKeyRef``), never copied; the
+  credentials Secret is a volume only, never ``envFrom``, so the sidecar reads a rotated
+  Secret when the kubelet updates the volume (an environment is fixed at start);
 - idempotent: a pod that already has the sidecar is left alone, and the status
   annotation records what was injected and from which SyncConfig generation.
 """
@@ -245,9 +247,9 @@ def _inject(
     )
     volumes.append({"name": names.SCRATCH_VOLUME, "emptyDir": {"sizeLimit": defaults.scratch_size}})
     mounts.append({"name": names.SCRATCH_VOLUME, "mountPath": contract.SCRATCH_DIR})
-    env_from: list[JsonDict] = []
     if view.credentials_secret:
-        env_from.append({"secretRef": {"name": view.credentials_secret}})
+        # A volume, not envFrom: the kubelet updates it when the Secret changes, and the
+        # sidecar reads each key named like a variable from its file (rotation).
         volumes.append(
             {"name": names.CREDENTIALS_VOLUME, "secret": {"secretName": view.credentials_secret}}
         )
@@ -293,8 +295,6 @@ def _inject(
         "volumeMounts": mounts,
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
-    if env_from:
-        sidecar["envFrom"] = env_from
     init_containers.append(sidecar)
 
     added = [v["name"] for v in volumes if v.get("name") not in names_before]

@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable
 from trialsync import contract
 from trialsync._engine.engine import Round, SyncEngine
 from trialsync._engine.layout import Kind
+from trialsync._stores.base import ObjectRefused
 from trialsync._util import backoff
 from trialsync.metrics import Metrics
 
@@ -54,6 +55,7 @@ class Scheduler:
         self.metrics = metrics
         self.ready = asyncio.Event()
         self.failures = 0
+        self.failing = asyncio.Event()  # set from a failed sync to the next one that succeeds
         self._wake = asyncio.Event()
         self._trigger = False  # a trigger arrived since the last run started
         self._triggered: set[str] = set()  # the checkpoints pending when triggers arrived
@@ -70,6 +72,13 @@ class Scheduler:
     def wake(self) -> None:
         """Something changed on disk: re-evaluate what is due."""
         self._wake.set()
+
+    def retry_now(self) -> None:
+        """What the last sync failed on may be fixed (new credentials arrived): retry now,
+        not when the backoff ends. Nothing if no retry is pending."""
+        if self._retry_at is not None:
+            self._retry_at = asyncio.get_running_loop().time()
+            self._wake.set()
 
     def request_sync(self) -> None:
         """An explicit trigger (HTTP or signal): sync now, and the checkpoints pending at
@@ -177,11 +186,17 @@ class Scheduler:
         except TimeoutError:
             self._failed("timeout", f"sync exceeded sync_timeout={self.plan.timeout}s", work)
             return False
+        except PermissionError as exc:
+            # The store refused the credentials (a refused object alone fails no sync).
+            reason = "error" if isinstance(exc, ObjectRefused) else "credentials"
+            self._failed(reason, f"{type(exc).__name__}: {exc}", work)
+            return False
         except Exception as exc:
             self._failed("error", f"{type(exc).__name__}: {exc}", work)
             return False
         elapsed = loop.time() - started
         self.failures = 0
+        self.failing.clear()
         self._retry_at = None
         self._owed = frozenset()
         self._owed_explicit = False
@@ -195,6 +210,7 @@ class Scheduler:
 
     def _failed(self, reason: str, message: str, work: Round | None) -> None:
         self.failures += 1
+        self.failing.set()
         delay = self.backoff()
         self._retry_at = asyncio.get_running_loop().time() + delay
         if work is not None:

@@ -53,6 +53,7 @@ class Settings:
     restore_prefix: str | None = C.RESTORE_PREFIX.default
     storage_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     s3_client: str = C.S3_CLIENT.default
+    credentials_dir: str = C.CREDENTIALS_DIR.default
     http_addr: str = C.HTTP_ADDR.default
     files_in_flight: int = C.FILES_IN_FLIGHT.default
     part_size: int = C.PART_SIZE.default

@@ -17,9 +17,9 @@ from trialsync._engine.scheduler import Plan, Scheduler
 from trialsync._engine.watcher import ChangeJournal, start_journal
 from trialsync._head import receiver as head_receiver
 from trialsync._head.store import HeadStore
-from trialsync._process import status_server, storage_api
+from trialsync._process import credential_watch, status_server, storage_api
 from trialsync._process.settings import ConfigError, Settings
-from trialsync._stores import aborts
+from trialsync._stores import aborts, credentials
 from trialsync._stores.base import Store
 from trialsync._util import backoff
 from trialsync.contract import Duty, Role
@@ -56,6 +56,9 @@ def build_store(settings: Settings, metrics: Metrics | None = None) -> Store:
     from trialsync.syncer import load_syncer
 
     if isinstance(config.syncer, str) and config.syncer != "auto":
+        # A custom syncer reads the Secret's keys from its environment, as they are at
+        # start (docs/architecture.md, "Credentials and rotation").
+        credentials.MountedSecret(settings.credentials_dir).refresh()
         syncer = load_syncer(config.syncer, config.sync_period, config.sync_timeout)
         syncer.validate_upload_dir(config.upload_dir)
         return SyncerStore(syncer, config.upload_dir)
@@ -64,6 +67,7 @@ def build_store(settings: Settings, metrics: Metrics | None = None) -> Store:
         settings.storage_options,
         part_size=settings.part_size,
         s3_botocore=settings.s3_client == "botocore",
+        credentials_dir=settings.credentials_dir,
     )
 
 
@@ -371,12 +375,17 @@ async def _serve(
         )
         task = loop.create_task(scheduler.run())
         stopped = loop.create_task(stop.wait())
+        rotation = loop.create_task(
+            credential_watch.retry_on_new_credentials(settings.credentials_dir, scheduler)
+        )
         await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
         if task.done():
             stopped.cancel()
+            rotation.cancel()
             task.result()  # the scheduler never returns on its own; surface its error
         until = shutdown.begin()
         task.cancel()
+        rotation.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
         # The journal stays open: a checkpoint that changes during the final sync must

@@ -64,6 +64,7 @@ class RemoteStore:
         part_concurrency: int = base.PART_CONCURRENCY,
         credential_files: tuple[str, ...] = (),
         s3_botocore: bool = False,
+        credentials_dir: str | None = None,
     ) -> None:
         self.upload_dir = upload_dir.rstrip("/")
         protocol, _ = split_protocol(self.upload_dir)
@@ -72,6 +73,9 @@ class RemoteStore:
         self._part_size = part_size
         self._part_concurrency = part_concurrency
         self._credential_files = credential_files
+        # A mounted credentials Secret, read into the environment (None: the environment
+        # alone, as outside Kubernetes).
+        self._secret = credentials.MountedSecret(credentials_dir) if credentials_dir else None
         self._current: _Clients | None = None
         # The lean client unless asked for botocore or the options need it.
         self._lean_s3 = not s3_botocore and s3_client.supports(self._options)
@@ -89,6 +93,12 @@ class RemoteStore:
         clients.users += 1
         try:
             yield clients
+        except PermissionError as exc:
+            if not isinstance(exc, base.ObjectRefused):
+                # Refused credentials: the next operation reads them again at once (a
+                # rotated Secret may be there already), not a second later.
+                self._checked_at = float("-inf")
+            raise
         finally:
             clients.users -= 1
             if clients.retired and clients.users == 0:
@@ -97,17 +107,25 @@ class RemoteStore:
     async def _fresh(self) -> _Clients:
         """The clients, rebuilt when the credentials they were built with changed.
 
-        They are checked at most once a second: this runs for every upload.
+        They are checked at most once a second (this runs for every upload), and at once
+        after the store refused them.
         """
-        now = asyncio.get_running_loop().time()
+        loop = asyncio.get_running_loop()
         current = self._current
-        if current is not None and now - self._checked_at < CREDENTIAL_CHECK_INTERVAL:
+        if (
+            current is not None
+            and loop.time() - self._checked_at < CREDENTIAL_CHECK_INTERVAL
+            and not self._rebuild.locked()  # a rebuild's callers wait for the new clients
+        ):
             return current
-        self._checked_at = now
-        # Stats credential files: off the event loop, which must keep serving /healthz.
-        fingerprint = await asyncio.to_thread(credentials.fingerprint, self._credential_files)
         async with self._rebuild:
             current = self._current
+            if current is not None and loop.time() - self._checked_at < CREDENTIAL_CHECK_INTERVAL:
+                return current  # checked (and rebuilt, if it had to be) while we waited
+            self._checked_at = loop.time()
+            # Reads the mount and stats credential files: off the event loop, which must
+            # keep serving /healthz.
+            fingerprint = await asyncio.to_thread(self._credentials_now)
             if current is not None and fingerprint == current.fingerprint:
                 return current
             built = await self._build(fingerprint)
@@ -118,6 +136,21 @@ class RemoteStore:
                     self._close_later(current)
             self._current = built
             return built
+
+    def _credentials_now(self) -> str:
+        """Blocking: a new version of the mounted Secret put in the environment; the
+        fingerprint of the credentials as they are now."""
+        mount = None
+        if self._secret is not None:
+            changed = self._secret.refresh()
+            if changed:
+                log.info(
+                    "credentials read from %s: %s",
+                    self._secret.directory,
+                    ", ".join(changed),
+                )
+            mount = self._secret.identity
+        return credentials.fingerprint(self._credential_files, mount)
 
     async def _build(self, fingerprint: str) -> _Clients:
         options = dict(self._options)
