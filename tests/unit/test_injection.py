@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import yaml
 
 from tests.support.pods import DEFAULTS, apply, lookup_for, sidecars
 from tests.support.sidecar_env import same_configuration, sidecar_settings
+from trialsync import contract
 from trialsync_operator import names
 from trialsync_operator.admission import injection, patch
 
@@ -323,3 +325,79 @@ def test_the_json_patch_only_appends_to_the_lists_a_pod_already_has() -> None:
         paths
     )
     assert _apply_adds(pod, ops) == apply(pod, result.patch)
+
+
+CREDENTIALS_CONFIG = {
+    "metadata": {"name": "exp", "namespace": "ml", "uid": "u"},
+    "spec": {"uploadDir": "s3://bucket/x", "credentials": {"secretRef": {"name": "s3"}}},
+}
+
+
+@pytest.mark.parametrize(
+    ("path", "says"),
+    [
+        ("/tmp", "='/tmp' is where the sidecar mounts its scratch emptyDir"),
+        ("/tmp/", "='/tmp' is where the sidecar mounts its scratch emptyDir"),
+        ("/tmp/trialsync", "='/tmp/trialsync' is where the sidecar keeps its own files"),
+        ("/tmp/trialsync-stage-x/y", "is where the sidecar keeps its own files"),
+        (
+            contract.CREDENTIALS_MOUNT,
+            "is where the sidecar mounts the SyncConfig's credentials Secret",
+        ),
+        (
+            "/var/run",
+            f"='/var/run' holds the SyncConfig's credentials Secret "
+            f"\\({contract.CREDENTIALS_MOUNT}\\): its mount point would be made in the trial",
+        ),
+        (
+            contract.CREDENTIALS_MOUNT + "/x",
+            "is inside the SyncConfig's credentials Secret .*, which is read-only",
+        ),
+    ],
+)
+def test_a_mount_path_that_collides_with_a_sidecar_mount_is_refused_naming_both(
+    path: str, says: str
+) -> None:
+    pod = _pod(**{names.MOUNT_PATH_ANNOTATION: path})
+    with pytest.raises(injection.Refusal) as refused:
+        injection.plan(pod, "ml", lookup_for(CREDENTIALS_CONFIG), DEFAULTS)
+    message = str(refused.value)
+    assert message.startswith(f"annotation {names.MOUNT_PATH_ANNOTATION}="), message
+    assert re.search(says, message), message
+    # What to change: another path, given the sidecar's own mounts.
+    assert f"apart from the sidecar's own mounts (/tmp, {contract.CREDENTIALS_MOUNT};" in message
+
+
+@pytest.mark.parametrize(
+    "path", ["/tmp/ray_results", "/var/lib/trialsync/trial", "/var/run/secrets/other", "/tmpx"]
+)
+def test_a_mount_path_apart_from_the_sidecars_mounts_or_below_its_scratch_dir_is_injected(
+    path: str,
+) -> None:
+    pod = _pod(**{names.MOUNT_PATH_ANNOTATION: path})
+    result = injection.plan(pod, "ml", lookup_for(CREDENTIALS_CONFIG), DEFAULTS)
+    [sidecar] = sidecars(apply(pod, result.patch))
+    mounts = [m["mountPath"] for m in sidecar["volumeMounts"]]
+    assert mounts == [path, contract.SCRATCH_DIR, contract.CREDENTIALS_MOUNT]
+
+
+def test_without_credentials_a_mount_path_at_their_place_is_injected() -> None:
+    pod = _pod(**{names.MOUNT_PATH_ANNOTATION: contract.CREDENTIALS_MOUNT})
+    assert injection.plan(pod, "ml", lookup_for(CONFIG), DEFAULTS).patch is not None
+
+
+def test_a_copied_web_identity_mount_at_the_scratch_dir_is_refused_naming_it() -> None:
+    config = copy.deepcopy(CONFIG)
+    config["spec"]["credentials"] = {"serviceAccount": {}}
+    pod = _pod(**{names.MOUNT_PATH_ANNOTATION: "/r"})
+    pod["spec"]["containers"][0]["env"] = [
+        {"name": "AWS_WEB_IDENTITY_TOKEN_FILE", "value": "/tmp/token"}
+    ]
+    pod["spec"]["containers"][0]["volumeMounts"] = [{"name": "aws-token", "mountPath": "/tmp"}]
+    pod["spec"]["volumes"] = [{"name": "aws-token", "projected": {"sources": []}}]
+    with pytest.raises(
+        injection.Refusal,
+        match=r"would mount its scratch emptyDir \(/tmp\) and volume 'aws-token' of the pod "
+        r"\(/tmp\) at one path",
+    ):
+        injection.plan(pod, "ml", lookup_for(config), DEFAULTS)
