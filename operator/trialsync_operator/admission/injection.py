@@ -12,6 +12,9 @@ Kept apart from the webhook plumbing so it is tested without a server (golden fi
   pod sets none (Ray's images run as uid 1000 without saying so), the sidecar runs as
   65532 and makes what it writes in the trial volume writable by every user
   (``share_files``), so the trainer can still change and delete it;
+- per-pod overrides of the sidecar's resources and user (``read_overrides``); a pod
+  whose containers are all Guaranteed stays Guaranteed (``pod_qos``, Kubernetes' rule);
+- the sidecar's mounts fit together: a mount path at or around one of them is refused;
 - credentials are referenced (``envFrom``/``secretKeyRef``), never copied;
 - idempotent: a pod that already has the sidecar is left alone, and the status
   annotation records what was injected and from which SyncConfig generation.
