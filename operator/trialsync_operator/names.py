@@ -30,6 +30,16 @@ STORAGE_PATH_ANNOTATION = f"{GROUP}/storage-path"
 RESTORE_ANNOTATION = f"{GROUP}/restore"
 RESTORE_KEY_ANNOTATION = f"{GROUP}/restore-key"
 RESTORE_PREFIX_ANNOTATION = f"{GROUP}/restore-prefix"
+#: Per-pod overrides of the sidecar, over its SyncConfig's spec.sidecar and the operator's
+#: defaults: its requests and limits, keyed by ("requests" or "limits", resource), and the
+#: uid and gid it runs as.
+SIDECAR_RESOURCE_ANNOTATIONS: dict[tuple[str, str], str] = {
+    (part, resource): f"{GROUP}/sidecar-{resource}-{word}"
+    for part, word in (("requests", "request"), ("limits", "limit"))
+    for resource in ("cpu", "memory", "ephemeral-storage")
+}
+SIDECAR_UID_ANNOTATION = f"{GROUP}/sidecar-uid"
+SIDECAR_GID_ANNOTATION = f"{GROUP}/sidecar-gid"
 #: Written by the webhook: what was injected (JSON).
 STATUS_ANNOTATION = f"{GROUP}/status"
 #: Labels the webhook adds, so a Service can select a SyncConfig's head pod.

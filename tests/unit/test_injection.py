@@ -10,6 +10,8 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -352,3 +354,274 @@ def test_the_json_patch_only_appends_to_the_lists_a_pod_already_has() -> None:
         paths
     )
     assert _apply_adds(pod, ops) == apply(pod, result.patch)
+
+
+CREDENTIALS_CONFIG = {
+    "metadata": {"name": "exp", "namespace": "ml", "uid": "u"},
+    "spec": {"uploadDir": "s3://bucket/x", "credentials": {"secretRef": {"name": "s3"}}},
+}
+
+
+@pytest.mark.parametrize(
+    ("path", "says"),
+    [
+        ("/tmp", "='/tmp' is where the sidecar mounts its scratch emptyDir"),
+        ("/tmp/", "='/tmp' is where the sidecar mounts its scratch emptyDir"),
+        ("/tmp/trialsync", "='/tmp/trialsync' is where the sidecar keeps its own files"),
+        ("/tmp/trialsync-stage-x/y", "is where the sidecar keeps its own files"),
+        (
+            contract.CREDENTIALS_MOUNT,
+            "is where the sidecar mounts the SyncConfig's credentials Secret",
+        ),
+        (
+            "/var/run",
+            f"='/var/run' holds the SyncConfig's credentials Secret "
+            f"\\({contract.CREDENTIALS_MOUNT}\\): its mount point would be made in the trial",
+        ),
+        (
+            contract.CREDENTIALS_MOUNT + "/x",
+            "is inside the SyncConfig's credentials Secret .*, which is read-only",
+        ),
+    ],
+)
+def test_a_mount_path_that_collides_with_a_sidecar_mount_is_refused_naming_both(
+    path: str, says: str
+) -> None:
+    pod = _pod(**{names.MOUNT_PATH_ANNOTATION: path})
+    with pytest.raises(injection.Refusal) as refused:
+        injection.plan(pod, "ml", lookup_for(CREDENTIALS_CONFIG), DEFAULTS)
+    message = str(refused.value)
+    assert message.startswith(f"annotation {names.MOUNT_PATH_ANNOTATION}="), message
+    assert re.search(says, message), message
+    # What to change: another path, given the sidecar's own mounts.
+    assert f"apart from the sidecar's own mounts (/tmp, {contract.CREDENTIALS_MOUNT};" in message
+
+
+@pytest.mark.parametrize(
+    "path", ["/tmp/ray_results", "/var/lib/trialsync/trial", "/var/run/secrets/other", "/tmpx"]
+)
+def test_a_mount_path_apart_from_the_sidecars_mounts_or_below_its_scratch_dir_is_injected(
+    path: str,
+) -> None:
+    pod = _pod(**{names.MOUNT_PATH_ANNOTATION: path})
+    result = injection.plan(pod, "ml", lookup_for(CREDENTIALS_CONFIG), DEFAULTS)
+    [sidecar] = sidecars(apply(pod, result.patch))
+    mounts = [m["mountPath"] for m in sidecar["volumeMounts"]]
+    assert mounts == [path, contract.SCRATCH_DIR, contract.CREDENTIALS_MOUNT]
+
+
+def test_without_credentials_a_mount_path_at_their_place_is_injected() -> None:
+    pod = _pod(**{names.MOUNT_PATH_ANNOTATION: contract.CREDENTIALS_MOUNT})
+    assert injection.plan(pod, "ml", lookup_for(CONFIG), DEFAULTS).patch is not None
+
+
+def test_a_copied_web_identity_mount_at_the_scratch_dir_is_refused_naming_it() -> None:
+    config = copy.deepcopy(CONFIG)
+    config["spec"]["credentials"] = {"serviceAccount": {}}
+    pod = _pod(**{names.MOUNT_PATH_ANNOTATION: "/r"})
+    pod["spec"]["containers"][0]["env"] = [
+        {"name": "AWS_WEB_IDENTITY_TOKEN_FILE", "value": "/tmp/token"}
+    ]
+    pod["spec"]["containers"][0]["volumeMounts"] = [{"name": "aws-token", "mountPath": "/tmp"}]
+    pod["spec"]["volumes"] = [{"name": "aws-token", "projected": {"sources": []}}]
+    with pytest.raises(
+        injection.Refusal,
+        match=r"would mount its scratch emptyDir \(/tmp\) and volume 'aws-token' of the pod "
+        r"\(/tmp\) at one path",
+    ):
+        injection.plan(pod, "ml", lookup_for(config), DEFAULTS)
+
+
+def _resources_of(pod: dict[str, Any], config: dict[str, Any] = CONFIG) -> dict[str, Any]:
+    result = injection.plan(pod, "ml", lookup_for(config), DEFAULTS)
+    [sidecar] = sidecars(apply(pod, result.patch))
+    return {"warnings": result.warnings, **sidecar["resources"]}
+
+
+CPU_REQUEST = names.SIDECAR_RESOURCE_ANNOTATIONS["requests", "cpu"]
+CPU_LIMIT = names.SIDECAR_RESOURCE_ANNOTATIONS["limits", "cpu"]
+MEMORY_REQUEST = names.SIDECAR_RESOURCE_ANNOTATIONS["requests", "memory"]
+MEMORY_LIMIT = names.SIDECAR_RESOURCE_ANNOTATIONS["limits", "memory"]
+
+
+def test_the_sidecar_resource_annotations_are_named_as_documented() -> None:
+    assert sorted(names.SIDECAR_RESOURCE_ANNOTATIONS.values()) == [
+        f"trialsync.io/sidecar-{r}-{w}"
+        for r in ("cpu", "ephemeral-storage", "memory")
+        for w in ("limit", "request")
+    ]
+
+
+@pytest.mark.parametrize(
+    ("annotations", "says"),
+    [
+        ({CPU_LIMIT: "lots"}, f"annotation {CPU_LIMIT}='lots' is not a resource quantity"),
+        ({MEMORY_REQUEST: "-1Gi"}, f"annotation {MEMORY_REQUEST}='-1Gi' is not a resource"),
+        ({CPU_REQUEST: "1e999999"}, f"annotation {CPU_REQUEST}='1e999999' is not a resource"),
+        ({MEMORY_LIMIT: "0"}, f"annotation {MEMORY_LIMIT}='0' must be more than 0"),
+        (
+            {CPU_REQUEST: "2", CPU_LIMIT: "1500m"},
+            f"annotations {CPU_REQUEST}=2 and {CPU_LIMIT}=1500m conflict: the sidecar's cpu "
+            "request is above its limit; lower the request or raise the limit",
+        ),
+        (
+            {names.SIDECAR_UID_ANNOTATION: "ray"},
+            f"annotation {names.SIDECAR_UID_ANNOTATION}='ray' must be a user id: a whole "
+            "number from 0 to 2147483647",
+        ),
+        ({names.SIDECAR_UID_ANNOTATION: "2147483648"}, "must be a user id"),
+        ({names.SIDECAR_GID_ANNOTATION: "-5"}, f"{names.SIDECAR_GID_ANNOTATION}='-5' must be a "),
+        ({names.SIDECAR_GID_ANNOTATION: "1000 "}, "must be a group id"),
+    ],
+)
+def test_a_wrong_sidecar_override_is_refused_naming_the_annotation(
+    annotations: dict[str, str], says: str
+) -> None:
+    pod = _pod(**{names.MOUNT_PATH_ANNOTATION: "/r", **annotations})
+    with pytest.raises(injection.Refusal) as refused:
+        injection.plan(pod, "ml", lookup_for(CONFIG), DEFAULTS)
+    assert says in str(refused.value)
+
+
+@pytest.mark.parametrize("key", [CPU_LIMIT, names.SIDECAR_UID_ANNOTATION])
+@pytest.mark.parametrize("value", [7, ["1"], True])
+def test_a_sidecar_override_that_is_not_a_string_is_refused_naming_it(
+    key: str, value: object
+) -> None:
+    pod = _pod(**{names.MOUNT_PATH_ANNOTATION: "/r"})
+    pod["metadata"]["annotations"][key] = value
+    with pytest.raises(injection.Refusal, match=f"annotation {key} must be a string"):
+        injection.plan(pod, "ml", lookup_for(CONFIG), DEFAULTS)
+
+
+def test_the_pods_annotations_win_over_the_syncconfig_and_the_defaults() -> None:
+    config = copy.deepcopy(CONFIG)
+    config["spec"]["sidecar"] = {
+        "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"cpu": "2"}}
+    }
+    # A limit below the SyncConfig's request lowers that request; a request above the
+    # defaults' limit raises that limit.
+    pod = _pod(**{names.MOUNT_PATH_ANNOTATION: "/r", CPU_LIMIT: "300m", MEMORY_REQUEST: "2Gi"})
+    got = _resources_of(pod, config)
+    assert got["requests"] == {"cpu": "300m", "memory": "2Gi"}
+    assert got["limits"] == {"cpu": "300m", "memory": "2Gi"}
+    assert got["warnings"] == []
+
+
+def _guaranteed_pod(**annotations: str) -> dict[str, Any]:
+    pod = _pod(**{names.MOUNT_PATH_ANNOTATION: "/r", **annotations})
+    pod["spec"]["terminationGracePeriodSeconds"] = 60
+    pod["spec"]["containers"][0]["resources"] = {"limits": {"cpu": "4", "memory": "8Gi"}}
+    return pod
+
+
+def test_a_guaranteed_pod_gets_sidecar_requests_equal_to_its_limits_and_is_told() -> None:
+    pod = _guaranteed_pod()
+    assert injection.pod_qos(pod["spec"]) == injection.GUARANTEED
+    got = _resources_of(pod)
+    assert got["requests"] == got["limits"] == dict(DEFAULTS.limits)
+    [warning] = got["warnings"]
+    assert "requests were raised to its limits (cpu 1, memory 512Mi)" in warning
+    result = injection.plan(pod, "ml", lookup_for(CONFIG), DEFAULTS)
+    assert injection.pod_qos(apply(pod, result.patch)["spec"]) == injection.GUARANTEED
+
+
+def test_a_guaranteed_pods_own_request_annotation_is_kept_with_a_warning_that_it_is_burstable() -> (
+    None
+):
+    pod = _guaranteed_pod(**{MEMORY_REQUEST: "300Mi"})
+    got = _resources_of(pod)
+    assert got["requests"] == {"cpu": "1", "memory": "300Mi"}
+    burstable = [w for w in got["warnings"] if "becomes Burstable" in w]
+    assert burstable, got["warnings"]
+    assert f"annotation {MEMORY_REQUEST}=300Mi is below the memory limit 512Mi" in burstable[0]
+    result = injection.plan(pod, "ml", lookup_for(CONFIG), DEFAULTS)
+    assert injection.pod_qos(apply(pod, result.patch)["spec"]) == injection.BURSTABLE
+
+
+def test_a_guaranteed_pod_whose_sidecar_requests_are_its_limits_gets_no_warning() -> None:
+    got = _resources_of(_guaranteed_pod(**{CPU_REQUEST: "1", MEMORY_REQUEST: "512Mi"}))
+    assert got["requests"] == got["limits"]
+    assert got["warnings"] == []
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        # One container with a request below its limit.
+        lambda spec: spec["containers"].append(
+            {"name": "b", "resources": {"requests": {"cpu": "1"}, "limits": {"cpu": "2"}}}
+        ),
+        # Memory without cpu.
+        lambda spec: spec["containers"][0]["resources"]["limits"].pop("cpu"),
+        # An init container without resources (BestEffort), a sidecar or not.
+        lambda spec: spec.setdefault("initContainers", []).append({"name": "i"}),
+        lambda spec: spec.setdefault("initContainers", []).append(
+            {"name": "i", "restartPolicy": "Always"}
+        ),
+        # A native sidecar that is Burstable.
+        lambda spec: spec.setdefault("initContainers", []).append(
+            {"name": "i", "restartPolicy": "Always", "resources": {"requests": {"cpu": "1"}}}
+        ),
+        # Pod-level resources decide the class: the containers' shapes do not matter.
+        lambda spec: spec.__setitem__("resources", {"limits": {"cpu": "8", "memory": "16Gi"}}),
+    ],
+)
+def test_a_pod_not_guaranteed_by_its_containers_keeps_the_sidecars_requests(
+    change: Callable[[dict[str, Any]], None],
+) -> None:
+    pod = _guaranteed_pod()
+    change(pod["spec"])
+    got = _resources_of(pod)
+    assert got["requests"] == dict(DEFAULTS.requests)
+    assert not [w for w in got["warnings"] if "Guaranteed" in w]
+
+
+@pytest.mark.parametrize(
+    ("resources", "qos"),
+    [
+        ({}, injection.BEST_EFFORT),
+        ({"limits": {"nvidia.com/gpu": "1"}}, injection.BEST_EFFORT),
+        ({"limits": {"cpu": "1", "memory": "1Gi"}}, injection.GUARANTEED),
+        ({"limits": {"cpu": "1000m", "memory": "1Gi"}, "requests": {"cpu": "1"}}, "Guaranteed"),
+        ({"requests": {"cpu": "1", "memory": "1Gi"}}, injection.BURSTABLE),
+        ({"limits": {"cpu": "1", "memory": "1Gi"}, "requests": {"cpu": "0"}}, "Burstable"),
+        ({"limits": {"cpu": "1"}}, injection.BURSTABLE),
+        ({"limits": {"cpu": "0", "memory": "0"}}, injection.BEST_EFFORT),
+    ],
+)
+def test_a_containers_qos_class_follows_kubernetes_rule(
+    resources: dict[str, Any], qos: str
+) -> None:
+    assert injection.pod_qos({"containers": [{"name": "c", "resources": resources}]}) == qos
+
+
+def test_the_sidecar_uid_and_gid_annotations_win_over_the_trainers_user() -> None:
+    pod = _pod(**{names.MOUNT_PATH_ANNOTATION: "/r", names.SIDECAR_UID_ANNOTATION: "1000"})
+    pod["spec"]["securityContext"] = {"runAsUser": 1000, "runAsGroup": 100}
+    result = injection.plan(pod, "ml", lookup_for(CONFIG), DEFAULTS)
+    [sidecar] = sidecars(apply(pod, result.patch))
+    context = sidecar["securityContext"]
+    assert (context["runAsUser"], context["runAsGroup"], context["runAsNonRoot"]) == (
+        1000,
+        100,
+        True,
+    )
+    env = {e["name"]: e.get("value") for e in sidecar["env"]}
+    # The trainer's own uid: nothing to share.
+    assert "TRIALSYNC_SHARE_FILES" not in env
+
+    pod["metadata"]["annotations"][names.SIDECAR_UID_ANNOTATION] = "0"
+    pod["metadata"]["annotations"][names.SIDECAR_GID_ANNOTATION] = "0"
+    result = injection.plan(pod, "ml", lookup_for(CONFIG), DEFAULTS)
+    [sidecar] = sidecars(apply(pod, result.patch))
+    assert sidecar["securityContext"]["runAsUser"] == 0
+    assert sidecar["securityContext"]["runAsGroup"] == 0
+    assert "runAsNonRoot" not in sidecar["securityContext"]
+    env = {e["name"]: e.get("value") for e in sidecar["env"]}
+    # Another uid than the trainer's: what the sidecar writes is shared.
+    assert env["TRIALSYNC_SHARE_FILES"] == "true"
+    assert any(
+        f"{names.SIDECAR_UID_ANNOTATION}=0 runs the trialsync sidecar as root" in w
+        for w in result.warnings
+    )

@@ -10,6 +10,7 @@ promises, not only when the branch misbehaves.
 
 from __future__ import annotations
 
+import copy
 import json
 import pathlib
 import posixpath
@@ -331,3 +332,108 @@ def _check_round_trip(
     assert env[contract.ROOT.env] == trial["mountPath"]
     mounts = [{"name": m["name"], "mountPath": m["mountPath"]} for m in sidecar["volumeMounts"]]
     assert trial in mounts, mounts
+
+
+#: A container's resources that make it Guaranteed: cpu and memory limits, requests left
+#: to default to them or equal (however written); sometimes a GPU.
+GUARANTEED_RESOURCES = st.builds(
+    lambda cpu, memory, shape, gpu: {
+        "limits": {"cpu": cpu[0], "memory": memory[0], **gpu},
+        **({"requests": {"cpu": cpu[1], "memory": memory[1]}} if shape else {}),
+    },
+    st.sampled_from([("500m", "0.5"), ("1", "1000m"), ("4", "4"), ("8", "8000m")]),
+    st.sampled_from([("512Mi", "536870912"), ("1Gi", "1024Mi"), ("16Gi", "16Gi")]),
+    st.booleans(),
+    st.sampled_from([{}, {"nvidia.com/gpu": "1"}]),
+)
+#: Resources that make a container Burstable or BestEffort.
+OTHER_RESOURCES = st.sampled_from(
+    [
+        {},
+        {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"cpu": "2", "memory": "1Gi"}},
+        {"limits": {"cpu": "1"}},
+        {"limits": {"nvidia.com/gpu": "1"}},
+    ]
+)
+
+
+def _guaranteed_by_kubernetes_rule(spec: Mapping[str, Any]) -> bool:
+    """Every init container (a native sidecar or not) and container has cpu and memory
+    limits above 0 and requests equal to them, a missing request being its limit (the
+    apiserver's default); written apart from ``injection.pod_qos``."""
+    for container in [*spec.get("initContainers", []), *spec["containers"]]:
+        limits = container.get("resources", {}).get("limits", {})
+        requests = {**limits, **container.get("resources", {}).get("requests", {})}
+        for resource in ("cpu", "memory"):
+            if resource not in limits or quantity.parse(limits[resource]) <= 0:
+                return False
+            if quantity.parse(requests[resource]) != quantity.parse(limits[resource]):
+                return False
+    return True
+
+
+def test_a_pod_whose_containers_are_all_guaranteed_stays_guaranteed_with_its_sidecar() -> None:
+    reached: Counter[str] = Counter()
+
+    @PROFILE
+    @given(
+        valid_syncconfigs(namespace=NAMESPACE, modes=("upload", "head")),
+        well_formed_pods(),
+        st.data(),
+    )
+    def prop(config: dict[str, Any], pod: dict[str, Any], data: st.DataObject) -> None:
+        view = view_of(config, SIDECAR)
+        lookup = lambda ns, name: view  # noqa: E731
+        spec = pod["spec"]
+        if data.draw(st.booleans()):
+            native = {"name": "proxy", "image": "example.com/proxy:1", "restartPolicy": "Always"}
+            spec.setdefault("initContainers", []).append(native)
+        # Three in four pods have every container Guaranteed; the rest one container not.
+        containers = [*spec.get("initContainers", []), *spec["containers"]]
+        odd = data.draw(st.sampled_from([None, None, None, *range(len(containers))]))
+        for i, container in enumerate(containers):
+            shape = OTHER_RESOURCES if i == odd else GUARANTEED_RESOURCES
+            container["resources"] = data.draw(shape)
+        annotations = pod["metadata"]["annotations"]
+        for resource, amounts in (("cpu", ["250m", "2"]), ("memory", ["384Mi", "2Gi"])):
+            limit = data.draw(st.sampled_from([None, *amounts]))
+            if limit is not None:
+                annotations[names.SIDECAR_RESOURCE_ANNOTATIONS["limits", resource]] = limit
+        if _mount_path_clash(pod) is not None:
+            with pytest.raises(injection.Refusal, match="already mounts volume"):
+                injection.plan(pod, NAMESPACE, lookup, DEFAULTS)
+            reached["refused: the mount path is taken"] += 1
+            return
+        result = injection.plan(pod, NAMESPACE, lookup, DEFAULTS)
+        out = apply(pod, result.patch)
+        _check_whole(pod, out)
+        [sidecar] = sidecars(out)
+        requests, limits = sidecar["resources"]["requests"], sidecar["resources"]["limits"]
+        for resource in ("cpu", "memory"):
+            key = names.SIDECAR_RESOURCE_ANNOTATIONS["limits", resource]
+            if key in annotations:
+                assert limits[resource] == annotations[key]
+        if _guaranteed_by_kubernetes_rule(spec):
+            reached["guaranteed, and stays so"] += 1
+            event("guaranteed")
+            assert _guaranteed_by_kubernetes_rule(out["spec"]), sidecar["resources"]
+            assert injection.pod_qos(out["spec"]) == injection.GUARANTEED
+            assert any("stays Guaranteed" in w for w in result.warnings), result.warnings
+        else:
+            reached["not guaranteed: requests as configured"] += 1
+            event("not guaranteed")
+            assert injection.pod_qos(out["spec"]) != injection.GUARANTEED
+            # The same sidecar as for a pod without any resources.
+            bare = copy.deepcopy(pod)
+            for container in [*bare["spec"].get("initContainers", []), *bare["spec"]["containers"]]:
+                container.pop("resources")
+            [plain] = sidecars(apply(bare, injection.plan(bare, NAMESPACE, lookup, DEFAULTS).patch))
+            assert sidecar["resources"] == plain["resources"]
+        # The upload buffers are sized from the limit, raised requests or not.
+        env = {e["name"]: e.get("value") for e in sidecar["env"]}
+        assert env["TRIALSYNC_UPLOAD_MEMORY"] == str(injection.upload_memory({"limits": limits}))
+        assert requests.keys() <= limits.keys()
+
+    counts = _run(prop, reached)
+    assert counts["guaranteed, and stays so"] >= EXAMPLES * 6 // 10, counts
+    assert counts["not guaranteed: requests as configured"] >= EXAMPLES // 10, counts

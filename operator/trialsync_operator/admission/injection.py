@@ -12,6 +12,9 @@ Kept apart from the webhook plumbing so it is tested without a server (golden fi
   pod sets none (Ray's images run as uid 1000 without saying so), the sidecar runs as
   65532 and makes what it writes in the trial volume writable by every user
   (``share_files``), so the trainer can still change and delete it;
+- per-pod overrides of the sidecar's resources and user (``read_overrides``); a pod
+  whose containers are all Guaranteed stays Guaranteed (``pod_qos``, Kubernetes' rule);
+- the sidecar's mounts fit together: a mount path at or around one of them is refused;
 - credentials are referenced (a Secret volume, ``secretKeyRef``), never copied; the
   credentials Secret is a volume only, never ``envFrom``, so the sidecar reads a rotated
   Secret when the kubelet updates the volume (an environment is fixed at start);
@@ -50,6 +53,12 @@ UPLOAD_MEMORY_SHARE = Decimal("0.5")
 UPLOAD_MEMORY_MAX = contract.UPLOAD_MEMORY.default
 UPLOAD_MEMORY_MIN = 16 * 2**20
 NON_ROOT_UID = 65532
+#: The largest uid or gid the apiserver accepts.
+MAX_ID = 2**31 - 1
+_ID = re.compile(r"[0-9]{1,10}")
+#: Kubernetes' QoS classes (status.qosClass), and the resources that decide them.
+GUARANTEED, BURSTABLE, BEST_EFFORT = "Guaranteed", "Burstable", "BestEffort"
+QOS_RESOURCES = ("cpu", "memory")
 #: A SyncConfig name that is also a label value (the webhook labels the pod with it).
 _NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,61}[a-z0-9])?")
 #: Environment variables an IRSA-style webhook adds for workload identity on AWS.
@@ -92,6 +101,17 @@ class PodRequest:
     restore: bool | None = None
     #: The prefix of the upload dir whose trials the pod restores (annotation), if any.
     restore_prefix: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class SidecarOverrides:
+    """What a pod's annotations set of its sidecar, over the SyncConfig's spec.sidecar and
+    the operator's defaults: requests and limits, and the uid and gid it runs as."""
+
+    requests: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    limits: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    uid: int | None = None
+    gid: int | None = None
 
 
 def config_name(pod: Mapping[str, Any]) -> str:
@@ -182,6 +202,56 @@ def read_request(pod: Mapping[str, Any]) -> PodRequest:
     )
 
 
+def read_overrides(pod: Mapping[str, Any]) -> SidecarOverrides:
+    """The pod's overrides of its sidecar (``trialsync.io/sidecar-*``), checked; Refusal
+    saying which annotation is wrong and what it must be. An empty value sets nothing."""
+    annotations = _mapping(_mapping(pod.get("metadata")).get("annotations"))
+    parts: dict[str, dict[str, str]] = {"requests": {}, "limits": {}}
+    for (part, resource), key in names.SIDECAR_RESOURCE_ANNOTATIONS.items():
+        value = _annotation(annotations, key)
+        if value:
+            parts[part][resource] = _positive_quantity(key, value)
+    for resource, request in parts["requests"].items():
+        limit = parts["limits"].get(resource)
+        if limit is not None and quantity.parse(request) > quantity.parse(limit):
+            request_key = names.SIDECAR_RESOURCE_ANNOTATIONS["requests", resource]
+            limit_key = names.SIDECAR_RESOURCE_ANNOTATIONS["limits", resource]
+            raise Refusal(
+                f"annotations {request_key}={request} and {limit_key}={limit} conflict: the "
+                f"sidecar's {resource} request is above its limit; lower the request or raise "
+                "the limit"
+            )
+    return SidecarOverrides(
+        requests=parts["requests"],
+        limits=parts["limits"],
+        uid=_id_annotation(annotations, names.SIDECAR_UID_ANNOTATION, "user"),
+        gid=_id_annotation(annotations, names.SIDECAR_GID_ANNOTATION, "group"),
+    )
+
+
+def _positive_quantity(key: str, value: str) -> str:
+    try:
+        amount = quantity.parse(value)
+    except ValueError:
+        raise Refusal(
+            f"annotation {key}={value!r:.60} is not a resource quantity (e.g. 500m, 2, 512Mi, 1Gi)"
+        ) from None
+    if amount <= 0:
+        raise Refusal(f"annotation {key}={value!r:.60} must be more than 0")
+    return value.strip()
+
+
+def _id_annotation(annotations: Mapping[str, Any], key: str, what: str) -> int | None:
+    value = _annotation(annotations, key)
+    if not value:
+        return None
+    if not _ID.fullmatch(value) or int(value) > MAX_ID:
+        raise Refusal(
+            f"annotation {key}={value!r:.60} must be a {what} id: a whole number from 0 to {MAX_ID}"
+        )
+    return int(value)
+
+
 def _annotation(annotations: Mapping[str, Any], key: str, default: str = "") -> str:
     """An annotation's value, ``default`` when absent; Refusal when it is not a string
     (the apiserver allows only strings, but a body from elsewhere may hold anything)."""
@@ -240,6 +310,7 @@ def _inject(
         if reserved in names_before:
             raise Refusal(f"the pod already has a volume named {reserved!r}")
 
+    overrides = read_overrides(pod)
     duty = contract.duty_of(view.mode, request.role)
     restore, restore_warnings = _restore(pod, namespace, request, view, duty)
     root, mounts = _trial_volume(
@@ -260,12 +331,14 @@ def _inject(
                 "readOnly": True,
             }
         )
-    resources = _resources(view, defaults)
+    resources, resource_warnings = _sidecar_resources(spec, view, defaults, overrides)
     uid, gid = _trainer_user(spec, containers)
+    run_uid, run_gid, share_files = _sidecar_user(uid, gid, overrides)
     below_mount = root != mounts[0]["mountPath"]
-    env = _env(namespace, request, view, duty, root, resources, uid is None, below_mount, restore)
+    env = _env(namespace, request, view, duty, root, resources, share_files, below_mount, restore)
     if view.workload_identity:
         env, mounts = _copy_web_identity(containers, env, mounts)
+    _check_sidecar_mounts(mounts, request)
     sidecar: JsonDict = {
         "name": names.SIDECAR_NAME,
         "image": view.image or defaults.image,
@@ -291,7 +364,7 @@ def _inject(
             "failureThreshold": 6,
         },
         "resources": resources,
-        "securityContext": _security_context(uid, gid),
+        "securityContext": _security_context(run_uid, run_gid),
         "volumeMounts": mounts,
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
@@ -305,7 +378,8 @@ def _inject(
     }
     if request.mount_path is not None:
         patch["containers"] = containers
-    warnings = _warnings(spec, view, uid) + restore_warnings
+    warnings = _warnings(spec, view, uid if overrides.uid is None else None)
+    warnings += _user_warnings(overrides) + resource_warnings + restore_warnings
     if view.terminating:
         warnings.append(
             f"SyncConfig {namespace}/{view.name} is being deleted: this pod syncs as it says, "
@@ -551,6 +625,126 @@ def _resources(view: ConfigView, defaults: Defaults) -> dict[str, dict[str, str]
     return {"requests": requests, "limits": limits}
 
 
+def _sidecar_resources(
+    spec: Mapping[str, Any], view: ConfigView, defaults: Defaults, overrides: SidecarOverrides
+) -> tuple[dict[str, dict[str, str]], list[str]]:
+    """The sidecar's requests and limits, with the warnings to give: the operator's
+    defaults, under the SyncConfig's, under the pod's annotations (of a request and a limit
+    from different places, the pod's wins); in a pod whose containers are all Guaranteed,
+    the requests the pod does not set are raised to the limits, so it stays Guaranteed."""
+    resources = _resources(view, defaults)
+    requests = {**resources["requests"], **overrides.requests}
+    limits = {**resources["limits"], **overrides.limits}
+    for resource, request in list(requests.items()):
+        limit = limits.get(resource)
+        if limit is None:
+            limits[resource] = request
+        elif _amount(request, resource) > _amount(limit, resource):
+            # Both from the pod were checked (read_overrides): one side is the pod's.
+            if resource in overrides.requests:
+                limits[resource] = request
+            else:
+                requests[resource] = limit
+    warnings: list[str] = []
+    if pod_qos(spec) == GUARANTEED and not _pod_level_resources(spec):
+        warnings = _keep_guaranteed(requests, limits, overrides)
+    return {"requests": requests, "limits": limits}, warnings
+
+
+def _keep_guaranteed(
+    requests: dict[str, str], limits: Mapping[str, str], overrides: SidecarOverrides
+) -> list[str]:
+    """Raise the sidecar's cpu and memory requests to its limits (in place), but for a
+    request the pod's annotation sets; what was done, as warnings."""
+    raised, apart = [], []
+    for resource in QOS_RESOURCES:
+        limit = limits.get(resource)
+        request = requests.get(resource)
+        if limit is None:
+            apart.append(f"the sidecar has no {resource} limit")
+        elif request is not None and _amount(request, resource) == _amount(limit, resource):
+            continue
+        elif resource in overrides.requests:
+            key = names.SIDECAR_RESOURCE_ANNOTATIONS["requests", resource]
+            apart.append(f"annotation {key}={request} is below the {resource} limit {limit}")
+        else:
+            requests[resource] = limit
+            raised.append(f"{resource} {limit}")
+    warnings = []
+    if raised:
+        warnings.append(
+            "every container of the pod has cpu and memory requests equal to its limits "
+            "(QoS class Guaranteed): the trialsync sidecar's requests were raised to its "
+            f"limits ({', '.join(raised)}) so that the pod stays Guaranteed; annotations "
+            f"{names.SIDECAR_RESOURCE_ANNOTATIONS['limits', 'cpu']} and "
+            f"{names.SIDECAR_RESOURCE_ANNOTATIONS['limits', 'memory']} set them"
+        )
+    if apart:
+        warnings.append(
+            f"every container of the pod is Guaranteed, but {'; '.join(apart)}: the pod's QoS "
+            "class becomes Burstable (it is evicted sooner and gets no exclusive cores); "
+            "remove the request's annotation, or set it equal to the limit"
+        )
+    return warnings
+
+
+def pod_qos(spec: Mapping[str, Any]) -> str:
+    """The pod's QoS class as Kubernetes computes it (``ComputePodQOS``, in k8s.io/kubernetes
+    pkg/apis/core/helper/qos, 1.37), once the apiserver defaulted each container's missing
+    requests to its limits. With pod-level resources (``spec.resources`` setting cpu,
+    memory or hugepages-*), from those; else every init container (a native sidecar or
+    not) and container counts: one without requests and limits is BestEffort, one whose
+    cpu and memory both have request == limit > 0 Guaranteed, any other Burstable; the
+    pod is Guaranteed or BestEffort when all its containers are, else Burstable."""
+    if _pod_level_resources(spec):
+        return _requirements_qos(_mapping(spec.get("resources")))
+    classes = {
+        _requirements_qos(_mapping(c.get("resources")))
+        for c in [*_list(spec.get("initContainers")), *_list(spec.get("containers"))]
+    }
+    if len(classes) > 1:
+        return BURSTABLE
+    return classes.pop() if classes else BEST_EFFORT
+
+
+def _pod_level_resources(spec: Mapping[str, Any]) -> bool:
+    """Whether the pod sets pod-level resources, which then decide its QoS class."""
+    resources = _mapping(spec.get("resources"))
+    return any(
+        name in QOS_RESOURCES or str(name).startswith("hugepages-")
+        for part in ("requests", "limits")
+        for name in _mapping(resources.get(part))
+    )
+
+
+def _requirements_qos(resources: Mapping[str, Any]) -> str:
+    limits = _mapping(resources.get("limits"))
+    # The apiserver's defaults: a request not given is its limit.
+    requests = {**limits, **_mapping(resources.get("requests"))}
+    if not requests and not limits:
+        return BEST_EFFORT
+    classes = set()
+    for resource in QOS_RESOURCES:
+        request, limit = _qos_amount(requests.get(resource)), _qos_amount(limits.get(resource))
+        if request is None or limit is None or request != limit:
+            return BURSTABLE
+        classes.add(BEST_EFFORT if request == 0 else GUARANTEED)
+    return classes.pop() if len(classes) == 1 else BURSTABLE
+
+
+def _qos_amount(value: object) -> Decimal | None:
+    """A quantity as the QoS rule reads it: absent is 0; None when it is no quantity (the
+    apiserver refuses such a pod; here it only counts as not Guaranteed)."""
+    if value is None:
+        return Decimal(0)
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        return None
+    try:
+        return quantity.parse(str(value))
+    except ValueError:
+        return None
+
+
 def _amount(value: str, resource: str) -> Decimal:
     try:
         return quantity.parse(value)
@@ -578,6 +772,27 @@ def _trainer_user(
     uid = _first_int(main.get("runAsUser"), pod_context.get("runAsUser"))
     gid = _first_int(main.get("runAsGroup"), pod_context.get("runAsGroup"))
     return uid, gid
+
+
+def _sidecar_user(
+    uid: int | None, gid: int | None, overrides: SidecarOverrides
+) -> tuple[int | None, int | None, bool]:
+    """The uid and gid the sidecar runs as (None: as ``_security_context`` decides), the
+    pod's annotations over the trainer's; and whether it must share its files (make them
+    writable by every user), as it must whenever its uid is not known to be the trainer's."""
+    run_uid = uid if overrides.uid is None else overrides.uid
+    run_gid = gid if overrides.gid is None else overrides.gid
+    share_files = uid is None or run_uid != uid
+    return run_uid, run_gid, share_files
+
+
+def _user_warnings(overrides: SidecarOverrides) -> list[str]:
+    if overrides.uid == 0:
+        return [
+            f"annotation {names.SIDECAR_UID_ANNOTATION}=0 runs the trialsync sidecar as root, "
+            "with every capability dropped; give a non-root user where you can"
+        ]
+    return []
 
 
 def _security_context(uid: int | None, gid: int | None) -> JsonDict:
@@ -620,6 +835,88 @@ def _copy_web_identity(
                 break
         break
     return env, mounts
+
+
+def _check_sidecar_mounts(mounts: Sequence[Mapping[str, Any]], request: PodRequest) -> None:
+    """Refusal when two of the sidecar's mounts collide: at one path (the apiserver would
+    refuse the pod: "mountPath: must be unique"), or one inside another whose mount point
+    the runtime cannot or must not make there: inside the trial volume (a directory the
+    trainer would see, and a failure where the sidecar mounts the volume read-only) or a
+    read-only volume (the credentials, a web-identity token). Only the sidecar's scratch
+    emptyDir may hold another mount (``mount-path: /tmp/ray_results`` is fine), away from
+    the files the sidecar keeps there (``/tmp/trialsync*``)."""
+    paths = [(posixpath.normpath(str(m.get("mountPath", ""))), m) for m in mounts]
+    for i, (path, mount) in enumerate(paths):
+        for other_path, other in paths[i + 1 :]:
+            if path == other_path:
+                raise Refusal(_mount_clash(mount, other, path, "", request, mounts))
+            for outer, inner, inner_path in ((mount, other, other_path), (other, mount, path)):
+                outer_path = str(outer["mountPath"]).rstrip("/")
+                if not inner_path.startswith(outer_path + "/"):
+                    continue
+                below = inner_path[len(outer_path) + 1 :]
+                if outer.get("name") != names.SCRATCH_VOLUME or below.startswith("trialsync"):
+                    raise Refusal(_mount_clash(inner, outer, inner_path, "inside", request, mounts))
+
+
+def _mount_clash(
+    first: Mapping[str, Any],
+    second: Mapping[str, Any],
+    path: str,
+    how: str,
+    request: PodRequest,
+    mounts: Sequence[Mapping[str, Any]],
+) -> str:
+    """What a refusal for two clashing sidecar mounts says: the annotation at fault first,
+    where one is, and what to change."""
+    trial = request.mount_path is not None and names.TRIAL_VOLUME in (
+        first.get("name"),
+        second.get("name"),
+    )
+    if trial:
+        own = second if first.get("name") == names.TRIAL_VOLUME else first
+        taken = ", ".join(
+            str(m["mountPath"]) for m in mounts if m.get("name") != names.TRIAL_VOLUME
+        )
+        if not how:
+            where = f"is where the sidecar mounts {_mount_role(own)}"
+        elif own is second and own.get("name") == names.SCRATCH_VOLUME:
+            where = (
+                f"is where the sidecar keeps its own files in {_mount_role(own)} "
+                f"({own['mountPath']}/trialsync*)"
+            )
+        elif own is second:
+            where = f"is inside {_mount_role(own)} ({own['mountPath']}), which is read-only"
+        else:
+            where = (
+                f"holds {_mount_role(own)} ({own['mountPath']}): its mount point would be made "
+                "in the trial volume (a directory the trainer sees, and a failure to start "
+                "where the sidecar mounts the volume read-only)"
+            )
+        return (
+            f"annotation {names.MOUNT_PATH_ANNOTATION}={request.mount_path!r:.200} {where}: "
+            f"choose another path for the trial data, apart from the sidecar's own mounts "
+            f"({taken}; a directory below {contract.SCRATCH_DIR} is fine, except "
+            f"{contract.SCRATCH_DIR}/trialsync*)"
+        )
+    relation = "at one path" if not how else f"one inside the other ({path})"
+    return (
+        f"the sidecar would mount {_mount_role(first)} ({first['mountPath']}) and "
+        f"{_mount_role(second)} ({second['mountPath']}) {relation}, which Kubernetes refuses "
+        "or cannot start: move the pod's mount that the sidecar copies"
+    )
+
+
+def _mount_role(mount: Mapping[str, Any]) -> str:
+    """What one of the sidecar's mounts is, for a refusal."""
+    name = mount.get("name")
+    if name == names.SCRATCH_VOLUME:
+        return "its scratch emptyDir"
+    if name == names.CREDENTIALS_VOLUME:
+        return "the SyncConfig's credentials Secret"
+    if name == names.TRIAL_VOLUME:
+        return "the trial volume"
+    return f"volume {name!r} of the pod"
 
 
 def _mount_trial_dir(container: JsonDict, path: str) -> None:
