@@ -54,9 +54,17 @@ SIDECAR_NAME = "trialsync-sidecar"
 TRIAL_VOLUME = "trialsync-trial"
 SCRATCH_VOLUME = "trialsync-tmp"
 CREDENTIALS_VOLUME = "trialsync-credentials"
-HEAD_TOKEN_KEY = "token"
-#: The type of the Secrets the operator creates (the only type it may create).
+#: The head-node Secret in the sidecar (its files at contract.HEAD_SECRET_MOUNT).
+HEAD_SECRET_VOLUME = "trialsync-head"
+#: The head-node Secret's type: the operator creates Secrets of its own types only.
 HEAD_SECRET_TYPE = f"{GROUP}/head-node"
+#: The head-node Secret's keys: the token every sidecar of the SyncConfig holds, the head's
+#: serving certificate and key (the head's sidecar alone), and the CA certificate that
+#: signed it (what workers trust).
+HEAD_TOKEN_KEY = "token"
+HEAD_CERT_KEY = "tls.crt"
+HEAD_KEY_KEY = "tls.key"
+HEAD_CA_KEY = "ca.crt"
 
 _NOT_DNS_LABEL = re.compile(r"[^a-z0-9-]")
 
@@ -78,13 +86,27 @@ def head_service_name(config_name: str) -> str:
 
 
 def head_secret_name(config_name: str, config_uid: str) -> str:
-    """The Secret holding the head-node service's token (seed scenario 3).
+    """The Secret holding the head-node service's token and TLS identity (seed scenario 3).
 
     Named for this incarnation of the SyncConfig (its uid): one deleted and created again
     under the same name gets a Secret of its own at once, while the garbage collector
-    removes its predecessor's, so pods never reference a Secret about to go."""
-    return dns_label("trialsync-head", f"{config_name}-{config_uid[:8]}")
+    removes its predecessor's, so pods never reference a Secret about to go. The ``-tls``
+    ending (earlier versions made ``trialsync-head-<name>-<uid>`` with a token alone) keeps
+    a Secret of the old format from being taken for one with certificates."""
+    return dns_label("trialsync-head", f"{config_name}-{config_uid[:8]}-tls")
+
+
+def head_hosts(config_name: str, namespace: str) -> list[str]:
+    """The DNS names of a SyncConfig's head Service, as its certificate names them."""
+    service = head_service_name(config_name)
+    return [
+        service,
+        f"{service}.{namespace}",
+        f"{service}.{namespace}.svc",
+        f"{service}.{namespace}.svc.cluster.local",
+    ]
 
 
 def head_url(config_name: str, namespace: str) -> str:
-    return f"http://{head_service_name(config_name)}.{namespace}.svc:{contract.HEAD_PORT}"
+    """Where a worker reaches the head: always HTTPS, checked against the head's CA."""
+    return f"https://{head_service_name(config_name)}.{namespace}.svc:{contract.HEAD_PORT}"

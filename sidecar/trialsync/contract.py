@@ -88,8 +88,12 @@ HEAD_STATE_DIR = ".trialsync-head"
 #: trainer gets SIGTERM first and the sidecar only once the trainer has exited, and the
 #: sidecar's process needs a moment to exit after its final sync and clean-up.
 EXIT_MARGIN = 5
-#: The variable that carries the head-node service's token (from a Secret).
+#: The variable that carries the head-node service's token (by hand; the operator mounts
+#: it as a file, ``HEAD_TOKEN_FILE``).
 HEAD_TOKEN_ENV = ENV_PREFIX + "HEAD_TOKEN"
+#: Where the head-node Secret's files appear in the sidecar: the token, and the head's
+#: certificate and key (the head) or the certificate that identifies the head (a worker).
+HEAD_SECRET_MOUNT = "/var/run/secrets/trialsync.io/head"
 
 
 # -- modes and roles -------------------------------------------------------------------
@@ -542,6 +546,20 @@ ROLE = Choice(
 HEAD_URL: Text[str | None] = Text(
     "head_url", None, "the head-node service's URL (a worker, no upload dir)"
 )
+HEAD_CA_FILE: Text[str | None] = Text(
+    "head_ca_file",
+    None,
+    "certificate (PEM) an https --head-url must prove to be signed by: the head's, not "
+    "the system's trust store",
+)
+RECEIVER_CERT_FILE: Text[str | None] = Text(
+    "receiver_cert_file",
+    None,
+    "the head's serving certificate (PEM): the head-node service serves TLS with it",
+)
+RECEIVER_KEY_FILE: Text[str | None] = Text(
+    "receiver_key_file", None, "the private key (PEM) of --receiver-cert-file"
+)
 UPLOAD_MEMORY = Count("upload_memory", 256 * 2**20, "bytes of upload buffers at most")
 CREATE_ROOT = Flag(
     "create_root",
@@ -626,9 +644,12 @@ SETTINGS: tuple[Setting[Any], ...] = (
     CREATE_ROOT,
     UPLOAD_DIR,
     HEAD_URL,
+    HEAD_CA_FILE,
     HEAD_TOKEN_FILE,
     HEAD_IDENTITY_FILE,
     RECEIVER_ADDR,
+    RECEIVER_CERT_FILE,
+    RECEIVER_KEY_FILE,
     RECEIVER_MAX_OBJECT_SIZE,
     RECEIVER_MAX_UPLOADS,
     RECEIVER_CLAIM_LEASE,

@@ -92,7 +92,8 @@ class Metrics:
         self.head_refusals = Counter(
             "trialsync_head_refusals",
             "Requests the head-node service refused for good, by reason (claimed, head_only, "
-            "shared_token, too_large); the log names each path.",
+            "shared_token, too_large; not_trusted: the server at the head's address failed "
+            "the TLS handshake and was sent nothing); the log names each path.",
             ["reason"],
             registry=self.registry,
         )

@@ -291,6 +291,12 @@ def test_a_pod_naming_an_invalid_syncconfig_is_refused_with_the_reason(kube: Kub
     assert f"SyncConfig {ns}/bad is invalid: upload_dir" in refused.stderr
 
 
+def head_secret_of(pod: dict[str, Any]) -> tuple[str, list[str]]:
+    """The head-node Secret a pod's sidecar mounts, and the keys it mounts of it."""
+    [volume] = [v for v in pod["spec"]["volumes"] if v["name"] == names.HEAD_SECRET_VOLUME]
+    return volume["secret"]["secretName"], [i["key"] for i in volume["secret"]["items"]]
+
+
 def test_without_an_upload_dir_the_operator_owns_a_token_secret_and_a_head_service(
     kube: Kube, ns: str
 ) -> None:
@@ -319,6 +325,9 @@ def test_without_an_upload_dir_the_operator_owns_a_token_secret_and_a_head_servi
         names.ROLE_LABEL: "head",
     }
     assert len(base64.b64decode(secret["data"][names.HEAD_TOKEN_KEY])) >= 32
+    # The head's TLS identity beside the token, in a Secret of the operator's own type.
+    assert secret["type"] == names.HEAD_SECRET_TYPE
+    assert set(secret["data"]) == {"token", "tls.crt", "tls.key", "ca.crt"}
     wait_for(
         lambda: (
             _get(kube, ns, "syncconfig", "local").get("status", {}).get("headService")
@@ -329,7 +338,7 @@ def test_without_an_upload_dir_the_operator_owns_a_token_secret_and_a_head_servi
     )
 
     # A head pod gets the label the Service selects; a worker gets the URL and the token
-    # by reference, never the token itself.
+    # and CA certificate by reference (a Secret volume), never the token itself.
     assert (
         _apply(kube, ns, _pod("head", "local", **{names.ROLE_ANNOTATION: "head"})).returncode == 0
     )
@@ -337,8 +346,12 @@ def test_without_an_upload_dir_the_operator_owns_a_token_secret_and_a_head_servi
     assert _apply(kube, ns, _pod("worker", "local")).returncode == 0
     [sidecar] = sidecars(_get(kube, ns, "pod", "worker"))
     env = {e["name"]: e for e in sidecar["env"]}
-    assert env["TRIALSYNC_HEAD_URL"]["value"] == f"http://{service_name}.{ns}.svc:9747"
-    assert env["TRIALSYNC_HEAD_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == secret_name
+    assert env["TRIALSYNC_HEAD_URL"]["value"] == f"https://{service_name}.{ns}.svc:9747"
+    assert head_secret_of(_get(kube, ns, "pod", "worker")) == (secret_name, ["token", "ca.crt"])
+    assert head_secret_of(_get(kube, ns, "pod", "head")) == (
+        secret_name,
+        ["token", "tls.crt", "tls.key"],
+    )
     token = base64.b64decode(secret["data"][names.HEAD_TOKEN_KEY]).decode()
     assert token not in json.dumps(_get(kube, ns, "pod", "worker"))
 
@@ -534,9 +547,7 @@ def test_a_syncconfig_deleted_and_created_again_gets_head_objects_of_its_own_at_
     secret_name = names.head_secret_name("again", second)
     wait_for(lambda: owner("secret", secret_name) == second, 30, what="the new token Secret")
     assert _apply(kube, ns, _pod("worker", "again")).returncode == 0
-    [sidecar] = sidecars(_get(kube, ns, "pod", "worker"))
-    env = {e["name"]: e for e in sidecar["env"]}
-    assert env["TRIALSYNC_HEAD_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == secret_name
+    assert head_secret_of(_get(kube, ns, "pod", "worker"))[0] == secret_name
 
 
 def test_kubectl_get_shows_ready_and_where_the_data_goes(kube: Kube, ns: str) -> None:

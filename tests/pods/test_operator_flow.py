@@ -210,7 +210,12 @@ def test_without_an_upload_dir_workers_reach_the_head_through_the_operators_serv
         assert done["status"]["phase"] == "Succeeded", done["status"]
         env = {e["name"]: e for e in sidecars(done)[0]["env"]}
         assert env["TRIALSYNC_HEAD_URL"]["value"] == names.head_url("exp", ns)
-        assert "secretKeyRef" in env["TRIALSYNC_HEAD_TOKEN"]["valueFrom"]
+        assert env["TRIALSYNC_HEAD_URL"]["value"].startswith("https://")
+        assert "TRIALSYNC_HEAD_CA_FILE" in env
+        # The head's key never reaches a worker.
+        volumes = done["spec"]["volumes"]
+        [secret] = [v["secret"] for v in volumes if v["name"] == names.HEAD_SECRET_VOLUME]
+        assert [item["key"] for item in secret["items"]] == ["token", "ca.crt"]
 
     on_head = trial_volume_files(cluster, "head", ns, "driver")
     for i in range(2):

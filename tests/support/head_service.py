@@ -44,20 +44,28 @@ class Receiver:
     root: pathlib.Path
     runner: web.AppRunner
     port: int
+    #: How a client names the host: with TLS, a name the certificate covers.
+    host: str = "127.0.0.1"
+    scheme: str = "http"
 
     @classmethod
     async def start(cls, root: pathlib.Path, port: int = 0, **overrides: Any) -> Receiver:
-        """Serve ``root`` on 127.0.0.1 (``port`` 0 picks one) once its start-up is done."""
-        app = head_receiver.make_app(str(root), options(root, **overrides))
+        """Serve ``root`` on 127.0.0.1 (``port`` 0 picks one) once its start-up is done;
+        over TLS with ``tls=`` an SSL context (its certificate for ``localhost``)."""
+        served = options(root, **overrides)
+        app = head_receiver.make_app(str(root), served)
         runner = web.AppRunner(app, shutdown_timeout=1.0)
         await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", port)
+        site = web.TCPSite(runner, "127.0.0.1", port, ssl_context=served.tls)
         await site.start()
-        return cls(root, runner, site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+        bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        if served.tls is not None:
+            return cls(root, runner, bound, host="localhost", scheme="https")
+        return cls(root, runner, bound)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://{self.host}:{self.port}"
 
     def objects(self, rel: str = "") -> str:
         return f"{self.url}/v1/objects/{rel}" if rel else f"{self.url}/v1/objects"

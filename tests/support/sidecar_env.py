@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime
+import functools
 import json
 import pathlib
 from collections.abc import Mapping
@@ -11,21 +13,43 @@ from trialsync import contract
 from trialsync._process import settings
 from trialsync_operator import names
 from trialsync_operator.syncconfig import ConfigView
+from trialsync_operator.tls import certificates
 
 #: The head-node token a Secret would give the sidecar.
 TOKEN = "t0ken"
 
 
+@functools.cache
+def head_secret_files() -> dict[str, bytes]:
+    """What a head-node Secret holds, by key (a token and a real TLS identity)."""
+    material = certificates.new_material(
+        ["localhost"], datetime.timedelta(days=1), datetime.datetime.now(datetime.UTC)
+    )
+    return {
+        names.HEAD_TOKEN_KEY: TOKEN.encode(),
+        names.HEAD_CERT_KEY: material.cert,
+        names.HEAD_KEY_KEY: material.key,
+        names.HEAD_CA_KEY: material.ca_bundle,
+    }
+
+
 def sidecar_settings(container: Mapping[str, Any], root: pathlib.Path) -> settings.Settings:
-    """What the sidecar makes of the environment the operator gave ``container``: values
-    from Secrets are filled in, and its root is ``root`` (the pod's mount path is not a
+    """What the sidecar makes of the environment the operator gave ``container``: the
+    files of the head-node Secret that it names are written beside ``root`` (as the
+    kubelet would mount them), and its root is ``root`` (the pod's mount path is not a
     directory here)."""
+    mounted = root.with_name(root.name + "-head-secret")
     env = {}
     for item in container["env"]:
-        if "value" in item:
-            env[item["name"]] = item["value"]
-        elif item["name"] == contract.HEAD_TOKEN_ENV:
-            env[item["name"]] = TOKEN
+        if "value" not in item:
+            continue  # from elsewhere (a web-identity webhook's): not the sidecar's to read
+        value = item["value"]
+        if value.startswith(contract.HEAD_SECRET_MOUNT + "/"):
+            key = value.removeprefix(contract.HEAD_SECRET_MOUNT + "/")
+            mounted.mkdir(exist_ok=True)
+            (mounted / key).write_bytes(head_secret_files()[key])
+            value = str(mounted / key)
+        env[item["name"]] = value
     env["TRIALSYNC_ROOT"] = str(root)
     return settings.parse([], env)
 
@@ -56,5 +80,12 @@ def same_configuration(
     assert parsed.duty is contract.duty_of(view.mode, contract.Role(role))
     if parsed.duty is contract.Duty.SEND:
         assert parsed.head_url == names.head_url(view.name, namespace)
+        assert parsed.head_url.startswith("https://")
+        assert parsed.head_ca_file is not None
+        assert (parsed.receiver_cert_file, parsed.receiver_key_file) == (None, None)
+    if parsed.duty is contract.Duty.RECEIVE:
+        assert parsed.receiver_cert_file is not None
+        assert parsed.receiver_key_file is not None
+        assert parsed.head_ca_file is None
     if parsed.duty in (contract.Duty.SEND, contract.Duty.RECEIVE):
         assert parsed.head_token == TOKEN

@@ -413,21 +413,28 @@ def test_a_pod_whose_containers_are_all_guaranteed_stays_guaranteed_with_its_sid
             key = names.SIDECAR_RESOURCE_ANNOTATIONS["limits", resource]
             if key in annotations:
                 assert limits[resource] == annotations[key]
+        bare = copy.deepcopy(pod)
+        for container in [*bare["spec"].get("initContainers", []), *bare["spec"]["containers"]]:
+            container.pop("resources")
+        [plain] = sidecars(apply(bare, injection.plan(bare, NAMESPACE, lookup, DEFAULTS).patch))
         if _guaranteed_by_kubernetes_rule(spec):
             reached["guaranteed, and stays so"] += 1
             event("guaranteed")
             assert _guaranteed_by_kubernetes_rule(out["spec"]), sidecar["resources"]
             assert injection.pod_qos(out["spec"]) == injection.GUARANTEED
-            assert any("stays Guaranteed" in w for w in result.warnings), result.warnings
+            # Warned exactly when a request had to be raised to its limit.
+            raised = any(
+                quantity.parse(plain["resources"]["requests"].get(r, "0"))
+                != quantity.parse(plain["resources"]["limits"][r])
+                for r in ("cpu", "memory")
+            )
+            warned = any("stays Guaranteed" in w for w in result.warnings)
+            assert warned == raised, result.warnings
         else:
             reached["not guaranteed: requests as configured"] += 1
             event("not guaranteed")
             assert injection.pod_qos(out["spec"]) != injection.GUARANTEED
             # The same sidecar as for a pod without any resources.
-            bare = copy.deepcopy(pod)
-            for container in [*bare["spec"].get("initContainers", []), *bare["spec"]["containers"]]:
-                container.pop("resources")
-            [plain] = sidecars(apply(bare, injection.plan(bare, NAMESPACE, lookup, DEFAULTS).patch))
             assert sidecar["resources"] == plain["resources"]
         # The upload buffers are sized from the limit, raised requests or not.
         env = {e["name"]: e.get("value") for e in sidecar["env"]}

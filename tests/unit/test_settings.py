@@ -8,9 +8,11 @@ from collections.abc import Callable
 
 import pytest
 
+from tests.support.sidecar_env import head_secret_files
 from trialsync import cli, contract
 from trialsync._process import settings
 from trialsync._process.settings import ConfigError, Settings, parse, unknown_env
+from trialsync_operator import names
 
 # Every flag: its TRIALSYNC_* value, and where Settings shows it (not the default).
 Check = tuple[str, Callable[[Settings], object], object]
@@ -52,7 +54,8 @@ CUSTOM: dict[str, Check] = {
 }
 # The flags that only fit a worker syncing to the head node, or the head serving it.
 HEAD: dict[str, Check] = {
-    "head_url": ("http://head:9747", lambda s: s.head_url, "http://head:9747"),
+    "head_url": ("https://head:9747", lambda s: s.head_url, "https://head:9747"),
+    "head_ca_file": ("<ca file>", lambda s: s.head_ca_file, "<ca file>"),
     "head_token_file": ("<token file>", lambda s: s.head_token, "s3cret"),
     "head_identity_file": ("/scratch/id", lambda s: s.head_identity_file, "/scratch/id"),
     "receiver_max_object_size": ("1000", lambda s: s.receiver_max_object_size, 1000),
@@ -62,25 +65,45 @@ HEAD: dict[str, Check] = {
     "restore_prefix": ("/exp/trial_1/", lambda s: s.restore_prefix, "exp/trial_1"),
 }
 
+# The head serving the head-node service over TLS.
+SERVING: dict[str, Check] = {
+    "role": CLOUD["role"],
+    "head_token_file": HEAD["head_token_file"],
+    "receiver_cert_file": ("<cert file>", lambda s: s.receiver_cert_file, "<cert file>"),
+    "receiver_key_file": ("<key file>", lambda s: s.receiver_key_file, "<key file>"),
+}
+
+
+def secret_files(directory: pathlib.Path) -> dict[str, str]:
+    """The token and a real TLS identity written in ``directory``, by placeholder."""
+    files = {"<token file>": b"s3cret\n"}
+    material = head_secret_files()
+    files["<ca file>"] = material[names.HEAD_CA_KEY]
+    files["<cert file>"] = material[names.HEAD_CERT_KEY]
+    files["<key file>"] = material[names.HEAD_KEY_KEY]
+    paths = {}
+    for placeholder, data in files.items():
+        path = directory / placeholder.strip("<>").replace(" ", "-")
+        path.write_bytes(data)
+        paths[placeholder] = str(path)
+    return paths
+
 
 #: Each flag's destination, and the variable it falls back to.
 ENV = {settings._dest(setting): setting.env for setting in contract.SETTINGS}
 
 
 def test_every_flag_falls_back_to_its_environment_variable(tmp_path: pathlib.Path) -> None:
-    checked = {"root", *CLOUD, *HEAD, *CUSTOM}
+    checked = {"root", *CLOUD, *HEAD, *CUSTOM, *SERVING}
     assert checked == set(ENV), "a flag without a check"
-    token = tmp_path / "token"
-    token.write_text("s3cret\n")
-    for checks in (CLOUD, HEAD, CUSTOM):
-        env = {ENV[dest]: raw for dest, (raw, _, _) in checks.items()}
+    files = secret_files(tmp_path)
+    for checks in (CLOUD, HEAD, CUSTOM, SERVING):
+        env = {ENV[dest]: files.get(raw, raw) for dest, (raw, _, _) in checks.items()}
         env["TRIALSYNC_ROOT"] = str(tmp_path)
-        if "TRIALSYNC_HEAD_TOKEN_FILE" in env:
-            env["TRIALSYNC_HEAD_TOKEN_FILE"] = str(token)
         parsed = parse([], env)
         assert parsed.root == str(tmp_path)
         for dest, (raw, read, expected) in checks.items():
-            assert read(parsed) == expected, f"{ENV[dest]}={raw}"
+            assert read(parsed) == files.get(expected, expected), f"{ENV[dest]}={raw}"
     # The variable that is not a flag.
     env = {"TRIALSYNC_ROOT": str(tmp_path), "TRIALSYNC_HEAD_URL": "http://head:9747"}
     assert parse([], {**env, "TRIALSYNC_HEAD_TOKEN": "tok"}).head_token == "tok"
@@ -274,12 +297,34 @@ def test_head_service_flags_fall_back_to_the_environment_and_have_defaults(
         (["--role=head", "--receiver-max-uploads=0"], "receiver_max_uploads must be a whole num"),
         (["--role=head", "--receiver-claim-lease=0"], "receiver_claim_lease must be a positive"),
         (["--head-url", "http://h:1", "--head-identity-file", "{root}/id"], "is inside --root"),
+        (["--head-url", "ftp://h:1"], "--head-url 'ftp://h:1' must start with https://"),
+        (["--head-url", "http://h:1", "--head-ca-file", "<ca file>"], "is for a worker whose"),
+        (["--role=head", "--head-ca-file", "<ca file>"], "is for a worker whose --head-url"),
+        (["--head-url", "https://h:1", "--head-ca-file", "{root}/no"], "/no: no such file"),
+        (["--head-url", "https://h:1", "--head-ca-file", "<token file>"], "not a PEM certifi"),
+        (["--role=head", "--receiver-cert-file", "<cert file>"], "give both --receiver-cert"),
+        (["--role=head", "--receiver-key-file", "<key file>"], "give both --receiver-cert"),
+        (
+            [
+                "--role=head",
+                "--receiver-cert-file",
+                "<cert file>",
+                "--receiver-key-file",
+                "<ca file>",
+            ],
+            "not a PEM certificate and its private key",
+        ),
+        (
+            ["--head-url", "https://h:1", "--receiver-cert-file", "<cert file>"],
+            "are for the head serving the head-node service",
+        ),
     ],
 )
 def test_bad_head_service_flags_say_what_to_fix(
     tmp_path: pathlib.Path, flags: list[str], says: str
 ) -> None:
-    flags = [flag.replace("{root}", str(tmp_path)) for flag in flags]
+    files = secret_files(tmp_path)
+    flags = [files.get(flag, flag.replace("{root}", str(tmp_path))) for flag in flags]
     with pytest.raises(ConfigError, match=re.escape(says)):
         parse(["--root", str(tmp_path), *flags], {"TRIALSYNC_HEAD_TOKEN": "t"})
 

@@ -138,4 +138,11 @@ def test_names_of_head_objects_are_valid_service_names_and_distinct() -> None:
         assert service[0].isalpha()
         assert service.replace("-", "").isalnum()
     assert names.head_service_name("exp.v2") != names.head_service_name("exp-v2")
-    assert names.head_url("exp", "ml") == "http://trialsync-head-exp.ml.svc:9747"
+    assert names.head_url("exp", "ml") == "https://trialsync-head-exp.ml.svc:9747"
+    uid = "0b6a5c1e-0000-4000-8000-000000000004"
+    for name in (long, dotted, "exp"):
+        secret = names.head_secret_name(name, uid)
+        assert len(secret) <= 63
+        # Never the name an earlier version gave its token-only Secret.
+        assert secret != names.dns_label("trialsync-head", f"{name}-{uid[:8]}")
+    assert names.head_secret_name("exp", uid) == "trialsync-head-exp-0b6a5c1e-tls"

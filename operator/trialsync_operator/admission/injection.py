@@ -15,9 +15,11 @@ Kept apart from the webhook plumbing so it is tested without a server (golden fi
 - per-pod overrides of the sidecar's resources and user (``read_overrides``); a pod
   whose containers are all Guaranteed stays Guaranteed (``pod_qos``, Kubernetes' rule);
 - the sidecar's mounts fit together: a mount path at or around one of them is refused;
-- credentials are referenced (a Secret volume, ``secretKeyRef``), never copied; the
-  credentials Secret is a volume only, never ``envFrom``, so the sidecar reads a rotated
-  Secret when the kubelet updates the volume (an environment is fixed at start);
+- credentials are referenced (Secret volumes), never copied; the credentials Secret is a
+  volume only, never ``envFrom``, so the sidecar reads a rotated Secret when the kubelet
+  updates the volume (an environment is fixed at start); of the head-node Secret, the
+  head's sidecar mounts the token and its certificate and key, a worker's the token and
+  the CA certificate alone, never the key;
 - idempotent: a pod that already has the sidecar is left alone, and the status
   annotation records what was injected and from which SyncConfig generation.
 """
@@ -306,7 +308,7 @@ def _inject(
     containers = [dict(c) for c in _list(spec.get("containers"))]
     init_containers = [dict(c) for c in _list(spec.get("initContainers"))]
     names_before = {v.get("name") for v in volumes}
-    for reserved in (names.SCRATCH_VOLUME, names.CREDENTIALS_VOLUME):
+    for reserved in (names.SCRATCH_VOLUME, names.CREDENTIALS_VOLUME, names.HEAD_SECRET_VOLUME):
         if reserved in names_before:
             raise Refusal(f"the pod already has a volume named {reserved!r}")
 
@@ -328,6 +330,15 @@ def _inject(
             {
                 "name": names.CREDENTIALS_VOLUME,
                 "mountPath": contract.CREDENTIALS_MOUNT,
+                "readOnly": True,
+            }
+        )
+    if duty in (Duty.SEND, Duty.RECEIVE):
+        volumes.append(head_secret_volume(view, duty))
+        mounts.append(
+            {
+                "name": names.HEAD_SECRET_VOLUME,
+                "mountPath": contract.HEAD_SECRET_MOUNT,
                 "readOnly": True,
             }
         )
@@ -387,6 +398,29 @@ def _inject(
             "finished; create a new SyncConfig for new work"
         )
     return Result(patch=patch, warnings=warnings, config=view)
+
+
+#: The head-node Secret's keys each duty mounts: the head serves with its certificate and
+#: key; a worker checks the head against the CA certificate and never holds the key.
+HEAD_SECRET_KEYS: Mapping[Duty, tuple[str, ...]] = {
+    Duty.RECEIVE: (names.HEAD_TOKEN_KEY, names.HEAD_CERT_KEY, names.HEAD_KEY_KEY),
+    Duty.SEND: (names.HEAD_TOKEN_KEY, names.HEAD_CA_KEY),
+}
+
+
+def head_secret_volume(view: ConfigView, duty: Duty) -> JsonDict:
+    """The head-node Secret as a volume of the files ``duty`` needs, and no other."""
+    return {
+        "name": names.HEAD_SECRET_VOLUME,
+        "secret": {
+            "secretName": names.head_secret_name(view.name, view.uid),
+            "items": [{"key": key, "path": key} for key in HEAD_SECRET_KEYS[duty]],
+        },
+    }
+
+
+def _head_file(key: str) -> str:
+    return posixpath.join(contract.HEAD_SECRET_MOUNT, key)
 
 
 #: What the sidecar restores: ("key", k) the trials of an owner key, ("prefix", p) every
@@ -550,8 +584,8 @@ def _env(
     """The sidecar's settings as its ``TRIALSYNC_*`` variables (``trialsync.contract``):
     every setting the SyncConfig holds, where the pod keeps its data (and whether the
     sidecar makes that dir, below the mount) and its role, whether its files must be open
-    to a trainer of unknown uid, and where a worker reaches the head; the head-node token
-    from its Secret."""
+    to a trainer of unknown uid, and where a worker reaches the head; the files of the
+    head-node Secret (``head_secret_volume``)."""
     values: dict[str, Any] = {
         "root": root,
         "role": request.role.value,
@@ -584,14 +618,16 @@ def _env(
         values["share_files"] = True
     if duty is Duty.SEND:
         values["head_url"] = names.head_url(view.name, namespace)
+        values["head_ca_file"] = _head_file(names.HEAD_CA_KEY)
+    if duty is Duty.RECEIVE:
+        values["receiver_cert_file"] = _head_file(names.HEAD_CERT_KEY)
+        values["receiver_key_file"] = _head_file(names.HEAD_KEY_KEY)
+    if duty in (Duty.SEND, Duty.RECEIVE):
+        values["head_token_file"] = _head_file(names.HEAD_TOKEN_KEY)
     env: list[JsonDict] = [{"name": k, "value": v} for k, v in contract.environment(values)]
     # The root filesystem is read-only: anything a library writes goes to the scratch dir.
     env += [{"name": "TMPDIR", "value": contract.SCRATCH_DIR}]
     env += [{"name": "HOME", "value": contract.SCRATCH_DIR}]
-    if duty in (Duty.SEND, Duty.RECEIVE):
-        secret = names.head_secret_name(view.name, view.uid)
-        ref = {"secretKeyRef": {"name": secret, "key": names.HEAD_TOKEN_KEY}}
-        env.append({"name": contract.HEAD_TOKEN_ENV, "valueFrom": ref})
     return env
 
 

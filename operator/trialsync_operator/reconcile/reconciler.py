@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import datetime
 import logging
 import secrets
 from collections.abc import Mapping, Sequence
@@ -20,6 +21,7 @@ from trialsync_operator import kube, names
 from trialsync_operator.events import event_body, now, record_event
 from trialsync_operator.reconcile import in_use
 from trialsync_operator.syncconfig import REASON_INVALID, REASON_VALID, ConfigView
+from trialsync_operator.tls import certificates
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +35,9 @@ REASON_PODS_IN_USE = "PodsInUse"
 REASON_TERMINATING = "Terminating"
 REASON_SECRET_MISSING = "SecretMissing"
 JsonDict = dict[str, Any]
+#: The head's certificate lives as long as its SyncConfig's incarnation (the Secret is
+#: never rewritten): as long as the CA that signs it, ten years.
+HEAD_CERT_VALIDITY = certificates.CA_VALIDITY
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,17 +158,35 @@ def _find(status: Mapping[str, Any], type_: str) -> Mapping[str, Any] | None:
     return None
 
 
-def head_secret(view: ConfigView, token: str) -> JsonDict:
+def head_secret(view: ConfigView, token: str, now: datetime.datetime | None = None) -> JsonDict:
+    """The head-node Secret: the token every sidecar of the SyncConfig holds, and the
+    head's TLS identity, a serving certificate for the head Service's DNS names (``tls.crt``,
+    ``tls.key``) and the CA certificate that signed it (``ca.crt``), which workers trust.
+
+    The CA's key is not kept: nothing else is ever signed by it, so ``ca.crt`` vouches for
+    this one certificate, and only a holder of ``tls.key`` can be the head."""
+    material = certificates.new_material(
+        names.head_hosts(view.name, view.namespace),
+        HEAD_CERT_VALIDITY,
+        now or datetime.datetime.now(datetime.UTC),
+        ca_name="trialsync-head-ca",
+    )
+    data = {
+        names.HEAD_TOKEN_KEY: token.encode(),
+        names.HEAD_CERT_KEY: material.cert,
+        names.HEAD_KEY_KEY: material.key,
+        names.HEAD_CA_KEY: material.ca_bundle,
+    }
     return {
         "apiVersion": "v1",
         "kind": "Secret",
-        "type": "Opaque",
+        "type": names.HEAD_SECRET_TYPE,
         "metadata": {
             "name": names.head_secret_name(view.name, view.uid),
-            "labels": _labels(view, "head-token"),
+            "labels": _labels(view, "head-node"),
             "ownerReferences": [owner_reference(view)],
         },
-        "data": {names.HEAD_TOKEN_KEY: base64.b64encode(token.encode()).decode()},
+        "data": {key: base64.b64encode(value).decode() for key, value in data.items()},
     }
 
 
@@ -322,7 +345,8 @@ class Reconciler:
     async def _ensure_head_objects(self, view: ConfigView) -> None:
         # Create only, never read: the operator needs no permission to read Secrets. A
         # Secret already there is this SyncConfig's from before (its name carries the uid)
-        # and keeps its token.
+        # and keeps its token and certificate; a fresh key pair is made and dropped here
+        # each time (a millisecond).
         token = secrets.token_urlsafe(32)
         await self._create(kube.namespaced(SECRETS, view.namespace), head_secret(view, token))
         service_path = kube.namespaced(SERVICES, view.namespace, names.head_service_name(view.name))
@@ -348,7 +372,7 @@ class Reconciler:
 
     async def _remove_head_objects(self, view: ConfigView) -> None:
         """A SyncConfig that no longer syncs to the head node keeps no head Service. Its
-        token Secret stays, owned by it, until it is deleted (it would serve again if the
+        head Secret stays, owned by it, until it is deleted (it would serve again if the
         uploadDir went away)."""
         path = kube.namespaced(SERVICES, view.namespace, names.head_service_name(view.name))
         existing = await self._kube.get_or_none(path)

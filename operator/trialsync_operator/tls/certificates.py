@@ -66,11 +66,15 @@ class Material:
 
 
 def new_material(
-    hosts: Sequence[str], validity: datetime.timedelta, now: datetime.datetime
+    hosts: Sequence[str],
+    validity: datetime.timedelta,
+    now: datetime.datetime,
+    ca_name: str = "trialsync-webhook-ca",
 ) -> Material:
-    """A fresh CA and a serving certificate for ``hosts`` signed by it."""
+    """A fresh CA (``ca_name``, and when) and a serving certificate for ``hosts`` signed
+    by it."""
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = _ca_cert(ca_key, now)
+    ca = _ca_cert(ca_key, now, ca_name)
     cert, key = _serving(ca, ca_key, hosts, validity, now)
     return Material(_pem(ca), _key_pem(ca_key), cert, key)
 
@@ -148,10 +152,12 @@ def not_after(pem: bytes) -> datetime.datetime:
     return _not_after(x509.load_pem_x509_certificate(pem))
 
 
-def _ca_cert(key: ec.EllipticCurvePrivateKey, now: datetime.datetime) -> x509.Certificate:
-    name = x509.Name(
-        [x509.NameAttribute(NameOID.COMMON_NAME, f"trialsync-webhook-ca-{now:%Y%m%d%H%M%S}")]
-    )
+def _ca_cert(
+    key: ec.EllipticCurvePrivateKey,
+    now: datetime.datetime,
+    ca_name: str = "trialsync-webhook-ca",
+) -> x509.Certificate:
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{ca_name}-{now:%Y%m%d%H%M%S}")])
     return (
         x509.CertificateBuilder()
         .subject_name(name)

@@ -17,6 +17,9 @@ REASON_HEAD_ONLY = "head_only"  # 403: experiment state, or outside any trial di
 REASON_SHARED_TOKEN = "shared_token"  # 403: the shared token only registers
 REASON_TOO_LARGE = "too_large"  # 413
 REASON_BUSY = "busy"  # 503, with Retry-After
+# The worker's own: the server at the head's URL failed the TLS handshake (another
+# certificate, or no TLS), so it was sent nothing.
+REASON_NOT_TRUSTED = "not_trusted"
 
 
 def trial_dir(rel: str) -> str | None:

@@ -2,8 +2,8 @@
 
 Seed scenario 3 (no upload dir). Objects are addressed by root-relative POSIX paths.
 
-**Who may do what.** One token is shared by the head and every worker (the operator's
-Secret, ``TRIALSYNC_HEAD_TOKEN``). It only registers a worker (anywhere else: 403); every
+**Who may do what.** One token is shared by the head and every worker of one SyncConfig
+(the operator's Secret, mounted as a file). It only registers a worker (anywhere else: 403); every
 other request carries the worker's own identity. ``GET /healthz`` needs neither.
 
 - ``POST /v1/register`` with ``Authorization: Bearer <shared token>`` and an optional JSON
@@ -52,6 +52,12 @@ the root or into the state dir is refused with 400. 401: no credential, a wrong 
 an identity the head does not know (its state dir was lost: register again). 409: the path
 conflicts with a file or dir.
 
+**Transport.** With ``ReceiverOptions.tls`` (the injected sidecar always has it) the
+service is HTTPS only, with the certificate the operator issued for the head Service's
+DNS names; workers verify it against that certificate's CA alone, so a pod that only
+labels itself head completes no handshake and is sent no token and no byte. Without it
+(a head run by hand): plain HTTP.
+
 **State and start-up.** The state dir (``--receiver-state-dir``, default
 ``<root>/.trialsync-head``) holds the identity key, the claims and a lock. One receiver
 serves a root: a second one waits for the lock. Holding it, and before it listens, the
@@ -68,6 +74,7 @@ import hmac
 import json
 import logging
 import os
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
@@ -115,6 +122,9 @@ class ReceiverOptions:
     max_uploads: int
     claim_lease: float
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT
+    #: The head's certificate and key: serve HTTPS (always, in Kubernetes). None: plain
+    #: HTTP, for a head and workers run by hand on a network the user trusts.
+    tls: ssl.SSLContext | None = None
 
 
 class BadRequest(ValueError):
@@ -257,10 +267,14 @@ def make_app(root: str, options: ReceiverOptions) -> web.Application:
 
 
 async def start(root: str, addr: str, options: ReceiverOptions) -> tuple[web.AppRunner, int]:
-    """Serve ``root`` on ``host:port`` (port 0 picks one); returns the runner and the port."""
+    """Serve ``root`` on ``host:port`` (port 0 picks one), over TLS with ``options.tls``;
+    returns the runner and the port."""
     app = make_app(root, options)
-    runner, bound = await http_site.serve(app, addr)
-    log.info("head receiver listening", extra={"root": app[_SERVICE].root, "port": bound})
+    runner, bound = await http_site.serve(app, addr, ssl_context=options.tls)
+    log.info(
+        "head receiver listening",
+        extra={"root": app[_SERVICE].root, "port": bound, "tls": options.tls is not None},
+    )
     return runner, bound
 
 

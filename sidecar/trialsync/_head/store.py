@@ -1,10 +1,14 @@
 """A ``Store`` that is the head-node service (seed scenario 3: no upload dir).
 
-Talks to ``trialsync._head.receiver`` over HTTP. The shared token is used once, to
-register; every other request carries this worker's own identity. The identity is kept in
-``identity_file`` (the sidecar's scratch dir), so a sidecar restarted in the same pod keeps
-it, and with it its claims on trial dirs. ``close()`` releases those claims: the sidecar
-closes its store when it exits, after its final sync.
+Talks to ``trialsync._head.receiver`` over HTTPS (plain HTTP only for an ``http://`` URL,
+a head run by hand). ``ssl_context`` says whom to trust: in Kubernetes the head's CA alone
+(``--head-ca-file``), checked with the Service's DNS name, so a server that cannot prove
+it is the head (another certificate, or no TLS) fails the handshake before this worker
+sends it anything, the token included: ``HeadNotTrusted``, never retried. The shared
+token is used once, to register; every other request carries this worker's own identity.
+The identity is kept in ``identity_file`` (the sidecar's scratch dir), so a sidecar
+restarted in the same pod keeps it, and with it its claims on trial dirs. ``close()``
+releases those claims: the sidecar closes its store when it exits, after its final sync.
 
 Errors raise: a refused object ``ObjectRefused`` (a ``PermissionError``: 403 for a path
 in a trial dir another worker holds, or one only the head writes, 413 for one over the
@@ -32,6 +36,7 @@ import logging
 import os
 import random
 import socket
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import IO, Any, TypeVar
 from urllib.parse import quote
@@ -45,6 +50,7 @@ from trialsync._head.protocol import (
     OBJECTS_PATH,
     REASON_CLAIMED,
     REASON_HEAD_ONLY,
+    REASON_NOT_TRUSTED,
     REASON_TOO_LARGE,
     REGISTER_PATH,
 )
@@ -81,6 +87,10 @@ class HeadStoreError(RuntimeError):
         self.status = status
 
 
+class HeadNotTrusted(PermissionError):
+    """The server at the head's URL did not prove it is the head (TLS); nothing was sent."""
+
+
 class HeadStore:
     """Objects on the head node, addressed by rel paths under ``prefix``.
 
@@ -102,8 +112,10 @@ class HeadStore:
         name: str | None = None,
         metrics: Metrics | None = None,
         write_timeout: float | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.head_url = head_url.rstrip("/")
+        self._ssl = ssl_context
         self.prefix = prefix.strip("/")
         self.identity_file = identity_file
         self._token = token
@@ -133,7 +145,10 @@ class HeadStore:
     def _client(self) -> aiohttp.ClientSession:
         # Created on first use so it binds to the loop that runs the syncs.
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(timeout=self._timeout)
+            # ssl=True: an https URL without a context of ours is checked against the
+            # system's trust store; never unverified.
+            connector = aiohttp.TCPConnector(ssl=self._ssl or True)
+            self._session = aiohttp.ClientSession(timeout=self._timeout, connector=connector)
         return self._session
 
     async def put_file(self, local_path: str, rel: str, size: int | None = None) -> None:
@@ -317,6 +332,20 @@ class HeadStore:
                             continue
                         await self._check(response)
                         return await read(response)
+            except aiohttp.ClientSSLError as exc:
+                # Not the head (or a misconfigured one): waiting will not change that, and
+                # the scheduler retries the sync anyway.
+                if self._metrics is not None:
+                    self._metrics.head_refusals.labels(REASON_NOT_TRUSTED).inc()
+                log.error(
+                    "the server at the head's address is not the head-node service: "
+                    "nothing was sent to it",
+                    extra={"url": str(url), "error": f"{type(exc).__name__}: {exc}"},
+                )
+                raise HeadNotTrusted(
+                    f"{method} {url}: the server did not prove it is the head-node service "
+                    f"(TLS: {exc}); nothing was sent to it"
+                ) from exc
             except aiohttp.ClientConnectionError as exc:
                 if isinstance(body, _FileBody) and body.error is not None:
                     raise body.error from exc  # our own file, not the connection, failed

@@ -18,6 +18,7 @@ from typing import Any
 
 from trialsync import contract
 from trialsync._engine.layout import Layout
+from trialsync._util import tls
 from trialsync.config import SyncConfig
 from trialsync.contract import Duty, Mode, Role, SettingError
 
@@ -34,6 +35,11 @@ class Settings:
     config: SyncConfig
     role: str = C.ROLE.default
     head_url: str | None = None
+    #: The certificate an https head_url is checked against (None: the system's).
+    head_ca_file: str | None = None
+    #: The head's serving certificate and key: the head-node service serves TLS.
+    receiver_cert_file: str | None = None
+    receiver_key_file: str | None = None
     # The head-node service (role head, no upload dir) and a worker's identity with it.
     receiver_max_object_size: int = C.RECEIVER_MAX_OBJECT_SIZE.default
     receiver_max_uploads: int = C.RECEIVER_MAX_UPLOADS.default
@@ -221,6 +227,9 @@ def _build(values: dict[str, Any], environ: Mapping[str, str]) -> Settings:
     prefix = values.get("restore_prefix")
     if prefix is not None:
         values["restore_prefix"] = _relative_prefix(prefix)
+    for name in ("head_ca_file", "receiver_cert_file", "receiver_key_file"):
+        values[name] = values.get(name) or None
+    _check_head_tls(values, duty, head_url)
     token_file = values.pop("head_token_file", None)
     head_token = _head_token(token_file, environ) if duty in (Duty.SEND, Duty.RECEIVE) else ""
     layout = Layout(
@@ -247,6 +256,37 @@ def _build(values: dict[str, Any], environ: Mapping[str, str]) -> Settings:
         head_identity_file=identity,
         **values,
     )
+
+
+def _check_head_tls(values: Mapping[str, Any], duty: Duty, head_url: str | None) -> None:
+    """The head-node service's TLS settings fit the duty, and their files load."""
+    if head_url is not None and not head_url.startswith(("https://", "http://")):
+        raise ConfigError(f"--head-url {head_url!r} must start with https:// (or http://)")
+    ca_file = values.get("head_ca_file")
+    if ca_file:
+        if duty is not Duty.SEND or not (head_url or "").startswith("https://"):
+            raise ConfigError(
+                "--head-ca-file is for a worker whose --head-url is https://: the certificate "
+                "the head must prove it holds"
+            )
+        try:
+            tls.client_context(ca_file)
+        except ValueError as exc:
+            raise ConfigError(f"--head-ca-file: {exc}") from exc
+    cert, key = values.get("receiver_cert_file"), values.get("receiver_key_file")
+    if not cert and not key:
+        return
+    if duty is not Duty.RECEIVE:
+        raise ConfigError(
+            "--receiver-cert-file and --receiver-key-file are for the head serving the "
+            "head-node service (--role head, no upload dir)"
+        )
+    if not cert or not key:
+        raise ConfigError("give both --receiver-cert-file and --receiver-key-file, or neither")
+    try:
+        tls.server_context(cert, key)
+    except ValueError as exc:
+        raise ConfigError(f"--receiver-cert-file/--receiver-key-file: {exc}") from exc
 
 
 def _relative_prefix(prefix: str) -> str:

@@ -21,7 +21,7 @@ from trialsync._process import credential_watch, status_server, storage_api
 from trialsync._process.settings import ConfigError, Settings
 from trialsync._stores import aborts, credentials
 from trialsync._stores.base import Store
-from trialsync._util import backoff
+from trialsync._util import backoff, tls
 from trialsync.contract import Duty, Role
 from trialsync.metrics import Metrics
 
@@ -44,11 +44,13 @@ def build_store(settings: Settings, metrics: Metrics | None = None) -> Store:
     config = settings.config
     if settings.duty is Duty.SEND:
         assert settings.head_url is not None
+        https = settings.head_url.startswith("https://")
         return HeadStore(
             settings.head_url,
             settings.head_token,
             identity_file=settings.head_identity_file,
             metrics=metrics,
+            ssl_context=tls.client_context(settings.head_ca_file) if https else None,
         )
     assert config.upload_dir is not None
     from trialsync._stores.fsspec_store import RemoteStore
@@ -105,6 +107,11 @@ def receiver_options(settings: Settings) -> head_receiver.ReceiverOptions:
         max_object_size=settings.receiver_max_object_size,
         max_uploads=settings.receiver_max_uploads,
         claim_lease=settings.receiver_claim_lease,
+        tls=(
+            tls.server_context(settings.receiver_cert_file, settings.receiver_key_file)
+            if settings.receiver_cert_file and settings.receiver_key_file
+            else None
+        ),
     )
 
 
