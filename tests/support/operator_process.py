@@ -26,6 +26,7 @@ import yaml
 
 from localcluster.control_plane import REPO_ROOT, Kube
 from localcluster.processes import free_ports, stop, tail
+from tests.support.pods import TEST_ALLOWED_IMAGES
 from tests.support.requirements import external_cluster_only
 
 CRD_PATH = REPO_ROOT / "crds" / "syncconfig.yaml"
@@ -218,6 +219,7 @@ def start_operator(
         "--mutating-webhook", webhook_name,
         "--validating-webhook", webhook_name,
         "--identity", identity or f"test-{webhook_port}",
+        *(f"--allowed-sidecar-image={image}" for image in TEST_ALLOWED_IMAGES),
         *extra_args,
     ]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRIALSYNC_OPERATOR_")}

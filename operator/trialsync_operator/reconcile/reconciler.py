@@ -78,7 +78,7 @@ def head_secret(view: ConfigView, token: str) -> JsonDict:
     return {
         "apiVersion": "v1",
         "kind": "Secret",
-        "type": "Opaque",
+        "type": "trialsync.io/head-node",
         "metadata": {
             "name": names.head_secret_name(view.name, view.uid),
             "labels": _labels(view, "head-token"),
