@@ -69,6 +69,7 @@ def test_helm_lint_strict_is_clean(kube: Kube) -> None:
             "webhook.excludeNamespaces={batch}",
             "webhook.onConfigError=admit",
             "operator.logLevel=debug",
+            "sidecar.allowedImages={registry.example.com/team/*,mirror.example.com/s:1}",
         ),
     ],
     ids=["defaults", "ignore-one-replica-scoped", "excludes-admit"],
@@ -226,6 +227,8 @@ def test_only_values_the_operator_reads_roll_its_replicas(kube: Kube) -> None:
         ("sidecar.schemes={S3}", "schemes"),
         ("operator.unknown=1", "unknown"),
         ("certificates.rotateBeforeDays=365", "rotateBeforeDays"),
+        ("sidecar.allowedImages={registry.example.com/*/s}", "allowedImages"),
+        ("sidecar.allowedImages={me/s'1}", "allowedImages"),
     ],
 )
 def test_the_values_schema_refuses_bad_values(kube: Kube, value: str, says: str) -> None:
