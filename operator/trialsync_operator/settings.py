@@ -143,6 +143,15 @@ def _parser() -> argparse.ArgumentParser:
     a("--sidecar-image", help=f"the sidecar image (default {DEFAULT_IMAGE})")
     a("--sidecar-image-pull-policy", choices=list(PULL_POLICIES), help="default IfNotPresent")
     a(
+        "--allowed-sidecar-image",
+        action="append",
+        dest="allowed_sidecar_images",
+        metavar="IMAGE",
+        help="an image a SyncConfig's spec.sidecar.image may name besides --sidecar-image; "
+        "a trailing * allows a prefix, e.g. registry.example.com/team/* (repeatable; "
+        "default: only --sidecar-image)",
+    )
+    a(
         "--sidecar-schemes",
         help=f"URI schemes the sidecar image serves, comma-separated "
         f"(default {','.join(DEFAULT_SCHEMES)})",
@@ -213,6 +222,13 @@ def _build(values: dict[str, Any], environ: Mapping[str, str]) -> Settings:
         )
     image = values.pop("sidecar_image", DEFAULT_IMAGE)
     pull_policy = values.pop("sidecar_image_pull_policy", "IfNotPresent")
+    allowed = tuple(values.pop("allowed_sidecar_images", None) or ())
+    for entry in allowed:
+        if not entry or any(c.isspace() for c in entry) or "*" in entry[:-1]:
+            raise ConfigError(
+                f"--allowed-sidecar-image {entry!r}: expected an image reference, or a prefix "
+                "of one followed by a single trailing * (e.g. registry.example.com/team/*)"
+            )
     schemes = values.pop("sidecar_schemes", ",".join(DEFAULT_SCHEMES))
     scheme_set = frozenset(s.strip().lower() for s in schemes.split(",") if s.strip())
     if not scheme_set or not all(re.match(r"^[a-z][a-z0-9+.-]*$", s) for s in scheme_set):
@@ -227,7 +243,7 @@ def _build(values: dict[str, Any], environ: Mapping[str, str]) -> Settings:
         **given,
         namespace=namespace,
         identity=identity,
-        sidecar=SidecarImage(image, scheme_set, pull_policy),
+        sidecar=SidecarImage(image, scheme_set, pull_policy, allowed),
         defaults=defaults,
     )
 

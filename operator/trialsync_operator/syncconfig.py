@@ -71,6 +71,22 @@ class SidecarImage:
     image: str
     schemes: frozenset[str]
     pull_policy: str = "IfNotPresent"
+    #: The images a SyncConfig may name besides ``image`` (always allowed): the cluster
+    #: admin's choice (the chart's ``sidecar.allowedImages``), never the SyncConfig
+    #: author's. An entry ending in ``*`` allows every image that starts with the rest.
+    allowed: tuple[str, ...] = ()
+
+    def allows(self, image: str) -> bool:
+        return image == self.image or any(
+            image.startswith(entry[:-1]) if entry.endswith("*") else image == entry
+            for entry in self.allowed
+        )
+
+    def check_image(self, image: str) -> None:
+        """Refuse a ``spec.sidecar.image`` the cluster admin has not allowed."""
+        if self.allows(image):
+            return
+        raise ValueError(image_not_allowed(image, (self.image, *self.allowed)))
 
     def check_backend(self, scheme: str, uri: str) -> None:
         """A ``trialsync.config.BackendCheck`` for this image."""
@@ -84,6 +100,17 @@ class SidecarImage:
             "those, or build a sidecar image with that backend and name it in "
             "spec.sidecar.image"
         )
+
+
+def image_not_allowed(image: str, allowed: tuple[str, ...]) -> str:
+    """The refusal of an image outside the allowlist (the chart's admission policy says
+    the same)."""
+    return (
+        f"spec.sidecar.image {image} is not an allowed sidecar image (allowed: "
+        f"{', '.join(allowed)}): remove spec.sidecar.image to run the default image, or ask "
+        "the cluster admin to add it to the chart value sidecar.allowedImages (the "
+        "operator's --allowed-sidecar-image)"
+    )
 
 
 def any_scheme(scheme: str, uri: str) -> None:
@@ -183,7 +210,9 @@ def view_of(body: Mapping[str, Any], sidecar: SidecarImage) -> ConfigView:
 def _check(view: ConfigView, sidecar: SidecarImage) -> None:
     """The seed's ``validate_upload_dir``, with the backends of the image that will run,
     and the other checks across fields the sidecar makes; then what only Kubernetes adds
-    (a custom syncer needs an image that ships it)."""
+    (an image the cluster admin allows; a custom syncer needs an image that ships it)."""
+    if view.image is not None:
+        sidecar.check_image(view.image)
     contract.check_seed(
         view.upload_dir,
         view.syncer,

@@ -69,6 +69,7 @@ def test_helm_lint_strict_is_clean(kube: Kube) -> None:
             "webhook.excludeNamespaces={batch}",
             "webhook.onConfigError=admit",
             "operator.logLevel=debug",
+            "sidecar.allowedImages={registry.example.com/team/*,mirror.example.com/s:1}",
         ),
     ],
     ids=["defaults", "ignore-one-replica-scoped", "excludes-admit"],
@@ -228,6 +229,8 @@ def test_only_values_the_operator_reads_roll_its_replicas(kube: Kube) -> None:
         ("sidecar.schemes={S3}", "schemes"),
         ("operator.unknown=1", "unknown"),
         ("certificates.rotateBeforeDays=365", "rotateBeforeDays"),
+        ("sidecar.allowedImages={registry.example.com/*/s}", "allowedImages"),
+        ("sidecar.allowedImages={me/s'1}", "allowedImages"),
     ],
 )
 def test_the_values_schema_refuses_bad_values(kube: Kube, value: str, says: str) -> None:
@@ -332,6 +335,26 @@ def test_the_operator_works_with_exactly_the_charts_permissions(
             )
             == 1
         )
+        # Whether a credentials Secret exists, it learns through a dry-run create that the
+        # policies let through, and that writes nothing.
+        keyed = syncconfig(
+            "keyed",
+            {"uploadDir": "s3://bucket/x", "credentials": {"secretRef": {"name": "absent"}}},
+        )
+        kube.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(keyed))
+        wait_for(
+            lambda: any(
+                c["reason"] == "SecretMissing"
+                for c in json.loads(
+                    kube.kubectl("get", "syncconfig", "keyed", "-n", ns, "-o", "json").stdout
+                )
+                .get("status", {})
+                .get("conditions", [])
+            ),
+            30,
+            what="Ready=False, SecretMissing",
+        )
+        assert kube.kubectl("get", "secret", "absent", "-n", ns, check=False).returncode != 0
         kube.kubectl("get", "lease", "trialsync-operator", "-n", release_ns)
         kube.kubectl("get", "secret", "trialsync-webhook-tls", "-n", release_ns)
         config = json.loads(

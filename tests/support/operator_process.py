@@ -26,6 +26,7 @@ import yaml
 
 from localcluster.control_plane import REPO_ROOT, Kube
 from localcluster.processes import free_ports, stop, tail
+from tests.support.pods import TEST_ALLOWED_IMAGES
 from tests.support.requirements import external_cluster_only
 
 CRD_PATH = REPO_ROOT / "crds" / "syncconfig.yaml"
@@ -191,10 +192,12 @@ def start_operator(
     identity: str = "",
     kubeconfig: Path | None = None,
     namespace: str = OPERATOR_NAMESPACE,
+    allowed_images: Sequence[str] = TEST_ALLOWED_IMAGES,
 ) -> Operator:
     """Start the operator; the CRD and (by default) our webhook configurations first.
 
-    ``kubeconfig`` (default: the admin's) is who the operator runs as.
+    ``kubeconfig`` (default: the admin's) is who the operator runs as; ``allowed_images``
+    the images its SyncConfigs may name besides its own (default: those the tests name).
     """
     apply_crd(kube)
     kube.create_namespace(namespace)
@@ -218,6 +221,7 @@ def start_operator(
         "--mutating-webhook", webhook_name,
         "--validating-webhook", webhook_name,
         "--identity", identity or f"test-{webhook_port}",
+        *(f"--allowed-sidecar-image={image}" for image in allowed_images),
         *extra_args,
     ]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRIALSYNC_OPERATOR_")}

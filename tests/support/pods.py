@@ -11,8 +11,11 @@ from trialsync_operator.admission import injection
 from trialsync_operator.settings import DEFAULT_IMAGE, DEFAULT_SCHEMES, Defaults
 from trialsync_operator.syncconfig import ConfigView, SidecarImage, view_of
 
+#: The custom sidecar images the tests' SyncConfigs name (tests/support/generated.py too):
+#: the operators the tests run allow them (``--allowed-sidecar-image``), as an admin would.
+TEST_ALLOWED_IMAGES = ("me/*", "r:5000/*", "registry.example.com/trialsync-*")
 #: The operator's defaults: its sidecar image and the schemes that image serves.
-SIDECAR = SidecarImage(DEFAULT_IMAGE, frozenset(DEFAULT_SCHEMES))
+SIDECAR = SidecarImage(DEFAULT_IMAGE, frozenset(DEFAULT_SCHEMES), allowed=TEST_ALLOWED_IMAGES)
 DEFAULTS = Defaults(image=SIDECAR.image)
 
 

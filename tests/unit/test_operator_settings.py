@@ -21,6 +21,10 @@ def test_defaults() -> None:
     assert "hdfs" not in s.sidecar.schemes
     assert s.namespaces == ()
     assert s.leader_election
+    # Only the operator's own sidecar image may run, whatever a SyncConfig names.
+    assert s.sidecar.allowed == ()
+    assert s.sidecar.allows("docker.io/trialsync/sidecar:0.1.0")
+    assert not s.sidecar.allows("docker.io/trialsync/sidecar:0.1.0-evil")
 
 
 def test_every_flag_has_an_environment_fallback() -> None:
@@ -49,6 +53,7 @@ def test_every_flag_has_an_environment_fallback() -> None:
         "on_config_error": "admit",
         "sidecar_image": "img:1",
         "sidecar_image_pull_policy": "Always",
+        "allowed_sidecar_images": "registry.example.com/team/*,me/s:1",
         "sidecar_schemes": "s3,hdfs",
         "sidecar_resources": (
             '{"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"cpu": "2", "memory": "2Gi"}}'
@@ -73,6 +78,7 @@ def test_every_flag_has_an_environment_fallback() -> None:
         "debug",
     )
     assert s.sidecar.schemes == {"s3", "hdfs"}
+    assert s.sidecar.allowed == ("registry.example.com/team/*", "me/s:1")
     assert s.defaults.image == "img:1"
     assert s.defaults.pull_policy == "Always"
     assert s.defaults.limits == {"cpu": "2", "memory": "2Gi"}
@@ -94,6 +100,8 @@ def test_a_flag_wins_over_the_environment() -> None:
         ([], {"TRIALSYNC_OPERATOR_ON_CONFIG_ERROR": "ignore"}, "expected one of refuse, admit"),
         (["--cert-rotate-before-days", "400"], {}, "less than --cert-validity-days"),
         (["--sidecar-schemes", "S3://"], {}, "--sidecar-schemes"),
+        (["--allowed-sidecar-image", "registry.example.com/*/x"], {}, "a single trailing"),
+        (["--allowed-sidecar-image", "me/s :1"], {}, "--allowed-sidecar-image"),
         (["--sidecar-resources", '{"requests": {"cpu": "1"}}'], {}, "requests and limits of"),
         (["--sidecar-resources", '{"limits": {"cpu": "lots"}}'], {}, "not a resource quantity"),
     ],

@@ -9,7 +9,7 @@ import pytest
 
 from tests.support.pods import SIDECAR
 from trialsync_operator import names
-from trialsync_operator.syncconfig import view_of
+from trialsync_operator.syncconfig import SidecarImage, view_of
 
 
 def _config(spec: Any, name: str = "exp") -> dict[str, Any]:
@@ -67,6 +67,51 @@ def test_an_invalid_spec_has_the_generic_reason_and_a_deleted_one_says_so() -> N
 def test_a_custom_image_is_trusted_with_its_backends() -> None:
     spec = {"uploadDir": "hdfs://namenode:8020/x", "sidecar": {"image": "me/sidecar:hdfs"}}
     assert view_of(_config(spec), SIDECAR).valid
+
+
+ADMIN_ALLOWS = SidecarImage(
+    "docker.io/trialsync/sidecar:0.1.0",
+    frozenset({"s3"}),
+    allowed=("registry.example.com/team/*", "mirror.example.com/trialsync/sidecar:0.1.0"),
+)
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        "docker.io/trialsync/sidecar:0.1.0",  # the operator's own, always
+        "registry.example.com/team/sidecar:2",  # under an allowed prefix
+        "registry.example.com/team/sub/sidecar@sha256:" + "0" * 64,
+        "mirror.example.com/trialsync/sidecar:0.1.0",  # an exact entry
+    ],
+)
+def test_an_image_the_cluster_admin_allows_is_valid(image: str) -> None:
+    view = view_of(_config({"sidecar": {"image": image}}), ADMIN_ALLOWS)
+    assert view.valid, view.message
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        "me/sidecar:1",
+        "registry.example.com/team",  # the prefix is the text before the *, slash included
+        "registry.example.com/teams/sidecar:1",
+        "mirror.example.com/trialsync/sidecar:0.1.1",  # an exact entry allows only itself
+        "docker.io/trialsync/sidecar:0.1.0x",
+    ],
+)
+def test_an_image_the_cluster_admin_does_not_allow_is_refused_naming_the_value(image: str) -> None:
+    view = view_of(_config({"sidecar": {"image": image}}), ADMIN_ALLOWS)
+    assert not view.valid
+    assert view.message.startswith(f"spec.sidecar.image {image} is not an allowed sidecar image")
+    assert "registry.example.com/team/*" in view.message
+    assert "sidecar.allowedImages" in view.message
+
+
+def test_by_default_only_the_operators_own_image_is_allowed() -> None:
+    own = SidecarImage("docker.io/trialsync/sidecar:0.1.0", frozenset({"s3"}))
+    assert view_of(_config({"sidecar": {"image": own.image}}), own).valid
+    assert not view_of(_config({"sidecar": {"image": "me/sidecar:hdfs"}}), own).valid
 
 
 @pytest.mark.parametrize(
