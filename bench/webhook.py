@@ -192,6 +192,9 @@ POD_SHAPES: dict[str, Callable[[dict[str, Any]], None]] = {
 }
 
 
+JSON = {"Content-Type": "application/json"}
+
+
 def _syncconfig(name: str) -> str:
     return json.dumps(syncconfig(name, {"uploadDir": f"s3://bucket/{name}"}))
 
@@ -208,7 +211,7 @@ async def _latency(
     async with aiohttp.ClientSession(connector=connector) as session:
         for i in range(count + 100):
             started = time.perf_counter()
-            async with session.post(url, data=body) as response:
+            async with session.post(url, data=body, headers=JSON) as response:
                 answer = await response.json()
             elapsed = time.perf_counter() - started
             if not answer["response"].get("patch"):

@@ -17,7 +17,7 @@ from typing import Any
 
 from trialsync_operator import health, kube
 from trialsync_operator.admission.review import PodAdmission
-from trialsync_operator.kopf_adapter import runner, webhook_server
+from trialsync_operator.kopf_adapter import handlers, runner, webhook_server
 from trialsync_operator.reconcile.controller import Controller
 from trialsync_operator.reconcile.leader import LeaderElector
 from trialsync_operator.settings import Settings
@@ -35,7 +35,9 @@ async def run(settings: Settings, shutdown_delay: float = SHUTDOWN_DELAY) -> Non
     admission = PodAdmission(settings, client, controller.index_ready)
     serving = tls.ServingContext(settings.cert_dir)
     webhook_server.skip_copies_for_empty_patches()
-    server = webhook_server.WebhookServer(settings.webhook_addr, settings.webhook_port, serving)
+    server = webhook_server.WebhookServer(
+        settings.webhook_addr, settings.webhook_port, serving, handlers.ENDPOINTS
+    )
 
     leading: list[Callable[[], Coroutine[Any, Any, None]]] = [controller.lead]
     background: list[Awaitable[None]] = [controller.wait_for_empty_index()]

@@ -29,6 +29,11 @@ MERGE_PATCH = "application/merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
 JSON_PATCH = "application/json-patch+json"
 TIMEOUT = aiohttp.ClientTimeout(total=30, sock_connect=10)
+#: The manager the API records for every field the operator writes (``managedFields``):
+#: a server-side apply by anyone else (Argo CD, Flux, ``kubectl apply --server-side``)
+#: that does not send a field the operator set, such as a webhook's caBundle, leaves it.
+FIELD_MANAGER = "trialsync-operator"
+WRITES = frozenset({"POST", "PUT", "PATCH"})
 
 
 class ApiError(Exception):
@@ -88,6 +93,8 @@ class Kube:
         """Send one request; the decoded answer, or ApiError with the API's message
         (OSError when the API cannot be reached, TimeoutError when it does not answer)."""
         headers = self._headers()
+        if method in WRITES:
+            params = {"fieldManager": FIELD_MANAGER, **(params or {})}
         data = None
         if body is not None:
             headers["Content-Type"] = content_type

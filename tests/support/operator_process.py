@@ -193,15 +193,18 @@ def start_operator(
     kubeconfig: Path | None = None,
     namespace: str = OPERATOR_NAMESPACE,
     allowed_images: Sequence[str] = TEST_ALLOWED_IMAGES,
+    ports: tuple[int, int] | None = None,
 ) -> Operator:
     """Start the operator; the CRD and (by default) our webhook configurations first.
 
     ``kubeconfig`` (default: the admin's) is who the operator runs as; ``allowed_images``
-    the images its SyncConfigs may name besides its own (default: those the tests name).
+    the images its SyncConfigs may name besides its own (default: those the tests name);
+    ``ports`` (health, webhook; default: free ones) lets a test point configurations at it
+    before it starts.
     """
     apply_crd(kube)
     kube.create_namespace(namespace)
-    health_port, webhook_port = free_ports(2)
+    health_port, webhook_port = ports or free_ports(2)
     if install_webhooks:
         for config in webhook_configurations(
             webhook_name, f"https://127.0.0.1:{webhook_port}", failure_policy

@@ -34,33 +34,37 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{ .Values.sidecar.image.repository }}:{{ .Values.sidecar.image.tag | default .Chart.AppVersion }}
 {{- end -}}
 
-{{/* Namespaces whose pods and SyncConfigs never reach the webhooks. */}}
+{{/* Namespaces whose pods and SyncConfigs reach the webhooks: with
+     operator.watchNamespaces only those (so releases watching disjoint namespaces never
+     see each other's pods), and never kube-system, kube-public, kube-node-lease, the
+     release namespace, webhook.excludeNamespaces or a namespace labelled
+     trialsync.io/injection=disabled. */}}
 {{- define "trialsync.namespaceSelector" -}}
+{{- $excluded := concat (list "kube-system" "kube-public" "kube-node-lease" .Release.Namespace) .Values.webhook.excludeNamespaces -}}
+{{- $watched := .Values.operator.watchNamespaces -}}
+{{- range $watched }}
+{{- if has . $excluded }}
+{{- fail (printf "operator.watchNamespaces lists %s, whose pods never reach the webhooks (kube-system, kube-public, kube-node-lease, the release namespace and webhook.excludeNamespaces are left out): remove it from one of the two lists" .) }}
+{{- end }}
+{{- end -}}
 matchExpressions:
+  {{- if $watched }}
+  - key: kubernetes.io/metadata.name
+    operator: In
+    values:
+      {{- range $watched }}
+      - {{ . }}
+      {{- end }}
+  {{- end }}
   - key: kubernetes.io/metadata.name
     operator: NotIn
     values:
-      - kube-system
-      - kube-public
-      - kube-node-lease
-      - {{ .Release.Namespace }}
-      {{- range .Values.webhook.excludeNamespaces }}
+      {{- range $excluded }}
       - {{ . }}
       {{- end }}
   - key: trialsync.io/injection
     operator: NotIn
     values: [disabled]
-{{- end -}}
-
-{{/* The caBundle: the operator's CA when its Secret exists (upgrades keep it), else empty
-     until the operator fills it in. cert-manager's injector fills it in its mode. */}}
-{{- define "trialsync.caBundle" -}}
-{{- if not .Values.certificates.certManager.enabled -}}
-{{- $secret := lookup "v1" "Secret" .Release.Namespace (include "trialsync.tlsSecret" .) -}}
-{{- if and $secret $secret.data (index $secret.data "ca.crt") -}}
-caBundle: {{ index $secret.data "ca.crt" }}
-{{- end -}}
-{{- end -}}
 {{- end -}}
 
 {{- define "trialsync.webhookAnnotations" -}}

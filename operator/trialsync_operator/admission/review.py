@@ -56,8 +56,7 @@ class PodAdmission:
                 "retry in a few seconds",
                 code=503,
             )
-        meta = body.get("metadata") or {}
-        namespace = str(meta.get("namespace") or "")
+        namespace = str(_mapping(body.get("metadata")).get("namespace") or "")
         if self.settings.namespaces and namespace not in self.settings.namespaces:
             raise Denied(
                 f"the trialsync operator watches only namespaces "

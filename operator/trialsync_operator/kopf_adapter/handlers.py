@@ -13,6 +13,7 @@ from typing import Any
 import kopf
 
 from trialsync_operator import names
+from trialsync_operator.admission.envelope import Endpoint
 from trialsync_operator.admission.review import Denied, PodAdmission
 from trialsync_operator.kopf_adapter.webhook_server import respond_with_patch
 from trialsync_operator.reconcile.controller import Controller
@@ -22,6 +23,13 @@ log = logging.getLogger(__name__)
 
 VALIDATE_PATH = "validate-syncconfigs"
 MUTATE_PATH = "mutate-pods"
+#: What each path reviews (the chart's rules): the server refuses any other body with 400.
+ENDPOINTS = {
+    VALIDATE_PATH: Endpoint(
+        names.GROUP, names.VERSION, names.PLURAL, frozenset({"CREATE", "UPDATE"})
+    ),
+    MUTATE_PATH: Endpoint("", "v1", "pods", frozenset({"CREATE"})),
+}
 
 
 def build_registry(controller: Controller, admission: PodAdmission) -> kopf.OperatorRegistry:

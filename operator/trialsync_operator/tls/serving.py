@@ -229,7 +229,11 @@ class SecretTls:
                 continue
             for webhook in stale:
                 webhook.setdefault("clientConfig", {})["caBundle"] = encoded
-            with contextlib.suppress(kube.ApiError):  # a conflict: the next pass retries
+            # An update of the object read, resourceVersion included: only the caBundles
+            # change, and the API records them as the operator's (kube.FIELD_MANAGER), so
+            # an apply of the chart's manifests, which carry no caBundle, keeps them. A
+            # conflict with a concurrent writer (409): the next pass retries.
+            with contextlib.suppress(kube.ApiError):
                 await self.client.replace(path, config)
                 log.info("caBundle updated", extra={"configuration": name, "webhooks": len(stale)})
 
