@@ -420,6 +420,10 @@ def test_two_releases_watching_disjoint_namespaces_each_serve_only_their_own(
         configs = _configs(kube, a)
         assert [h["timeoutSeconds"] for c in configs for h in c["webhooks"]] == [4, 4]
         assert _ca_bundles(kube, a) == before
+        # It renders the live caBundle, so an upgrade from a release whose stored manifest
+        # carried another (or none) leaves the field as the operator wrote it.
+        manifest = kube.helm("get", "manifest", a.name, "-n", a.namespace).stdout
+        assert all(f"caBundle: {bundle}" in manifest for bundle in before), before
         [namespace] = a.watched
         kube.kubectl(
             "apply", "-n", namespace, "-f", "-", input=json.dumps(opted_in_pod("q", "exp"))

@@ -100,3 +100,18 @@ annotations:
   resources: [pods]
   verbs: [list]
 {{- end -}}
+
+{{/* The caBundle the live configuration has (empty under `helm template`, where lookup
+     sees no cluster, and in cert-manager mode, where cainjector owns it). */}}
+{{- define "trialsync.liveCaBundle" -}}
+{{- $root := .root -}}
+{{- if not $root.Values.certificates.certManager.enabled -}}
+{{- $live := lookup "admissionregistration.k8s.io/v1" .kind "" (include "trialsync.webhookConfig" $root) -}}
+{{- $webhook := .webhook -}}
+{{- range (($live | default dict).webhooks | default list) -}}
+{{- if and (eq .name $webhook) .clientConfig.caBundle -}}
+caBundle: {{ .clientConfig.caBundle }}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
