@@ -455,7 +455,20 @@ def test_scenario_3_the_workers_trial_dirs_reach_the_head_pods_volume(
         assert trial, path
         assert checkpoint, path
         received.setdefault(trial["id"], set()).add(int(checkpoint[1]))
-    assert set(received) == set(run.summary["trials"])
+    if set(received) != set(run.summary["trials"]):
+        # What the sidecars said, to tell a lost send from a late one.
+        logs = [
+            f"{pod['metadata']['name']}:\n"
+            + "\n".join(
+                experiment.cluster.logs(
+                    pod["metadata"]["name"], experiment.namespace, names.SIDECAR_NAME
+                ).splitlines()[-40:]
+            )
+            for pod in (ray.head, *ray.workers)
+        ]
+        pytest.fail(
+            f"received {sorted(received)}, ran {sorted(run.summary['trials'])}\n" + "\n".join(logs)
+        )
     # Every trial's last checkpoint (its 9th iteration) is on the head.
     assert all(4 in indexes for indexes in received.values()), received
     # The driver (uid 1000) deleted the older checkpoints the head's sidecar (uid 65532)
