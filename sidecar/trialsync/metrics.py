@@ -30,7 +30,8 @@ class Metrics:
         )
         self.failures = Counter(
             "trialsync_sync_failures",
-            "Failed sync runs, by reason (timeout, credentials: the store refused them, or error).",
+            "Failed sync runs, by reason (timeout, credentials: the store refused them, "
+            "cancelled: a stray cancellation cut the run short, or error).",
             ["reason"],
             registry=self.registry,
         )

@@ -3,6 +3,8 @@ Service, by its DNS name, with no object storage at all."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from localcluster.harness import Cluster, container_status
@@ -13,13 +15,16 @@ from tests.pods.trial_pods import (
     SIDECAR_NAME,
     head_objects,
     injected_pod,
+    sidecar_records,
     syncconfig_view,
     trainer,
     trainer_events,
     trial_volume_files,
     written_files,
 )
+from tests.support.sidecar_process import wait_for
 from trialsync import contract
+from trialsync_operator import names
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -75,3 +80,97 @@ def test_workers_sync_trial_dirs_to_the_head_through_its_service(
         for checkpoint in ("checkpoint_000001", "checkpoint_000002"):
             assert f"exp/{trial}/{checkpoint}/{MANIFEST_NAME}" in on_head
         assert f"exp/{trial}/progress.csv" in on_head  # the whole trial dir, artifacts too
+
+
+#: A pod that labels itself the head: it records what each connection to the head port
+#: sends first, and answers nothing.
+IMPOSTER = """
+import json, socket
+server = socket.create_server(("", PORT))
+while True:
+    conn, _ = server.accept()
+    conn.settimeout(5)
+    try:
+        data = conn.recv(65536)
+    except OSError:
+        data = b""
+    print(json.dumps({
+        "tls_hello": data[:1] == b"\\x16",
+        "http": data.split(b" ", 1)[0] in (b"GET", b"POST", b"PUT", b"HEAD", b"DELETE"),
+        "token": b"Authorization" in data or b"Bearer" in data,
+    }), flush=True)
+    conn.close()
+"""
+
+
+def test_a_pod_that_labels_itself_head_receives_nothing(
+    cluster: Cluster, cluster_namespace: str
+) -> None:
+    ns = cluster_namespace
+    view = syncconfig_view(cluster, ns, FAST_SPEC)
+    head_objects(cluster, view)
+    imposter = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": "imposter",
+            # What the head Service selects: the labels alone.
+            "labels": {names.CONFIG_LABEL: view.name, names.ROLE_LABEL: "head"},
+        },
+        "spec": {
+            "containers": [
+                {
+                    "name": "listen",
+                    "image": cluster.images.sidecar,
+                    "command": [
+                        "python3",
+                        "-c",
+                        IMPOSTER.replace("PORT", str(contract.HEAD_PORT)),
+                    ],
+                    "securityContext": RESTRICTED,
+                }
+            ]
+        },
+    }
+    cluster.apply(imposter, ns)
+    cluster.wait_for("pod", "imposter", ns, "condition=Ready")
+    worker = trainer(
+        cluster.images.sidecar, trial="trial_0", checkpoints=2, size=65536, trigger=True,
+        then="sleep",
+    )  # fmt: skip
+    cluster.apply(injected_pod(cluster, view, "worker", [worker]), ns)
+
+    def connections() -> list[dict[str, bool]]:
+        return [
+            json.loads(line)
+            for line in cluster.logs("imposter", ns, "listen").splitlines()
+            if line.startswith("{")
+        ]
+
+    # The imposter alone behind the Service: the worker reaches it, says no more than a
+    # TLS hello, and is not ready (its trainer waits).
+    wait_for(connections, 60, what="a worker's connection to the imposter")
+    worker_pod = cluster.get("pod", "worker", ns)
+    assert not container_status(worker_pod, SIDECAR_NAME).get("started"), worker_pod["status"]
+
+    # The real head comes: the worker's data reaches it, and never the imposter.
+    driver = {
+        "name": "driver",
+        "image": cluster.images.sidecar,
+        "command": ["python3", "-c", "import time; time.sleep(3600)"],
+        "securityContext": RESTRICTED,
+    }
+    head = injected_pod(cluster, view, "head", [driver], role="head", grace_seconds=5)
+    head["spec"].pop("restartPolicy")
+    cluster.apply(head, ns)
+    wanted = {f"exp/trial_0/checkpoint_00000{i}/{MANIFEST_NAME}" for i in (1, 2)}
+    wait_for(
+        lambda: wanted <= set(trial_volume_files(cluster, "head", ns, "driver")),
+        180,
+        what="the worker's checkpoints on the real head",
+    )
+    seen = connections()
+    assert seen
+    assert all(c["tls_hello"] and not c["http"] and not c["token"] for c in seen), seen
+    records = sidecar_records(cluster, "worker", ns)
+    assert any("is not the head-node service" in r["msg"] for r in records), records[-20:]

@@ -10,7 +10,6 @@ much later the run that serves it starts.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import functools
 import logging
@@ -165,11 +164,18 @@ class Scheduler:
         delay = max(0.0, min(deadlines) - loop.time()) if deadlines else None
         if delay == 0.0:
             return
-        # Not asyncio.wait_for: in Python 3.11 it drops a cancel that arrives with the wake
-        # (SIGTERM while a file grows), and the scheduler would never stop.
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(delay):
-                await self._wake.wait()
+        # A timer that sets the wake, not a timeout that cancels this task: in Python 3.11
+        # asyncio.wait_for drops a cancel that arrives with the wake (SIGTERM while a file
+        # grows), and asyncio.timeout turns a cancel left pending on the task into the
+        # end of the scheduler.
+        if delay is None:
+            await self._wake.wait()
+            return
+        timer = loop.call_later(delay, self._wake.set)
+        try:
+            await self._wake.wait()
+        finally:
+            timer.cancel()
 
     async def _recover(self) -> None:
         await self.engine.recover(self.plan.settle)

@@ -21,7 +21,7 @@ from trialsync._process import credential_watch, status_server, storage_api
 from trialsync._process.settings import ConfigError, Settings
 from trialsync._stores import aborts, credentials
 from trialsync._stores.base import Store
-from trialsync._util import backoff, tls
+from trialsync._util import backoff, tasks, tls
 from trialsync.contract import Duty, Role
 from trialsync.metrics import Metrics
 
@@ -380,12 +380,19 @@ async def _serve(
                 "sync_timeout": settings.config.sync_timeout,
             },
         )
-        task = loop.create_task(scheduler.run())
         stopped = loop.create_task(stop.wait())
         rotation = loop.create_task(
             credential_watch.retry_on_new_credentials(settings.credentials_dir, scheduler)
         )
-        await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+
+        def stray() -> None:
+            metrics.failures.labels("cancelled").inc()
+            log.warning(
+                "a cancellation nobody asked for ended the scheduler (Python 3.11's asyncio "
+                "can leave one pending on a task); the round it cut short is retried"
+            )
+
+        task = await tasks.keep_running(scheduler.run, stopped, stray)
         if task.done():
             stopped.cancel()
             rotation.cancel()

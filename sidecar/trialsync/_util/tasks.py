@@ -40,3 +40,27 @@ async def bounded(limit: int, items: Collection[T], each: Callable[[T], Awaitabl
             await each(item)
 
     await run_all([worker() for _ in range(min(max(1, limit), len(items)))])
+
+
+async def keep_running(
+    start: Callable[[], Coroutine[Any, Any, None]],
+    until: asyncio.Future[Any],
+    on_stray: Callable[[], None],
+) -> asyncio.Task[None]:
+    """Run ``start()`` as a task until ``until`` is done, and start it again each time it
+    ends cancelled while ``until`` is not (``on_stray`` is told).
+
+    Nobody cancels such a task but the caller, after ``until``: a cancellation that ends
+    it before is a stray. Python 3.11's asyncio can leave one pending on a task (a
+    TaskGroup or a timeout whose cancel crossed the end of its block), raised at any
+    later await. Returns the task running when ``until`` completed, or the one that
+    ended on its own (its result or error is the caller's).
+    """
+    loop = asyncio.get_running_loop()
+    task = loop.create_task(start())
+    while True:
+        await asyncio.wait({task, until}, return_when=asyncio.FIRST_COMPLETED)
+        if until.done() or not task.cancelled():
+            return task
+        on_stray()
+        task = loop.create_task(start())
