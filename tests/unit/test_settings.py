@@ -370,3 +370,20 @@ def test_the_readme_states_every_flag_its_variable_and_its_default(tmp_path: pat
         assert env.startswith(f"`{ENV[dest]}`"), dest
         expected = "(required)" if dest == "root" else _readme_default(actual[dest])
         assert default == expected, f"--{dest}: README says {default}, the code {expected}"
+
+
+def test_the_kubelets_service_links_of_a_head_service_are_no_unknown_settings() -> None:
+    # A head Service trialsync-head-exp gives every pod of the namespace these variables.
+    links = {
+        "TRIALSYNC_HEAD_EXP_SERVICE_HOST": "10.96.0.12",
+        "TRIALSYNC_HEAD_EXP_SERVICE_PORT": "9747",
+        "TRIALSYNC_HEAD_EXP_SERVICE_PORT_TRIALSYNC_HEAD": "9747",
+        "TRIALSYNC_HEAD_EXP_PORT": "tcp://10.96.0.12:9747",
+        "TRIALSYNC_HEAD_EXP_PORT_9747_TCP": "tcp://10.96.0.12:9747",
+        "TRIALSYNC_HEAD_EXP_PORT_9747_TCP_PROTO": "tcp",
+        "TRIALSYNC_HEAD_EXP_PORT_9747_TCP_PORT": "9747",
+        "TRIALSYNC_HEAD_EXP_PORT_9747_TCP_ADDR": "10.96.0.12",
+    }
+    assert unknown_env({**links, "TRIALSYNC_SYNC_PERIODS": "3"}, set()) == [
+        "TRIALSYNC_SYNC_PERIODS"
+    ]

@@ -13,6 +13,7 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -319,7 +320,19 @@ def _head_token(path: str | None, environ: Mapping[str, str]) -> str:
     return token
 
 
+#: What the kubelet sets for each Service of the pod's namespace (service links): a head
+#: Service ``trialsync-head-<name>`` gives ``TRIALSYNC_HEAD_<NAME>_SERVICE_HOST`` and more.
+_SERVICE_LINK = re.compile(
+    r".+_(SERVICE_HOST|SERVICE_PORT(_[A-Z0-9_]+)?|PORT(_\d+_(TCP|UDP|SCTP)(_[A-Z]+)?)?)"
+)
+
+
 def unknown_env(environ: Mapping[str, str], also_known: set[str]) -> list[str]:
-    """``TRIALSYNC_*`` variables that match no setting: likely typos."""
+    """``TRIALSYNC_*`` variables that match no setting: likely typos (not the kubelet's
+    service links)."""
     known = contract.known_env() | also_known
-    return sorted(k for k in environ if k.startswith(contract.ENV_PREFIX) and k not in known)
+    return sorted(
+        k
+        for k in environ
+        if k.startswith(contract.ENV_PREFIX) and k not in known and not _SERVICE_LINK.fullmatch(k)
+    )
