@@ -419,30 +419,19 @@ def test_the_operator_token_may_still_do_its_work_and_no_more(kube: Kube, tenant
     )
     assert replaced.returncode == 0, replaced.stderr
     kube.kubectl("delete", "secret", tls["metadata"]["name"], "-n", RELEASE_NS)
+
     # Whether a credentials Secret exists: a dry-run create of its name and the operator's
     # type passes the policy and writes nothing; of another type it is refused.
-    probe = OPERATOR_SA.kubectl(
-        kube,
-        "create",
-        "-n",
-        tenant,
-        "--dry-run=server",
-        "-f",
-        "-",
-        input=json.dumps(_secret("app-config", "trialsync.io/head-node")),
-    )
+    def dry_run(type_: str) -> Any:
+        body = json.dumps(_secret("app-config", type_))
+        return OPERATOR_SA.kubectl(
+            kube, "create", "-n", tenant, "--dry-run=server", "-f", "-", input=body
+        )
+
+    probe = dry_run("trialsync.io/head-node")
     assert probe.returncode == 0, probe.stderr
     assert kube.kubectl("get", "secret", "app-config", "-n", tenant, check=False).returncode != 0
-    opaque = OPERATOR_SA.kubectl(
-        kube,
-        "create",
-        "-n",
-        tenant,
-        "--dry-run=server",
-        "-f",
-        "-",
-        input=json.dumps(_secret("app-config", "Opaque")),
-    )
+    opaque = dry_run("Opaque")
     _refused_by(opaque, "operator-secrets")
 
 

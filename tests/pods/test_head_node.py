@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from localcluster.harness import Cluster, container_status
+from localcluster.harness import Cluster, Manifest, container_status
 from tests.pods.trial_pods import (
     FAST_SPEC,
     MANIFEST_NAME,
@@ -24,8 +24,23 @@ from tests.pods.trial_pods import (
 from tests.support.sidecar_process import wait_for
 from trialsync import contract
 from trialsync_operator import names
+from trialsync_operator.syncconfig import ConfigView
 
 pytestmark = pytest.mark.timeout(600)
+
+
+def _head(cluster: Cluster, view: ConfigView) -> Manifest:
+    """The head pod: a driver container that idles until the test deletes the namespace,
+    and the injected sidecar as the head."""
+    driver = {
+        "name": "driver",
+        "image": cluster.images.sidecar,
+        "command": ["python3", "-c", "import time; time.sleep(3600)"],
+        "securityContext": RESTRICTED,
+    }
+    head = injected_pod(cluster, view, "head", [driver], role="head", grace_seconds=5)
+    head["spec"].pop("restartPolicy")
+    return head
 
 
 def test_workers_sync_trial_dirs_to_the_head_through_its_service(
@@ -39,14 +54,7 @@ def test_workers_sync_trial_dirs_to_the_head_through_its_service(
 
     # The head: a driver container that idles, and the sidecar serving the head-node
     # service on its port.
-    driver = {
-        "name": "driver",
-        "image": cluster.images.sidecar,
-        "command": ["python3", "-c", "import time; time.sleep(3600)"],
-        "securityContext": RESTRICTED,
-    }
-    head = injected_pod(cluster, view, "head", [driver], role="head", grace_seconds=5)
-    head["spec"].pop("restartPolicy")  # the driver runs until the test deletes the namespace
+    head = _head(cluster, view)
     head_sidecar = next(c for c in head["spec"]["initContainers"] if c["name"] == SIDECAR_NAME)
     assert [p["containerPort"] for p in head_sidecar["ports"]] == [
         contract.HTTP_PORT,
@@ -153,15 +161,7 @@ def test_a_pod_that_labels_itself_head_receives_nothing(
     assert not container_status(worker_pod, SIDECAR_NAME).get("started"), worker_pod["status"]
 
     # The real head comes: the worker's data reaches it, and never the imposter.
-    driver = {
-        "name": "driver",
-        "image": cluster.images.sidecar,
-        "command": ["python3", "-c", "import time; time.sleep(3600)"],
-        "securityContext": RESTRICTED,
-    }
-    head = injected_pod(cluster, view, "head", [driver], role="head", grace_seconds=5)
-    head["spec"].pop("restartPolicy")
-    cluster.apply(head, ns)
+    cluster.apply(_head(cluster, view), ns)
     cluster.wait_for("pod", "head", ns, "condition=Ready")
     wanted = {f"exp/trial_0/checkpoint_00000{i}/{MANIFEST_NAME}" for i in (1, 2)}
     wait_for(

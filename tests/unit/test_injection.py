@@ -625,3 +625,11 @@ def test_the_sidecar_uid_and_gid_annotations_win_over_the_trainers_user() -> Non
         f"{names.SIDECAR_UID_ANNOTATION}=0 runs the trialsync sidecar as root" in w
         for w in result.warnings
     )
+
+
+def test_a_mount_path_at_the_head_node_secret_is_refused_naming_it() -> None:
+    # No uploadDir: a worker mounts its SyncConfig's head-node Secret.
+    config = {"metadata": {"name": "exp", "namespace": "ml", "uid": "u"}, "spec": {}}
+    pod = _pod(**{names.MOUNT_PATH_ANNOTATION: contract.HEAD_SECRET_MOUNT})
+    with pytest.raises(injection.Refusal, match="the SyncConfig's head-node Secret"):
+        injection.plan(pod, "ml", lookup_for(config), DEFAULTS)

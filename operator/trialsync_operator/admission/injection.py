@@ -950,6 +950,8 @@ def _mount_role(mount: Mapping[str, Any]) -> str:
         return "its scratch emptyDir"
     if name == names.CREDENTIALS_VOLUME:
         return "the SyncConfig's credentials Secret"
+    if name == names.HEAD_SECRET_VOLUME:
+        return "the SyncConfig's head-node Secret"
     if name == names.TRIAL_VOLUME:
         return "the trial volume"
     return f"volume {name!r} of the pod"
