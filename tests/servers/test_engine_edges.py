@@ -13,7 +13,7 @@ import pytest
 from tests.support import trials
 from tests.support.engines import HookedStore, running_engine
 from trialsync._engine import scanner, watcher
-from trialsync._engine.engine import Round
+from trialsync._engine.engine import PublishError, Round
 from trialsync._engine.layout import MANIFEST_NAME
 from trialsync._stores.fsspec_store import RemoteStore
 
@@ -41,6 +41,33 @@ async def test_a_file_added_during_upload_postpones_the_manifest(
         await run.engine.run(NOW, settle=0)
     assert (remote / CKPT / MANIFEST_NAME).exists()
     assert (remote / CKPT / "late.pt").read_bytes() == b"late"
+
+
+async def test_a_file_the_store_loses_after_its_upload_is_uploaded_again_at_the_retry(
+    root: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
+    # On the head node, the driver may delete a checkpoint dir while it arrives (Tune's
+    # num_to_keep); a store may lose an object too. The retry must not trust the ledger.
+    remote = tmp_path / "remote"
+    trials.checkpoint(trials.trial(root / "exp"), 1, {"model.pt": 1000, "state.json": 11})
+    store = local_store(tmp_path)
+    lost: list[str] = []
+
+    def lose_once(rel: str) -> None:
+        if not lost:
+            lost.append(rel)
+            (remote / rel).unlink()
+
+    store.after_put = lose_once
+    async with running_engine(store, root) as run:
+        await run.engine.recover(settle=0)
+        with pytest.raises(PublishError, match="found missing"):
+            await run.engine.run(NOW, settle=0)
+        assert not (remote / CKPT / MANIFEST_NAME).exists()
+        await run.engine.run(NOW, settle=0)
+    assert len(lost) == 1
+    assert (remote / lost[0]).stat().st_size == (root / lost[0]).stat().st_size
+    assert (remote / CKPT / MANIFEST_NAME).exists()
 
 
 async def test_a_checkpoint_recreated_under_its_name_drops_its_old_files(

@@ -549,6 +549,9 @@ class SyncEngine:
                 if not await self._unchanged(checkpoint, files):
                     return None
                 got = "missing" if obj is None else f"{obj.size} bytes"
+                # The store lost what it took (on the head node, the driver may delete a
+                # checkpoint dir while it arrives): the retry uploads it again.
+                self.ledger.forget([rel])
                 raise PublishError(
                     f"{self.store.url(rel)}: expected {st[0]} bytes after upload, found {got}"
                 )
