@@ -29,6 +29,7 @@ from typing import Any
 import pytest
 
 from localcluster.control_plane import Kube
+from tests.support.nested import set_path
 from tests.support.operator_process import Operator, operator, pod_admission_review
 from tests.support.pods import opted_in_pod, syncconfig
 from tests.support.sidecar_process import wait_for
@@ -120,16 +121,6 @@ def _paths(value: Any, prefix: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]
         yield from _paths(child, (*prefix, key))
 
 
-def _set(doc: Any, path: tuple[Any, ...], value: Any, drop: bool = False) -> None:
-    parent = doc
-    for key in path[:-1]:
-        parent = parent[key]
-    if drop:
-        del parent[path[-1]]
-    else:
-        parent[path[-1]] = value
-
-
 def mutations(valid: dict[str, Any], rng: random.Random, count: int) -> Iterator[tuple[str, bytes]]:
     """``count`` (kind, body) mutations of ``valid``, reproducibly from ``rng``."""
     # Paths in the envelope and the object's metadata are picked more often than the
@@ -142,7 +133,7 @@ def mutations(valid: dict[str, Any], rng: random.Random, count: int) -> Iterator
         doc = copy.deepcopy(valid)
         if kind in ("drop", "retype"):
             path = rng.choice(shallow if rng.random() < 0.7 else paths)
-            _set(doc, path, rng.choice(ODD_VALUES), drop=kind == "drop")
+            set_path(doc, path, rng.choice(ODD_VALUES), drop=kind == "drop")
         elif kind == "truncate":
             text = json.dumps(doc).encode()
             yield kind, text[: rng.randrange(len(text) - 1)]
@@ -185,11 +176,11 @@ def _hand_written(
         edit(doc)
         return json.dumps(doc).encode()
 
-    def request_set(key: str, value: Any) -> Any:
+    def requestset_path(key: str, value: Any) -> Any:
         return lambda d: d["request"].__setitem__(key, value)
 
-    def object_set(*path: str, value: Any) -> Any:
-        return lambda d: _set(d, ("request", "object", *path), value)
+    def objectset_path(*path: str, value: Any) -> Any:
+        return lambda d: set_path(d, ("request", "object", *path), value)
 
     cases: list[tuple[str, bytes, str | None, dict[str, str]]] = [
         ("empty", b"", JSON, {}),
@@ -206,7 +197,7 @@ def _hand_written(
         ("deep objects", b'{"a":' * 5_000 + b"1" + b"}" * 5_000, JSON, {}),
         (
             "deep in the object",
-            edited(object_set("spec", "x", value=json.loads('{"a":' * 80 + "1" + "}" * 80))),
+            edited(objectset_path("spec", "x", value=json.loads('{"a":' * 80 + "1" + "}" * 80))),
             JSON,
             {},
         ),
@@ -222,38 +213,38 @@ def _hand_written(
         ("no uid", edited(lambda d: d["request"].pop("uid")), JSON, {}),
         ("no userInfo", edited(lambda d: d["request"].pop("userInfo")), JSON, {}),
         ("no object", edited(lambda d: d["request"].pop("object")), JSON, {}),
-        ("object list", edited(request_set("object", [])), JSON, {}),
-        ("oldObject string", edited(request_set("oldObject", "x")), JSON, {}),
-        ("no namespace", edited(request_set("namespace", "")), JSON, {}),
-        ("dryRun string", edited(request_set("dryRun", "yes")), JSON, {}),
-        ("subResource number", edited(request_set("subResource", 1)), JSON, {}),
-        ("DELETE", edited(request_set("operation", "DELETE")), JSON, {}),
+        ("object list", edited(requestset_path("object", [])), JSON, {}),
+        ("oldObject string", edited(requestset_path("oldObject", "x")), JSON, {}),
+        ("no namespace", edited(requestset_path("namespace", "")), JSON, {}),
+        ("dryRun string", edited(requestset_path("dryRun", "yes")), JSON, {}),
+        ("subResource number", edited(requestset_path("subResource", 1)), JSON, {}),
+        ("DELETE", edited(requestset_path("operation", "DELETE")), JSON, {}),
         (
             "a SyncConfig's resource",
             edited(
-                request_set(
+                requestset_path(
                     "resource", {"group": names.GROUP, "version": "v1", "resource": "syncconfigs"}
                 )
             ),
             JSON,
             {},
         ),
-        ("metadata string", edited(object_set("metadata", value="x")), JSON, {}),
-        ("labels list", edited(object_set("metadata", "labels", value=["a"])), JSON, {}),
+        ("metadata string", edited(objectset_path("metadata", value="x")), JSON, {}),
+        ("labels list", edited(objectset_path("metadata", "labels", value=["a"])), JSON, {}),
         (
             "annotation number",
-            edited(object_set("metadata", "annotations", names.CONFIG_ANNOTATION, value=5)),
+            edited(objectset_path("metadata", "annotations", names.CONFIG_ANNOTATION, value=5)),
             JSON,
             {},
         ),
         (
             "ownerReferences of strings",
-            edited(object_set("metadata", "ownerReferences", value=["x"])),
+            edited(objectset_path("metadata", "ownerReferences", value=["x"])),
             JSON,
             {},
         ),
-        ("spec list", edited(object_set("spec", value=[])), JSON, {}),
-        ("name number", edited(object_set("metadata", "name", value=3)), JSON, {}),
+        ("spec list", edited(objectset_path("spec", value=[])), JSON, {}),
+        ("name number", edited(objectset_path("metadata", "name", value=3)), JSON, {}),
     ]
     return cases
 

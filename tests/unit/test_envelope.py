@@ -18,6 +18,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from tests.support.nested import set_path
 from tests.support.operator_process import pod_admission_review
 from tests.support.pods import lookup_for, opted_in_pod, syncconfig
 from trialsync_operator import kube, names
@@ -32,13 +33,7 @@ VALID = pod_admission_review(opted_in_pod("p", "exp"), "ml")
 
 def _edited(path: tuple[str, ...], value: Any, drop: bool = False) -> dict[str, Any]:
     review = copy.deepcopy(VALID)
-    parent = review
-    for key in path[:-1]:
-        parent = parent[key]
-    if drop:
-        del parent[path[-1]]
-    else:
-        parent[path[-1]] = value
+    set_path(review, path, value, drop)
     return review
 
 

@@ -86,6 +86,7 @@ class Controller:
             await asyncio.sleep(RESYNC_INTERVAL)
 
     async def reconcile_all(self) -> None:
+        self.reconciler.forget_known()
         for path in self._collections():
             listing = await self.kube.get(path)
             for item in listing.get("items") or []:

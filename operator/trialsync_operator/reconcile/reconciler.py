@@ -240,6 +240,13 @@ def _labels(view: ConfigView, component: str) -> dict[str, str]:
 class Reconciler:
     def __init__(self, client: kube.Kube) -> None:
         self._kube = client
+        #: Head-node Secrets known to exist (created, or found there): every watch event
+        #: reconciles, and a Secret's key pairs are not worth making again to learn it.
+        #: Emptied by ``forget_known``, so a Secret deleted by hand comes back at a resync.
+        self._known_secrets: set[tuple[str, str]] = set()
+
+    def forget_known(self) -> None:
+        self._known_secrets.clear()
 
     async def reconcile(
         self, view: ConfigView, status: Mapping[str, Any], finalizers: Sequence[str] = ()
@@ -345,10 +352,12 @@ class Reconciler:
     async def _ensure_head_objects(self, view: ConfigView) -> None:
         # Create only, never read: the operator needs no permission to read Secrets. A
         # Secret already there is this SyncConfig's from before (its name carries the uid)
-        # and keeps its token and certificate; a fresh key pair is made and dropped here
-        # each time (a millisecond).
-        token = secrets.token_urlsafe(32)
-        await self._create(kube.namespaced(SECRETS, view.namespace), head_secret(view, token))
+        # and keeps its token and certificate.
+        known = (view.namespace, names.head_secret_name(view.name, view.uid))
+        if known not in self._known_secrets:
+            token = secrets.token_urlsafe(32)
+            await self._create(kube.namespaced(SECRETS, view.namespace), head_secret(view, token))
+            self._known_secrets.add(known)
         service_path = kube.namespaced(SERVICES, view.namespace, names.head_service_name(view.name))
         wanted = head_service(view)
         existing = await self._kube.get_or_none(service_path)
