@@ -165,14 +165,14 @@ class Buildah:
     def __call__(self, *args: str, capture: bool = True) -> str:
         return run([*self.global_args, *args], capture=capture, env=self.env)
 
-    def image_config(self, ref: str) -> dict[str, Any] | None:
-        done = subprocess.run(
-            [*self.global_args, "inspect", "--type", "image", ref],
-            capture_output=True,
-            text=True,
-            env=self.env,
-            check=False,
+    def attempt(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """Run ``buildah *args``, whose failure the caller handles."""
+        return subprocess.run(
+            [*self.global_args, *args], capture_output=True, text=True, env=self.env, check=False
         )
+
+    def image_config(self, ref: str) -> dict[str, Any] | None:
+        done = self.attempt("inspect", "--type", "image", ref)
         if done.returncode != 0:
             return None
         info: dict[str, Any] = json.loads(done.stdout)
@@ -223,9 +223,7 @@ def ensure_base(buildah: Buildah) -> str:
             )
             buildah("commit", f"--signature-policy={buildah.policy}", container, BASE_REF)
         finally:
-            subprocess.run(
-                [*buildah.global_args, "rm", container], capture_output=True, env=buildah.env
-            )
+            buildah.attempt("rm", container)
     log(f"made {BASE_REF} in {time.monotonic() - started:.0f}s")
     info = buildah.image_config(BASE_REF)
     if info is None:
@@ -526,60 +524,93 @@ def build_all() -> dict[str, Built]:
     (cache / "wheels").mkdir(exist_ok=True)
     with locked(cache / ".lock"):
         buildah = Buildah(cache)
-        built: dict[str, Built] = {}
-        pause, pause_version = pause_binary()
-        with tempfile.TemporaryDirectory(prefix="pause-ctx-", dir=cache) as ctx:
-            shutil.copy2(pause, Path(ctx) / "pause")
-            built["pause"] = build_image(
-                buildah,
-                name="pause",
-                ref=f"docker.io/trialsync/pause:{pause_version}",
-                dockerfile=REPO / "images" / "pause" / "Dockerfile",
-                context=Path(ctx),
-                base_id=None,
-            )
-        base_id = ensure_base(buildah)
-        with tempfile.TemporaryDirectory(prefix="wheels-ctx-", dir=cache) as ctx:
-            context = Path(ctx)
-            own = project_wheel(context)
-            for wheel in dependency_wheels(cache, own).iterdir():
-                os.link(wheel, context / wheel.name)
-            for name in EXTRAS:
-                built[name] = build_image(
-                    buildah,
-                    name=name,
-                    ref=f"docker.io/trialsync/{name}:{_version()}",
-                    dockerfile=REPO / "images" / name / "Dockerfile",
-                    context=context,
-                    base_id=base_id,
-                )
-        with tempfile.TemporaryDirectory(prefix="ray-ctx-", dir=cache) as ctx:
-            context = Path(ctx)
-            own = project_wheel(context)
-            for wheel in ray_wheels(cache, own).iterdir():
-                os.link(wheel, context / wheel.name)
-            built["ray"] = build_image(
-                buildah,
-                name="ray",
-                ref=f"docker.io/trialsync/ray:{RAY_VERSION}",
-                dockerfile=REPO / "images" / "ray" / "Dockerfile",
-                context=context,
-                base_id=base_id,
-            )
+        try:
+            built = build_images(buildah, cache)
+        finally:
+            prune_storage(buildah)
         prune_archives(cache, {b.archive for b in built.values()})
         return built
 
 
+def build_images(buildah: Buildah, cache: Path) -> dict[str, Built]:
+    built: dict[str, Built] = {}
+    pause, pause_version = pause_binary()
+    with tempfile.TemporaryDirectory(prefix="pause-ctx-", dir=cache) as ctx:
+        shutil.copy2(pause, Path(ctx) / "pause")
+        built["pause"] = build_image(
+            buildah,
+            name="pause",
+            ref=f"docker.io/trialsync/pause:{pause_version}",
+            dockerfile=REPO / "images" / "pause" / "Dockerfile",
+            context=Path(ctx),
+            base_id=None,
+        )
+    base_id = ensure_base(buildah)
+    with tempfile.TemporaryDirectory(prefix="wheels-ctx-", dir=cache) as ctx:
+        context = Path(ctx)
+        own = project_wheel(context)
+        for wheel in dependency_wheels(cache, own).iterdir():
+            os.link(wheel, context / wheel.name)
+        for name in EXTRAS:
+            built[name] = build_image(
+                buildah,
+                name=name,
+                ref=f"docker.io/trialsync/{name}:{_version()}",
+                dockerfile=REPO / "images" / name / "Dockerfile",
+                context=context,
+                base_id=base_id,
+            )
+    with tempfile.TemporaryDirectory(prefix="ray-ctx-", dir=cache) as ctx:
+        context = Path(ctx)
+        own = project_wheel(context)
+        for wheel in ray_wheels(cache, own).iterdir():
+            os.link(wheel, context / wheel.name)
+        built["ray"] = build_image(
+            buildah,
+            name="ray",
+            ref=f"docker.io/trialsync/ray:{RAY_VERSION}",
+            dockerfile=REPO / "images" / "ray" / "Dockerfile",
+            context=context,
+            base_id=base_id,
+        )
+    return built
+
+
+def prune_storage(buildah: Buildah) -> None:
+    """Leave only the base image in buildah's storage.
+
+    Every image is consumed from its archive, so what a build leaves in the storage (its
+    tag, its stages, the layers ``--layers`` keeps, a working container of a failed step)
+    would only grow it by the size of the images at each change of the sources.
+    """
+    buildah("rm", "--all")
+    base = buildah.image_config(BASE_REF)
+    keep = {str(base["FromImageID"])} if base else set()
+    for image_id in set(buildah("images", "--all", "--quiet", "--no-trunc").split()):
+        if image_id.removeprefix("sha256:") not in keep:
+            # Removing an image may have removed its untagged parents already.
+            buildah.attempt("rmi", "--force", image_id)
+
+
 #: Archives no build has used for this long are deleted (other checkouts may still use
-#: older ones for a while; a deleted one is rebuilt if it is needed again).
-ARCHIVE_MAX_AGE_S = 7 * 24 * 3600
+#: older ones for a while; a deleted one is rebuilt if it is needed again) ...
+ARCHIVE_MAX_AGE_S = 24 * 3600
+#: ... and of the others, only the newest few of each image are kept.
+ARCHIVES_KEPT_PER_IMAGE = 2
 
 
 def prune_archives(cache: Path, keep: set[Path]) -> None:
+    others: dict[str, list[Path]] = {}
     for archive in (cache / "archives").glob("*.tar"):
-        if archive not in keep and time.time() - archive.stat().st_mtime > ARCHIVE_MAX_AGE_S:
-            archive.unlink(missing_ok=True)
-            archive.with_suffix(".json").unlink(missing_ok=True)
+        if archive not in keep:
+            others.setdefault(archive.name.rsplit("-", 1)[0], []).append(archive)
+    for archives in others.values():
+        archives.sort(key=lambda a: a.stat().st_mtime, reverse=True)
+        for index, archive in enumerate(archives):
+            old = time.time() - archive.stat().st_mtime > ARCHIVE_MAX_AGE_S
+            if old or index >= ARCHIVES_KEPT_PER_IMAGE:
+                archive.unlink(missing_ok=True)
+                archive.with_suffix(".json").unlink(missing_ok=True)
 
 
 def write_wheels(target: Path, ray: bool = False) -> int:
