@@ -4,6 +4,7 @@ the rule that CI skips nothing it could run (tests/support/requirements.py)."""
 from __future__ import annotations
 
 import os
+from collections import Counter
 from typing import Any
 
 import pytest
@@ -23,9 +24,14 @@ pytest_plugins = [
 ]
 
 _SKIPPED: list[tuple[str, str]] = []
+#: Seconds spent per test file (set-up, call and tear-down; a shared fixture's set-up counts
+#: for the file that first asked for it): the suite's time budget is watched by file.
+_FILE_SECONDS: Counter[str] = Counter()
+SLOWEST_FILES = 12
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    _FILE_SECONDS[report.nodeid.split("::", 1)[0]] += report.duration
     if report.skipped and not hasattr(report, "wasxfail"):
         longrepr = report.longrepr
         reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
@@ -51,5 +57,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    """The figures tests reported (``tests/support/figures.py``), a section each."""
+    """The figures tests reported (``tests/support/figures.py``), a section each, and the
+    slowest test files."""
     figures.write_sections(terminalreporter)
+    if _FILE_SECONDS:
+        terminalreporter.write_sep("=", f"slowest {SLOWEST_FILES} test files")
+        for path, seconds in _FILE_SECONDS.most_common(SLOWEST_FILES):
+            terminalreporter.write_line(f"{seconds:8.1f}s {path}")
