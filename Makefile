@@ -49,8 +49,11 @@ lint: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/lint-imports --no-cache
 
+# The node's tests and the others run side by side (tools/run_tests.py): most of the first
+# is waiting on pods.
 test: $(STAMP) tools images lint
-	TRIALSYNC_TOOLS_BIN="$(TOOLS_BIN)" TRIALSYNC_IMAGES="$(IMAGES_MANIFEST)" $(BIN)/pytest -ra
+	TRIALSYNC_TOOLS_BIN="$(TOOLS_BIN)" TRIALSYNC_IMAGES="$(IMAGES_MANIFEST)" \
+		$(BIN)/python tools/run_tests.py -ra
 
 # Prints KUBECONFIG=... and CLUSTER_NET="nsenter --net=... --" once the node is Ready.
 cluster-up: $(STAMP) tools images

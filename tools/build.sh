@@ -166,6 +166,16 @@ if [[ $need_control_plane == 1 || $need_node == 1 ]]; then
     # Another process may have finished the same build while this one waited for the lock.
     if [[ $need_control_plane == 1 ]] && ! complete "$bin_dir" "${control_plane_set[@]}"; then
         helm_version="$(module_version . helm.sh/helm/v3)"
+        # helm's own build stamps the Kubernetes version of its client-go (v0.N -> 1.N) as
+        # the default of .Capabilities.KubeVersion and of lint's deprecation checks; without
+        # it this helm assumes v1.20, and `helm template` refuses a chart needing newer.
+        client_go="$(module_version . k8s.io/client-go)"
+        client_go_minor="${client_go#v0.}"
+        client_go_minor="${client_go_minor%%.*}"
+        helm_k8s_ldflags=""
+        for pkg in helm.sh/helm/v3/pkg/chartutil helm.sh/helm/v3/pkg/lint/rules; do
+            helm_k8s_ldflags+=" -X $pkg.k8sVersionMajor=1 -X $pkg.k8sVersionMinor=$client_go_minor"
+        done
         names=("${control_plane_set[@]}")
         if [[ $bin_dir == "$helm_only_bin" ]]; then
             targets=(helm.sh/helm/v3/cmd/helm)
@@ -177,7 +187,7 @@ if [[ $need_control_plane == 1 || $need_node == 1 ]]; then
         start=$SECONDS
         mkdir -p "$tmp/cp"
         CGO_ENABLED=0 go build -mod=readonly -p "$jobs" -trimpath \
-            -ldflags="${k8s_ldflags[*]} -X helm.sh/helm/v3/internal/version.version=$helm_version -X helm.sh/helm/v3/internal/version.gitTreeState=clean" \
+            -ldflags="${k8s_ldflags[*]}$helm_k8s_ldflags -X helm.sh/helm/v3/internal/version.version=$helm_version -X helm.sh/helm/v3/internal/version.gitTreeState=clean" \
             -o "$tmp/cp/" "${targets[@]}"
         install_set "$tmp/cp" "${names[@]}"
         echo "build.sh: control plane built in $((SECONDS - start))s" >&2

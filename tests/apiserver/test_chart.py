@@ -56,6 +56,25 @@ def test_helm_lint_strict_is_clean(kube: Kube) -> None:
     assert "[ERROR]" not in result.stdout
 
 
+def test_the_projects_helm_knows_the_kubernetes_it_was_built_with(
+    kube: Kube, tmp_path: Path
+) -> None:
+    """As a released helm does: without --kube-version, `helm template` assumes the
+    Kubernetes of helm's client-go (1.37 here), not v1.20, which the chart refuses."""
+    rendered = _helm(kube, "template", RELEASE, str(CHART), check=False)
+    assert rendered.returncode == 0, rendered.stderr
+    assert "kind: MutatingWebhookConfiguration" in rendered.stdout
+    probe = tmp_path / "probe"
+    (probe / "templates").mkdir(parents=True)
+    (probe / "Chart.yaml").write_text("apiVersion: v2\nname: probe\nversion: 0.1.0\n")
+    (probe / "templates" / "cm.yaml").write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: probe}\n"
+        'data: {kube: "{{ .Capabilities.KubeVersion.Version }}"}\n'
+    )
+    (document,) = yaml.safe_load_all(_helm(kube, "template", "probe", str(probe)).stdout)
+    assert document["data"]["kube"] == "v1.37.0"
+
+
 @pytest.mark.parametrize(
     "sets",
     [
