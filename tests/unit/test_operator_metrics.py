@@ -314,3 +314,16 @@ def test_kopfs_line_for_each_pod_event_is_dropped_and_its_failures_kept() -> Non
     assert not runner.quiet_pod_events(record(logging.INFO, "Handler 'opted-in-pods' succeeded."))
     assert runner.quiet_pod_events(record(logging.ERROR, "Handler 'opted-in-pods' failed"))
     assert runner.quiet_pod_events(record(logging.INFO, "Handler 'reconcile' succeeded."))
+
+
+async def test_a_status_without_the_condition_wakes_the_leaders_scan_and_only_then() -> None:
+    scanner = missed.MissedInjections(
+        cast(kube.Kube, RecordingKube()), Settings(), operator_metrics()
+    )
+    scanner.status_seen({})
+    assert not scanner._wake.is_set()  # not leading: nothing to do
+    scanner._leading = True
+    scanner.status_seen({"conditions": [{"type": "MissedInjections", "status": "False"}]})
+    assert not scanner._wake.is_set()
+    scanner.status_seen({"conditions": [{"type": "Ready", "status": "True"}]})
+    assert scanner._wake.is_set()

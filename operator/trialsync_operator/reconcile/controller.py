@@ -113,6 +113,8 @@ class Controller:
             again = True
         if again:
             self._recheck_later(view.namespace, view.name)
+        if self.missed is not None and not view.terminating:
+            self.missed.status_seen(body.get("status") or {})
 
     def _recheck_later(self, namespace: str, name: str) -> None:
         key = (namespace, name)

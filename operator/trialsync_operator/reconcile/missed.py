@@ -23,7 +23,9 @@ answer (kopf's watch of the opted-in pods, ``pod_event``). A status write happen
 when the condition changes, and merges by condition type: the reconciler keeps
 conditions it does not own (``reconciler.desired_status``), and this module writes the
 whole list with the SyncConfig's resourceVersion, so a concurrent write makes it retry
-instead of dropping the other's condition.
+instead of dropping the other's condition. A reconciler's write from an older copy may
+drop this condition; the controller then calls ``status_seen``, and a scan writes it
+again within ``SETTLE``.
 """
 
 from __future__ import annotations
@@ -205,6 +207,15 @@ class MissedInjections:
             if uid in self._missed:
                 self._wake.set()
         elif uid not in self._reported:
+            self._wake.set()
+
+    def status_seen(self, status: Mapping[str, Any]) -> None:
+        """A SyncConfig's status as the reconciler read it: one without the condition (a
+        new SyncConfig, or a write from a stale copy that dropped it) is scanned soon, not
+        at the next interval."""
+        if self._leading and not any(
+            c.get("type") == CONDITION for c in _list(status.get("conditions"))
+        ):
             self._wake.set()
 
     # -- the leader's loop ---------------------------------------------------------------
