@@ -16,10 +16,12 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from trialsync_operator import health, kube
-from trialsync_operator.admission.review import PodAdmission
+from trialsync_operator.admission import injection
+from trialsync_operator.admission.review import PodAdmission, operator_metrics
 from trialsync_operator.kopf_adapter import handlers, runner, webhook_server
 from trialsync_operator.reconcile.controller import Controller
 from trialsync_operator.reconcile.leader import LeaderElector
+from trialsync_operator.reconcile.missed import MissedInjections
 from trialsync_operator.settings import Settings
 from trialsync_operator.tls import serving as tls
 
@@ -31,15 +33,23 @@ SHUTDOWN_DELAY = 5.0
 async def run(settings: Settings, shutdown_delay: float = SHUTDOWN_DELAY) -> None:
     """Run until SIGTERM or SIGINT."""
     client = kube.Kube(kube.load_configuration())
+    metrics = operator_metrics()
     controller = Controller(settings, client)
-    admission = PodAdmission(settings, client, controller.index_ready)
+    controller.missed = MissedInjections(
+        client, settings, metrics, annotations_refused=injection.annotations_refused
+    )
+    metrics.follow_leadership(lambda: controller.is_leader)
+    admission = PodAdmission(settings, client, controller.index_ready, metrics)
     serving = tls.ServingContext(settings.cert_dir)
     webhook_server.skip_copies_for_empty_patches()
     server = webhook_server.WebhookServer(
-        settings.webhook_addr, settings.webhook_port, serving, handlers.ENDPOINTS
+        settings.webhook_addr, settings.webhook_port, serving, handlers.ENDPOINTS, metrics
     )
 
-    leading: list[Callable[[], Coroutine[Any, Any, None]]] = [controller.lead]
+    leading: list[Callable[[], Coroutine[Any, Any, None]]] = [
+        controller.lead,
+        controller.missed.lead,
+    ]
     background: list[Awaitable[None]] = [controller.wait_for_empty_index()]
     if settings.cert_mode == "self":
         secret_tls = tls.SecretTls(client, settings, serving)
@@ -72,6 +82,7 @@ async def run(settings: Settings, shutdown_delay: float = SHUTDOWN_DELAY) -> Non
             and server.listening.is_set()
             and not stopping.is_set()
         ),
+        metrics,
     )
     tasks = [asyncio.ensure_future(coro) for coro in background]
     loop = asyncio.get_running_loop()

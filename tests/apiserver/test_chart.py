@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -143,10 +144,12 @@ def test_the_operator_is_granted_only_the_verbs_it_calls(kube: Kube) -> None:
     assert _grants(cluster_wide, "syncconfigs") == {"list", "watch", "patch"}
     assert _grants(cluster_wide, "syncconfigs/status") == {"patch"}
     assert _grants(cluster_wide, "secrets") == {"create"}
-    assert _grants(cluster_wide, "events") == {"create"}
+    # Listed: its own MissedInjection Events, once when it takes the lead.
+    assert _grants(cluster_wide, "events") == {"create", "list"}
     assert _grants(cluster_wide, "services") == {"get", "create", "patch", "delete"}
-    # Listed (by label) only to know when the last pod using a head-node service is gone.
-    assert _grants(cluster_wide, "pods") == {"list"}
+    # Listed and watched by label: the opted-in pods, for missed injections; and to know
+    # when the last pod using a head-node service is gone.
+    assert _grants(cluster_wide, "pods") == {"list", "watch"}
 
 
 def test_watched_namespaces_get_roles_instead_of_cluster_wide_syncconfig_rules(
@@ -161,6 +164,7 @@ def test_watched_namespaces_get_roles_instead_of_cluster_wide_syncconfig_rules(
         rules = _rules(docs, "Role", namespace)
         assert _grants(rules, "syncconfigs") == {"list", "watch", "patch"}
         assert _grants(rules, "services") == {"get", "create", "patch", "delete"}
+        assert _grants(rules, "pods") == {"list", "watch"}
         [binding] = [
             d
             for d in docs
@@ -330,6 +334,35 @@ def test_the_operator_works_with_exactly_the_charts_permissions(
             what="the status the operator writes",
         )
         assert status["conditions"][0]["status"] == "True"
+        # The search for missed injections works with these permissions too: it lists the
+        # opted-in pods and the SyncConfigs, writes its condition, and reads its Events.
+        missed = wait_for(
+            lambda: next(
+                (
+                    c
+                    for c in json.loads(
+                        kube.kubectl("get", "syncconfig", "local", "-n", ns, "-o", "json").stdout
+                    )["status"].get("conditions", [])
+                    if c["type"] == "MissedInjections"
+                ),
+                None,
+            ),
+            40,
+            what="the MissedInjections condition",
+        )
+        assert (missed["status"], missed["reason"]) == ("False", "AllInjected")
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{operator.health_port}/metrics", timeout=5
+        ) as response:
+            scraped = response.read().decode()
+        assert 'trialsync_operator_missed_injection_scans_total{result="error"} 0.0' in scraped
+        log = operator.log()
+        assert "cannot read the MissedInjection Events" not in log
+        assert not [
+            line
+            for line in log.splitlines()
+            if "pods" in line and ("403" in line or "orbidden" in line)
+        ]
         wait_for(
             lambda: (
                 kube.kubectl(

@@ -89,7 +89,7 @@ annotations:
   verbs: [patch]
 - apiGroups: [""]
   resources: [events]
-  verbs: [create]
+  verbs: [create, list]
 - apiGroups: [""]
   resources: [secrets]
   verbs: [create]
@@ -98,7 +98,7 @@ annotations:
   verbs: [get, create, patch, delete]
 - apiGroups: [""]
   resources: [pods]
-  verbs: [list]
+  verbs: [list, watch]
 {{- end -}}
 
 {{/* The caBundle the live configuration has (empty under `helm template`, where lookup

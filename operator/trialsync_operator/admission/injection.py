@@ -32,7 +32,7 @@ import posixpath
 import re
 from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 from trialsync import contract
 from trialsync.contract import Duty, Mode, Role
@@ -73,8 +73,25 @@ _WEB_IDENTITY_ENV = (
 )
 
 
+#: Why a pod gets no sidecar, as the metrics count it (``trialsync_injection_skip_total``
+#: and ``trialsync_injection_failure_total``): a Refusal's ``reason``, or a skip's.
+REASON_ALREADY_INJECTED = "already_injected"
+REASON_SYNCING_DISABLED = "syncing_disabled"
+REASON_CONFIG_MISSING = "syncconfig_missing"
+REASON_CONFIG_INVALID = "syncconfig_invalid"
+#: The pod's trialsync.io/* annotations are missing, malformed or conflicting.
+REASON_INVALID_ANNOTATIONS = "invalid_annotations"
+#: The pod's spec cannot take the sidecar (a volume or mount path clash).
+REASON_INVALID_POD = "invalid_pod"
+
+
 class Refusal(Exception):
-    """The pod must not be admitted as it is; the message says which setting and why."""
+    """The pod must not be admitted as it is; the message says which setting and why,
+    ``reason`` (a ``REASON_*``) says which kind of problem it is."""
+
+    def __init__(self, message: str, reason: str = REASON_INVALID_POD) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclasses.dataclass
@@ -86,6 +103,8 @@ class Result:
     patch: JsonDict | None = None
     warnings: list[str] = dataclasses.field(default_factory=list)
     config: ConfigView | None = None
+    #: Why no sidecar was injected (a ``REASON_*``) when ``patch`` is None.
+    skipped: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -271,18 +290,22 @@ def plan(pod: Mapping[str, Any], namespace: str, lookup: Lookup, defaults: Defau
     ``lookup(namespace, name)`` gives a SyncConfig's view, or None if there is none.
     """
     if _has_sidecar(pod):
-        return Result()  # injected already (a reinvocation, or a pod spec copied from one)
+        # injected already (a reinvocation, or a pod spec copied from one)
+        return Result(skipped=REASON_ALREADY_INJECTED)
     # The SyncConfig first: whether it exists, is valid and syncs at all decides before
     # the pod's other annotations do.
-    config = config_name(pod)
+    config = _with_reason(config_name, pod)
     view = lookup(namespace, config)
     if view is None:
         raise Refusal(
             f"SyncConfig {namespace}/{config} (annotation {names.CONFIG_ANNOTATION}) "
-            "does not exist: create it, or fix the annotation"
+            "does not exist: create it, or fix the annotation",
+            REASON_CONFIG_MISSING,
         )
     if not view.valid:
-        raise Refusal(f"SyncConfig {namespace}/{config} is invalid: {view.message}")
+        raise Refusal(
+            f"SyncConfig {namespace}/{config} is invalid: {view.message}", REASON_CONFIG_INVALID
+        )
     if view.mode is Mode.DISABLED:
         return Result(
             warnings=[
@@ -290,8 +313,32 @@ def plan(pod: Mapping[str, Any], namespace: str, lookup: Lookup, defaults: Defau
                 "uploadDir): no sidecar was injected"
             ],
             config=view,
+            skipped=REASON_SYNCING_DISABLED,
         )
-    return _inject(pod, namespace, read_request(pod), view, defaults)
+    return _inject(pod, namespace, _with_reason(read_request, pod), view, defaults)
+
+
+def annotations_refused(pod: Mapping[str, Any]) -> bool:
+    """Whether the webhook would refuse ``pod``'s own trialsync.io/* annotations, whatever
+    its SyncConfig (``read_request`` and ``read_overrides``)."""
+    try:
+        read_request(pod)
+        read_overrides(pod)
+    except Refusal:
+        return True
+    return False
+
+
+_T = TypeVar("_T")
+
+
+def _with_reason(read: Callable[[Mapping[str, Any]], _T], pod: Mapping[str, Any]) -> _T:
+    """``read(pod)``, its Refusal marked as one about the pod's annotations."""
+    try:
+        return read(pod)
+    except Refusal as exc:
+        exc.reason = REASON_INVALID_ANNOTATIONS
+        raise
 
 
 def _inject(
@@ -312,7 +359,7 @@ def _inject(
         if reserved in names_before:
             raise Refusal(f"the pod already has a volume named {reserved!r}")
 
-    overrides = read_overrides(pod)
+    overrides = _with_reason(read_overrides, pod)
     duty = contract.duty_of(view.mode, request.role)
     restore, restore_warnings = _restore(pod, namespace, request, view, duty)
     root, mounts = _trial_volume(

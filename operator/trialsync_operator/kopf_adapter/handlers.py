@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 
 VALIDATE_PATH = "validate-syncconfigs"
 MUTATE_PATH = "mutate-pods"
+#: The handler of the opted-in pods' events (for missed injections).
+POD_EVENTS = "opted-in-pods"
 #: What each path reviews (the chart's rules): the server refuses any other body with 400.
 ENDPOINTS = {
     VALIDATE_PATH: Endpoint(
@@ -49,6 +51,12 @@ def build_registry(controller: Controller, admission: PodAdmission) -> kopf.Oper
         if type == "DELETED" or not controller.is_leader:
             return
         await controller.reconcile(body)
+
+    @kopf.on.event("", "v1", "pods", id=POD_EVENTS, registry=registry)
+    async def opted_in_pod(body: kopf.Body, type: str | None, **_: Any) -> None:
+        # Only opted-in pods are watched (runner: a server-side label selector).
+        if controller.missed is not None:
+            controller.missed.pod_event(type, body)
 
     @kopf.on.validate(
         names.GROUP,

@@ -4,11 +4,13 @@ peering, no posting of log lines as Events, no CRD scanning."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from typing import Any, cast
 
 import kopf
 
+from trialsync_operator import names
 from trialsync_operator.admission.review import PodAdmission
 from trialsync_operator.kopf_adapter import handlers
 from trialsync_operator.kopf_adapter.webhook_server import WebhookServer
@@ -24,7 +26,22 @@ def kopf_settings(server: WebhookServer) -> kopf.OperatorSettings:
     settings.scanning.disabled = True  # the CRD is installed first: no CRD watch (nor RBAC)
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
+    # Pods are watched for missed injections: only those that opt in, filtered by the
+    # apiserver (kopf's own label filter would stream every pod of the cluster here).
+    settings.watching.label_selectors[_is_pods] = f"{names.INJECT_LABEL}=true"
     return settings
+
+
+def quiet_pod_events(record: logging.LogRecord) -> bool:
+    """Drop kopf's line for each opted-in pod's event ("Handler 'opted-in-pods'
+    succeeded."): several per pod, and the handler only notes the pod. Its failures stay."""
+    return record.levelno >= logging.WARNING or not record.getMessage().startswith(
+        f"Handler '{handlers.POD_EVENTS}'"
+    )
+
+
+def _is_pods(resource: kopf.Resource) -> bool:
+    return resource.group == "" and resource.plural == "pods"
 
 
 async def run(
@@ -38,6 +55,7 @@ async def run(
     signal handlers, so that handlers it sets replace kopf's."""
     settings = controller.settings
     registry = handlers.build_registry(controller, admission)
+    logging.getLogger("kopf.objects").addFilter(quiet_pod_events)
     kopf.on.login(registry=registry)(kopf.login_via_client)
     root_tasks = await kopf.spawn_tasks(
         registry=registry,

@@ -36,6 +36,7 @@ import contextvars
 import inspect
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -43,6 +44,7 @@ import aiohttp.web
 import kopf
 
 from trialsync_operator.admission import envelope
+from trialsync_operator.metrics import Metrics
 from trialsync_operator.tls.serving import ServingContext
 
 log = logging.getLogger(__name__)
@@ -135,7 +137,9 @@ class WebhookServer:
         port: int,
         serving: ServingContext,
         endpoints: Mapping[str, envelope.Endpoint],
+        metrics: Metrics | None = None,
     ) -> None:
+        self.metrics = metrics
         self.addr = addr
         self.port = port
         self.serving = serving
@@ -143,12 +147,31 @@ class WebhookServer:
         self.listening = asyncio.Event()
 
     async def __call__(self, fn: kopf.WebhookFn) -> AsyncIterator[kopf.WebhookClientConfig]:
+        latency = (
+            {path: self.metrics.admission_duration.labels(path) for path in self.endpoints}
+            if self.metrics is not None
+            else {}
+        )
+
         async def serve(request: aiohttp.web.Request) -> aiohttp.web.Response:
             webhook = request.match_info.get("id", "")
             endpoint = self.endpoints.get(webhook)
             if endpoint is None:
                 paths = ", ".join(f"/{p}" for p in sorted(self.endpoints))
                 return _refuse(404, f"no webhook at {request.path}: the webhooks are {paths}")
+            histogram = latency.get(webhook)
+            if histogram is None:
+                return await answer(request, endpoint)
+            started = time.perf_counter()
+            try:
+                return await answer(request, endpoint)
+            finally:
+                histogram.observe(time.perf_counter() - started)
+
+        async def answer(
+            request: aiohttp.web.Request, endpoint: envelope.Endpoint
+        ) -> aiohttp.web.Response:
+            webhook = request.match_info.get("id", "")
             encoding = request.headers.get("Content-Encoding", "identity").lower()
             if encoding != "identity":
                 # The listener does not decompress (auto_decompress=False): the apiserver

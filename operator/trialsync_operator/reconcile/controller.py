@@ -13,6 +13,7 @@ from typing import Any
 
 from trialsync_operator import kube
 from trialsync_operator.reconcile.leader import LeaderElector
+from trialsync_operator.reconcile.missed import MissedInjections
 from trialsync_operator.reconcile.reconciler import SYNCCONFIGS, Reconciler
 from trialsync_operator.settings import Settings
 from trialsync_operator.syncconfig import view_of
@@ -32,6 +33,8 @@ class Controller:
         self.kube = client
         self.reconciler = Reconciler(client)
         self.elector: LeaderElector | None = None
+        #: The leader's search for opted-in pods without a sidecar (set by the app).
+        self.missed: MissedInjections | None = None
         #: Set once the index holds every SyncConfig: no admission is answered before.
         self.index_ready = asyncio.Event()
         self._rechecks: dict[tuple[str, str], asyncio.Task[None]] = {}
@@ -110,6 +113,8 @@ class Controller:
             again = True
         if again:
             self._recheck_later(view.namespace, view.name)
+        if self.missed is not None and not view.terminating:
+            self.missed.status_seen(body.get("status") or {})
 
     def _recheck_later(self, namespace: str, name: str) -> None:
         key = (namespace, name)

@@ -31,6 +31,8 @@ SERVICES = "api/v1/services"
 PODS = "api/v1/pods"
 #: Conditions besides Ready, and reasons.
 RETAINED = "HeadServiceRetained"
+#: The conditions this module writes; others in the status are kept as they are.
+OWN_CONDITIONS = frozenset({"Ready", RETAINED})
 REASON_PODS_IN_USE = "PodsInUse"
 REASON_TERMINATING = "Terminating"
 REASON_SECRET_MISSING = "SecretMissing"
@@ -77,6 +79,13 @@ def desired_status(
                 now,
             )
         )
+    # Conditions of other writers (reconcile.missed: MissedInjections) are kept as they are:
+    # the status is patched with the whole list, so merging is by condition type here.
+    conditions.extend(
+        dict(c)
+        for c in current.get("conditions") or []
+        if isinstance(c, Mapping) and c.get("type") not in OWN_CONDITIONS
+    )
     desired: JsonDict = {
         "observedGeneration": view.generation,
         "destination": view.destination,
@@ -274,6 +283,8 @@ class Reconciler:
                     return False
                 raise
             for condition in desired["conditions"]:
+                if condition["type"] not in OWN_CONDITIONS:
+                    continue
                 before = _find(status, condition["type"])
                 changed = before is None or before.get("status") != condition["status"]
                 # Ready's every change; another condition's when it becomes True.
