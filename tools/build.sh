@@ -7,6 +7,9 @@
 # Three sets, each built only when one of its binaries is missing:
 #   control plane (always):  kube-apiserver, etcd, helm                  (tools/go.mod)
 #   monitoring (always):     prometheus, promtool                        (tools/prometheus)
+#                            the prometheus-operator's ServiceMonitor, PodMonitor and
+#                            PrometheusRule CRDs  in prometheus-operator-crds/
+#                                                      (prometheus_operator_version below)
 #   node (with --node):      kubelet, kube-controller-manager, kube-scheduler, kube-proxy
 #                                                                          (tools/go.mod)
 #                            containerd, ctr, containerd-shim-runc-v2      (tools/containerd)
@@ -82,6 +85,10 @@ helm_only_bin="$key_dir/helm-only/bin"
 
 control_plane=(kube-apiserver etcd helm)
 monitoring_set=(prometheus promtool)
+# The CRDs the chart's monitoring objects are checked against, from this release's module
+# (go mod download verifies it against the checksum database).
+prometheus_operator_version=v0.85.0
+prometheus_operator_crds=(servicemonitors podmonitors prometheusrules)
 node_set=(
     kubelet kube-controller-manager kube-scheduler kube-proxy
     containerd ctr containerd-shim-runc-v2 runc coredns pause
@@ -122,7 +129,7 @@ need_control_plane=0
 need_monitoring=0
 need_node=0
 complete "$bin_dir" "${control_plane_set[@]}" || need_control_plane=1
-complete "$bin_dir" "${monitoring_set[@]}" || need_monitoring=1
+complete "$bin_dir" "${monitoring_set[@]}" prometheus-operator-crds || need_monitoring=1
 if [[ $node == 1 ]] && ! complete "$bin_dir" "${node_set[@]}"; then
     need_node=1
 fi
@@ -193,7 +200,8 @@ if [[ $need_control_plane == 1 || $need_monitoring == 1 || $need_node == 1 ]]; t
         # Prometheus 3.X.Y is published as the Go module v0.3XX.Y.
         prometheus_release="${prometheus_version#v0.}"
         prometheus_release="${prometheus_release:0:1}.$((10#${prometheus_release:1:2})).${prometheus_release#*.}"
-        echo "build.sh: building prometheus and promtool (Prometheus $prometheus_release) into $bin_dir" >&2
+        echo "build.sh: building prometheus and promtool (Prometheus $prometheus_release), with" \
+            "the prometheus-operator $prometheus_operator_version CRDs, into $bin_dir" >&2
         start=$SECONDS
         mkdir -p "$tmp/monitoring"
         # remove_all_sd: no service discovery but static targets (the tests scrape a
@@ -203,7 +211,17 @@ if [[ $need_control_plane == 1 || $need_monitoring == 1 || $need_node == 1 ]]; t
             -ldflags="-s -w -X github.com/prometheus/common/version.Version=$prometheus_release -X github.com/prometheus/common/version.Revision=$prometheus_version" \
             -o "$tmp/monitoring/" github.com/prometheus/prometheus/cmd/prometheus \
             github.com/prometheus/prometheus/cmd/promtool)
-        install_set "$tmp/monitoring" "${monitoring_set[@]}"
+        # Outside tools/ (no go.mod around): nothing of ours is read or written.
+        operator_dir="$(cd "$tmp" && go mod download -json \
+            "github.com/prometheus-operator/prometheus-operator@$prometheus_operator_version" |
+            sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')"
+        mkdir -p "$tmp/monitoring/prometheus-operator-crds"
+        for crd in "${prometheus_operator_crds[@]}"; do
+            cp "$operator_dir/example/prometheus-operator-crd/monitoring.coreos.com_$crd.yaml" \
+                "$tmp/monitoring/prometheus-operator-crds/"
+        done
+        chmod 0644 "$tmp"/monitoring/prometheus-operator-crds/*
+        install_set "$tmp/monitoring" "${monitoring_set[@]}" prometheus-operator-crds
         echo "build.sh: prometheus and promtool built in $((SECONDS - start))s" >&2
     fi
 
