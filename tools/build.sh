@@ -4,8 +4,12 @@
 #
 #   ${TRIALSYNC_CACHE:-$HOME/.cache/trialsync}/tools/<key>/bin/
 #
-# Two sets, each built only when one of its binaries is missing:
+# Three sets, each built only when one of its binaries is missing:
 #   control plane (always):  kube-apiserver, etcd, helm                  (tools/go.mod)
+#   monitoring (always):     prometheus, promtool                        (tools/prometheus)
+#                            the prometheus-operator's ServiceMonitor, PodMonitor and
+#                            PrometheusRule CRDs  in prometheus-operator-crds/
+#                                                      (prometheus_operator_version below)
 #   node (with --node):      kubelet, kube-controller-manager, kube-scheduler, kube-proxy
 #                                                                          (tools/go.mod)
 #                            containerd, ctr, containerd-shim-runc-v2      (tools/containerd)
@@ -30,7 +34,8 @@
 # The node set needs Linux, gcc and libseccomp-dev (tools/system-deps.sh installs them).
 #
 # If KUBEBUILDER_ASSETS names a directory holding executable kube-apiserver and etcd, only
-# helm is built (into .../tools/<key>/helm-only/bin) unless the full cache already exists;
+# helm (and the monitoring set) is built (into .../tools/<key>/helm-only/bin) unless the
+# full cache already exists;
 # --bin-dir then prints that helm-only directory and callers must take kube-apiserver and
 # etcd from KUBEBUILDER_ASSETS (localcluster/control_plane.py does). --node ignores
 # KUBEBUILDER_ASSETS: the local cluster runs its own apiserver.
@@ -79,6 +84,11 @@ full_bin="$key_dir/bin"
 helm_only_bin="$key_dir/helm-only/bin"
 
 control_plane=(kube-apiserver etcd helm)
+monitoring_set=(prometheus promtool)
+# The CRDs the chart's monitoring objects are checked against, from this release's module
+# (go mod download verifies it against the checksum database).
+prometheus_operator_version=v0.85.0
+prometheus_operator_crds=(servicemonitors podmonitors prometheusrules)
 node_set=(
     kubelet kube-controller-manager kube-scheduler kube-proxy
     containerd ctr containerd-shim-runc-v2 runc coredns pause
@@ -116,13 +126,15 @@ if [[ $bin_dir == "$helm_only_bin" ]]; then
     control_plane_set=(helm)
 fi
 need_control_plane=0
+need_monitoring=0
 need_node=0
 complete "$bin_dir" "${control_plane_set[@]}" || need_control_plane=1
+complete "$bin_dir" "${monitoring_set[@]}" prometheus-operator-crds || need_monitoring=1
 if [[ $node == 1 ]] && ! complete "$bin_dir" "${node_set[@]}"; then
     need_node=1
 fi
 
-if [[ $need_control_plane == 1 || $need_node == 1 ]]; then
+if [[ $need_control_plane == 1 || $need_monitoring == 1 || $need_node == 1 ]]; then
     mkdir -p "$key_dir"
     # Serialise concurrent builds of the same key (e.g. two checkouts sharing the cache).
     exec 9>"$key_dir/.lock"
@@ -191,6 +203,36 @@ if [[ $need_control_plane == 1 || $need_node == 1 ]]; then
             -o "$tmp/cp/" "${targets[@]}"
         install_set "$tmp/cp" "${names[@]}"
         echo "build.sh: control plane built in $((SECONDS - start))s" >&2
+    fi
+
+    if [[ $need_monitoring == 1 ]] && ! complete "$bin_dir" "${monitoring_set[@]}"; then
+        prometheus_version="$(module_version prometheus github.com/prometheus/prometheus)"
+        # Prometheus 3.X.Y is published as the Go module v0.3XX.Y.
+        prometheus_release="${prometheus_version#v0.}"
+        prometheus_release="${prometheus_release:0:1}.$((10#${prometheus_release:1:2})).${prometheus_release#*.}"
+        echo "build.sh: building prometheus and promtool (Prometheus $prometheus_release), with" \
+            "the prometheus-operator $prometheus_operator_version CRDs, into $bin_dir" >&2
+        start=$SECONDS
+        mkdir -p "$tmp/monitoring"
+        # remove_all_sd: no service discovery but static targets (the tests scrape a
+        # sidecar on loopback), so none of the cloud SDKs is compiled in.
+        (cd prometheus && CGO_ENABLED=0 go build -mod=readonly -p "$jobs" -trimpath \
+            -tags remove_all_sd \
+            -ldflags="-s -w -X github.com/prometheus/common/version.Version=$prometheus_release -X github.com/prometheus/common/version.Revision=$prometheus_version" \
+            -o "$tmp/monitoring/" github.com/prometheus/prometheus/cmd/prometheus \
+            github.com/prometheus/prometheus/cmd/promtool)
+        # Outside tools/ (no go.mod around): nothing of ours is read or written.
+        operator_dir="$(cd "$tmp" && go mod download -json \
+            "github.com/prometheus-operator/prometheus-operator@$prometheus_operator_version" |
+            sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')"
+        mkdir -p "$tmp/monitoring/prometheus-operator-crds"
+        for crd in "${prometheus_operator_crds[@]}"; do
+            cp "$operator_dir/example/prometheus-operator-crd/monitoring.coreos.com_$crd.yaml" \
+                "$tmp/monitoring/prometheus-operator-crds/"
+        done
+        chmod 0644 "$tmp"/monitoring/prometheus-operator-crds/*
+        install_set "$tmp/monitoring" "${monitoring_set[@]}" prometheus-operator-crds
+        echo "build.sh: prometheus and promtool built in $((SECONDS - start))s" >&2
     fi
 
     if [[ $need_node == 1 ]] && ! complete "$bin_dir" "${node_set[@]}"; then

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import subprocess
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -20,11 +21,14 @@ import pytest
 import yaml
 
 from localcluster.control_plane import REPO_ROOT, Kube
+from tests.support.monitoring import ALERTS, DASHBOARD, tool
 from tests.support.operator_process import CRD_PATH, point_webhooks_at, start_operator
-from tests.support.pods import opted_in_pod, sidecars, syncconfig
+from tests.support.pods import DEFAULTS, lookup_for, opted_in_pod, sidecars, syncconfig
 from tests.support.requirements import external_cluster_only, unavailable
 from tests.support.sidecar_process import wait_for
+from trialsync import contract
 from trialsync_operator import names
+from trialsync_operator.admission import injection
 
 pytestmark = pytest.mark.k8s
 CHART = REPO_ROOT / "charts" / "trialsync"
@@ -254,6 +258,8 @@ def test_only_values_the_operator_reads_roll_its_replicas(kube: Kube) -> None:
         ("certificates.rotateBeforeDays=365", "rotateBeforeDays"),
         ("sidecar.allowedImages={registry.example.com/*/s}", "allowedImages"),
         ("sidecar.allowedImages={me/s'1}", "allowedImages"),
+        ("monitoring.prometheusRule.dataLossWindowSeconds=0", "dataLossWindowSeconds"),
+        ("monitoring.podMonitor.interval=soon", "interval"),
     ],
 )
 def test_the_values_schema_refuses_bad_values(kube: Kube, value: str, says: str) -> None:
@@ -269,6 +275,110 @@ def test_the_values_schema_refuses_bad_values(kube: Kube, value: str, says: str)
     )
     assert result.returncode != 0
     assert says in result.stderr
+
+
+MONITORING = (
+    "monitoring.dashboard.enabled=true",
+    "monitoring.serviceMonitor.enabled=true",
+    "monitoring.serviceMonitor.labels.release=kube-prometheus",
+    "monitoring.podMonitor.enabled=true",
+    "monitoring.prometheusRule.enabled=true",
+    "monitoring.prometheusRule.dataLossWindowSeconds=900",
+)
+MONITORING_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
+
+
+def test_monitoring_is_off_by_default(kube: Kube) -> None:
+    docs = _render(kube)
+    assert not MONITORING_KINDS & {d["kind"] for d in docs}
+    assert not [d for d in docs if d["kind"] == "ConfigMap"]
+
+
+def test_the_monitoring_objects_scrape_the_operator_and_every_injected_sidecar(
+    kube: Kube, tmp_path: Path
+) -> None:
+    namespace = kube.create_namespace(f"chart-{uuid.uuid4().hex[:8]}")
+    watched = kube.create_namespace(f"ml-{uuid.uuid4().hex[:8]}")  # the chart's Roles go there
+    docs = _render(
+        kube, *MONITORING, f"operator.watchNamespaces={{{watched}}}", namespace=namespace
+    )
+    by_kind = {d["kind"]: d for d in docs if d["kind"] in MONITORING_KINDS | {"ConfigMap"}}
+    assert set(by_kind) == MONITORING_KINDS | {"ConfigMap"}
+    # The dashboard, for Grafana's sidecar to find by its label.
+    dashboard = by_kind["ConfigMap"]
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert json.loads(dashboard["data"]["trialsync.json"]) == json.loads(DASHBOARD.read_text())
+    # The sidecars: the label and the port name the webhook gives every injected pod.
+    pod = opted_in_pod("p", "exp")
+    config = syncconfig("exp", {"uploadDir": "s3://bucket/x"})
+    config["metadata"].update(namespace=watched, uid="u", generation=1)
+    injected = injection.plan(pod, watched, lookup_for(config), DEFAULTS).patch
+    assert injected is not None
+    [sidecar] = [c for c in injected["initContainers"] if c["name"] == names.SIDECAR_NAME]
+    ports = {p["containerPort"]: p["name"] for p in sidecar["ports"]}
+    monitor = by_kind["PodMonitor"]["spec"]
+    assert monitor["podMetricsEndpoints"][0]["port"] == ports[contract.HTTP_PORT]
+    assert monitor["podMetricsEndpoints"][0]["path"] == "/metrics"
+    [selects] = monitor["selector"]["matchExpressions"]
+    assert selects == {"key": names.CONFIG_LABEL, "operator": "Exists"}
+    assert names.CONFIG_LABEL in injected["labels"]
+    assert monitor["namespaceSelector"] == {"matchNames": [watched]}
+    # The operator: a Service on its health port, which serves /metrics.
+    service_monitor = by_kind["ServiceMonitor"]
+    assert service_monitor["metadata"]["labels"]["release"] == "kube-prometheus"
+    [service] = [
+        d for d in docs if d["kind"] == "Service" and d["metadata"]["name"].endswith("-metrics")
+    ]
+    wanted = service_monitor["spec"]["selector"]["matchLabels"]
+    assert wanted.items() <= service["metadata"]["labels"].items()
+    [deployment] = [d for d in docs if d["kind"] == "Deployment"]
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    port_names = {p["name"] for p in container["ports"]}
+    assert service_monitor["spec"]["endpoints"][0]["port"] in port_names
+    assert service["spec"]["ports"][0]["targetPort"] in port_names
+    # The alerts: the file's, with the threshold from the values; promtool takes them.
+    rules = by_kind["PrometheusRule"]["spec"]
+    expected = ALERTS.read_text().replace(
+        "trialsync_data_loss_window_seconds > 3600", "trialsync_data_loss_window_seconds > 900"
+    )
+    assert rules == {"groups": yaml.safe_load(expected)["groups"]}
+    rendered = tmp_path / "rules.yaml"
+    rendered.write_text(yaml.safe_dump(rules))
+    checked = subprocess.run(
+        [str(tool("promtool")), "check", "rules", str(rendered)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    # Every object against the apiserver's schemas, the prometheus-operator's CRDs
+    # included, strictly.
+    _install_prometheus_operator_crds(kube)
+    validated = kube.kubectl(
+        "apply",
+        "--dry-run=server",
+        "--validate=strict",
+        "-f",
+        "-",
+        input="\n---\n".join(yaml.safe_dump(d) for d in docs),
+        check=False,
+    )
+    assert validated.returncode == 0, validated.stderr
+
+
+def _install_prometheus_operator_crds(kube: Kube) -> None:
+    """The ServiceMonitor, PodMonitor and PrometheusRule CRDs tools/build.sh fetched, unless
+    the cluster has them already (an external one's are left alone)."""
+    crds = tool("promtool").parent / "prometheus-operator-crds"
+    if not crds.is_dir():
+        unavailable(f"no {crds}: run `bash tools/build.sh`")
+    for path in sorted(crds.glob("*.yaml")):
+        name = yaml.safe_load(path.read_text())["metadata"]["name"]
+        if kube.kubectl("get", "crd", name, check=False).returncode != 0:
+            kube.kubectl("create", "-f", str(path))
+        kube.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{name}")
 
 
 @dataclasses.dataclass(frozen=True)

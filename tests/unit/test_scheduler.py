@@ -290,3 +290,29 @@ async def test_a_stop_that_comes_with_a_change_still_stops_the_scheduler() -> No
     done, _ = await asyncio.wait({task}, timeout=60)
     assert task in done
     assert task.cancelled()
+
+
+async def test_failing_since_holds_the_first_failure_until_a_success() -> None:
+    """What the TrialsyncSidecarFailing alert compares with syncTimeout."""
+    engine = FakeEngine()
+    engine.fail_next = 3
+    metrics = Metrics()
+    scheduler = Scheduler(engine, periodic_plan(timeout=60.0), metrics)  # type: ignore[arg-type]
+    assert metrics.sync_timeout._value.get() == 60.0
+    assert metrics.failing_since._value.get() == 0
+    seen: list[float] = []
+    task = asyncio.create_task(scheduler.run())
+    try:
+        while len(engine.runs) < 4:
+            seen.append(metrics.failing_since._value.get())
+            await asyncio.sleep(0.25)
+        await asyncio.sleep(1)  # the fourth run ends
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    failing = [value for value in seen if value]
+    assert failing, "the failures were never marked"
+    assert len(set(failing)) == 1, "a later failure moved the start"
+    assert engine.fail_next == 0
+    assert metrics.failing_since._value.get() == 0  # the fourth run succeeded

@@ -332,8 +332,14 @@ class SyncEngine:
             await self.sync_files(kinds)
 
         async def publish(checkpoint: str) -> None:
-            settled = now - self.activity.get(checkpoint, now - settle) >= settle
-            await self.publish(checkpoint, complete=checkpoint in work.complete or settled)
+            last = self.activity.get(checkpoint, now - settle)
+            settled = now - last >= settle
+            # Complete since its settle window ended, or since this run started if a
+            # trigger declared it complete sooner.
+            since = min(last + settle, now)
+            await self.publish(
+                checkpoint, complete=checkpoint in work.complete or settled, complete_since=since
+            )
 
         # Several at once: one checkpoint's verify listing and manifest write overlap
         # with the next one's uploads (the upload gates still bound the transfers).
@@ -384,7 +390,9 @@ class SyncEngine:
         self.dirty -= done
         return failures
 
-    async def publish(self, checkpoint: str, complete: bool = True) -> None:
+    async def publish(
+        self, checkpoint: str, complete: bool = True, complete_since: float | None = None
+    ) -> None:
         """Upload a checkpoint dir, verify it, then write its manifest (marker-last).
 
         With ``complete`` False only the files go up: they are safe, and the manifest
@@ -392,7 +400,8 @@ class SyncEngine:
         stat'ed again: unless every file has exactly the name, size and mtime that was
         uploaded, the manifest waits for the checkpoint to settle again. A checkpoint that
         is gone (deleted mid-upload) or empty is dropped; one with an unreadable file waits
-        for a change to it.
+        for a change to it. ``complete_since``: the loop time the checkpoint was complete
+        (default: now), from which its publish latency is measured.
         """
         started = _now()
         files = await self._scan_checkpoint(checkpoint)
@@ -446,6 +455,10 @@ class SyncEngine:
         self.activity.pop(checkpoint, None)
         self.last_durable = time.time()
         self.metrics.checkpoints_published.inc()
+        written = _now()
+        self.metrics.publish_latency.observe(
+            max(0.0, written - (started if complete_since is None else complete_since))
+        )
         log.info(
             "checkpoint published",
             extra={

@@ -67,6 +67,7 @@ class Scheduler:
         self._retry_at: float | None = None
         self._next_periodic = 0.0
         self._next_reconcile: float | None = None
+        metrics.sync_timeout.set(plan.timeout)
 
     def wake(self) -> None:
         """Something changed on disk: re-evaluate what is due."""
@@ -210,12 +211,15 @@ class Scheduler:
         self.metrics.syncs.labels("success").inc()
         self.metrics.duration.observe(elapsed)
         self.metrics.last_success.set(time.time())
+        self.metrics.failing_since.set(0)
         if work is not None:
             self.ready.set()
         return True
 
     def _failed(self, reason: str, message: str, work: Round | None) -> None:
         self.failures += 1
+        if self.failures == 1:
+            self.metrics.failing_since.set(time.time())
         self.failing.set()
         delay = self.backoff()
         self._retry_at = asyncio.get_running_loop().time() + delay
@@ -300,6 +304,7 @@ class Scheduler:
                 if not self.engine.unsynced_files():
                     self.metrics.syncs.labels("success").inc()
                     self.metrics.last_success.set(time.time())
+                    self.metrics.failing_since.set(0)
                     self.ready.set()
                     return True
                 # Files changed while they were read: once more, shortly.

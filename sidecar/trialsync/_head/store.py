@@ -306,8 +306,11 @@ class HeadStore:
         retries = RETRIES if retries is None else retries
         attempt = 0
         registered_again = False
+        operation = _operation(method, url, params)
         while True:
             credential = self._token if shared else await self._credential()
+            if self._metrics is not None:
+                self._metrics.count_request(operation)
             sent = {**(headers or {}), "Authorization": f"Bearer {credential}"}
             watchdog = asyncio.timeout(None)
             try:
@@ -472,6 +475,15 @@ def _read_identity(path: str, head_url: str) -> str | None:
         return None
     identity = kept.get("identity")
     return identity if isinstance(identity, str) and identity else None
+
+
+def _operation(method: str, url: URL, params: dict[str, str] | None) -> str:
+    """The ``trialsync_store_requests_total`` operation of a request to the head."""
+    if OBJECTS_PATH not in url.path:
+        return "other"  # registration, claims
+    if method == "GET":
+        return "list" if params is not None else "get"
+    return {"PUT": "put", "DELETE": "delete"}.get(method, "other")
 
 
 async def _nothing(response: aiohttp.ClientResponse) -> None:

@@ -20,7 +20,7 @@ from trialsync._head.store import HeadStore
 from trialsync._process import credential_watch, status_server, storage_api
 from trialsync._process.settings import ConfigError, Settings
 from trialsync._stores import aborts, credentials
-from trialsync._stores.base import Store
+from trialsync._stores.base import Store, ignore_request
 from trialsync._util import backoff, tasks, tls
 from trialsync.contract import Duty, Role
 from trialsync.metrics import Metrics
@@ -70,6 +70,7 @@ def build_store(settings: Settings, metrics: Metrics | None = None) -> Store:
         part_size=settings.part_size,
         s3_botocore=settings.s3_client == "botocore",
         credentials_dir=settings.credentials_dir,
+        on_request=metrics.count_request if metrics else ignore_request,
     )
 
 

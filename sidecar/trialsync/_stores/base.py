@@ -8,11 +8,20 @@ a worker that syncs to the head loads no storage client through it.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Protocol, runtime_checkable
 
 #: S3 allows 10,000 parts to an object; the other stores' chunked uploads follow suit.
 MAX_PARTS = 10_000
+#: Called with the operation of each request a store sends (``Metrics.count_request``;
+#: ``trialsync.metrics.STORE_OPERATIONS`` names them).
+RequestCounter = Callable[[str], None]
+
+
+def ignore_request(operation: str) -> None:
+    """The ``RequestCounter`` of a store nobody counts the requests of."""
+
+
 #: The parts of one file in flight: about ``part_size * PART_CONCURRENCY`` of memory for
 #: each large file being uploaded.
 PART_CONCURRENCY = 4

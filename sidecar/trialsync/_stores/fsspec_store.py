@@ -65,6 +65,7 @@ class RemoteStore:
         credential_files: tuple[str, ...] = (),
         s3_botocore: bool = False,
         credentials_dir: str | None = None,
+        on_request: base.RequestCounter = base.ignore_request,
     ) -> None:
         self.upload_dir = upload_dir.rstrip("/")
         protocol, _ = split_protocol(self.upload_dir)
@@ -72,6 +73,9 @@ class RemoteStore:
         self._options = dict(storage_options or {})
         self._part_size = part_size
         self._part_concurrency = part_concurrency
+        # S3's requests are counted by the client that sends them (each attempt), GCS
+        # uploads by gcs_upload; the other calls of an fsspec backend here, one each.
+        self._count = on_request
         self._credential_files = credential_files
         # A mounted credentials Secret, read into the environment (None: the environment
         # alone, as outside Kubernetes).
@@ -164,7 +168,10 @@ class RemoteStore:
         s3: s3_upload.S3Api | None = None
         bucket = prefix = ""
         if self.protocol in ("s3", "s3a"):
+            _count_botocore_requests(fs.s3, self._count)
             lean = s3_client.S3Client.from_botocore(fs.s3) if self._lean_s3 else None
+            if lean is not None:
+                lean.on_request = self._count
             s3 = lean or s3_upload.BotocoreApi(fs)
             # Parsed once here, not for every upload.
             bucket, prefix, _ = fs.split_path(root.rstrip("/"))
@@ -211,6 +218,7 @@ class RemoteStore:
                     f"{self.upload_dir}: the bucket does not exist ({exc})"
                 ) from exc
             return
+        self._count("list")
         if not self.is_async:
             await asyncio.to_thread(_check_writable_dir, c.fs, c.root, self.upload_dir)
             return
@@ -243,26 +251,31 @@ class RemoteStore:
                 )
             elif self.protocol in ("gs", "gcs"):
                 await gcs_upload.put_file(
-                    c.fs, local_path, self._path(c, rel), size, self._part_size
+                    c.fs, local_path, self._path(c, rel), size, self._part_size, self._count
                 )
             elif not self.is_async:
+                self._count("put")
                 # A blocking backend runs in a thread that a timeout cannot stop; the retry
                 # rewrites the same content, so an abandoned copy does no harm.
                 await asyncio.to_thread(_copy_blocking, c.fs, local_path, self._path(c, rel), size)
             elif size < 2 * self._part_size:
+                self._count("put")
                 data = await small_reads.read_exact(local_path, size)
                 await c.fs._pipe_file(self._path(c, rel), data)
             else:
                 # Another async backend: its own streaming upload (which reads the file's
                 # current size, not the scanned one; the re-check before a manifest
                 # catches a file that changed).
+                self._count("put")
                 await c.fs._put_file(local_path, self._path(c, rel))
 
     async def put_bytes(self, rel: str, data: bytes) -> None:
         async with self._clients() as c:
             if c.s3 is not None:
                 await c.s3.put_object(c.bucket, self._key(c, rel), data)
-            elif self.is_async:
+                return
+            self._count("put")
+            if self.is_async:
                 await c.fs._pipe_file(self._path(c, rel), data)
             else:
                 await asyncio.to_thread(_pipe_blocking, c.fs, self._path(c, rel), data)
@@ -271,6 +284,7 @@ class RemoteStore:
         async with self._clients() as c:
             if c.s3 is not None:
                 return await c.s3.get_object(c.bucket, self._key(c, rel))
+            self._count("get")
             if self.is_async:
                 data: bytes = await c.fs._cat_file(self._path(c, rel))
                 return data
@@ -281,6 +295,7 @@ class RemoteStore:
         async with self._clients() as c:
             if c.s3 is not None:
                 return await c.s3.get_range(c.bucket, self._key(c, rel), start, end)
+            self._count("get")
             if self.is_async:
                 data: bytes = await c.fs._cat_file(self._path(c, rel), start=start, end=end)
                 return data
@@ -309,6 +324,7 @@ class RemoteStore:
                 return await self._list_s3(c, c.s3, self._key(c, rel_prefix))
             fs = c.fs
             base = self._path(c, rel_prefix)
+            self._count("list")
             try:
                 if self.is_async:
                     fs.invalidate_cache(base)
@@ -343,6 +359,7 @@ class RemoteStore:
                     return None
                 return None
             path = self._path(c, rel)
+            self._count("head")
             try:
                 if self.is_async:
                     c.fs.invalidate_cache(path)
@@ -393,6 +410,7 @@ class RemoteStore:
                 await tasks.bounded(DELETES_IN_FLIGHT, paths, one)
 
     async def _rm(self, fs: Any, paths: Sequence[str]) -> None:
+        self._count("delete")
         if self.is_async:
             await fs._rm(list(paths))
         else:
@@ -407,6 +425,34 @@ class RemoteStore:
             await self._close_clients(current)
         if self._closing:
             await asyncio.wait(set(self._closing))
+
+
+#: botocore's operations, as ``trialsync_store_requests_total`` names them.
+_BOTOCORE_OPERATIONS = {
+    "PutObject": "put",
+    "UploadPart": "put_part",
+    "CreateMultipartUpload": "multipart_start",
+    "CompleteMultipartUpload": "multipart_complete",
+    "AbortMultipartUpload": "multipart_abort",
+    "GetObject": "get",
+    "HeadObject": "head",
+    "HeadBucket": "head",
+    "ListObjectsV2": "list",
+    "ListObjects": "list",
+    "DeleteObject": "delete",
+    "DeleteObjects": "delete",
+}
+
+
+def _count_botocore_requests(client: Any, count: base.RequestCounter) -> None:
+    """Count every request the (aio)botocore ``client`` of s3fs sends, retries included."""
+
+    def sending(event_name: str = "", **_: Any) -> None:  # None: the request goes ahead
+        count(_BOTOCORE_OPERATIONS.get(event_name.rpartition(".")[2], "other"))
+
+    events = getattr(getattr(client, "meta", None), "events", None)
+    if events is not None:
+        events.register("before-send.s3", sending)
 
 
 async def _close_client(fs: Any, protocol: str) -> None:

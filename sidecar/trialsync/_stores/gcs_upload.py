@@ -16,6 +16,7 @@ import os
 from typing import Any
 
 from trialsync._stores import aborts
+from trialsync._stores.base import RequestCounter, ignore_request
 from trialsync._util import local_files, small_reads
 
 # GCS: every chunk of a resumable upload but the last must be a multiple of 256 KiB.
@@ -28,16 +29,26 @@ def chunk_size_for(part_size: int) -> int:
     return max(CHUNK_GRAIN, part_size - part_size % CHUNK_GRAIN)
 
 
-async def put_file(fs: Any, local_path: str, rpath: str, size: int, part_size: int) -> None:
-    """Upload the first ``size`` bytes of ``local_path`` to ``rpath`` on gcsfs ``fs``."""
+async def put_file(
+    fs: Any,
+    local_path: str,
+    rpath: str,
+    size: int,
+    part_size: int,
+    count: RequestCounter = ignore_request,
+) -> None:
+    """Upload the first ``size`` bytes of ``local_path`` to ``rpath`` on gcsfs ``fs``;
+    ``count`` is told of each request."""
     from gcsfs import core  # the gcs extra; trialsync imports without it
 
     bucket, key, _ = fs.split_path(rpath)
     content_type = mimetypes.guess_type(local_path)[0] or "application/octet-stream"
     if size < SIMPLE_UPLOAD_MAX:
         data = await small_reads.read_exact(local_path, size)
+        count("put")
         await core.simple_upload(fs, bucket, key, data, content_type=content_type)
         return
+    count("multipart_start")
     location = await core.initiate_upload(fs, bucket, key, content_type)
     chunk = chunk_size_for(part_size)
     try:
@@ -48,11 +59,17 @@ async def put_file(fs: Any, local_path: str, rpath: str, size: int, part_size: i
                 data = await asyncio.to_thread(
                     local_files.pread_exact, fd, length, offset, local_path
                 )
+                count("put_part")
                 await core.upload_chunk(fs, location, data, offset, size, content_type)
         finally:
             os.close(fd)
     except BaseException:
         # As gcsfs does on errors, and also on cancellation: delete the session.
         url = location.replace("&ifGenerationMatch=0", "")
-        aborts.schedule(lambda: fs._call("DELETE", url), f"gs://{bucket}/{key}")
+
+        def abort() -> Any:
+            count("multipart_abort")
+            return fs._call("DELETE", url)
+
+        aborts.schedule(abort, f"gs://{bucket}/{key}")
         raise

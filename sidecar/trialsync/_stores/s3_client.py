@@ -42,7 +42,7 @@ from urllib.parse import quote, unquote_plus, urlsplit
 import aiohttp
 from yarl import URL
 
-from trialsync._stores.base import byte_range
+from trialsync._stores.base import RequestCounter, byte_range, ignore_request
 from trialsync._util import backoff
 
 log = logging.getLogger(__name__)
@@ -255,6 +255,8 @@ class S3Client:
         self._closed = False
         self._keys: dict[tuple[str, str, str], bytes] = {}
         self._bucket_regions: dict[str, str] = {}
+        #: Told the operation of every request sent (each attempt).
+        self.on_request: RequestCounter = ignore_request
 
     @classmethod
     def from_botocore(cls, client: Any, connections: int = 64) -> S3Client | None:
@@ -507,6 +509,7 @@ class S3Client:
         extra_headers: Mapping[str, str] | None = None,
         sink: Sink | None = None,
     ) -> tuple[int, Mapping[str, str], bytes]:
+        self.on_request(operation_of(method, query))
         base, host, path = self._url(bucket, key, region)
         headers = {"Host": host}  # exactly what was signed
         credentials = await self._frozen()
@@ -572,6 +575,19 @@ async def _chunks(
         progress()
         yield view[start : start + WRITE_CHUNK]
     progress()  # the last slice is written: the answer's headers are next
+
+
+def operation_of(method: str, query: Mapping[str, str]) -> str:
+    """The ``trialsync_store_requests_total`` operation of an S3 request."""
+    if method == "GET":
+        return "list" if "list-type" in query else "get"
+    if method == "PUT":
+        return "put_part" if "partNumber" in query else "put"
+    if method == "POST":
+        return "multipart_start" if "uploads" in query else "multipart_complete"
+    if method == "DELETE":
+        return "multipart_abort" if "uploadId" in query else "delete"
+    return "head" if method == "HEAD" else "other"
 
 
 def env_proxy(endpoint: URL) -> str | None:
