@@ -323,7 +323,7 @@ def test_the_monitoring_objects_scrape_the_operator_and_every_injected_sidecar(
     assert selects == {"key": names.CONFIG_LABEL, "operator": "Exists"}
     assert names.CONFIG_LABEL in injected["labels"]
     assert monitor["namespaceSelector"] == {"matchNames": [watched]}
-    # The operator: a Service on its health port, which serves /metrics.
+    # The operator: the metrics Service, whose port leads to the health port (/metrics).
     service_monitor = by_kind["ServiceMonitor"]
     assert service_monitor["metadata"]["labels"]["release"] == "kube-prometheus"
     [service] = [
@@ -336,8 +336,11 @@ def test_the_monitoring_objects_scrape_the_operator_and_every_injected_sidecar(
     assert service["spec"]["selector"].items() <= pod_labels.items()
     [container] = deployment["spec"]["template"]["spec"]["containers"]
     port_names = {p["name"] for p in container["ports"]}
-    assert service_monitor["spec"]["endpoints"][0]["port"] in port_names
-    assert service["spec"]["ports"][0]["targetPort"] in port_names
+    # A ServiceMonitor names the Service's port; the Service's port targets the container's.
+    [service_port] = service["spec"]["ports"]
+    assert service_monitor["spec"]["endpoints"][0]["port"] == service_port["name"]
+    assert service_port["targetPort"] == "health"
+    assert "health" in port_names
     # The alerts: the file's, with the threshold from the values; promtool takes them.
     rules = by_kind["PrometheusRule"]["spec"]
     expected = ALERTS.read_text().replace(

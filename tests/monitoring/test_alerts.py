@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.support.monitoring import ALERTS, OPERATOR_METRICS, metrics_in, sidecar_series, tool
+from tests.support.monitoring import ALERTS, metrics_in, operator_series, sidecar_series, tool
 
 HERE = Path(__file__).parent
 
@@ -36,4 +36,4 @@ def test_every_alert_is_tested_and_queries_metrics_that_exist() -> None:
     tested = {case["alertname"] for t in tests for case in t["alert_rule_test"]}
     assert tested == {r["alert"] for r in rules}
     queried = metrics_in(r["expr"] for r in rules)
-    assert queried <= sidecar_series() | OPERATOR_METRICS, queried - sidecar_series()
+    assert queried <= sidecar_series() | operator_series(), queried - sidecar_series()

@@ -10,20 +10,12 @@ from pathlib import Path
 
 from tests.support.requirements import unavailable
 from trialsync.metrics import Metrics
+from trialsync_operator.metrics import Metrics as OperatorMetrics
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHART_FILES = REPO_ROOT / "charts" / "trialsync" / "files"
 ALERTS = CHART_FILES / "alerts.yaml"
 DASHBOARD = CHART_FILES / "dashboard.json"
-
-#: The operator's metrics the chart queries, as docs/operator.md ("Monitoring") lists them.
-OPERATOR_METRICS = frozenset(
-    {
-        "trialsync_missed_injections",
-        "trialsync_injection_succeeded_total",
-        "trialsync_injection_failed_total",
-    }
-)
 
 _SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
 
@@ -41,6 +33,14 @@ def sidecar_series() -> set[str]:
     """Every series name the sidecar's registry serves (a histogram's three)."""
     names: set[str] = set()
     for family in Metrics().registry.collect():
+        names.update(family.name + suffix for suffix in _SUFFIXES[family.type])
+    return names
+
+
+def operator_series() -> set[str]:
+    """Every series name the operator's registry serves (a histogram's three)."""
+    names: set[str] = set()
+    for family in OperatorMetrics().registry.collect():
         names.update(family.name + suffix for suffix in _SUFFIXES[family.type])
     return names
 
