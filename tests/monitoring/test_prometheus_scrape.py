@@ -5,93 +5,20 @@ query API with the values the store's contents prove."""
 from __future__ import annotations
 
 import json
-import subprocess
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
 
 from localcluster.object_stores import S3Bucket, S3Server
-from localcluster.processes import free_port
 from tests.support import trials
-from tests.support.monitoring import tool
+from tests.support.monitoring import Prometheus
 from tests.support.sidecar_process import Sidecar, wait_for
 from trialsync._engine.layout import MANIFEST_NAME, Layout
 
 MiB = 2**20
 CHECKPOINT = "exp/trial_00000/checkpoint_000001"
-
-
-class Prometheus:
-    """``prometheus`` scraping ``target`` every second, its API on a loopback port."""
-
-    def __init__(self, target: str, workdir: Path) -> None:
-        self.port = free_port()
-        config = {
-            "global": {"scrape_interval": "1s", "scrape_timeout": "1s"},
-            "scrape_configs": [
-                {
-                    "job_name": "trialsync-sidecar",
-                    "static_configs": [{"targets": [target], "labels": {"pod": "trainer-0"}}],
-                }
-            ],
-        }
-        (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
-        self.log_path = workdir / "prometheus.log"
-        self._log = self.log_path.open("wb")
-        self.proc = subprocess.Popen(
-            [
-                str(tool("prometheus")),
-                f"--config.file={workdir / 'prometheus.yml'}",
-                f"--storage.tsdb.path={workdir / 'data'}",
-                f"--web.listen-address=127.0.0.1:{self.port}",
-            ],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-
-    def _get(self, path: str) -> Any:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as r:
-            return json.loads(r.read()) if path.startswith("/api/") else r.status
-
-    def ready(self) -> bool:
-        if self.proc.poll() is not None:
-            raise AssertionError(f"prometheus exited:\n{self.log_path.read_text()}")
-        try:
-            return bool(self._get("/-/ready") == 200)
-        except OSError:
-            return False
-
-    def query(self, expr: str) -> dict[str, float]:
-        """An instant query: {the series' labels as JSON: value}."""
-        answer = self._get("/api/v1/query?" + urllib.parse.urlencode({"query": expr}))
-        assert answer["status"] == "success", answer
-        return {
-            json.dumps(item["metric"], sort_keys=True): float(item["value"][1])
-            for item in answer["data"]["result"]
-        }
-
-    def value(self, expr: str) -> float | None:
-        """The value of an expression with one series (None: no series yet)."""
-        result = self.query(expr)
-        assert len(result) <= 1, result
-        return next(iter(result.values()), None)
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(30)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-                self.proc.wait()
-            self._log.close()
 
 
 @pytest.fixture
@@ -113,7 +40,8 @@ def sidecar(seaweedfs: S3Server, s3_bucket: S3Bucket, tmp_path: Path) -> Iterato
 def prometheus(sidecar: Sidecar, tmp_path: Path) -> Iterator[Prometheus]:
     workdir = tmp_path / "prometheus"
     workdir.mkdir()
-    server = Prometheus(f"127.0.0.1:{sidecar.port}", workdir)
+    server = Prometheus({"trialsync-sidecar": [f"127.0.0.1:{sidecar.port}"]}, workdir,
+                        labels={"pod": "trainer-0"})  # fmt: skip
     try:
         wait_for(server.ready, 60, what="prometheus ready")
         yield server

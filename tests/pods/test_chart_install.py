@@ -16,7 +16,9 @@ import socket
 import ssl
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -36,8 +38,10 @@ from tests.pods.trial_pods import (
     training_job,
     written_files,
 )
+from tests.support.monitoring import Prometheus
 from tests.support.pods import sidecars, syncconfig
 from tests.support.sidecar_process import wait_for
+from trialsync import contract
 from trialsync_operator import names
 
 pytestmark = pytest.mark.timeout(900)
@@ -303,7 +307,7 @@ def test_helm_upgrade_rolls_the_replicas_without_a_failed_admission(
 
 
 def test_with_the_operator_scaled_to_zero_the_failure_policy_decides(
-    cluster: Cluster, installed: str, cluster_namespace: str
+    cluster: Cluster, installed: str, cluster_namespace: str, cluster_timings: dict[str, float]
 ) -> None:
     ns = cluster_namespace
     cluster.apply(syncconfig("exp", {"uploadDir": "s3://bucket/x"}), ns)
@@ -335,6 +339,118 @@ def test_with_the_operator_scaled_to_zero_the_failure_policy_decides(
             "upgrade", RELEASE, str(CHART), "-n", installed, "--reuse-values", "--wait",
             "--set=webhook.failurePolicy=Fail", "--set=operator.replicas=2",
         )  # fmt: skip
+    # Back up, the operator finds the pod admitted without its sidecar within 30 s of
+    # leading: an Event on the pod and a condition on its SyncConfig.
+    back = time.monotonic()
+
+    def reported() -> bool:
+        condition = _condition(cluster.get("syncconfig", "exp", ns), "MissedInjections")
+        return bool(condition and condition["status"] == "True" and _missed_events(cluster, ns))
+
+    wait_for(reported, 30 + LEASE_TAKEOVER_S, what="the missed injection reported")
+    cluster_timings["operator back to a missed injection reported"] = time.monotonic() - back
+    condition = _condition(cluster.get("syncconfig", "exp", ns), "MissedInjections")
+    assert condition is not None
+    assert "admitted" in condition["message"]
+    assert _missed_events(cluster, ns) == {"admitted"}, "only the pod without its sidecar"
+
+
+#: How long a new replica may wait for the old leader's Lease to expire before it leads.
+LEASE_TAKEOVER_S = 20
+
+
+def _condition(obj: Manifest, kind: str) -> dict[str, Any] | None:
+    conditions = obj.get("status", {}).get("conditions", [])
+    return next((dict(c) for c in conditions if c["type"] == kind), None)
+
+
+def _missed_events(cluster: Cluster, ns: str) -> set[str]:
+    """The pods of ``ns`` with a MissedInjection Event."""
+    out = cluster.kube.kubectl(
+        "get", "events", "-n", ns, "--field-selector=reason=MissedInjection", "-o", "json"
+    ).stdout
+    return {e["involvedObject"]["name"] for e in json.loads(out)["items"]}
+
+
+def _metric(text: str, name: str) -> float:
+    """The sum of a metric's samples in Prometheus text ``text``."""
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith((name + " ", name + "{"))
+    )
+
+
+def test_a_prometheus_on_the_node_scrapes_the_operator_and_the_sidecars(
+    cluster: Cluster,
+    installed: str,
+    cluster_s3: ClusterS3,
+    cluster_namespace: str,
+    tmp_path: Path,
+) -> None:
+    """A real Prometheus in the node's network scrapes the operator's replicas and an
+    injected sidecar at their pod IPs, as an in-cluster Prometheus would: what it holds is
+    what they counted (the injection of this test's pod, every checkpoint it published)."""
+    assert cluster.local is not None, "the node's network namespace"
+    ns = cluster_namespace
+    bucket = apply_s3_syncconfig(cluster, cluster_s3, ns)
+    operators = [p["status"]["podIP"] for p in _operator_pods(cluster)]
+
+    def injected_so_far() -> float:
+        total = 0.0
+        for ip in operators:
+            with (
+                cluster.forward(ip, 8080) as (host, port),
+                urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=5) as answer,
+            ):
+                total += _metric(answer.read().decode(), "trialsync_injection_success_total")
+        return total
+
+    before = injected_so_far()
+    checkpoints = 3
+    container = trainer(cluster.images.sidecar, trial="t0", checkpoints=checkpoints, then="sleep")
+    cluster.apply(training_job("scraped", opted_in("exp"), container), ns)
+    wait_for(lambda: job_pod(cluster, "scraped", ns)["status"].get("podIP"), 120, what="a pod IP")
+    pod_ip = job_pod(cluster, "scraped", ns)["status"]["podIP"]
+
+    prefix = "results/exp/t0/"
+    manifests = {f"{prefix}checkpoint_{i:06d}/{MANIFEST_NAME}" for i in range(1, checkpoints + 1)}
+    wait_for(
+        lambda: manifests <= set(bucket_objects(cluster_s3.server, bucket, prefix)),
+        120,
+        what="every checkpoint published",
+    )
+    workdir = tmp_path / "prometheus"
+    workdir.mkdir()
+    jobs = {
+        "trialsync-operator": [f"{ip}:8080" for ip in operators],
+        "trialsync-sidecar": [f"{pod_ip}:{contract.HTTP_PORT}"],
+    }
+    prometheus = Prometheus(jobs, workdir, popen=cluster.local.popen_in_netns)
+    try:
+        with cluster.forward("127.0.0.1", prometheus.port) as (host, port):
+            prometheus.api = f"{host}:{port}"
+            wait_for(prometheus.ready, 60, what="prometheus ready")
+            wait_for(
+                lambda: prometheus.value("sum(up)") == len(operators) + 1,
+                60,
+                what="every target scraped",
+            )
+            injected = prometheus.value("sum(trialsync_injection_success_total)")
+            assert injected == before + 1
+            assert prometheus.value("sum(trialsync_checkpoints_published_total)") == checkpoints
+            assert (
+                prometheus.value(
+                    'sum(trialsync_publish_latency_seconds_count{job="trialsync-sidecar"})'
+                )
+                == checkpoints
+            )
+            puts = prometheus.value('sum(trialsync_store_requests_total{operation="put"})')
+            assert puts is not None
+            assert puts >= len(bucket_objects(cluster_s3.server, bucket, prefix))
+            assert prometheus.value("sum(trialsync_operator_leader)") == 1
+    finally:
+        prometheus.stop()
 
 
 def test_the_charts_service_account_is_refused_what_the_chart_does_not_grant(
