@@ -290,7 +290,7 @@ def _facts(**overrides: Any) -> Facts:
     return Facts(**values)
 
 
-def _pod(labels: Mapping[str, str] | None = None, **annotations: str) -> dict[str, Any]:
+def _pod(labels: Mapping[str, str] | None = None, /, **annotations: str) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -315,14 +315,14 @@ def _verdicts(report: checks.Report) -> dict[str, Verdict]:
     ("pod", "namespace", "facts", "failed", "says"),
     [
         (
-            _pod(labels={}),
+            _pod({}),
             "ml",
             {},
             "opt-in label",
             "trialsync.io/inject=true (it has no such label)",
         ),
         (
-            _pod(labels={names.INJECT_LABEL: "yes"}),
+            _pod({names.INJECT_LABEL: "yes"}),
             "ml",
             {},
             "opt-in label",
@@ -494,7 +494,12 @@ def test_a_live_pod_without_its_sidecar_is_explained_by_the_failure_policy(
     checked = _verdicts(report)
     assert checked["sidecar"] is Verdict.FAIL
     assert checked["failurePolicy"] is verdict
-    assert says in next(c.detail for c in report.checks if c.name == "failurePolicy")
+    detail = next(c.detail for c in report.checks if c.name == "failurePolicy")
+    assert says in detail
+    if verdict is Verdict.FAIL:  # the cause, not the symptom
+        assert report.outcome == f"not injected: failurePolicy: {detail}"
+    else:
+        assert report.outcome.startswith("not injected: sidecar: the pod has no")
 
 
 @pytest.mark.parametrize(
@@ -700,3 +705,17 @@ def test_the_console_script_injects_from_stdin(tmp_path: Path) -> None:
     assert done.stdout == documents.dump(
         [patch.apply(pod, assess(pod, "ml", _facts()).ops)], "yaml"
     )
+
+
+def test_a_syncconfig_file_without_a_uid_is_noted_as_not_the_clusters(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = {"apiVersion": names.API_VERSION, "kind": names.KIND, "metadata": {"name": "exp"}}
+    config["spec"] = {"uploadDir": "s3://bucket/x"}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    argv = ["inject", "-f", "-", "-n", "ml", "--syncconfig", str(tmp_path / "config.yaml")]
+    code, out, err = _run(capsys, *argv, stdin=json.dumps(_pod()))
+    assert code == 0
+    assert "note: SyncConfig ml/exp has no metadata.uid" in err
+    status = json.loads(yaml.safe_load(out)["metadata"]["annotations"][names.STATUS_ANNOTATION])
+    assert (status["uid"], status["generation"]) == ("", 0)

@@ -161,6 +161,10 @@ def assess(pod: Mapping[str, Any], namespace: str, facts: Facts, *, live: bool =
             f"the pod has no {names.SIDECAR_NAME}, though the webhook would inject it now",
         )
         _missed(report, facts)
+        # The cause, where one is known, rather than the symptom.
+        failed = [c for c in report.checks if c.verdict is Verdict.FAIL]
+        report.outcome = f"not injected: {failed[-1].name}: {failed[-1].detail}"
+        return report
     report.outcome = f"not injected: {_first_failure(report)}"
     return report
 
@@ -220,9 +224,9 @@ def _reaches_webhook(
         report.add(
             "namespace",
             Verdict.OK,
-            f"{namespace} is not one the chart always leaves out (its release namespace, "
-            "webhook.excludeNamespaces and a namespace's trialsync.io/injection=disabled "
-            "label are known only in the cluster)",
+            f"{namespace} is not a system namespace (the release namespace, "
+            "webhook.excludeNamespaces and the namespace's labels are known only in the "
+            "cluster)",
         )
     return reached
 

@@ -236,6 +236,13 @@ def _offline(
         body["metadata"].setdefault("namespace", default_namespace)
         view = view_of(body, operator.sidecar)
         views[view.key] = view
+        if not view.uid:
+            print(
+                f"note: SyncConfig {view.namespace}/{view.name} has no metadata.uid (it was "
+                "not read from the cluster): the status annotation, and a head-node Secret's "
+                "name, differ from what the cluster's gives",
+                file=sys.stderr,
+            )
         condition = _ready_condition(body)
         if condition is not None:
             ready[view.key] = condition

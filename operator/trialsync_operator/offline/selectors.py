@@ -54,9 +54,9 @@ def namespace_refusal(
         values = ", ".join(str(v) for v in term.get("values") or [])
         if key == NAME_LABEL and operator == "NotIn":
             return (
-                f"namespace {namespace} is one the webhook leaves out ({values}; the chart "
-                "leaves out kube-system, kube-public, kube-node-lease, its release namespace "
-                "and webhook.excludeNamespaces)"
+                f"namespace {namespace} is one the webhook leaves out (its namespaceSelector "
+                f"excludes {values}: the system namespaces, the chart's release namespace and "
+                "webhook.excludeNamespaces)"
             )
         if key == NAME_LABEL and operator == "In":
             return (
