@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import ssl
 import subprocess
 import sys
@@ -579,3 +580,42 @@ def test_inject_and_check_inject_use_the_settings_of_the_operator_pod(
     code, lines = _check(kube, "-f", "-", "-n", down, stdin=json.dumps(opted_in_pod("p", "nope")))
     assert code == 1
     assert _line(lines, "SyncConfig").endswith("(admitted without it: --on-config-error admit)")
+
+
+def test_check_inject_by_a_user_who_may_read_only_their_namespace(kube: Kube, ns: str) -> None:
+    """Webhook configurations and namespaces are cluster-wide: a user who may not read
+    them still gets the checks, against the chart's defaults, saying so."""
+    _config(kube, ns, "exp", {"uploadDir": "s3://bucket/exp"})
+    assert _apply(kube, ns, opted_in_pod("trainer", "exp")).returncode == 0
+    role = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": {"name": "reader", "namespace": ns},
+        "rules": [
+            {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]},
+            {"apiGroups": [names.GROUP], "resources": [names.PLURAL], "verbs": ["list"]},
+        ],
+    }
+    binding = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": {"name": "reader", "namespace": ns},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "reader"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "alice"}],
+    }
+    for body in (role, binding):
+        assert _apply(kube, ns, body).returncode == 0
+    alice = kube.user_kubeconfig("alice")
+    done = subprocess.run(
+        [sys.executable, "-m", "trialsync.cli", "check-inject", "trainer", "-n", ns],
+        env={**os.environ, "KUBECONFIG": str(alice)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert "the webhook configurations cannot be read" in _line(lines, "operator settings")
+    assert "HTTP 403" in _line(lines, "operator settings")
+    assert lines[-1] == "verdict: injected"

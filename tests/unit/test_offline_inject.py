@@ -719,3 +719,31 @@ def test_a_syncconfig_file_without_a_uid_is_noted_as_not_the_clusters(
     assert "note: SyncConfig ml/exp has no metadata.uid" in err
     status = json.loads(yaml.safe_load(out)["metadata"]["annotations"][names.STATUS_ANNOTATION])
     assert (status["uid"], status["generation"]) == ("", 0)
+
+
+def test_a_cluster_that_cannot_be_reached_is_a_usage_error(tmp_path: Path) -> None:
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:1"}}],
+        "users": [{"name": "u", "user": {"token": "t"}}],
+        "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u", "namespace": "ml"}}],
+        "current-context": "x",
+    }
+    (tmp_path / "kubeconfig").write_text(json.dumps(config))
+    done = subprocess.run(
+        [sys.executable, "-m", "trialsync.cli", "check-inject", "trainer"],
+        env={**os.environ, "KUBECONFIG": str(tmp_path / "kubeconfig")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert done.stderr.startswith("trialsync check-inject: reading the cluster failed:")
+
+
+def test_inject_without_a_file_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = _run(capsys, "inject", "--syncconfig", str(SYNCCONFIGS))
+    assert code == 2
+    assert "give the objects with -f FILE (- for stdin)" in err

@@ -9,15 +9,18 @@ import asyncio
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from trialsync import contract
 from trialsync_operator import names, settings
 from trialsync_operator.admission import patch
 from trialsync_operator.offline import documents
-from trialsync_operator.offline.checks import Facts, Report, assess
+from trialsync_operator.offline.checks import CHART_WEBHOOK, Facts, Report, Webhook, assess
 from trialsync_operator.settings import Settings
 from trialsync_operator.syncconfig import ConfigView, view_of
+
+if TYPE_CHECKING:
+    from trialsync_operator.offline import live
 
 JsonDict = dict[str, Any]
 USAGE_ERROR = 2
@@ -44,8 +47,11 @@ def inject_main(argv: Sequence[str], stdin: TextIO | None = None) -> int:
     parser.add_argument("-o", "--output", choices=["yaml", "json"], default="yaml")
     try:
         args = parser.parse_args(list(argv))
+        if args.filename is None:
+            raise UsageError("give the objects with -f FILE (- for stdin)")
         objects = documents.load(_read(args.filename, stdin), args.filename)
         facts_for = _facts_source(args, objects)
+        _prefetch(facts_for, objects, args.namespace_or_default)
     except SystemExit as exc:
         return int(exc.code or 0)
     except (UsageError, documents.InputError, settings.ConfigError) as exc:
@@ -113,6 +119,7 @@ def check_main(argv: Sequence[str], stdin: TextIO | None = None) -> int:
             return _check_live(args)
         objects = documents.load(_read(args.filename, stdin), args.filename)
         facts_for = _facts_source(args, objects)
+        _prefetch(facts_for, objects, args.namespace_or_default)
     except SystemExit as exc:
         return int(exc.code or 0)
     except (UsageError, documents.InputError, settings.ConfigError) as exc:
@@ -143,6 +150,14 @@ def check_main(argv: Sequence[str], stdin: TextIO | None = None) -> int:
 
 
 FactsFor = Callable[[str], Facts]
+
+
+def _prefetch(facts_for: FactsFor, objects: Sequence[Mapping[str, Any]], default: str) -> None:
+    """The facts of every namespace the objects are in, before any output: a cluster that
+    cannot be read is a usage error, not half an output."""
+    for obj in objects:
+        if obj.get("kind") != names.KIND:
+            facts_for(documents.namespace_of(obj, default))
 
 
 def _print(report: Report) -> None:
@@ -296,11 +311,19 @@ def _from_cluster(args: argparse.Namespace, flags: list[str]) -> FactsFor:
     return facts_for
 
 
-async def _cluster_facts(cluster: Any, namespace: str, flags: list[str]) -> Facts:
+async def _cluster_facts(cluster: live.Cluster, namespace: str, flags: list[str]) -> Facts:
+    from trialsync_operator import kube
+
     labels = await cluster.namespace_labels(namespace)
-    webhook = await cluster.webhook_for(namespace, labels)
     operator = settings.parse(flags, {})
     source = "the operator's defaults" + (" and the flags given" if flags else "")
+    webhook: Webhook | None
+    try:
+        webhook = await cluster.webhook_for(namespace, labels)
+    except kube.ApiError as exc:
+        # Reading webhook configurations is cluster-wide: many users may not.
+        webhook = CHART_WEBHOOK
+        source += f"; the webhook configurations cannot be read ({exc}): the chart's defaults"
     known = False
     endpoints = None
     if webhook is not None and webhook.service is not None:
@@ -314,7 +337,7 @@ async def _cluster_facts(cluster: Any, namespace: str, flags: list[str]) -> Fact
         else:
             source += f" (no operator pod behind Service {'/'.join(webhook.service)} could be read)"
         endpoints = await cluster.ready_endpoints(webhook.service)
-    elif webhook is not None:
+    elif webhook is not None and webhook.url:
         source += f" (the webhook calls {webhook.url}: no operator pod to read)"
     configs = await cluster.syncconfigs(namespace)
     views = {name: view_of(body, operator.sidecar) for name, body in configs.items()}
