@@ -167,7 +167,12 @@ def _print(report: Report) -> None:
 
 def _parser(command: str, description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog=f"trialsync {command}", description=description, allow_abbrev=False
+        prog=f"trialsync {command}",
+        description=description,
+        epilog="exit 0: injected (or would be); 1: not; 2: a usage or input error"
+        if command == "check-inject"
+        else "exit 0; 2: a usage or input error (objects not injected are printed unchanged)",
+        allow_abbrev=False,
     )
     parser.add_argument(
         "-f", "--filename", help="a file of objects (YAML, several documents, or JSON); - for stdin"
@@ -189,7 +194,13 @@ def _parser(command: str, description: str) -> argparse.ArgumentParser:
         "the operator's settings (default: read from the operator's pod, else its defaults)"
     )
     for flag, repeatable in OPERATOR_FLAGS:
-        group.add_argument(flag, action="append" if repeatable else "store", dest=_dest(flag))
+        group.add_argument(
+            flag,
+            action="append" if repeatable else "store",
+            dest=_dest(flag),
+            metavar="VALUE",
+            help=f"as trialsync-operator {flag}{' (repeatable)' if repeatable else ''}",
+        )
     return parser
 
 
