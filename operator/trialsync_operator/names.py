@@ -18,6 +18,8 @@ API_VERSION = f"{GROUP}/{VERSION}"
 
 #: The opt-in label; the webhook's objectSelector matches it, so no other pod reaches us.
 INJECT_LABEL = f"{GROUP}/inject"
+#: The mutating webhook's name in its configuration (the chart's webhooks.yaml).
+POD_WEBHOOK = f"pods.{GROUP}"
 #: Annotations a pod sets.
 CONFIG_ANNOTATION = f"{GROUP}/config"
 ROLE_ANNOTATION = f"{GROUP}/role"

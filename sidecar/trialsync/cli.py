@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import os
 import sys
@@ -11,7 +12,9 @@ from collections.abc import Sequence
 from trialsync import logs
 from trialsync._process.settings import ConfigError, parse, unknown_env
 
-USAGE = "usage: trialsync sync --root DIR --upload-dir URI [options]   (trialsync sync --help)"
+USAGE = """usage: trialsync sync --root DIR --upload-dir URI [options]   (trialsync sync --help)
+       trialsync inject -f FILE [--syncconfig FILE] [-o yaml|json]   (trialsync inject --help)
+       trialsync check-inject POD -n NS | -f FILE   (trialsync check-inject --help)"""
 # Set by the project's own tooling, not settings of the sidecar.
 _NOT_SETTINGS = {"TRIALSYNC_CACHE", "TRIALSYNC_TOOLS_BIN", "TRIALSYNC_KUBECONFIG"}
 
@@ -27,6 +30,27 @@ def use_plain_gcs_client_for_emulators() -> None:
         os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 
 
+#: Subcommands of the operator's package (``trialsync_operator.offline``): loaded only when
+#: run, so the sidecar never imports the operator (its image need not carry its packages).
+_OPERATOR_COMMANDS = {"inject": "inject_main", "check-inject": "check_main"}
+_OPERATOR_MODULE = "trialsync_operator.offline.commands"
+
+
+def _operator_command(name: str, argv: list[str]) -> int:
+    try:
+        module = importlib.import_module(_OPERATOR_MODULE)
+    except ImportError as exc:
+        print(
+            f"trialsync {name}: needs the operator's package, which is not installed here "
+            f"({exc}): pip install 'trialsync[operator]'",
+            file=sys.stderr,
+        )
+        return 2
+    command = getattr(module, _OPERATOR_COMMANDS[name])
+    code: int = command(argv)
+    return code
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args:
@@ -35,6 +59,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args[0] in ("-h", "--help"):
         print(USAGE)
         return 0
+    if args[0] in _OPERATOR_COMMANDS:
+        return _operator_command(args[0], args[1:])
     if args[0] != "sync":
         print(f"trialsync: unknown command {args[0]!r}\n{USAGE}", file=sys.stderr)
         return 2

@@ -289,7 +289,7 @@ def plan(pod: Mapping[str, Any], namespace: str, lookup: Lookup, defaults: Defau
 
     ``lookup(namespace, name)`` gives a SyncConfig's view, or None if there is none.
     """
-    if _has_sidecar(pod):
+    if has_sidecar(pod):
         # injected already (a reinvocation, or a pod spec copied from one)
         return Result(skipped=REASON_ALREADY_INJECTED)
     # The SyncConfig first: whether it exists, is valid and syncs at all decides before
@@ -1017,7 +1017,8 @@ def _mount_trial_dir(container: JsonDict, path: str) -> None:
     container["volumeMounts"] = mounts
 
 
-def _has_sidecar(pod: Mapping[str, Any]) -> bool:
+def has_sidecar(pod: Mapping[str, Any]) -> bool:
+    """Whether the pod has the sidecar already: the webhook then leaves it alone."""
     spec = _mapping(pod.get("spec"))
     return any(
         _mapping(c).get("name") == names.SIDECAR_NAME

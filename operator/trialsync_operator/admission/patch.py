@@ -6,6 +6,7 @@ injection did not touch is rewritten (kopf would deep-copy and diff the whole po
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from typing import Any
 
@@ -72,3 +73,48 @@ def _mapping(value: object) -> Mapping[str, Any]:
 
 def _list(value: object) -> list[Any]:
     return [v for v in value if isinstance(v, Mapping)] if isinstance(value, list) else []
+
+
+def apply(document: Mapping[str, Any], ops: list[JsonDict]) -> JsonDict:
+    """``document`` with the RFC 6902 ``add`` operations ``ops`` applied (a deep copy): what
+    the apiserver stores once it applied the webhook's answer. Only ``add`` is applied,
+    the one operation ``json_patch`` writes; ValueError for any other, or for a path that
+    does not exist, as the apiserver would refuse the patch."""
+    out: JsonDict = copy.deepcopy(dict(document))
+    for op in ops:
+        if op.get("op") != "add":
+            raise ValueError(f"only add operations are applied, not {op.get('op')!r}")
+        path = str(op["path"])
+        if not path.startswith("/"):
+            raise ValueError(f"{path!r} is no JSON pointer")
+        *parents, last = [_unpointer(p) for p in path.split("/")[1:]]
+        target: Any = out
+        for part in parents:
+            target = _step(target, part, path)
+        value = copy.deepcopy(op["value"])
+        if isinstance(target, list):
+            index = len(target) if last == "-" else _index(last, len(target), path)
+            target.insert(index, value)
+        elif isinstance(target, dict):
+            target[last] = value
+        else:
+            raise ValueError(f"{path}: the parent is neither an object nor a list")
+    return out
+
+
+def _step(target: Any, part: str, path: str) -> Any:
+    if isinstance(target, list):
+        return target[_index(part, len(target) - 1, path)]
+    if isinstance(target, dict) and part in target:
+        return target[part]
+    raise ValueError(f"{path}: no {part!r} in the document")
+
+
+def _index(part: str, largest: int, path: str) -> int:
+    if not part.isdigit() or int(part) > largest:
+        raise ValueError(f"{path}: {part!r} is no index of the list")
+    return int(part)
+
+
+def _unpointer(part: str) -> str:
+    return part.replace("~1", "/").replace("~0", "~")
