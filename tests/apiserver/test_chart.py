@@ -127,7 +127,7 @@ def test_the_operator_is_granted_only_the_verbs_it_calls(kube: Kube) -> None:
     assert _grants(cluster_wide, "events") == {"create"}
     assert _grants(cluster_wide, "services") == {"get", "create", "patch", "delete"}
     # Listed (by label) only to know when the last pod using a head-node service is gone.
-    assert _grants(cluster_wide, "pods") == {"list"}
+    assert _grants(cluster_wide, "pods") == {"list", "watch"}
 
 
 def test_watched_namespaces_get_roles_instead_of_cluster_wide_syncconfig_rules(

@@ -35,6 +35,8 @@ REASON_PODS_IN_USE = "PodsInUse"
 REASON_TERMINATING = "Terminating"
 REASON_SECRET_MISSING = "SecretMissing"
 JsonDict = dict[str, Any]
+#: The conditions the reconciler writes; it keeps any other as it finds it.
+_OWN_CONDITIONS = frozenset({"Ready", RETAINED})
 #: The head's certificate lives as long as its SyncConfig's incarnation (the Secret is
 #: never rewritten): as long as the CA that signs it, ten years.
 HEAD_CERT_VALIDITY = certificates.CA_VALIDITY
@@ -77,6 +79,13 @@ def desired_status(
                 now,
             )
         )
+    # Conditions of other writers (pod_status's Synced) are kept as they are: a merge
+    # patch replaces the whole list.
+    conditions += [
+        dict(c)
+        for c in current.get("conditions") or []
+        if isinstance(c, Mapping) and c.get("type") not in _OWN_CONDITIONS
+    ]
     desired: JsonDict = {
         "observedGeneration": view.generation,
         "destination": view.destination,
