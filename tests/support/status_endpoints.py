@@ -160,7 +160,7 @@ class StatusEndpoints:
 
 
 async def _serve(port: int, control_port: int, count: int) -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     documents: dict[str, dict[str, Any]] = {}
     hits: dict[str, int] = {}

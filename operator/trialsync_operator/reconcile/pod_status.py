@@ -45,6 +45,8 @@ TIMEOUT = 2.0
 MIN_INTERVAL = 5.0
 #: The largest /status answer read.
 MAX_BODY = 64 * 1024
+#: Seconds a round waits for the reconciler to write a new generation's status first.
+RECONCILED_WAIT = 10
 #: Pods listed per page; the watch's own timeout (the apiserver ends it, we resume).
 PAGE = 500
 WATCH_SECONDS = 300
@@ -83,7 +85,14 @@ class Tracked:
     upload_dir: str | None
     status: Mapping[str, Any]
     resource_version: str
+    generation: int = 0
     task: asyncio.Task[None] | None = None
+
+    @property
+    def reconciled(self) -> bool:
+        """Whether the reconciler has written the status of this generation: before, a
+        write here would race its first one (and it would write again, with an Event)."""
+        return bool(self.status.get("observedGeneration") == self.generation)
 
 
 def pod_of(obj: Mapping[str, Any]) -> Pod | None:
@@ -293,6 +302,8 @@ class PodStatus:
         tracked.period, tracked.upload_dir = float(period), upload_dir
         tracked.status = _mapping(body.get("status"))
         tracked.resource_version = str(metadata.get("resourceVersion") or "")
+        generation = metadata.get("generation")
+        tracked.generation = generation if isinstance(generation, int) else 0
         if self._running and tracked.task is None:
             tracked.task = asyncio.get_running_loop().create_task(self._poll_forever(tracked))
 
@@ -411,7 +422,19 @@ class PodStatus:
                 await self.poll(tracked)
             except (kube.ApiError, OSError, TimeoutError) as exc:
                 log.warning("pod status of %s/%s: %s", tracked.namespace, tracked.name, exc)
-            interval = max(self._min_interval, tracked.period)
+            took = loop.time() - started
+            if took > tracked.period / 2:
+                log.info(
+                    "polling the pods of %s/%s took %.1f s of its syncPeriod (%g s)",
+                    tracked.namespace,
+                    tracked.name,
+                    took,
+                    tracked.period,
+                )
+            # A change just after a pod's poll is seen at its next poll and written at the
+            # end of that round: the next round starts a round's length before the period
+            # is over, so the status is never more than one syncPeriod behind.
+            interval = max(self._min_interval, tracked.period - took)
             await asyncio.sleep(max(0.0, started + interval - loop.time()))
 
     async def poll(self, tracked: Tracked) -> bool:
@@ -427,6 +450,12 @@ class PodStatus:
         answers = await asyncio.gather(*(self._ask(pod) for pod in pods))
         reports = {pod.name: report for pod, report in zip(pods, answers, strict=True)}
         fields = aggregate(reports, tracked.upload_dir, tracked.period)
+        for _ in range(RECONCILED_WAIT * 2):
+            if tracked.reconciled:
+                break
+            await asyncio.sleep(0.5)
+        else:
+            return False  # the reconciler is behind: the next round writes
         for _ in range(3):
             desired = desired_status(fields, tracked.status, _now())
             if unchanged(desired, tracked.status):

@@ -54,7 +54,8 @@ def report(
     now: float | None = None,
 ) -> JsonDict:
     """The ``GET /status`` document of a sidecar that syncs (duty upload or send)."""
-    now = time.time() if now is None else now
+    wall = time.time()
+    now = wall if now is None else now
     plan = scheduler.plan
     loop_now = asyncio.get_running_loop().time()
     # What the sidecar owes on its own (not artifacts waiting for the next checkpoint):
@@ -63,7 +64,7 @@ def report(
     for key, since in engine.pending_times().items():
         last_change = engine.activity.get(key)
         if last_change is not None:  # a checkpoint: due once it settled
-            settled = now - (loop_now - last_change) + plan.settle
+            settled = wall - (loop_now - last_change) + plan.settle
             owed[key] = (since, settled + (plan.period if plan.defer_checkpoints else 0.0))
         elif key in engine.dirty:
             placement = engine.layout.place(key)
