@@ -16,7 +16,17 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import common, idle, noop, ray_checkpoint, request_cost, restore, throughput, webhook
+from bench import (
+    common,
+    idle,
+    noop,
+    pod_status,
+    ray_checkpoint,
+    request_cost,
+    restore,
+    throughput,
+    webhook,
+)
 
 BENCHMARKS = {
     "throughput": throughput,
@@ -24,6 +34,7 @@ BENCHMARKS = {
     "idle": idle,
     "requests": request_cost,
     "webhook": webhook,
+    "pod-status": pod_status,
     "ray": ray_checkpoint,
     "restore": restore,
 }
@@ -41,6 +52,8 @@ QUICK = {
     "ray_size_mib": 256,
     "ray_repeat": 1,
     "restore_repeat": 1,
+    "status_pods": 100,
+    "status_rounds": 1,
 }
 
 
@@ -59,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-peers", action="store_true", help="noop: skip the peers")
     request_cost.add_arguments(parser)
     webhook.add_arguments(parser)
+    pod_status.add_arguments(parser)
     ray_checkpoint.add_arguments(parser)
     restore.add_arguments(parser)
     args = parser.parse_args(argv)

@@ -50,6 +50,8 @@ async def run(settings: Settings, shutdown_delay: float = SHUTDOWN_DELAY) -> Non
         controller.lead,
         controller.missed.lead,
     ]
+    if settings.pod_status:
+        leading.append(controller.pod_status.run)
     background: list[Awaitable[None]] = [controller.wait_for_empty_index()]
     if settings.cert_mode == "self":
         secret_tls = tls.SecretTls(client, settings, serving)

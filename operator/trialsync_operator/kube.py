@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import ssl
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 from urllib.parse import quote
 
@@ -143,6 +143,37 @@ class Kube:
         except ApiError as exc:
             if exc.status != 404:
                 raise
+
+    async def watch(
+        self, path: str, params: Mapping[str, str], read_timeout: float = 330.0
+    ) -> AsyncIterator[JsonDict]:
+        """The events of a watch (``watch=1`` is added), one decoded line each, until the
+        apiserver ends it (its ``timeoutSeconds``). On a connection of its own, so a long
+        watch never holds one of the connections the writes share."""
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=read_timeout)
+        connector = aiohttp.TCPConnector(ssl=self._ssl, limit=1)
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+            try:
+                async with session.get(
+                    self._server + path,
+                    headers=self._headers(),
+                    params={**params, "watch": "1"},
+                ) as response:
+                    if response.status >= 400:
+                        text = await response.text()
+                        raise ApiError(
+                            response.status, _message("GET", path, response.status, text)
+                        )
+                    # Split by hand: readline() refuses a line past 128 KiB (a big pod).
+                    buffer = b""
+                    async for chunk in response.content.iter_any():
+                        buffer += chunk
+                        *lines, buffer = buffer.split(b"\n")
+                        for line in lines:
+                            if line.strip():
+                                yield json.loads(line)
+            except aiohttp.ClientError as exc:
+                raise ConnectionError(f"watch {path}: {exc!r}") from exc
 
     async def close(self) -> None:
         if self._session is not None:

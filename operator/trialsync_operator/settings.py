@@ -77,6 +77,9 @@ class Settings:
     )
     defaults: Defaults = dataclasses.field(default_factory=lambda: Defaults(image=DEFAULT_IMAGE))
     log_level: str = "info"
+    # The leader polls each opted-in pod's sidecar for GET /status (reconcile.pod_status).
+    pod_status: bool = True
+    pod_status_port: int = contract.HTTP_PORT
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -160,6 +163,19 @@ def _parser() -> argparse.ArgumentParser:
         "--sidecar-resources",
         help='default sidecar resources as JSON: {"requests": {...}, "limits": {...}}',
     )
+    a(
+        "--pod-status",
+        action=argparse.BooleanOptionalAction,
+        help="the leader polls the sidecars' GET /status at their pod IPs and counts each "
+        "SyncConfig's pods in its status (default true; off where a NetworkPolicy keeps "
+        "the operator from the pods)",
+    )
+    a(
+        "--pod-status-port",
+        type=int,
+        help=f"the sidecars' status port the leader polls (default {contract.HTTP_PORT}, "
+        "where the injected sidecar serves it)",
+    )
     a("--log-level", choices=["debug", "info", "warning", "error"], help="default info")
     return p
 
@@ -209,7 +225,7 @@ def _from_env(action: argparse.Action, raw: str) -> Any:
 
 
 def _build(values: dict[str, Any], environ: Mapping[str, str]) -> Settings:
-    for name in ("webhook_port", "health_port"):
+    for name in ("webhook_port", "health_port", "pod_status_port"):
         if name in values and not 0 < values[name] < 65536:
             raise ConfigError(f"--{name.replace('_', '-')} must be a port number (1-65535)")
     if values.get("cert_check_interval", 1.0) <= 0:

@@ -151,8 +151,8 @@ def test_the_operator_is_granted_only_the_verbs_it_calls(kube: Kube) -> None:
     # Listed: its own MissedInjection Events, once when it takes the lead.
     assert _grants(cluster_wide, "events") == {"create", "list"}
     assert _grants(cluster_wide, "services") == {"get", "create", "patch", "delete"}
-    # Listed and watched by label: the opted-in pods, for missed injections; and to know
-    # when the last pod using a head-node service is gone.
+    # Listed and watched by label: the opted-in pods, for missed injections and the pods'
+    # sync status; and to know when the last pod using a head-node service is gone.
     assert _grants(cluster_wide, "pods") == {"list", "watch"}
 
 

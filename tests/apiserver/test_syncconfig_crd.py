@@ -199,10 +199,17 @@ def test_kubectl_get_shows_the_printer_columns(kube: Kube, k8s_namespace: str) -
         == 0
     )
     header, row = kube.kubectl("get", "syncconfigs", "-n", k8s_namespace).stdout.splitlines()[:2]
-    assert header.split() == ["NAME", "UPLOAD", "DIR", "PERIOD", "TIMEOUT", "READY", "AGE"]
-    # No operator runs in this module: the status columns (upload dir, ready) are blank.
+    assert header.split() == [
+        *("NAME", "UPLOAD", "DIR", "PERIOD", "TIMEOUT", "READY"),
+        *("PODS", "SYNCED", "LAGGING", "FAILING", "NEWEST", "AGE"),
+    ]
+    # No operator runs in this module: the status columns (upload dir, ready, the pods'
+    # counts and newest checkpoint) are blank.
     assert row.split()[:3] == ["cols", "60", "1800"]
     assert len(row.split()) == 4
+    wide = kube.kubectl("get", "syncconfigs", "-n", k8s_namespace, "-o", "wide").stdout
+    assert "NEWEST CHECKPOINT" in wide.splitlines()[0]
+    assert "OLDEST UNSYNCED" in wide.splitlines()[0]
 
 
 def test_kubectl_explain_reads_as_a_reference(kube: Kube) -> None:

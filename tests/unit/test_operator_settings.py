@@ -59,6 +59,8 @@ def test_every_flag_has_an_environment_fallback() -> None:
             '{"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"cpu": "2", "memory": "2Gi"}}'
         ),
         "log_level": "debug",
+        "pod_status": "false",
+        "pod_status_port": "19746",
     }
     dests = {a.dest for a in parser._actions if a.dest != "help"}
     assert dests == set(values), "a flag was added without a case here"
@@ -78,6 +80,7 @@ def test_every_flag_has_an_environment_fallback() -> None:
         "debug",
     )
     assert s.sidecar.schemes == {"s3", "hdfs"}
+    assert (s.pod_status, s.pod_status_port) == (False, 19746)
     assert s.sidecar.allowed == ("registry.example.com/team/*", "me/s:1")
     assert s.defaults.image == "img:1"
     assert s.defaults.pull_policy == "Always"

@@ -123,3 +123,14 @@ def test_the_finalizer_patches_add_to_any_list_and_remove_only_their_own_entry()
         {"op": "test", "path": "/metadata/finalizers/1", "value": in_use.FINALIZER},
         {"op": "remove", "path": "/metadata/finalizers/1"},
     ]
+
+
+def test_the_pods_synced_condition_is_kept_as_the_reconciler_finds_it() -> None:
+    """pod_status writes Synced; the reconciler's merge patch replaces the whole list, so
+    it carries Synced over unchanged (else each would undo the other's write)."""
+    view = _view({"uploadDir": "s3://bucket/x"})
+    synced = {"type": "Synced", "status": "False", "reason": "Lagging", "message": "2 of 3"}
+    first = desired_status(view, {"conditions": [synced]}, NOW)
+    assert [c["type"] for c in first["conditions"]] == ["Ready", "Synced"]
+    assert _conditions(first)["Synced"] == synced
+    assert desired_status(view, first, NOW) == first

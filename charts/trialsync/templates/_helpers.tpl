@@ -78,8 +78,9 @@ annotations:
      single GET), the leader patches their status and their finalizer (JSON patch: it
      holds a SyncConfig whose head-node service pods still use), records Events, creates
      head-node token Secrets (and dry-runs a create to learn whether a credentials Secret
-     exists, never reading one), keeps the head-node Services it owns, and lists the pods
-     of a SyncConfig being deleted to know when the last has finished. */}}
+     exists, never reading one), keeps the head-node Services it owns, lists the pods
+     of a SyncConfig being deleted to know when the last has finished, and lists and
+     watches the opted-in pods (by label) to poll their sidecars' sync status. */}}
 {{- define "trialsync.syncconfigRules" -}}
 - apiGroups: [trialsync.io]
   resources: [syncconfigs]

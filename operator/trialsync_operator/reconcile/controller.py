@@ -14,6 +14,7 @@ from typing import Any
 from trialsync_operator import kube
 from trialsync_operator.reconcile.leader import LeaderElector
 from trialsync_operator.reconcile.missed import MissedInjections
+from trialsync_operator.reconcile.pod_status import PodStatus
 from trialsync_operator.reconcile.reconciler import SYNCCONFIGS, Reconciler
 from trialsync_operator.settings import Settings
 from trialsync_operator.syncconfig import view_of
@@ -35,6 +36,8 @@ class Controller:
         self.elector: LeaderElector | None = None
         #: The leader's search for opted-in pods without a sidecar (set by the app).
         self.missed: MissedInjections | None = None
+        #: The pods' sync status (the leader runs it; fed every SyncConfig reconciled).
+        self.pod_status = PodStatus(client, settings.namespaces, settings.pod_status_port)
         #: Set once the index holds every SyncConfig: no admission is answered before.
         self.index_ready = asyncio.Event()
         self._rechecks: dict[tuple[str, str], asyncio.Task[None]] = {}
@@ -90,15 +93,19 @@ class Controller:
 
     async def reconcile_all(self) -> None:
         self.reconciler.forget_known()
+        seen: list[tuple[str, str]] = []
         for path in self._collections():
             listing = await self.kube.get(path)
             for item in listing.get("items") or []:
                 await self.reconcile(item)
+                seen.append((item["metadata"]["namespace"], item["metadata"]["name"]))
+        self.pod_status.retain(seen)
 
     async def reconcile(self, body: Mapping[str, Any]) -> None:
         """Reconcile one SyncConfig; an API error is logged and left to the next event or
         resync (a namespace being deleted refuses new objects, for one)."""
         view = view_of(body, self.settings.sidecar)
+        self.pod_status.observe(body)
         finalizers = [str(f) for f in (body.get("metadata") or {}).get("finalizers") or []]
         try:
             again = await self.reconciler.reconcile(view, body.get("status") or {}, finalizers)

@@ -79,8 +79,9 @@ def desired_status(
                 now,
             )
         )
-    # Conditions of other writers (reconcile.missed: MissedInjections) are kept as they are:
-    # the status is patched with the whole list, so merging is by condition type here.
+    # Conditions of other writers (reconcile.missed's MissedInjections, pod_status's
+    # Synced) are kept as they are: the status is patched with the whole list, so merging
+    # is by condition type here.
     conditions.extend(
         dict(c)
         for c in current.get("conditions") or []

@@ -110,6 +110,12 @@ class SyncEngine:
         self.marked: set[str] = set()  # dirs known to hold the owner marker
         # Wall time of the last checkpoint published (or of the start): the data-loss window.
         self.last_durable = time.time()
+        #: The newest checkpoint published, and the wall time it was (from its manifest
+        #: after a restart): what GET /status reports.
+        self.newest_published: tuple[str, float] | None = None
+        #: Wall time each pending thing (a checkpoint dir, a changed file) first became
+        #: unsynced; pruned of what is no longer pending by ``pending_times``.
+        self.pending_since: dict[str, float] = {}
 
     # -- fed by the change journal -------------------------------------------------------
 
@@ -126,6 +132,7 @@ class SyncEngine:
                     self.deleted_checkpoints.add(checkpoint)
             else:
                 self.activity[checkpoint] = _now()
+                self.pending_since.setdefault(checkpoint, time.time())
             return
         placement = self.layout.place(rel)
         if placement is None:
@@ -136,8 +143,10 @@ class SyncEngine:
             assert placement.checkpoint is not None
             if not removed or placement.checkpoint in self.activity:
                 self.activity[placement.checkpoint] = _now()
+                self.pending_since.setdefault(placement.checkpoint, time.time())
         elif placement.kind in self.synced_kinds:
             self.dirty.add(rel)
+            self.pending_since.setdefault(rel, time.time())
 
     def note_overflow(self) -> None:
         self.rescan_needed = True
@@ -157,6 +166,19 @@ class SyncEngine:
     def unsynced_files(self) -> list[str]:
         """Changed files not uploaded yet (only kinds this sidecar syncs are kept dirty)."""
         return sorted(self.dirty)
+
+    def pending_times(self) -> dict[str, float]:
+        """{what is unsynced: the wall time it first became so}: pending checkpoints,
+        changed files of the kinds this sidecar syncs, and unreadable files (by their
+        checkpoint when they are in one). What is no longer pending is forgotten here."""
+        pending = set(self.activity) | self.dirty
+        for rel in self.failed:
+            placement = self.layout.place(rel)
+            pending.add(placement.checkpoint if placement and placement.checkpoint else rel)
+        for key in [k for k in self.pending_since if k not in pending]:
+            del self.pending_since[key]
+        now = time.time()
+        return {key: self.pending_since.setdefault(key, now) for key in pending}
 
     def _kind(self, rel: str) -> Kind | None:
         placement = self.layout.place(rel)
@@ -239,15 +261,18 @@ class SyncEngine:
         """{file path: (size, mtime_ns)} as the manifests of ``checkpoints`` list them; a
         manifest that is gone or unreadable lists nothing (its files are sent again)."""
         listed: dict[str, Stat] = {}
+        newest = self.newest_published
 
         async def read(checkpoint: str) -> None:
+            nonlocal newest
             manifest_rel = f"{checkpoint}/{MANIFEST_NAME}"
             try:
                 data = await self.store.read_bytes(manifest_rel)
             except FileNotFoundError:
                 return
             try:
-                files = json.loads(data)["files"]
+                manifest = json.loads(data)
+                files = manifest["files"]
                 entries = {
                     f"{checkpoint}/{name}": (int(entry["size"]), int(entry["mtime_ns"]))
                     for name, entry in files.items()
@@ -259,8 +284,14 @@ class SyncEngine:
                 )
                 return
             listed.update(entries)
+            published_at = manifest.get("published_at")
+            if isinstance(published_at, (int, float)) and (
+                newest is None or published_at > newest[1]
+            ):
+                newest = (checkpoint, float(published_at))
 
         await tasks.bounded(LISTINGS_IN_FLIGHT, sorted(checkpoints), read)
+        self.newest_published = newest
         return listed
 
     def _listed(self, checkpoint: str) -> bool:
@@ -293,7 +324,9 @@ class SyncEngine:
                     newest[placement.checkpoint] = max(newest.get(placement.checkpoint, 0), st[1])
             elif not current and placement.kind in self.synced_kinds:
                 self.dirty.add(rel)
+                self.pending_since.setdefault(rel, now_wall)
         for checkpoint, mtime_ns in newest.items():
+            self.pending_since.setdefault(checkpoint, now_wall)
             # A checkpoint untouched for the settle window is complete already; a change
             # the journal saw later than the file times wins.
             age = now_wall - mtime_ns / 1e9
@@ -301,6 +334,7 @@ class SyncEngine:
             self.activity[checkpoint] = max(self.activity.get(checkpoint, seen), seen)
         for checkpoint in checkpoints - newest.keys() - self.ledger.published:
             self.activity.setdefault(checkpoint, now_loop - settle)
+            self.pending_since.setdefault(checkpoint, now_wall)
 
     # -- running a round -------------------------------------------------------------------
 
@@ -370,6 +404,8 @@ class SyncEngine:
                     done.add(rel)  # gone, or waiting for a change; the others go again
         finally:
             self.dirty |= batch - done
+            for rel in done:
+                self.pending_since.pop(rel, None)
 
     async def upload_now(self, rels: Collection[str]) -> dict[str, FileFailure]:
         """Upload ``rels`` (files, not checkpoints) now, whatever their kind, unless the
@@ -388,6 +424,8 @@ class SyncEngine:
                 todo[rel] = st
         failures.update(await self._upload(todo, done))
         self.dirty -= done
+        for rel in done:
+            self.pending_since.pop(rel, None)
         return failures
 
     async def publish(
@@ -453,7 +491,9 @@ class SyncEngine:
         await self.store.put_bytes(manifest_rel, json.dumps(manifest, sort_keys=True).encode())
         self.ledger.published.add(checkpoint)
         self.activity.pop(checkpoint, None)
+        self.pending_since.pop(checkpoint, None)
         self.last_durable = time.time()
+        self.newest_published = (checkpoint, self.last_durable)
         self.metrics.checkpoints_published.inc()
         written = _now()
         self.metrics.publish_latency.observe(
@@ -634,6 +674,7 @@ class SyncEngine:
         return os.path.join(self.options.root, rel)
 
     def _update_gauges(self) -> None:
+        self.pending_times()  # forgets what is no longer pending
         self.metrics.pending_files.set(len(self.dirty))
         self.metrics.pending_checkpoints.set(len(self.activity))
         self.metrics.failed_files.set(len(self.failed))

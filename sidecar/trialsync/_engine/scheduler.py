@@ -55,6 +55,11 @@ class Scheduler:
         self.ready = asyncio.Event()
         self.failures = 0
         self.failing = asyncio.Event()  # set from a failed sync to the next one that succeeds
+        #: Wall times of the last successful sync, and of the first failure since (None
+        #: while not failing); the reason of the last failure. GET /status reports them.
+        self.last_success: float | None = None
+        self.failing_since: float | None = None
+        self.failure_reason: str | None = None
         self._wake = asyncio.Event()
         self._trigger = False  # a trigger arrived since the last run started
         self._triggered: set[str] = set()  # the checkpoints pending when triggers arrived
@@ -204,13 +209,15 @@ class Scheduler:
         elapsed = loop.time() - started
         self.failures = 0
         self.failing.clear()
+        self.failing_since = None
+        self.last_success = time.time()
         self._retry_at = None
         self._owed = frozenset()
         self._owed_explicit = False
         self._owed_complete = frozenset()
         self.metrics.syncs.labels("success").inc()
         self.metrics.duration.observe(elapsed)
-        self.metrics.last_success.set(time.time())
+        self.metrics.last_success.set(self.last_success)
         self.metrics.failing_since.set(0)
         if work is not None:
             self.ready.set()
@@ -218,8 +225,10 @@ class Scheduler:
 
     def _failed(self, reason: str, message: str, work: Round | None) -> None:
         self.failures += 1
-        if self.failures == 1:
-            self.metrics.failing_since.set(time.time())
+        if not self.failing.is_set():
+            self.failing_since = time.time()
+            self.metrics.failing_since.set(self.failing_since)
+        self.failure_reason = reason
         self.failing.set()
         delay = self.backoff()
         self._retry_at = asyncio.get_running_loop().time() + delay
@@ -303,7 +312,10 @@ class Scheduler:
                     return False
                 if not self.engine.unsynced_files():
                     self.metrics.syncs.labels("success").inc()
-                    self.metrics.last_success.set(time.time())
+                    self.last_success = time.time()
+                    self.failing.clear()
+                    self.failing_since = None
+                    self.metrics.last_success.set(self.last_success)
                     self.metrics.failing_since.set(0)
                     self.ready.set()
                     return True

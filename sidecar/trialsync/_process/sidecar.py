@@ -17,7 +17,7 @@ from trialsync._engine.scheduler import Plan, Scheduler
 from trialsync._engine.watcher import ChangeJournal, start_journal
 from trialsync._head import receiver as head_receiver
 from trialsync._head.store import HeadStore
-from trialsync._process import credential_watch, status_server, storage_api
+from trialsync._process import credential_watch, status_server, storage_api, sync_status
 from trialsync._process.settings import ConfigError, Settings
 from trialsync._stores import aborts, credentials
 from trialsync._stores.base import Store, ignore_request
@@ -239,10 +239,16 @@ def restorer_for(settings: Settings, store: Store, metrics: Metrics | None = Non
 
 
 async def restore(
-    settings: Settings, engine: SyncEngine, restorer: Restorer, metrics: Metrics
+    settings: Settings,
+    engine: SyncEngine,
+    restorer: Restorer,
+    metrics: Metrics,
+    status: sync_status.Restoring | None = None,
 ) -> None:
     """Restore, retrying a failing store with backoff, within ``restore_timeout``;
-    RestoreError when it cannot finish in time."""
+    RestoreError when it cannot finish in time. ``status`` is kept failing from a failed
+    attempt until the restore is done."""
+    status = status or sync_status.Restoring()
     started = time.monotonic()
     attempt = 0
     try:
@@ -251,8 +257,14 @@ async def restore(
                 attempt += 1
                 try:
                     done = await restorer.run()
+                    status.failing_since = None
                     break
                 except Exception as exc:  # the store's failures are many kinds; all retried
+                    if status.failing_since is None:
+                        status.failing_since = time.time()
+                    status.failure_reason = (
+                        "credentials" if isinstance(exc, PermissionError) else "error"
+                    )
                     wait = backoff.delay(attempt, backoff.BASE, settings.max_backoff, jitter=True)
                     log.warning(
                         "restore failed; retrying",
@@ -332,6 +344,7 @@ async def _serve(
         loop.add_signal_handler(sig, terminate)
     loop.add_signal_handler(signal.SIGUSR1, on_signal_trigger)
     restorer = restorer_for(settings, engine.store, metrics) if settings.restore else None
+    restoring = sync_status.Restoring() if restorer is not None else None
 
     def waiting() -> str:
         if restorer is not None and restorer.progress.phase != "done":
@@ -345,21 +358,24 @@ async def _serve(
         trigger,
         storage_api.StoreView(engine, engine.store, settings.layout),
         waiting,
+        lambda: sync_status.report(settings.duty, engine, scheduler, restoring),
     )
     try:
         if restorer is not None:
-            restoring = loop.create_task(restore(settings, engine, restorer, metrics))
+            restoring_task = loop.create_task(
+                restore(settings, engine, restorer, metrics, restoring)
+            )
             stopped = loop.create_task(stop.wait())
-            await asyncio.wait({restoring, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({restoring_task, stopped}, return_when=asyncio.FIRST_COMPLETED)
             stopped.cancel()
-            if not restoring.done():
+            if not restoring_task.done():
                 # SIGTERM before the trainer ever ran: what is aside is removed next time.
-                restoring.cancel()
+                restoring_task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
-                    await restoring
+                    await restoring_task
                 log.info("SIGTERM during the restore: stopping")
                 return True
-            restoring.result()
+            restoring_task.result()
 
         def on_change(rel: str, is_dir: bool, removed: bool) -> None:
             engine.note_change(rel, is_dir, removed)
@@ -423,7 +439,12 @@ async def _serve_without_syncing(settings: Settings, metrics: Metrics) -> None:
         loop.add_signal_handler(sig, stop.set)
     local = storage_api.LocalView(settings.root) if settings.duty is Duty.RECEIVE else None
     runner, _ = await status_server.start(
-        settings.http_addr, metrics, lambda: True, _no_sync, local
+        settings.http_addr,
+        metrics,
+        lambda: True,
+        _no_sync,
+        local,
+        status=lambda: sync_status.idle_report(settings.duty),
     )
     receiver = None
     if settings.duty is Duty.IDLE:

@@ -1,9 +1,11 @@
-"""HTTP endpoints of the sidecar: health, readiness, metrics and an explicit sync trigger."""
+"""HTTP endpoints of the sidecar: health, readiness, metrics, sync status and an explicit
+sync trigger."""
 
 from __future__ import annotations
 
 import ipaddress
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -25,12 +27,15 @@ async def start(
     request_sync: Callable[[], Awaitable[None]],
     storage: storage_api.StorageView | None = None,
     waiting: Callable[[], str] = lambda: "no successful sync yet",
+    status: Callable[[], dict[str, Any]] | None = None,
 ) -> tuple[web.AppRunner, int]:
     """Serve on ``host:port`` (port 0 picks one); returns the runner and the bound port.
 
     ``GET /healthz``: 200 while the process serves. ``GET /readyz``: 200 after the first
     successful sync, 503 before, saying what it waits for (``waiting``: a restore's
-    progress). ``GET /metrics``: Prometheus text. ``POST /sync`` (from
+    progress). ``GET /metrics``: Prometheus text. ``GET /status``: the JSON document
+    ``status`` gives (``sync_status``: synced, lagging, failing or starting), which the
+    operator polls from the pod's IP. ``POST /sync`` (from
     localhost only): 202 once ``request_sync`` has taken note of the pending checkpoints
     (they are complete; a checkpoint started after the answer is not), sync now. With
     ``storage``, the storage API too (``storage_api``, localhost only).
@@ -47,6 +52,10 @@ async def start(
     async def metrics_text(_: web.Request) -> web.Response:
         body = generate_latest(metrics.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def sync_state(_: web.Request) -> web.Response:
+        assert status is not None
+        return web.json_response(status(), headers={"Cache-Control": "no-store"})
 
     async def sync(request: web.Request) -> web.Response:
         # Only the pod itself (the trainer shares its network namespace) may declare its
@@ -65,6 +74,8 @@ async def start(
             web.post("/sync", sync),
         ]
     )
+    if status is not None:
+        app.add_routes([web.get("/status", sync_state)])
     if storage is not None:
         app.add_routes(storage_api.routes(storage, lambda r: from_this_pod(r.remote)))
     return await serve(app, addr, shutdown_timeout=SHUTDOWN_TIMEOUT)
