@@ -355,6 +355,9 @@ def test_with_the_operator_scaled_to_zero_the_failure_policy_decides(
     assert _missed_events(cluster, ns) == {"admitted"}, "only the pod without its sidecar"
 
 
+#: The syncPeriod of the test's SyncConfig: how often the leader polls its pods' sidecars.
+SYNC_PERIOD_S = 5
+
 #: How long a new replica may wait for the old leader's Lease to expire before it leads.
 LEASE_TAKEOVER_S = 20
 
@@ -393,7 +396,7 @@ def test_a_prometheus_on_the_node_scrapes_the_operator_and_the_sidecars(
     what they counted (the injection of this test's pod, every checkpoint it published)."""
     assert cluster.local is not None, "the node's network namespace"
     ns = cluster_namespace
-    bucket = apply_s3_syncconfig(cluster, cluster_s3, ns)
+    bucket = apply_s3_syncconfig(cluster, cluster_s3, ns, syncPeriod=SYNC_PERIOD_S)
     operators = [p["status"]["podIP"] for p in _operator_pods(cluster)]
 
     def injected_so_far() -> float:
@@ -420,6 +423,23 @@ def test_a_prometheus_on_the_node_scrapes_the_operator_and_the_sidecars(
         120,
         what="every checkpoint published",
     )
+
+    # The leader polls the sidecar at its pod IP once per syncPeriod and counts it.
+    def counted() -> Any:
+        status = cluster.get("syncconfig", "exp", ns).get("status", {})
+        newest = status.get("newestCheckpoint", {}).get("path", "")
+        return status if newest.endswith(f"checkpoint_{checkpoints:06d}") else None
+
+    status = wait_for(counted, 3 * SYNC_PERIOD_S + 10, what="the pod counted as synced")
+    assert status["pods"]["total"] == 1
+    assert status["pods"]["synced"] == 1
+    assert status["newestCheckpoint"]["pod"] == job_pod(cluster, "scraped", ns)["metadata"]["name"]
+    table = cluster.kube.kubectl("get", "syncconfig", "exp", "-n", ns, "-o", "wide").stdout
+    print(f"\nkubectl get syncconfig -o wide, on the node:\n{table}")
+    row = cluster.kube.kubectl("get", "syncconfig", "exp", "-n", ns, "--no-headers").stdout
+    # NAME UPLOAD-DIR PERIOD TIMEOUT READY | PODS SYNCED LAGGING FAILING | NEWEST AGE
+    assert row.split()[5:9] == ["1", "1", "0", "0"], table
+
     workdir = tmp_path / "prometheus"
     workdir.mkdir()
     jobs = {
