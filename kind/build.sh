@@ -2,7 +2,7 @@
 # Build kind and its node image on this machine, with no container registry and no Docker:
 #
 #   ${TRIALSYNC_CACHE:-$HOME/.cache/trialsync}/kind/<key>/bin/   kind, kubeadm, kubectl,
-#                                   crictl, kindnetd, local-path-provisioner, cni/ptp
+#                                   crictl, local-path-provisioner, cni/ptp
 #   podman image localhost/trialsync/kind-node:<k8s version>-<key>     (the node image)
 #
 # podman keeps its storage and configuration in ${TRIALSYNC_CACHE}/kind/podman (podman-env.sh);
@@ -15,9 +15,8 @@
 #      runc and the CNI plugins from tools/build.sh --node, crictl and ptp built here;
 #   2. the images the node carries, each built here (kind/images/): the control plane
 #      (kube-apiserver, kube-controller-manager, kube-scheduler, kube-proxy, etcd, CoreDNS)
-#      from tools/build.sh's binaries, pause from images/build.py's archive, kindnetd (kind's
-#      images/kindnetd, source from the kind repository, dependencies from the Go proxy) and
-#      local-path-provisioner/-helper; their names are exactly the ones kubeadm and kind's
+#      from tools/build.sh's binaries, pause from images/build.py's archive, and
+#      local-path-provisioner/-helper (no kindnetd: see below); their names are exactly the ones kubeadm and kind's
 #      manifests ask for, so nothing is ever pulled;
 #   3. the node: the base with kubeadm, kubelet and kubectl, /kind/version, kind's default
 #      CNI and storage manifests (kind/manifests.py), and every image above imported
@@ -94,10 +93,12 @@ LDFLAGS="$k8s_ldflags" go_build "$here/k8s" "$bin/kubectl" k8s.io/kubernetes/cmd
 go_build "$here/crictl" "$bin/crictl" sigs.k8s.io/cri-tools/cmd/crictl
 go_build "$repo/tools/cni" "$bin/cni/ptp" github.com/containernetworking/plugins/plugins/main/ptp
 go_build "$here/local-path" "$bin/local-path-provisioner" github.com/rancher/local-path-provisioner
-# kindnetd is a nested module of the kind repository (images/kindnetd) that the Go proxy
-# does not serve: its source is kept in kind/kindnetd (see its README), its
-# dependencies come from the proxy.
-go_build "$here/kindnetd" "$bin/kindnetd" ./cmd/kindnetd
+# No kindnetd: it is a nested module of the kind repository (images/kindnetd) that the Go
+# proxy does not serve, and its dependency sigs.k8s.io/kube-network-policies at the
+# pseudo-version it pins is not served either (the newest served, v0.8.0, lacks the
+# packages it imports). The node gets a static bridge CNI configuration instead
+# (node/10-trialsync-bridge.conflist; cluster.yaml disables kind's default CNI), which
+# serves a single-node cluster.
 echo "kind/build.sh: binaries ready in $((SECONDS - start)) s" >&2
 
 have_image() { podman image exists "$1"; }
@@ -172,7 +173,7 @@ if ! have_image "$node_image"; then
                 podman load -i "$pause_archive" >&2
                 podman tag docker.io/trialsync/pause:3.10.2 "$ref"
                 ;;
-            */kindnetd:*) build_debian "$ref" "iptables" "$bin/kindnetd" ;;
+            */kindnetd:*) continue ;;
             */local-path-provisioner:*) build_debian "$ref" "" "$bin/local-path-provisioner" ;;
             */local-path-helper:*) podman tag docker.io/library/debian:bookworm-slim "$ref" ;;
             *) echo "kind/build.sh: no recipe for the image $ref" >&2; exit 1 ;;
@@ -196,11 +197,14 @@ if ! have_image "$node_image"; then
     # kubelet's sysctls: see kind/base/kubelet-sysctls.sh
     podman cp "$here/node/kubelet-sysctls.sh" "$build:/kind/bin/kubelet-sysctls.sh"
     podman cp "$here/node/12-trialsync.conf" "$build:/etc/systemd/system/kubelet.service.d/12-trialsync.conf"
+    podman exec "$build" mkdir -p /etc/cni/net.d
+    podman cp "$here/node/10-trialsync-bridge.conflist" "$build:/etc/cni/net.d/10-trialsync-bridge.conflist"
     pause_ref="$(printf '%s\n' "${kubeadm_images[@]}" | grep '/pause:')"
     podman exec "$build" sed -i "s#sandbox_image = .*#sandbox_image = \"$pause_ref\"#" /etc/containerd/config.toml
     podman exec -d "$build" sh -c 'containerd > /tmp/containerd.log 2>&1'
     for _ in $(seq 50); do podman exec "$build" ctr version >/dev/null 2>&1 && break; sleep 0.2; done
     for ref in "${kubeadm_images[@]}" "${kind_images[@]}"; do
+        [[ "$ref" == */kindnetd:* ]] && continue
         podman save --format docker-archive "$ref" | podman exec -i "$build" \
             ctr --namespace=k8s.io images import --label=io.cri-containerd.pinned=pinned \
             --all-platforms --no-unpack --digests - >&2
