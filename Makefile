@@ -15,7 +15,7 @@ TOOLS_BIN = $$(bash tools/build.sh $(NODE) --bin-dir)
 IMAGES_MANIFEST = $$($(BIN)/python images/build.py --manifest)
 
 .PHONY: help venv system-deps tools images lint test test-unit demo bench crds docs clean \
-	cluster-up cluster-down
+	cluster-up cluster-down kind-up kind-down
 
 help:
 	@echo "make demo   - helm install, a SyncConfig and a training Job on a local cluster"
@@ -23,6 +23,7 @@ help:
 	@echo "make tools  - build or reuse the test cluster's binaries in $(TRIALSYNC_CACHE)"
 	@echo "make images - build the sidecar, operator and pause images with buildah"
 	@echo "make cluster-up / cluster-down - a local cluster with a node, for kubectl and helm"
+	@echo "make kind-up / kind-down - a kind cluster on podman, node image built here (kind/)"
 	@echo "make bench  - benchmarks against s5cmd, rclone and aws s3 (not part of make test)"
 
 $(STAMP): pyproject.toml constraints.txt
@@ -59,6 +60,14 @@ test: $(STAMP) tools images lint
 cluster-up: $(STAMP) tools images
 	@TRIALSYNC_TOOLS_BIN="$(TOOLS_BIN)" TRIALSYNC_IMAGES="$(IMAGES_MANIFEST)" \
 		$(BIN)/python -m localcluster up
+
+# kind on podman, with its node image built here from Go modules (kind/build.sh); loads the
+# images of the newest manifest images/build.py wrote and prints KUBECONFIG= and KIND_NET=.
+kind-up: system-deps tools
+	@bash kind/up.sh
+
+kind-down:
+	@bash kind/down.sh
 
 cluster-down: $(STAMP)
 	@$(BIN)/python -m localcluster down

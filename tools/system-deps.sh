@@ -10,6 +10,9 @@
 #   buildah, debootstrap, debian-archive-keyring
 #                                    build images/*/Dockerfile without a Docker engine, on a
 #                                    debian:bookworm-slim made locally
+#   podman, podman-docker, runc      kind's nodes (make kind-up, kind/): podman 4.3 runs them
+#                                    with Debian's runc (its crun refuses hybrid cgroups);
+#                                    podman-docker is the docker CLI kind's tooling expects
 #
 # Only root can install. Without root (or without apt-get) the script says what is missing
 # and exits 0, so that `make test` still runs everything that does not need the node; with
@@ -21,6 +24,7 @@ packages=(
     iptables conntrack
     iproute2 util-linux
     buildah debootstrap debian-archive-keyring
+    podman podman-docker runc
 )
 
 if [[ "$(uname -s)" != Linux ]]; then
