@@ -45,8 +45,8 @@ images: $(STAMP) tools
 	@$(BIN)/python images/build.py
 
 lint: $(STAMP)
-	$(BIN)/ruff check sidecar operator localcluster tests bench demo tools images
-	$(BIN)/ruff format --check sidecar operator localcluster tests bench demo tools images
+	$(BIN)/ruff check sidecar operator localcluster tests bench demo tools images kind
+	$(BIN)/ruff format --check sidecar operator localcluster tests bench demo tools images kind
 	$(BIN)/mypy
 	$(BIN)/lint-imports --no-cache
 
@@ -63,7 +63,7 @@ cluster-up: $(STAMP) tools images
 
 # kind on podman, with its node image built here from Go modules (kind/build.sh); loads the
 # images of the newest manifest images/build.py wrote and prints KUBECONFIG= and KIND_NET=.
-kind-up: system-deps tools
+kind-up: system-deps tools images
 	@bash kind/up.sh
 
 kind-down:
