@@ -115,7 +115,17 @@ def test_the_head_serves_no_plain_http(
 ) -> None:
     head_url, _, _ = start_head(tmp_path, sidecars, secret, "head")
     port = int(head_url.rpartition(":")[2])
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+
+    def listening() -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=5).close()
+        except OSError:
+            return False
+        return True
+
+    # The receiver listens a moment after the process starts (longer on a busy machine).
+    wait_for(listening, 30, what="the head's receiver listening")
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
         conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
         answer = b""
         while chunk := conn.recv(4096):
