@@ -49,9 +49,7 @@ def inject_main(argv: Sequence[str], stdin: TextIO | None = None) -> int:
         args = parser.parse_args(list(argv))
         if args.filename is None:
             raise UsageError("give the objects with -f FILE (- for stdin)")
-        objects = documents.load(_read(args.filename, stdin), args.filename)
-        facts_for = _facts_source(args, objects)
-        _prefetch(facts_for, objects, args.namespace_or_default)
+        objects, facts_for = _objects_and_facts(args, stdin)
     except SystemExit as exc:
         return int(exc.code or 0)
     except (UsageError, documents.InputError, settings.ConfigError) as exc:
@@ -62,6 +60,17 @@ def inject_main(argv: Sequence[str], stdin: TextIO | None = None) -> int:
         out.append(_inject_one(obj, args.namespace_or_default, facts_for))
     sys.stdout.write(documents.dump(out, args.output))
     return 0
+
+
+def _objects_and_facts(
+    args: argparse.Namespace, stdin: TextIO | None
+) -> tuple[list[JsonDict], FactsFor]:
+    """The objects of ``-f``, and where the facts about their namespaces come from (read
+    from the cluster once, before any is assessed)."""
+    objects = documents.load(_read(args.filename, stdin), args.filename)
+    facts_for = _facts_source(args, objects)
+    _prefetch(facts_for, objects, args.namespace_or_default)
+    return objects, facts_for
 
 
 def _inject_one(obj: JsonDict, default_namespace: str, facts_for: FactsFor) -> JsonDict:
@@ -117,9 +126,7 @@ def check_main(argv: Sequence[str], stdin: TextIO | None = None) -> int:
             )
         if args.pod is not None:
             return _check_live(args)
-        objects = documents.load(_read(args.filename, stdin), args.filename)
-        facts_for = _facts_source(args, objects)
-        _prefetch(facts_for, objects, args.namespace_or_default)
+        objects, facts_for = _objects_and_facts(args, stdin)
     except SystemExit as exc:
         return int(exc.code or 0)
     except (UsageError, documents.InputError, settings.ConfigError) as exc:
