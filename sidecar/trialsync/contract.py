@@ -30,12 +30,14 @@ from typing import Any
 from trialsync.setting_kinds import (
     ENV_PREFIX,
     Address,
+    ByteRate,
     Cel,
     CelRule,
     Choice,
     Count,
     Flag,
     Globs,
+    OptionalCount,
     Seconds,
     Setting,
     SettingError,
@@ -415,6 +417,33 @@ def check_mirror_deletes(mirror_deletes: bool, syncer: object) -> None:
         raise SettingError(MIRROR_DELETES_NEEDS_AUTO)
 
 
+KEEP_CHECKPOINTS = OptionalCount(
+    "keep_checkpoints",
+    None,
+    "keep the newest this many complete checkpoints of each trial in the upload dir and "
+    "delete older ones there, manifest first (default: keep all; local files are never "
+    "deleted)",
+    crd="keepCheckpoints",
+)
+KEEP_CHECKPOINTS_NEEDS_AUTO = (
+    "keep_checkpoints needs syncer 'auto' (a custom Syncer cannot list, and None syncs nothing)"
+)
+
+
+def check_keep_checkpoints(keep: object, syncer: object) -> None:
+    if keep is not None and syncer != "auto":
+        raise SettingError(KEEP_CHECKPOINTS_NEEDS_AUTO)
+
+
+BANDWIDTH_LIMIT = ByteRate(
+    "bandwidth_limit",
+    0,
+    "upload bytes per second of the whole sidecar, a quantity such as 50Mi (a token bucket "
+    "all uploads share; default 0: no limit)",
+    crd="bandwidthLimit",
+)
+
+
 RESTORE = Flag(
     "restore",
     False,
@@ -666,6 +695,7 @@ SETTINGS: tuple[Setting[Any], ...] = (
     ONCE,
     FINAL_SYNC_TIMEOUT,
     MIRROR_DELETES,
+    KEEP_CHECKPOINTS,
     RESTORE,
     RESTORE_TIMEOUT,
     RESTORE_KEY,
@@ -677,6 +707,7 @@ SETTINGS: tuple[Setting[Any], ...] = (
     FILES_IN_FLIGHT,
     PART_SIZE,
     UPLOAD_MEMORY,
+    BANDWIDTH_LIMIT,
     SHARE_FILES,
     RECONCILE_INTERVAL,
     POLL_INTERVAL,
