@@ -320,9 +320,8 @@ def check_seed(
 
 
 def seed_cel_rules() -> list[CelRule]:
-    """The spec-level rules of the CRD that ``check_seed``, ``check_mirror_deletes`` and
-    ``check_restore`` make
-    across fields."""
+    """The spec-level rules of the CRD that ``check_seed``, ``check_mirror_deletes``,
+    ``check_restore`` and ``check_keep_checkpoints`` make across fields."""
     custom = f"self.syncer.matches('^{_CLASS}$')"
     return [
         CelRule.of(
@@ -349,6 +348,10 @@ def seed_cel_rules() -> list[CelRule]:
             "!has(self.restoreOnStart) || !self.restoreOnStart || !has(self.syncer) || "
             "self.syncer == 'auto'",
             RESTORE_NEEDS_AUTO,
+        ),
+        CelRule.of(
+            "!has(self.keepCheckpoints) || !has(self.syncer) || self.syncer == 'auto'",
+            KEEP_CHECKPOINTS_NEEDS_AUTO,
         ),
     ]
 
@@ -437,7 +440,7 @@ def check_keep_checkpoints(keep: object, syncer: object) -> None:
 
 BANDWIDTH_LIMIT = ByteRate(
     "bandwidth_limit",
-    0,
+    None,
     "upload bytes per second of the whole sidecar, a quantity such as 50Mi (a token bucket "
     "all uploads share; default 0: no limit)",
     crd="bandwidthLimit",

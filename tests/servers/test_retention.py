@@ -6,7 +6,6 @@ interrupted and publishes no retired checkpoint again."""
 from __future__ import annotations
 
 import pathlib
-import time
 
 from tests.servers.conftest import Backend
 from tests.support import trials
@@ -81,7 +80,6 @@ async def test_a_restart_finishes_an_interrupted_deletion_and_sends_nothing_reti
         assert run.engine.retired == {ckpt(1), ckpt(2)}
         assert under(backend, ckpt(1)) == under(backend, ckpt(2)) == set()
         # A later round (a rescan) does not send the retired local checkpoints again.
-        time.sleep(0.01)
         await run.engine.run(Round(full=True), settle=0)
     assert complete(backend) == [ckpt(3)]
     assert under(backend, ckpt(1)) == under(backend, ckpt(2)) == set()

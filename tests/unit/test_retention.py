@@ -54,7 +54,8 @@ def _selection(case: tuple[dict[str, set[str]], int, set[str]]) -> None:
     newest = sorted(complete, key=retention.natural, reverse=True)
     # The newest `keep` complete ones stay, whatever else the listing holds.
     assert list(plan.kept) == newest[:keep]
-    assert not set(plan.kept) & set(plan.retire) and not set(plan.kept) & set(plan.orphans)
+    assert not set(plan.kept) & set(plan.retire)
+    assert not set(plan.kept) & set(plan.orphans)
     assert len(plan.retire) == max(0, len(complete) - keep)
     # Retiring never leaves a trial without a complete checkpoint.
     if complete:
@@ -62,7 +63,8 @@ def _selection(case: tuple[dict[str, set[str]], int, set[str]]) -> None:
     for checkpoint in plan.retire:
         assert checkpoint in complete
     for checkpoint in plan.orphans:
-        assert checkpoint not in complete and checkpoint not in pending
+        assert checkpoint not in complete
+        assert checkpoint not in pending
         # Only below the oldest kept one, once `keep` are complete: never one that may
         # still become complete as a newer-than-kept checkpoint.
         assert len(plan.kept) == keep
@@ -137,7 +139,8 @@ def test_the_only_complete_checkpoint_is_never_retired() -> None:
         f"{TRIAL}/checkpoint_{n}": _objects(f"{TRIAL}/checkpoint_{n}", n == 1, 1) for n in (0, 1, 2)
     }
     plan = retention.plan(listing, 1)
-    assert plan.retire == () and plan.kept == (f"{TRIAL}/checkpoint_1",)
+    assert plan.retire == ()
+    assert plan.kept == (f"{TRIAL}/checkpoint_1",)
     assert plan.orphans == (f"{TRIAL}/checkpoint_0",)
 
 
@@ -149,5 +152,5 @@ def test_a_local_copy_older_than_the_kept_ones_is_not_published_again() -> None:
 
 
 def test_keep_must_be_positive() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="at least 1"):
         retention.plan({}, 0)

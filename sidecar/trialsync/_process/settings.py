@@ -55,7 +55,7 @@ class Settings:
     final_sync_timeout: float = C.FINAL_SYNC_TIMEOUT.default
     mirror_deletes: bool = C.MIRROR_DELETES.default
     keep_checkpoints: int | None = C.KEEP_CHECKPOINTS.default
-    bandwidth_limit: int = C.BANDWIDTH_LIMIT.default
+    bandwidth_limit: int | None = C.BANDWIDTH_LIMIT.default
     restore: bool = C.RESTORE.default
     restore_timeout: int = C.RESTORE_TIMEOUT.default
     restore_key: str | None = C.RESTORE_KEY.default

@@ -43,7 +43,7 @@ def build_store(settings: Settings, metrics: Metrics | None = None) -> Store:
     here, only for an upload dir: a worker that syncs to the head loads no storage client."""
     config = settings.config
     # One bucket for every upload of this sidecar (bandwidth_limit; 0: none).
-    limiter = throttle.for_rate(settings.bandwidth_limit)
+    limiter = throttle.for_rate(settings.bandwidth_limit or 0)
     if settings.duty is Duty.SEND:
         assert settings.head_url is not None
         https = settings.head_url.startswith("https://")
