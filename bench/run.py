@@ -17,6 +17,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import (
+    bandwidth,
     common,
     idle,
     noop,
@@ -37,6 +38,7 @@ BENCHMARKS = {
     "pod-status": pod_status,
     "ray": ray_checkpoint,
     "restore": restore,
+    "bandwidth": bandwidth,
 }
 QUICK = {
     "size_mib": 128,
@@ -75,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     pod_status.add_arguments(parser)
     ray_checkpoint.add_arguments(parser)
     restore.add_arguments(parser)
+    bandwidth.add_arguments(parser)
     args = parser.parse_args(argv)
     if args.quick:
         for key, value in QUICK.items():

@@ -42,6 +42,9 @@ SIDECAR_RESOURCE_ANNOTATIONS: dict[tuple[str, str], str] = {
 }
 SIDECAR_UID_ANNOTATION = f"{GROUP}/sidecar-uid"
 SIDECAR_GID_ANNOTATION = f"{GROUP}/sidecar-gid"
+#: The sidecar's upload rate limit, a quantity of bytes per second, over the SyncConfig's
+#: bandwidthLimit ("0": none).
+BANDWIDTH_LIMIT_ANNOTATION = f"{GROUP}/bandwidth-limit"
 #: Written by the webhook: what was injected (JSON).
 STATUS_ANNOTATION = f"{GROUP}/status"
 #: Labels the webhook adds, so a Service can select a SyncConfig's head pod.

@@ -153,6 +153,8 @@ class ConfigView:
     checkpoint_settle: int = C.CHECKPOINT_SETTLE.default
     final_sync_timeout: int = C.FINAL_SYNC_TIMEOUT.default
     mirror_deletes: bool = C.MIRROR_DELETES.default
+    keep_checkpoints: int | None = C.KEEP_CHECKPOINTS.default
+    bandwidth_limit: int | None = C.BANDWIDTH_LIMIT.default
     restore: bool = C.RESTORE.default
     restore_timeout: int = C.RESTORE_TIMEOUT.default
 
@@ -223,6 +225,7 @@ def _check(view: ConfigView, sidecar: SidecarImage) -> None:
     if view.mode is Mode.UPLOAD and _scheme(str(view.upload_dir)) in LOCAL_SCHEMES:
         raise PathNotWritable(FILE_UPLOAD_DIR.format(uri=quoted(str(view.upload_dir))))
     contract.check_mirror_deletes(view.mirror_deletes, view.syncer)
+    contract.check_keep_checkpoints(view.keep_checkpoints, view.syncer)
     contract.check_restore(view.restore, view.syncer)
     if view.syncer not in ("auto", "none") and not view.image:
         raise ValueError(NEEDS_IMAGE)

@@ -30,12 +30,14 @@ from typing import Any
 from trialsync.setting_kinds import (
     ENV_PREFIX,
     Address,
+    ByteRate,
     Cel,
     CelRule,
     Choice,
     Count,
     Flag,
     Globs,
+    OptionalCount,
     Seconds,
     Setting,
     SettingError,
@@ -318,9 +320,8 @@ def check_seed(
 
 
 def seed_cel_rules() -> list[CelRule]:
-    """The spec-level rules of the CRD that ``check_seed``, ``check_mirror_deletes`` and
-    ``check_restore`` make
-    across fields."""
+    """The spec-level rules of the CRD that ``check_seed``, ``check_mirror_deletes``,
+    ``check_restore`` and ``check_keep_checkpoints`` make across fields."""
     custom = f"self.syncer.matches('^{_CLASS}$')"
     return [
         CelRule.of(
@@ -347,6 +348,10 @@ def seed_cel_rules() -> list[CelRule]:
             "!has(self.restoreOnStart) || !self.restoreOnStart || !has(self.syncer) || "
             "self.syncer == 'auto'",
             RESTORE_NEEDS_AUTO,
+        ),
+        CelRule.of(
+            "!has(self.keepCheckpoints) || !has(self.syncer) || self.syncer == 'auto'",
+            KEEP_CHECKPOINTS_NEEDS_AUTO,
         ),
     ]
 
@@ -413,6 +418,33 @@ MIRROR_DELETES_NEEDS_AUTO = (
 def check_mirror_deletes(mirror_deletes: bool, syncer: object) -> None:
     if mirror_deletes and syncer != "auto":
         raise SettingError(MIRROR_DELETES_NEEDS_AUTO)
+
+
+KEEP_CHECKPOINTS = OptionalCount(
+    "keep_checkpoints",
+    None,
+    "keep the newest this many complete checkpoints of each trial in the upload dir and "
+    "delete older ones there, manifest first (default: keep all; local files are never "
+    "deleted)",
+    crd="keepCheckpoints",
+)
+KEEP_CHECKPOINTS_NEEDS_AUTO = (
+    "keep_checkpoints needs syncer 'auto' (a custom Syncer cannot list, and None syncs nothing)"
+)
+
+
+def check_keep_checkpoints(keep: object, syncer: object) -> None:
+    if keep is not None and syncer != "auto":
+        raise SettingError(KEEP_CHECKPOINTS_NEEDS_AUTO)
+
+
+BANDWIDTH_LIMIT = ByteRate(
+    "bandwidth_limit",
+    None,
+    "upload bytes per second of the whole sidecar, a quantity such as 50Mi (a token bucket "
+    "all uploads share; default 0: no limit)",
+    crd="bandwidthLimit",
+)
 
 
 RESTORE = Flag(
@@ -666,6 +698,7 @@ SETTINGS: tuple[Setting[Any], ...] = (
     ONCE,
     FINAL_SYNC_TIMEOUT,
     MIRROR_DELETES,
+    KEEP_CHECKPOINTS,
     RESTORE,
     RESTORE_TIMEOUT,
     RESTORE_KEY,
@@ -677,6 +710,7 @@ SETTINGS: tuple[Setting[Any], ...] = (
     FILES_IN_FLIGHT,
     PART_SIZE,
     UPLOAD_MEMORY,
+    BANDWIDTH_LIMIT,
     SHARE_FILES,
     RECONCILE_INTERVAL,
     POLL_INTERVAL,

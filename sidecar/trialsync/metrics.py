@@ -65,6 +65,11 @@ class Metrics:
             "Checkpoints published with their manifest.",
             registry=self.registry,
         )
+        self.checkpoints_retired = Counter(
+            "trialsync_checkpoints_retired",
+            "Remote checkpoints deleted by keep_checkpoints (manifest first).",
+            registry=self.registry,
+        )
         self.syncs = Counter(
             "trialsync_syncs", "Sync runs, by outcome.", ["outcome"], registry=self.registry
         )

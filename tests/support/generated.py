@@ -161,6 +161,8 @@ HOSTILE_SPEC = st.fixed_dictionaries(
         "checkpointSettleSeconds": _maybe(SECONDS),
         "finalSyncTimeoutSeconds": _maybe(SECONDS),
         "mirrorDeletes": _maybe(st.booleans()),
+        "keepCheckpoints": _maybe(st.sampled_from([1, 3, 0, -2, True, "2"])),
+        "bandwidthLimit": _maybe(st.sampled_from(["50Mi", "0", "1.5G", "5", "fast", 3])),
     },
 )
 
@@ -246,6 +248,8 @@ _VALID_FIELDS = {
     "checkpointSettleSeconds": st.integers(min_value=1, max_value=3600),
     "finalSyncTimeoutSeconds": st.integers(min_value=1, max_value=120),
     "mirrorDeletes": st.booleans(),
+    "keepCheckpoints": st.integers(min_value=1, max_value=100),
+    "bandwidthLimit": st.sampled_from(["0", "1Ki", "50Mi", "200M", "1.5Gi", "1048576"]),
 }
 _IMAGES = st.sampled_from(["me/sidecar:1", "r:5000/s@sha256:" + "0" * 64])
 _PULL_POLICIES = st.sampled_from(["Always", "IfNotPresent", "Never"])
@@ -271,6 +275,7 @@ def valid_specs(draw: st.DrawFn, modes: tuple[str, ...] = ALL_MODES) -> dict[str
             spec[field] = draw(strategy)
     if syncer not in (None, "auto"):
         spec.pop("mirrorDeletes", None)  # it needs the auto syncer
+        spec.pop("keepCheckpoints", None)  # so does this
     if draw(st.booleans()):
         sidecar.setdefault("image", draw(_IMAGES))
     if draw(st.booleans()):

@@ -68,6 +68,11 @@ def same_configuration(
     assert parsed.checkpoint_settle == view.checkpoint_settle
     assert parsed.final_sync_timeout == view.final_sync_timeout
     assert parsed.mirror_deletes is view.mirror_deletes
+    # The head's service uploads nothing: retention and the rate limit are the senders'.
+    receives = parsed.duty is contract.Duty.RECEIVE
+    assert parsed.keep_checkpoints == (None if receives else view.keep_checkpoints)
+    if not receives and parsed.bandwidth_limit != (view.bandwidth_limit or None):
+        assert parsed.bandwidth_limit is not None  # a pod's annotation set it
     if parsed.restore:  # a pod's annotations may turn it on or off; its bound is the view's
         assert parsed.restore_timeout == view.restore_timeout
         assert bool(parsed.restore_key) != (parsed.restore_prefix is not None)

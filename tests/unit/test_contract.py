@@ -71,7 +71,7 @@ def test_each_crd_field_has_the_contracts_rules_and_messages(field: str) -> None
 
 
 def test_the_rules_across_fields_and_of_nested_fields_are_the_contracts() -> None:
-    assert _rules(SPEC)[:4] == contract.seed_cel_rules(), _expected(contract.seed_cel_rules())
+    assert _rules(SPEC)[:5] == contract.seed_cel_rules(), _expected(contract.seed_cel_rules())
     assert _rules(FIELDS["excludes"]["items"]) == contract.EXCLUDE.cel_item()
     storage = FIELDS["storage"]["properties"]
     assert _rules(storage["endpoint"]) == [contract.ENDPOINT_RULE]

@@ -472,6 +472,12 @@ def test_the_sidecar_resource_annotations_are_named_as_documented() -> None:
         ({names.SIDECAR_UID_ANNOTATION: "2147483648"}, "must be a user id"),
         ({names.SIDECAR_GID_ANNOTATION: "-5"}, f"{names.SIDECAR_GID_ANNOTATION}='-5' must be a "),
         ({names.SIDECAR_GID_ANNOTATION: "1000 "}, "must be a group id"),
+        (
+            {names.BANDWIDTH_LIMIT_ANNOTATION: "fast"},
+            f"annotation {names.BANDWIDTH_LIMIT_ANNOTATION}='fast': bandwidth_limit must be a "
+            "quantity of bytes per second",
+        ),
+        ({names.BANDWIDTH_LIMIT_ANNOTATION: "100"}, "at least 1Ki"),
     ],
 )
 def test_a_wrong_sidecar_override_is_refused_naming_the_annotation(
@@ -633,3 +639,29 @@ def test_a_mount_path_at_the_head_node_secret_is_refused_naming_it() -> None:
     pod = _pod(**{names.MOUNT_PATH_ANNOTATION: contract.HEAD_SECRET_MOUNT})
     with pytest.raises(injection.Refusal, match="the SyncConfig's head-node Secret"):
         injection.plan(pod, "ml", lookup_for(config), DEFAULTS)
+
+
+@pytest.mark.parametrize(
+    ("spec", "annotation", "env"),
+    [
+        ({}, None, set()),
+        ({"keepCheckpoints": 3, "bandwidthLimit": "50Mi"}, None, {"3", str(50 * 2**20)}),
+        ({"bandwidthLimit": "50Mi"}, "200M", {"200000000"}),
+        ({"bandwidthLimit": "50Mi"}, "0", set()),
+    ],
+)
+def test_retention_and_the_bandwidth_limit_reach_the_sidecar_the_annotation_winning(
+    spec: dict[str, Any], annotation: str | None, env: set[str]
+) -> None:
+    config = {**CONFIG, "spec": {**CONFIG["spec"], **spec}}
+    extra = {names.BANDWIDTH_LIMIT_ANNOTATION: annotation} if annotation else {}
+    pod = _pod(**{names.MOUNT_PATH_ANNOTATION: "/r", **extra})
+    result = injection.plan(pod, "ml", lookup_for(config), DEFAULTS)
+    [sidecar] = sidecars(apply(pod, result.patch))
+    values = {e["name"]: e.get("value") for e in sidecar["env"]}
+    got = {
+        values[name]
+        for name in ("TRIALSYNC_KEEP_CHECKPOINTS", "TRIALSYNC_BANDWIDTH_LIMIT")
+        if name in values
+    }
+    assert got == env

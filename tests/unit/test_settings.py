@@ -30,6 +30,8 @@ CLOUD: dict[str, Check] = {
     "once": ("true", lambda s: s.once, True),
     "final_sync_timeout": ("11", lambda s: s.final_sync_timeout, 11),
     "mirror_deletes": ("1", lambda s: s.mirror_deletes, True),
+    "keep_checkpoints": ("3", lambda s: s.keep_checkpoints, 3),
+    "bandwidth_limit": ("50Mi", lambda s: s.bandwidth_limit, 50 * 2**20),
     "restore": ("true", lambda s: s.restore, True),
     "restore_timeout": ("60", lambda s: s.restore_timeout, 60),
     "restore_key": ("ns/job/train", lambda s: s.restore_key, "ns/job/train"),

@@ -35,7 +35,7 @@ from decimal import Decimal
 from typing import Any, TypeVar
 
 from trialsync import contract
-from trialsync.contract import Duty, Mode, Role
+from trialsync.contract import Duty, Mode, Role, SettingError
 from trialsync_operator import names, quantity
 from trialsync_operator.admission import ownership
 from trialsync_operator.settings import Defaults
@@ -133,6 +133,9 @@ class SidecarOverrides:
     limits: Mapping[str, str] = dataclasses.field(default_factory=dict)
     uid: int | None = None
     gid: int | None = None
+    #: Bytes per second (annotation trialsync.io/bandwidth-limit; 0: no limit), over the
+    #: SyncConfig's bandwidthLimit; None: as the SyncConfig says.
+    bandwidth_limit: int | None = None
 
 
 def config_name(pod: Mapping[str, Any]) -> str:
@@ -247,7 +250,19 @@ def read_overrides(pod: Mapping[str, Any]) -> SidecarOverrides:
         limits=parts["limits"],
         uid=_id_annotation(annotations, names.SIDECAR_UID_ANNOTATION, "user"),
         gid=_id_annotation(annotations, names.SIDECAR_GID_ANNOTATION, "group"),
+        bandwidth_limit=_bandwidth_annotation(annotations),
     )
+
+
+def _bandwidth_annotation(annotations: Mapping[str, Any]) -> int | None:
+    key = names.BANDWIDTH_LIMIT_ANNOTATION
+    value = _annotation(annotations, key)
+    if not value:
+        return None
+    try:
+        return contract.BANDWIDTH_LIMIT.parse(value)
+    except SettingError as exc:
+        raise Refusal(f"annotation {key}={value!r:.60}: {exc}") from None
 
 
 def _positive_quantity(key: str, value: str) -> str:
@@ -393,7 +408,21 @@ def _inject(
     uid, gid = _trainer_user(spec, containers)
     run_uid, run_gid, share_files = _sidecar_user(uid, gid, overrides)
     below_mount = root != mounts[0]["mountPath"]
-    env = _env(namespace, request, view, duty, root, resources, share_files, below_mount, restore)
+    bandwidth = (
+        view.bandwidth_limit if overrides.bandwidth_limit is None else overrides.bandwidth_limit
+    )
+    env = _env(
+        namespace,
+        request,
+        view,
+        duty,
+        root,
+        resources,
+        share_files,
+        below_mount,
+        restore,
+        bandwidth,
+    )
     if view.workload_identity:
         env, mounts = _copy_web_identity(containers, env, mounts)
     _check_sidecar_mounts(mounts, request)
@@ -627,6 +656,7 @@ def _env(
     share_files: bool,
     create_root: bool,
     restore: RestoreScope = None,
+    bandwidth_limit: int | None = None,
 ) -> list[JsonDict]:
     """The sidecar's settings as its ``TRIALSYNC_*`` variables (``trialsync.contract``):
     every setting the SyncConfig holds, where the pod keeps its data (and whether the
@@ -652,6 +682,11 @@ def _env(
         values["exclude"] = view.exclude
     if view.mirror_deletes:
         values["mirror_deletes"] = True
+    if view.keep_checkpoints is not None and duty is not Duty.RECEIVE:
+        # The head's own service holds what workers send; its sidecar uploads nothing.
+        values["keep_checkpoints"] = view.keep_checkpoints
+    if bandwidth_limit and duty is not Duty.RECEIVE:
+        values["bandwidth_limit"] = bandwidth_limit
     options = json.loads(view.storage_options)
     if options:
         values["storage_options"] = options

@@ -19,7 +19,7 @@ import time
 from collections.abc import Collection, Mapping
 
 from trialsync import contract
-from trialsync._engine import scanner, transfer
+from trialsync._engine import retention, scanner, transfer
 from trialsync._engine.layout import MANIFEST_NAME, Kind, Layout, owner_marker
 from trialsync._engine.ledger import Ledger
 from trialsync._engine.sent_checkpoints import SentCheckpoints
@@ -51,6 +51,9 @@ class EngineOptions:
     upload_memory: int = contract.UPLOAD_MEMORY.default
     part_size: int = contract.PART_SIZE.default
     mirror_deletes: bool = False
+    #: Keep the newest this many complete checkpoints of each trial in the store and
+    #: delete older ones (manifest first); None keeps all.
+    keep_checkpoints: int | None = None
     #: The owner key whose marker goes in every dir this engine uploads into (restore on
     #: start); None: no markers.
     owner_key: str | None = None
@@ -91,6 +94,10 @@ class SyncEngine:
         # until the journal reports a change to them (a chmod is one).
         self.failed: dict[str, str] = {}
         self.deleted_checkpoints: set[str] = set()
+        #: Trial dirs whose remote checkpoints retention must look at (keep_checkpoints).
+        self.retention_due: set[str] = set()
+        #: Checkpoint dirs retention deleted (or would): a local copy is not published again.
+        self.retired: set[str] = set()
         self.rescan_needed = False
         # The prefixes recover() listed; ledger.published is complete only inside them.
         self.listed: list[str] | None = None
@@ -130,7 +137,7 @@ class SyncEngine:
                 self._clear_failures(checkpoint)
                 if self._mirrored(checkpoint):
                     self.deleted_checkpoints.add(checkpoint)
-            else:
+            elif checkpoint not in self.retired:
                 self.activity[checkpoint] = _now()
                 self.pending_since.setdefault(checkpoint, time.time())
             return
@@ -141,6 +148,8 @@ class SyncEngine:
             self.failed.pop(rel, None)
         if placement.kind is Kind.CHECKPOINT:
             assert placement.checkpoint is not None
+            if placement.checkpoint in self.retired:
+                return
             if not removed or placement.checkpoint in self.activity:
                 self.activity[placement.checkpoint] = _now()
                 self.pending_since.setdefault(placement.checkpoint, time.time())
@@ -225,6 +234,8 @@ class SyncEngine:
         if self.activity:
             ledger.forget(rel for rel, c in checkpoint_of.items() if c in self.activity)
         self.ledger = ledger
+        if self.options.keep_checkpoints is not None:
+            self._recover_retention(remote, here - published)
         self._absorb_scan(in_scope, settle)
         if self.sent is not None:
             await self._recover_deletions(published & here, here)
@@ -241,6 +252,28 @@ class SyncEngine:
                 "deleted_checkpoints": len(self.deleted_checkpoints),
             },
         )
+
+    def _recover_retention(self, remote: Mapping[str, RemoteObject], unpublished: set[str]) -> None:
+        """With ``keep_checkpoints``: every listed trial dir is looked at in the next round
+        (a deletion a kill interrupted is finished there), and local checkpoints that
+        retention deleted, or would, are not published again."""
+        keep = self.options.keep_checkpoints
+        assert keep is not None
+        trials = retention.checkpoints_of(remote, self._checkpoint_of)
+        self.retention_due.update(trials)
+        for checkpoint in unpublished:
+            trial = checkpoint.rpartition("/")[0]
+            kept = retention.plan(trials.get(trial, {}), keep).kept
+            if retention.retired_below(checkpoint, kept, keep):
+                self.retired.add(checkpoint)
+
+    def _checkpoint_of(self, rel: str) -> str | None:
+        placement = self.layout.place(rel)
+        if placement is not None:
+            return placement.checkpoint
+        if rel.endswith("/" + MANIFEST_NAME):
+            return self.layout.checkpoint_dir(rel.rpartition("/")[0])
+        return None
 
     async def _recover_deletions(self, published_here: set[str], here: set[str]) -> None:
         """With ``--mirror-deletes``: queue the deletion of every checkpoint this volume
@@ -335,6 +368,9 @@ class SyncEngine:
         for checkpoint in checkpoints - newest.keys() - self.ledger.published:
             self.activity.setdefault(checkpoint, now_loop - settle)
             self.pending_since.setdefault(checkpoint, now_wall)
+        for checkpoint in self.retired & self.activity.keys():
+            del self.activity[checkpoint]
+            self.pending_since.pop(checkpoint, None)
 
     # -- running a round -------------------------------------------------------------------
 
@@ -378,6 +414,8 @@ class SyncEngine:
         # Several at once: one checkpoint's verify listing and manifest write overlap
         # with the next one's uploads (the upload gates still bound the transfers).
         await tasks.bounded(CHECKPOINTS_IN_FLIGHT, checkpoints, publish)
+        if self.retention_due:
+            await self._retain()
         self._update_gauges()
 
     async def sync_files(self, kinds: Collection[Kind]) -> None:
@@ -441,6 +479,10 @@ class SyncEngine:
         for a change to it. ``complete_since``: the loop time the checkpoint was complete
         (default: now), from which its publish latency is measured.
         """
+        if checkpoint in self.retired:
+            self.activity.pop(checkpoint, None)
+            self.pending_since.pop(checkpoint, None)
+            return
         started = _now()
         files = await self._scan_checkpoint(checkpoint)
         if not files:
@@ -492,6 +534,8 @@ class SyncEngine:
         self.ledger.published.add(checkpoint)
         self.activity.pop(checkpoint, None)
         self.pending_since.pop(checkpoint, None)
+        if self.options.keep_checkpoints is not None:
+            self.retention_due.add(checkpoint.rpartition("/")[0])
         self.last_durable = time.time()
         self.newest_published = (checkpoint, self.last_durable)
         self.metrics.checkpoints_published.inc()
@@ -669,6 +713,46 @@ class SyncEngine:
                 await asyncio.to_thread(self.sent.remove, checkpoint)
             if remote:
                 log.info("checkpoint deletion mirrored", extra={"path": checkpoint})
+
+    async def _retain(self) -> None:
+        """Delete the remote checkpoints ``keep_checkpoints`` retires, in the trial dirs
+        due, from one listing of each (``retention.plan``).
+
+        Each retired checkpoint loses its manifest first, then its objects: a reader (a
+        restore, a Tune restore) takes a checkpoint without a manifest as incomplete, so
+        it never takes one that is half deleted. A kill between the two leaves objects
+        without a manifest, which the next plan of the trial removes as orphans. Local
+        files are never touched.
+        """
+        keep = self.options.keep_checkpoints
+        assert keep is not None
+
+        async def trial(unit: str) -> None:
+            listing = await self.store.list(unit)
+            grouped = retention.checkpoints_of(listing, self._checkpoint_of).get(unit, {})
+            plan = retention.plan(grouped, keep, pending=self.activity.keys())
+            for checkpoint in plan.retire:
+                manifest_rel = f"{checkpoint}/{MANIFEST_NAME}"
+                await self.store.delete([manifest_rel])
+                self._retired(checkpoint)
+                await self.store.delete(sorted(grouped[checkpoint] - {manifest_rel}))
+                self.metrics.checkpoints_retired.inc()
+                log.info("checkpoint retired", extra={"path": checkpoint, "kept": list(plan.kept)})
+            for checkpoint in plan.orphans:
+                await self.store.delete(sorted(grouped[checkpoint]))
+                self._retired(checkpoint)
+                log.info(
+                    "orphan objects of a retired checkpoint removed", extra={"path": checkpoint}
+                )
+            self.retention_due.discard(unit)
+
+        await tasks.bounded(LISTINGS_IN_FLIGHT, sorted(self.retention_due), trial)
+
+    def _retired(self, checkpoint: str) -> None:
+        self.ledger.forget_under(checkpoint)
+        self.retired.add(checkpoint)
+        self.activity.pop(checkpoint, None)
+        self.pending_since.pop(checkpoint, None)
 
     def _local(self, rel: str) -> str:
         return os.path.join(self.options.root, rel)

@@ -55,7 +55,8 @@ from trialsync._head.protocol import (
     REGISTER_PATH,
 )
 from trialsync._stores.base import ObjectRefused, RemoteObject, byte_range
-from trialsync._util import backoff, private_files, tasks
+from trialsync._util import backoff, private_files, tasks, throttle
+from trialsync._util.throttle import Limiter
 from trialsync.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -113,8 +114,11 @@ class HeadStore:
         metrics: Metrics | None = None,
         write_timeout: float | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        limiter: Limiter = throttle.UNLIMITED,
     ) -> None:
         self.head_url = head_url.rstrip("/")
+        # ``bandwidth_limit``: each file's bytes are taken before it is streamed.
+        self._limiter = limiter
         self._ssl = ssl_context
         self.prefix = prefix.strip("/")
         self.identity_file = identity_file
@@ -161,6 +165,7 @@ class HeadStore:
         try:
             st = os.fstat(handle.fileno())
             size = st.st_size if size is None else size
+            await self._limiter.take(size)
             headers = {
                 "Content-Length": str(size),
                 MTIME_HEADER: str(st.st_mtime_ns),
@@ -174,6 +179,7 @@ class HeadStore:
 
     async def put_bytes(self, rel: str, data: bytes) -> None:
         headers = {"Content-Type": "application/octet-stream"}
+        await self._limiter.take(len(data))
         await self._call("PUT", self._object_url(rel), _nothing, body=data, headers=headers)
 
     async def read_bytes(self, rel: str) -> bytes:

@@ -54,6 +54,8 @@ class Settings:
     once: bool = C.ONCE.default
     final_sync_timeout: float = C.FINAL_SYNC_TIMEOUT.default
     mirror_deletes: bool = C.MIRROR_DELETES.default
+    keep_checkpoints: int | None = C.KEEP_CHECKPOINTS.default
+    bandwidth_limit: int | None = C.BANDWIDTH_LIMIT.default
     restore: bool = C.RESTORE.default
     restore_timeout: int = C.RESTORE_TIMEOUT.default
     restore_key: str | None = C.RESTORE_KEY.default
@@ -208,6 +210,7 @@ def _build(values: dict[str, Any], environ: Mapping[str, str]) -> Settings:
     try:
         config.validate_upload_dir()
         contract.check_mirror_deletes(values.get("mirror_deletes", False), syncer)
+        contract.check_keep_checkpoints(values.get("keep_checkpoints"), syncer)
         contract.check_restore(values.get("restore", False), syncer)
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc

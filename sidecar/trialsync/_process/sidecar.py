@@ -21,7 +21,7 @@ from trialsync._process import credential_watch, status_server, storage_api, syn
 from trialsync._process.settings import ConfigError, Settings
 from trialsync._stores import aborts, credentials
 from trialsync._stores.base import Store, ignore_request
-from trialsync._util import backoff, tasks, tls
+from trialsync._util import backoff, tasks, throttle, tls
 from trialsync.contract import Duty, Role
 from trialsync.metrics import Metrics
 
@@ -42,6 +42,8 @@ def build_store(settings: Settings, metrics: Metrics | None = None) -> Store:
     """The store this sidecar syncs to. The fsspec store and the custom syncers are imported
     here, only for an upload dir: a worker that syncs to the head loads no storage client."""
     config = settings.config
+    # One bucket for every upload of this sidecar (bandwidth_limit; 0: none).
+    limiter = throttle.for_rate(settings.bandwidth_limit or 0)
     if settings.duty is Duty.SEND:
         assert settings.head_url is not None
         https = settings.head_url.startswith("https://")
@@ -51,6 +53,7 @@ def build_store(settings: Settings, metrics: Metrics | None = None) -> Store:
             identity_file=settings.head_identity_file,
             metrics=metrics,
             ssl_context=tls.client_context(settings.head_ca_file) if https else None,
+            limiter=limiter,
         )
     assert config.upload_dir is not None
     from trialsync._stores.fsspec_store import RemoteStore
@@ -71,6 +74,7 @@ def build_store(settings: Settings, metrics: Metrics | None = None) -> Store:
         s3_botocore=settings.s3_client == "botocore",
         credentials_dir=settings.credentials_dir,
         on_request=metrics.count_request if metrics else ignore_request,
+        limiter=limiter,
     )
 
 
@@ -196,6 +200,7 @@ async def run(settings: Settings) -> int:
             upload_memory=settings.upload_memory,
             part_size=settings.part_size,
             mirror_deletes=settings.mirror_deletes,
+            keep_checkpoints=settings.keep_checkpoints,
             owner_key=settings.restore_key,
         ),
         store,

@@ -24,7 +24,8 @@ from fsspec.implementations.local import LocalFileSystem
 from trialsync import contract
 from trialsync._stores import aborts, base, credentials, gcs_upload, s3_client, s3_upload
 from trialsync._stores.base import RemoteObject
-from trialsync._util import local_files, small_reads, tasks
+from trialsync._util import local_files, small_reads, tasks, throttle
+from trialsync._util.throttle import Limiter
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,7 @@ class RemoteStore:
         s3_botocore: bool = False,
         credentials_dir: str | None = None,
         on_request: base.RequestCounter = base.ignore_request,
+        limiter: Limiter = throttle.UNLIMITED,
     ) -> None:
         self.upload_dir = upload_dir.rstrip("/")
         protocol, _ = split_protocol(self.upload_dir)
@@ -76,6 +78,9 @@ class RemoteStore:
         # S3's requests are counted by the client that sends them (each attempt), GCS
         # uploads by gcs_upload; the other calls of an fsspec backend here, one each.
         self._count = on_request
+        # ``bandwidth_limit``: the lean S3 client takes each slice of a body as it sends
+        # it; the other clients, a whole file (or part) before they send it.
+        self._limiter = limiter
         self._credential_files = credential_files
         # A mounted credentials Secret, read into the environment (None: the environment
         # alone, as outside Kubernetes).
@@ -172,6 +177,7 @@ class RemoteStore:
             lean = s3_client.S3Client.from_botocore(fs.s3) if self._lean_s3 else None
             if lean is not None:
                 lean.on_request = self._count
+                lean.throttle = self._limiter
             s3 = lean or s3_upload.BotocoreApi(fs)
             # Parsed once here, not for every upload.
             bucket, prefix, _ = fs.split_path(root.rstrip("/"))
@@ -239,6 +245,8 @@ class RemoteStore:
 
     async def put_file(self, local_path: str, rel: str, size: int) -> None:
         async with self._clients() as c:
+            if not isinstance(c.s3, s3_client.S3Client):
+                await self._limiter.take(size)
             if c.s3 is not None:
                 await s3_upload.put_file(
                     c.s3,

@@ -43,7 +43,8 @@ import aiohttp
 from yarl import URL
 
 from trialsync._stores.base import RequestCounter, byte_range, ignore_request
-from trialsync._util import backoff
+from trialsync._util import backoff, throttle
+from trialsync._util.throttle import Limiter
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,8 @@ ATTEMPTS = 5
 RETRY_BASE = 1.0
 RETRY_CAP = 20.0
 WRITE_CHUNK = 2**20
+# With a bandwidth limit, bodies go in smaller slices, so the rate holds within a slice.
+THROTTLED_CHUNK = 2**18
 # A body up to this size goes to the transport in one write that never waits for the
 # peer (aiohttp drains only above 64 KiB), so only larger bodies need the write watchdog.
 UNWATCHED_BODY = 2**16
@@ -257,6 +260,8 @@ class S3Client:
         self._bucket_regions: dict[str, str] = {}
         #: Told the operation of every request sent (each attempt).
         self.on_request: RequestCounter = ignore_request
+        #: Every request body takes its bytes from it as it is sent (``bandwidth_limit``).
+        self.throttle: Limiter = throttle.UNLIMITED
 
     @classmethod
     def from_botocore(cls, client: Any, connections: int = 64) -> S3Client | None:
@@ -537,6 +542,8 @@ class S3Client:
         session = self._client()
         async with asyncio.timeout(None) as watchdog:
             data: Any = body if len(body) else None
+            if 0 < len(body) <= UNWATCHED_BODY:
+                await self.throttle.take(len(body))
             if len(body) > UNWATCHED_BODY:
                 loop = asyncio.get_running_loop()
 
@@ -544,7 +551,7 @@ class S3Client:
                     watchdog.reschedule(loop.time() + self._write_timeout)
 
                 progress()  # connecting and the first slice count too
-                data = _chunks(body, progress)
+                data = _chunks(body, progress, self.throttle)
             # No redirects: a streamed body cannot be sent twice, and S3 does not redirect
             # signed requests anyway (a wrong region is a 301 with the right one named).
             async with session.request(
@@ -563,17 +570,22 @@ class S3Client:
 
 
 async def _chunks(
-    body: bytes | memoryview, progress: Callable[[], None]
+    body: bytes | memoryview, progress: Callable[[], None], limit: Limiter = throttle.UNLIMITED
 ) -> AsyncIterator[memoryview]:
     """``body`` in slices: aiohttp then copies none of it into a joined buffer, and the
     transport buffers at most one slice's unsent tail instead of the whole body.
 
     ``progress`` is called each time aiohttp asks for the next slice, which it does once
-    the previous one went to the socket (it waits for the transport to drain first)."""
+    the previous one went to the socket (it waits for the transport to drain first).
+    With a ``limit``, each slice takes its bytes just before it goes (the wait for them is
+    not a stalled peer: the write watchdog starts after it)."""
     view = memoryview(body)
-    for start in range(0, len(view), WRITE_CHUNK):
+    step = WRITE_CHUNK if limit is throttle.UNLIMITED else THROTTLED_CHUNK
+    for start in range(0, len(view), step):
+        piece = view[start : start + step]
+        await limit.take(len(piece))
         progress()
-        yield view[start : start + WRITE_CHUNK]
+        yield piece
     progress()  # the last slice is written: the answer's headers are next
 
 
