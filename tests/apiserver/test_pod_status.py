@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from localcluster.control_plane import Kube
+from localcluster.processes import tail
 from tests.support.operator_process import Operator, delete_webhooks, start_operator
 from tests.support.pods import syncconfig
 from tests.support.requirements import external_cluster_only
@@ -73,17 +74,30 @@ def _condition(body: dict[str, Any], type_: str) -> dict[str, Any]:
 
 
 def _counts_become(
-    kube: Kube, namespace: str, name: str, expected: dict[str, int], timeout: float
+    kube: Kube,
+    operator: Operator,
+    namespace: str,
+    name: str,
+    expected: dict[str, int],
+    timeout: float,
 ) -> tuple[dict[str, Any], float]:
     """The SyncConfig once its pod counts are ``expected`` (others 0), and how long it took."""
     want = {"synced": 0, "lagging": 0, "failing": 0, "starting": 0, "unknown": 0, **expected}
     started = time.monotonic()
-    body = wait_for(
-        lambda: (b := _get(kube, namespace, name)).get("status", {}).get("pods") == want and b,
-        timeout,
-        0.2,
-        what=f"pods {want}",
-    )
+    seen: list[Any] = []
+
+    def counted() -> dict[str, Any] | None:
+        body = _get(kube, namespace, name)
+        seen[:] = [body.get("status", {}).get("pods")]
+        return body if seen[0] == want else None
+
+    try:
+        body = wait_for(counted, timeout, 0.2, what=f"pods {want}")
+    except AssertionError as exc:
+        raise AssertionError(
+            f"{exc}; the status last said {seen}; the operator's log ends:\n"
+            + tail(operator.log_path, 40)
+        ) from None
     return body, time.monotonic() - started
 
 
@@ -106,10 +120,11 @@ def test_the_status_counts_its_pods_within_one_sync_period(
     try:
         body, _ = _counts_become(
             kube,
+            polling_operator,
             namespace,
             "exp",
             {"total": PODS, "synced": PODS - NO_IP, "unknown": NO_IP},
-            60,
+            90,
         )
         status = body["status"]
         assert status["newestCheckpoint"]["path"] == "exp/t0/checkpoint_000001"
@@ -152,6 +167,7 @@ def test_the_status_counts_its_pods_within_one_sync_period(
         endpoints.set(ips[15:16], document("synced", newest=("exp/t9/checkpoint_000007", newer)))
         body, took = _counts_become(
             kube,
+            polling_operator,
             namespace,
             "exp",
             {
@@ -179,6 +195,7 @@ def test_the_status_counts_its_pods_within_one_sync_period(
         kube.kubectl("delete", "pod", "p-0", "-n", namespace, "--wait=false")
         body, took = _counts_become(
             kube,
+            polling_operator,
             namespace,
             "exp",
             {"total": PODS - 1, "synced": PODS - NO_IP - 1, "unknown": NO_IP},

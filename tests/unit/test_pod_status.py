@@ -4,11 +4,12 @@ status written only when it changed."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
 
-from trialsync_operator import names
+from trialsync_operator import kube, names
 from trialsync_operator.reconcile import pod_status
 from trialsync_operator.reconcile.pod_status import Report, aggregate, desired_status, unchanged
 
@@ -115,3 +116,44 @@ def test_the_watch_keeps_only_injected_pods() -> None:
     assert pod_status.pod_of({"metadata": {"name": "q", "labels": {}}}) is None
     done = {**injected, "status": {"phase": "Succeeded"}}
     assert pod_status.pod_of(done) == pod_status.Pod("ml", "p", "exp", None, True)
+
+
+class _Conflicting:
+    """An API that refuses the first status write (someone wrote since the version the
+    poller holds) and then serves the object as it is now."""
+
+    def __init__(self) -> None:
+        self.current = {
+            "metadata": {"namespace": "ml", "name": "exp", "resourceVersion": "7"},
+            "status": {"observedGeneration": 1, "conditions": [{"type": "Ready"}]},
+        }
+        self.writes: list[str] = []
+        self.reads = 0
+
+    async def merge_patch(self, path: str, patch: dict[str, Any]) -> dict[str, Any]:
+        version = patch["metadata"]["resourceVersion"]
+        self.writes.append(version)
+        if version != self.current["metadata"]["resourceVersion"]:
+            raise kube.ApiError(409, "the object has been modified")
+        return {"metadata": {"resourceVersion": "8"}, "status": patch["status"]}
+
+    async def get(self, path: str, params: dict[str, str]) -> dict[str, Any]:
+        assert params == {"fieldSelector": "metadata.name=exp"}
+        self.reads += 1
+        return {"items": [self.current]}
+
+
+def test_a_conflicting_write_is_retried_over_the_object_read_again() -> None:
+    api = _Conflicting()
+    poller = pod_status.PodStatus(api)  # type: ignore[arg-type]
+    tracked = pod_status.Tracked(
+        "ml", "exp", 10, None, {"observedGeneration": 1}, resource_version="5", generation=1
+    )
+    poller.configs[("ml", "exp")] = tracked
+    assert asyncio.run(poller.poll(tracked)) is True
+    assert api.writes == ["5", "7"]  # the stale version refused, then the one read again
+    assert api.reads == 1
+    # The reconciler's condition, read again, is kept beside the new Synced one.
+    types = [c["type"] for c in tracked.status["conditions"]]
+    assert types == ["Ready", pod_status.SYNCED]
+    assert tracked.resource_version == "8"

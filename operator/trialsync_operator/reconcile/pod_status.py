@@ -470,14 +470,31 @@ class PodStatus:
                     return False
                 if exc.status != 409:
                     raise
-                # Someone wrote meanwhile (the reconciler): again over what they wrote.
-                await asyncio.sleep(0.5)
+                # Someone wrote meanwhile (the reconciler): again over what they wrote,
+                # read now rather than when its watch event reaches observe().
+                if not await self._refresh(tracked):
+                    return False
                 continue
             tracked.status = _mapping(written.get("status"))
             tracked.resource_version = str(
                 _mapping(written.get("metadata")).get("resourceVersion") or ""
             )
             return True
+        return False
+
+    async def _refresh(self, tracked: Tracked) -> bool:
+        """Read the SyncConfig's status and version again (listed by name: the operator
+        lists and watches SyncConfigs, and gets none by name); False if it is gone."""
+        listing = await self._kube.get(
+            kube.namespaced(SYNCCONFIGS, tracked.namespace),
+            params={"fieldSelector": f"metadata.name={tracked.name}"},
+        )
+        for item in listing.get("items") or []:
+            metadata = _mapping(item.get("metadata"))
+            tracked.status = _mapping(item.get("status"))
+            tracked.resource_version = str(metadata.get("resourceVersion") or "")
+            return True
+        self._forget((tracked.namespace, tracked.name))
         return False
 
     async def _ask(self, pod: Pod) -> Report:
