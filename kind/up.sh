@@ -5,6 +5,8 @@
 #
 #   KUBECONFIG=<path>                          the host reaches the apiserver through it
 #   KIND_NET="nsenter --net=<netns> --"        runs a host command in the cluster's network
+#   TRIALSYNC_KUBECONFIG, TRIALSYNC_CLUSTER_HOST_IP, TRIALSYNC_CLUSTER_NETNS
+#                                              run the Kubernetes tests against it
 #
 # Network: kind's podman provider puts its nodes on a podman bridge network, and podman's
 # CNI plugins (bridge, firewall, portmap) add iptables rules and a bridge to whatever
@@ -38,7 +40,7 @@ export PATH="$here/shim:$bin:$PATH"
 holder=""
 [[ -f "$state/netns.pid" ]] && holder="$(cat "$state/netns.pid")"
 if [[ -z "$holder" ]] || ! kill -0 "$holder" 2>/dev/null; then
-    setsid unshare --net sleep infinity </dev/null >/dev/null 2>&1 &
+    setsid unshare --net sleep infinity </dev/null >/dev/null 2>&1 3>&- &
     holder=$!
     for _ in $(seq 50); do
         [[ "$(readlink /proc/$holder/ns/net)" != "$(readlink /proc/self/ns/net)" ]] && break
@@ -82,7 +84,7 @@ if [[ -f "$state/forward.pid" ]] && kill -0 "$(cat "$state/forward.pid")" 2>/dev
 else
     rm -f "$state/forward.port"
     setsid python3 "$here/forward.py" "$netns" "$node_ip" 6443 "$state/forward.port" \
-        </dev/null >"$state/forward.log" 2>&1 &
+        </dev/null >"$state/forward.log" 2>&1 3>&- &
     echo $! > "$state/forward.pid"
     for _ in $(seq 50); do [[ -s "$state/forward.port" ]] && break; sleep 0.1; done
 fi
@@ -90,5 +92,13 @@ port="$(cat "$state/forward.port")"
 sed -E "s#server: https://[^ ]+#server: https://127.0.0.1:$port#" "$state/kubeconfig.inner" > "$state/kubeconfig"
 KUBECONFIG="$state/kubeconfig" "$bin/kubectl" wait --for=condition=Ready node --all --timeout=120s >&2
 echo "kind/up.sh: cluster $name ready after $((SECONDS - start)) s" >&2
+# What the tests need to run against this cluster (docs/testing.md, "Using kind"): its pods
+# reach the kind network's gateway, an address of the namespace, where the tests expose the
+# host's servers.
+gateway="$(in_net podman network inspect kind -f '{{range .Subnets}}{{.Gateway}} {{end}}' \
+    | tr ' ' '\n' | grep -m1 -E '^[0-9]+(\.[0-9]+){3}$')"
 echo "KUBECONFIG=$state/kubeconfig" >&3
 echo "KIND_NET=\"nsenter --net=$netns --\"" >&3
+echo "TRIALSYNC_KUBECONFIG=$state/kubeconfig" >&3
+echo "TRIALSYNC_CLUSTER_HOST_IP=$gateway" >&3
+echo "TRIALSYNC_CLUSTER_NETNS=$netns" >&3

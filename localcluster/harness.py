@@ -7,7 +7,8 @@ host and the pods:
 - :meth:`Cluster.expose`: a server of the host (the test's SeaweedFS, a webhook) becomes
   reachable from pods and from the apiserver at ``(pod_reachable_host, port)``;
 - :meth:`Cluster.forward`: a host loopback port that reaches an address inside the
-  cluster (a pod, a Service), on the local cluster only.
+  cluster (a pod, a Service), on the local cluster, or on an external cluster that runs in
+  a network namespace of this machine (kind of ``make kind-up``: ``netns``).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any
 from localcluster import layout
 from localcluster.control import LocalCluster
 from localcluster.control_plane import Kube
-from localcluster.forwarding import Forwarder
+from localcluster.forwarding import Forwarder, in_netns, listen_loopback
 from localcluster.isolation import HostState
 
 Manifest = dict[str, Any]
@@ -51,6 +52,7 @@ class Cluster:
         local: LocalCluster | None,
         pod_reachable_host: str | None,
         host_before: HostState | None = None,
+        netns: Path | None = None,
     ) -> None:
         self.kube = kube
         self.images = images
@@ -60,6 +62,9 @@ class Cluster:
         #: An address of this machine that pods and the apiserver reach: the node's address
         #: on the local cluster, TRIALSYNC_CLUSTER_HOST_IP (e.g. kind's gateway) otherwise.
         self.pod_reachable_host = pod_reachable_host
+        #: An external cluster's network namespace on this machine (TRIALSYNC_CLUSTER_NETNS,
+        #: which `make kind-up` prints): its pods reach ``pod_reachable_host`` there.
+        self.netns = netns
 
     # ------------------------------------------------------------------ crossings
 
@@ -74,15 +79,27 @@ class Cluster:
                 "no address of this machine is reachable from the cluster's pods: set "
                 "TRIALSYNC_CLUSTER_HOST_IP (for kind, its docker network's gateway)"
             )
-        listener = socket.create_server((self.pod_reachable_host, 0))
+        host = self.pod_reachable_host
+        if self.netns is not None:
+            # The listener is made in the cluster's namespace; connections are dialled
+            # from this thread's (the host's) network.
+            listener = in_netns(self.netns, lambda: socket.create_server((host, 0)))
+        else:
+            listener = socket.create_server((host, 0))
         return Forwarder(listener, ("127.0.0.1", port)).start()
 
     @contextlib.contextmanager
     def forward(self, host: str, port: int) -> Iterator[tuple[str, int]]:
         """A host loopback (host, port) that reaches ``host:port`` inside the cluster."""
-        if self.local is None:
-            raise RuntimeError("forward() needs the local cluster; use kubectl port-forward")
-        forwarder = self.local.forward(host, port)
+        if self.local is not None:
+            forwarder = self.local.forward(host, port)
+        elif self.netns is not None:
+            forwarder = Forwarder(listen_loopback(), (host, port), self.netns).start()
+        else:
+            raise RuntimeError(
+                "forward() needs the local cluster or TRIALSYNC_CLUSTER_NETNS; "
+                "use kubectl port-forward"
+            )
         try:
             yield forwarder.address
         finally:

@@ -1,5 +1,5 @@
-"""Run the test suite as two pytest processes side by side: the tests that need the node
-(marker ``cluster``) and all the others.
+"""Run the test suite in two lanes side by side: the tests that need the node (marker
+``cluster``, then the kind test, marker ``kind``) and all the others.
 
 The node's tests spend most of their time waiting on pods (image loads, kubelet syncs,
 trainers that sleep between checkpoints), the others on the CPU, so together they take
@@ -16,25 +16,24 @@ import subprocess
 import sys
 import threading
 from collections.abc import Sequence
-from typing import TextIO
 
-#: Each suite's name, which prefixes its lines, and its marker expression.
-SUITES = (("node", "cluster"), ("rest", "not cluster"))
-
-
-def _relay(name: str, stream: TextIO, out: TextIO, lock: threading.Lock) -> None:
-    for line in stream:
-        with lock:
-            out.write(f"[{name}] {line}")
-            out.flush()
+#: Each lane's name, which prefixes its lines, and the marker expressions of the pytest
+#: processes it runs one after the other. The kind test (the README's quickstart on a kind
+#: cluster) follows the node's tests: the node is stopped by then, and the rest of the
+#: suite takes longer than both.
+LANES = (("node", ("cluster", "kind")), ("rest", ("not cluster and not kind",)))
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    lock = threading.Lock()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    started: list[tuple[str, subprocess.Popen[str], threading.Thread]] = []
-    for name, marker in SUITES:
+def _run_lane(
+    name: str,
+    markers: Sequence[str],
+    args: Sequence[str],
+    env: dict[str, str],
+    lock: threading.Lock,
+    statuses: list[tuple[str, int]],
+    processes: list[subprocess.Popen[str]],
+) -> None:
+    for marker in markers:
         process = subprocess.Popen(
             [sys.executable, "-m", "pytest", "-m", marker, *args],
             stdout=subprocess.PIPE,
@@ -42,17 +41,34 @@ def main(argv: Sequence[str] | None = None) -> int:
             text=True,
             env=env,
         )
+        processes.append(process)
         assert process.stdout is not None
-        relay = threading.Thread(target=_relay, args=(name, process.stdout, sys.stdout, lock))
-        relay.start()
-        started.append((name, process, relay))
+        for line in process.stdout:
+            with lock:
+                sys.stdout.write(f"[{name}] {line}")
+                sys.stdout.flush()
+        statuses.append((f"{name} ({marker})", process.wait()))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    lock = threading.Lock()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     statuses: list[tuple[str, int]] = []
+    processes: list[subprocess.Popen[str]] = []
+    lanes = [
+        threading.Thread(
+            target=_run_lane, args=(name, markers, args, env, lock, statuses, processes)
+        )
+        for name, markers in LANES
+    ]
+    for lane in lanes:
+        lane.start()
     try:
-        for name, process, relay in started:
-            statuses.append((name, process.wait()))
-            relay.join()
+        for lane in lanes:
+            lane.join()
     except KeyboardInterrupt:
-        for _, process, _ in started:
+        for process in processes:
             process.terminate()
         raise
     for name, status in statuses:

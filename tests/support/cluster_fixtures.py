@@ -30,6 +30,9 @@ from localcluster.object_stores import S3Server
 from tests.support.requirements import external_cluster_only, unavailable
 
 HOST_IP_ENV = "TRIALSYNC_CLUSTER_HOST_IP"
+#: The network namespace an external cluster runs in on this machine (kind of
+#: `make kind-up`), where HOST_IP_ENV is an address of it.
+NETNS_ENV = "TRIALSYNC_CLUSTER_NETNS"
 
 _STARTUP: list[str] = []
 _TIMINGS: dict[str, float] = {}
@@ -84,7 +87,14 @@ def _use_existing(kubeconfig: Path, workdir: Path) -> Cluster:
         _STARTUP.append(f"cluster: the running local cluster {local.state.instance_id}")
         return Cluster(kube, images, local, local.node_ip)
     _STARTUP.append(f"cluster: existing cluster {kube.server}")
-    return Cluster(kube, images, None, os.environ.get(HOST_IP_ENV) or None)
+    netns = os.environ.get(NETNS_ENV)
+    return Cluster(
+        kube,
+        images,
+        None,
+        os.environ.get(HOST_IP_ENV) or None,
+        netns=Path(netns) if netns else None,
+    )
 
 
 @pytest.fixture(scope="session")

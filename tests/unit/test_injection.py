@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -363,51 +362,41 @@ CREDENTIALS_CONFIG = {
 
 
 @pytest.mark.parametrize(
-    ("path", "says"),
+    "path",
     [
-        ("/tmp", "='/tmp' is where the sidecar mounts its scratch emptyDir"),
-        ("/tmp/", "='/tmp' is where the sidecar mounts its scratch emptyDir"),
-        ("/tmp/trialsync", "='/tmp/trialsync' is where the sidecar keeps its own files"),
-        ("/tmp/trialsync-stage-x/y", "is where the sidecar keeps its own files"),
-        (
-            contract.CREDENTIALS_MOUNT,
-            "is where the sidecar mounts the SyncConfig's credentials Secret",
-        ),
-        (
-            "/var/run",
-            f"='/var/run' holds the SyncConfig's credentials Secret "
-            f"\\({contract.CREDENTIALS_MOUNT}\\): its mount point would be made in the trial",
-        ),
-        (
-            contract.CREDENTIALS_MOUNT + "/x",
-            "is inside the SyncConfig's credentials Secret .*, which is read-only",
-        ),
+        "/tmp",
+        "/tmp/trialsync",
+        "/tmp/ray_results",
+        contract.CREDENTIALS_MOUNT,
+        contract.CREDENTIALS_MOUNT + "/x",
+        "/var/run",
+        "/root/ray_results",
+        contract.TRIAL_MOUNT,
     ],
 )
-def test_a_mount_path_that_collides_with_a_sidecar_mount_is_refused_naming_both(
-    path: str, says: str
-) -> None:
-    pod = _pod(**{names.MOUNT_PATH_ANNOTATION: path})
-    with pytest.raises(injection.Refusal) as refused:
-        injection.plan(pod, "ml", lookup_for(CREDENTIALS_CONFIG), DEFAULTS)
-    message = str(refused.value)
-    assert message.startswith(f"annotation {names.MOUNT_PATH_ANNOTATION}="), message
-    assert re.search(says, message), message
-    # What to change: another path, given the sidecar's own mounts.
-    assert f"apart from the sidecar's own mounts (/tmp, {contract.CREDENTIALS_MOUNT};" in message
-
-
-@pytest.mark.parametrize(
-    "path", ["/tmp/ray_results", "/var/lib/trialsync/trial", "/var/run/secrets/other", "/tmpx"]
-)
-def test_a_mount_path_apart_from_the_sidecars_mounts_or_below_its_scratch_dir_is_injected(
+def test_the_sidecar_mounts_the_trial_volume_at_its_own_path_whatever_the_trainers(
     path: str,
 ) -> None:
+    """The trainer's mount path may be any path, even one of the sidecar's own mounts or
+    one its user cannot reach in its image (/root is 0700 there): the sidecar mounts the
+    same emptyDir at its own path."""
     pod = _pod(**{names.MOUNT_PATH_ANNOTATION: path})
     result = injection.plan(pod, "ml", lookup_for(CREDENTIALS_CONFIG), DEFAULTS)
-    [sidecar] = sidecars(apply(pod, result.patch))
-    mounts = [m["mountPath"] for m in sidecar["volumeMounts"]]
-    assert mounts == [path, contract.SCRATCH_DIR, contract.CREDENTIALS_MOUNT]
+    patched = apply(pod, result.patch)
+    [sidecar] = sidecars(patched)
+    assert [m["mountPath"] for m in sidecar["volumeMounts"]] == [
+        contract.TRIAL_MOUNT,
+        contract.SCRATCH_DIR,
+        contract.CREDENTIALS_MOUNT,
+    ]
+    assert sidecar["volumeMounts"][0]["name"] == names.TRIAL_VOLUME
+    [trainer] = patched["spec"]["containers"]
+    assert {"name": names.TRIAL_VOLUME, "mountPath": path.rstrip("/") or "/"} in trainer[
+        "volumeMounts"
+    ]
+    assert f"--root={contract.TRIAL_MOUNT}" in sidecar["args"] or any(
+        e.get("value") == contract.TRIAL_MOUNT for e in sidecar.get("env", [])
+    )
 
 
 def test_without_credentials_a_mount_path_at_their_place_is_injected() -> None:
@@ -633,12 +622,15 @@ def test_the_sidecar_uid_and_gid_annotations_win_over_the_trainers_user() -> Non
     )
 
 
-def test_a_mount_path_at_the_head_node_secret_is_refused_naming_it() -> None:
-    # No uploadDir: a worker mounts its SyncConfig's head-node Secret.
+def test_a_mount_path_at_the_head_node_secret_is_the_trainers_alone() -> None:
+    # No uploadDir: a worker's sidecar mounts its SyncConfig's head-node Secret, and the
+    # trial volume at its own path, whatever the trainer's.
     config = {"metadata": {"name": "exp", "namespace": "ml", "uid": "u"}, "spec": {}}
     pod = _pod(**{names.MOUNT_PATH_ANNOTATION: contract.HEAD_SECRET_MOUNT})
-    with pytest.raises(injection.Refusal, match="the SyncConfig's head-node Secret"):
-        injection.plan(pod, "ml", lookup_for(config), DEFAULTS)
+    [sidecar] = sidecars(apply(pod, injection.plan(pod, "ml", lookup_for(config), DEFAULTS).patch))
+    paths = [m["mountPath"] for m in sidecar["volumeMounts"]]
+    assert paths[0] == contract.TRIAL_MOUNT
+    assert contract.HEAD_SECRET_MOUNT in paths
 
 
 @pytest.mark.parametrize(

@@ -216,6 +216,15 @@ def _unlabelled() -> dict[str, Any]:
     return pod
 
 
+def _taken_mount_path() -> dict[str, Any]:
+    """A pod whose trainer already mounts a volume at the trial data's mount path."""
+    pod = _pod()
+    path = pod["metadata"]["annotations"][names.MOUNT_PATH_ANNOTATION]
+    pod["spec"]["containers"][0]["volumeMounts"] = [{"name": "data", "mountPath": path}]
+    pod["spec"]["volumes"] = [{"name": "data", "emptyDir": {}}]
+    return pod
+
+
 KINDS: list[tuple[str, Any, str]] = [
     ("success", _pod, ""),
     ("skip", _with_sidecar, "already_injected"),
@@ -225,7 +234,7 @@ KINDS: list[tuple[str, Any, str]] = [
     ("failure", lambda: _pod("bad"), "syncconfig_invalid"),
     ("failure", lambda: _pod(**{names.ROLE_ANNOTATION: "boss"}), "invalid_annotations"),
     ("failure", lambda: _pod(**{names.SIDECAR_UID_ANNOTATION: "-1"}), "invalid_annotations"),
-    ("failure", lambda: _pod(**{names.MOUNT_PATH_ANNOTATION: "/tmp"}), "invalid_pod"),
+    ("failure", lambda: _taken_mount_path(), "invalid_pod"),
 ]
 
 

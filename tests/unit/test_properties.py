@@ -323,12 +323,9 @@ def _check_round_trip(
 
     # The root the sidecar is told is where it mounts the trial volume.
     env = {e["name"]: e.get("value") for e in sidecar["env"]}
-    volume = annotations.get(names.VOLUME_ANNOTATION)
-    if volume:
-        trial = {"name": volume, "mountPath": contract.TRIAL_MOUNT}
-    else:
-        path = posixpath.normpath(annotations[names.MOUNT_PATH_ANNOTATION])
-        trial = {"name": names.TRIAL_VOLUME, "mountPath": path}
+    # The sidecar's own path, whatever the trainer's.
+    volume = annotations.get(names.VOLUME_ANNOTATION) or names.TRIAL_VOLUME
+    trial = {"name": volume, "mountPath": contract.TRIAL_MOUNT}
     assert env[contract.ROOT.env] == trial["mountPath"]
     mounts = [{"name": m["name"], "mountPath": m["mountPath"]} for m in sidecar["volumeMounts"]]
     assert trial in mounts, mounts

@@ -425,7 +425,7 @@ def _inject(
     )
     if view.workload_identity:
         env, mounts = _copy_web_identity(containers, env, mounts)
-    _check_sidecar_mounts(mounts, request)
+    _check_sidecar_mounts(mounts)
     sidecar: JsonDict = {
         "name": names.SIDECAR_NAME,
         "image": view.image or defaults.image,
@@ -562,7 +562,9 @@ def _trial_volume(
         volumes.append({"name": names.TRIAL_VOLUME, "emptyDir": {}})
         for container in containers:
             _mount_trial_dir(container, request.mount_path)
-        mount = {"name": names.TRIAL_VOLUME, "mountPath": request.mount_path}
+        # The sidecar mounts it at its own path: the trainer's may be one its user cannot
+        # reach in the sidecar's image (/root/ray_results: /root is 0700 there).
+        mount = {"name": names.TRIAL_VOLUME, "mountPath": contract.TRIAL_MOUNT}
         seen_at = request.mount_path
     below = _below(seen_at, request.storage_path)
     root = posixpath.join(mount["mountPath"], below) if below else str(mount["mountPath"])
@@ -955,68 +957,32 @@ def _copy_web_identity(
     return env, mounts
 
 
-def _check_sidecar_mounts(mounts: Sequence[Mapping[str, Any]], request: PodRequest) -> None:
+def _check_sidecar_mounts(mounts: Sequence[Mapping[str, Any]]) -> None:
     """Refusal when two of the sidecar's mounts collide: at one path (the apiserver would
     refuse the pod: "mountPath: must be unique"), or one inside another whose mount point
     the runtime cannot or must not make there: inside the trial volume (a directory the
     trainer would see, and a failure where the sidecar mounts the volume read-only) or a
     read-only volume (the credentials, a web-identity token). Only the sidecar's scratch
-    emptyDir may hold another mount (``mount-path: /tmp/ray_results`` is fine), away from
-    the files the sidecar keeps there (``/tmp/trialsync*``)."""
+    emptyDir may hold another mount, away from the files the sidecar keeps there
+    (``/tmp/trialsync*``). The trial volume is at the sidecar's own path
+    (``TRIAL_MOUNT``), whatever the trainer's: only a mount copied from the trainer (a
+    web-identity token) can clash."""
     paths = [(posixpath.normpath(str(m.get("mountPath", ""))), m) for m in mounts]
     for i, (path, mount) in enumerate(paths):
         for other_path, other in paths[i + 1 :]:
             if path == other_path:
-                raise Refusal(_mount_clash(mount, other, path, "", request, mounts))
+                raise Refusal(_mount_clash(mount, other, path, ""))
             for outer, inner, inner_path in ((mount, other, other_path), (other, mount, path)):
                 outer_path = str(outer["mountPath"]).rstrip("/")
                 if not inner_path.startswith(outer_path + "/"):
                     continue
                 below = inner_path[len(outer_path) + 1 :]
                 if outer.get("name") != names.SCRATCH_VOLUME or below.startswith("trialsync"):
-                    raise Refusal(_mount_clash(inner, outer, inner_path, "inside", request, mounts))
+                    raise Refusal(_mount_clash(inner, outer, inner_path, "inside"))
 
 
-def _mount_clash(
-    first: Mapping[str, Any],
-    second: Mapping[str, Any],
-    path: str,
-    how: str,
-    request: PodRequest,
-    mounts: Sequence[Mapping[str, Any]],
-) -> str:
-    """What a refusal for two clashing sidecar mounts says: the annotation at fault first,
-    where one is, and what to change."""
-    trial = request.mount_path is not None and names.TRIAL_VOLUME in (
-        first.get("name"),
-        second.get("name"),
-    )
-    if trial:
-        own = second if first.get("name") == names.TRIAL_VOLUME else first
-        taken = ", ".join(
-            str(m["mountPath"]) for m in mounts if m.get("name") != names.TRIAL_VOLUME
-        )
-        if not how:
-            where = f"is where the sidecar mounts {_mount_role(own)}"
-        elif own is second and own.get("name") == names.SCRATCH_VOLUME:
-            where = (
-                f"is where the sidecar keeps its own files in {_mount_role(own)} "
-                f"({own['mountPath']}/trialsync*)"
-            )
-        elif own is second:
-            where = f"is inside {_mount_role(own)} ({own['mountPath']}), which is read-only"
-        else:
-            where = (
-                f"holds {_mount_role(own)} ({own['mountPath']}): its mount point would be made "
-                "in the trial volume (a directory the trainer sees, and a failure to start "
-                "where the sidecar mounts the volume read-only)"
-            )
-        return (
-            f"annotation {names.MOUNT_PATH_ANNOTATION}={request.mount_path!r:.200} {where}: "
-            f"choose another path for the trial data, apart from the sidecar's own mounts "
-            f"({taken}; a directory below {contract.SCRATCH_DIR} is fine, except "
-            f"{contract.SCRATCH_DIR}/trialsync*)"
-        )
+def _mount_clash(first: Mapping[str, Any], second: Mapping[str, Any], path: str, how: str) -> str:
+    """What a refusal for two clashing sidecar mounts says, and what to change."""
     relation = "at one path" if not how else f"one inside the other ({path})"
     return (
         f"the sidecar would mount {_mount_role(first)} ({first['mountPath']}) and "
