@@ -185,6 +185,27 @@ def test_storage_settings_become_fsspec_storage_options() -> None:
     }
 
 
+def test_the_webhdfs_options_the_readme_names_reach_fsspec_as_its_keywords() -> None:
+    # README, "Upload dir schemes": the user, HTTPS and DataNode addresses of WebHDFS.
+    spec = {
+        "uploadDir": "webhdfs://namenode:9870/x",
+        "storage": {
+            "options": {
+                "user": "hdfs",
+                "use_https": "true",
+                "data_proxy": '{"http://dn-0:9864": "http://dn-0.hdfs.svc:9864"}',
+            }
+        },
+    }
+    view = view_of(_config(spec), SIDECAR)
+    assert view.valid, view.message
+    assert json.loads(view.storage_options) == {
+        "user": "hdfs",
+        "use_https": True,
+        "data_proxy": {"http://dn-0:9864": "http://dn-0.hdfs.svc:9864"},
+    }
+
+
 def test_names_of_head_objects_are_valid_service_names_and_distinct() -> None:
     long = "a" * 63
     dotted = "exp.v2"
