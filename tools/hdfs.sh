@@ -8,8 +8,8 @@
 # The jars come from Maven Central (`mvn dependency:copy-dependencies`, about 105 MB, through
 # Maven's own ~/.m2 repository); javac compiles MiniHdfs.java against them. <key> hashes
 # pom.xml, MiniHdfs.java, this script and the JDK's version, so a change to any of them builds
-# a new directory and an unchanged tree reuses the old one: a warm run is one hash, well
-# under a second. The build goes to a temporary directory that is renamed into place only
+# a new directory and an unchanged tree reuses the old one: a warm run is one hash, under
+# half a second. Old keys are not removed. The build goes to a temporary directory that is renamed into place only
 # when complete, so an interrupted build leaves nothing half-built behind.
 #
 # Usage:
@@ -66,7 +66,7 @@ key_dir="$cache_root/$key"
 if [[ ! -f "$key_dir/classes/MiniHdfs.class" ]]; then
     mkdir -p "$cache_root"
     # Serialise concurrent builds (two checkouts sharing the cache).
-    exec 9>"$cache_root/.lock-$key"
+    exec 9>"$cache_root/.lock"
     flock 9
     if [[ ! -f "$key_dir/classes/MiniHdfs.class" ]]; then
         rm -rf "$cache_root"/.build.*
@@ -76,6 +76,7 @@ if [[ ! -f "$key_dir/classes/MiniHdfs.class" ]]; then
         mvn -B -q -Dstyle.color=never -f "$src/pom.xml" dependency:copy-dependencies \
             -DincludeScope=runtime -DoutputDirectory="$tmp/lib" >&2
         javac -nowarn -d "$tmp/classes" -cp "$tmp/lib/*" "$src/MiniHdfs.java" >&2
+        chmod 755 "$tmp"
         rm -rf "$key_dir"
         mv "$tmp" "$key_dir"
         trap - EXIT
