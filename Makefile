@@ -20,7 +20,7 @@ IMAGES_MANIFEST = $$($(BIN)/python images/build.py --manifest)
 help:
 	@echo "make demo   - helm install, a SyncConfig and a training Job on a local cluster"
 	@echo "make test   - lint, type-check and run every test (builds the test control plane once)"
-	@echo "make tools  - build or reuse the test cluster's binaries in $(TRIALSYNC_CACHE)"
+	@echo "make tools  - build or reuse the test cluster's binaries and HDFS in $(TRIALSYNC_CACHE)"
 	@echo "make images - build the sidecar, operator and pause images with buildah"
 	@echo "make cluster-up / cluster-down - a local cluster with a node, for kubectl and helm"
 	@echo "make kind-up / kind-down - a kind cluster on podman, node image built here (kind/)"
@@ -38,8 +38,10 @@ venv: $(STAMP)
 system-deps:
 	@bash tools/system-deps.sh
 
+# The test cluster's binaries (Go, tools/build.sh) and the tests' HDFS (Java, tools/hdfs.sh).
 tools: system-deps
 	@bash tools/build.sh $(NODE)
+	@bash tools/hdfs.sh
 
 images: $(STAMP) tools
 	@$(BIN)/python images/build.py

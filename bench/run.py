@@ -25,6 +25,7 @@ from bench import (
     ray_checkpoint,
     request_cost,
     restore,
+    stores,
     throughput,
     webhook,
 )
@@ -39,6 +40,7 @@ BENCHMARKS = {
     "ray": ray_checkpoint,
     "restore": restore,
     "bandwidth": bandwidth,
+    "stores": stores,
 }
 QUICK = {
     "size_mib": 128,
@@ -56,6 +58,8 @@ QUICK = {
     "restore_repeat": 1,
     "status_pods": 100,
     "status_rounds": 1,
+    "store_size_mib": 64,
+    "store_files": 32,
 }
 
 
@@ -78,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     ray_checkpoint.add_arguments(parser)
     restore.add_arguments(parser)
     bandwidth.add_arguments(parser)
+    stores.add_arguments(parser)
     args = parser.parse_args(argv)
     if args.quick:
         for key, value in QUICK.items():

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Install the Debian packages that the local cluster and the image builds need, if any is
-# missing. A run with everything present is a no-op (one dpkg-query, well under a second).
+# Install the Debian packages that the local cluster, the image builds and the tests' HDFS
+# need, if any is missing. A run with everything present is a no-op (one dpkg-query, well
+# under a second).
 #
 #   libseccomp-dev, gcc, libc6-dev   runc links libseccomp statically; the pause binary is
 #                                    static C
@@ -13,6 +14,8 @@
 #   podman, podman-docker, runc      kind's nodes (make kind-up, kind/): podman 4.3 runs them
 #                                    with Debian's runc (its crun refuses hybrid cgroups);
 #                                    podman-docker is the docker CLI kind's tooling expects
+#   openjdk-17-jdk-headless, maven   the tests' HDFS (tools/hdfs.sh: Hadoop's MiniDFSCluster,
+#                                    its jars from Maven Central, compiled with javac)
 #
 # Only root can install. Without root (or without apt-get) the script says what is missing
 # and exits 0, so that `make test` still runs everything that does not need the node; with
@@ -25,6 +28,7 @@ packages=(
     iproute2 util-linux
     buildah debootstrap debian-archive-keyring
     podman podman-docker runc
+    openjdk-17-jdk-headless maven
 )
 
 if [[ "$(uname -s)" != Linux ]]; then

@@ -9,8 +9,10 @@ module imports no storage client until a backend is checked.
 
 from __future__ import annotations
 
+import ctypes.util
 import dataclasses
 import importlib.util
+import os
 from typing import TYPE_CHECKING, Union
 
 from trialsync import contract
@@ -29,7 +31,8 @@ class SyncConfig:
     """Configuration for syncing a tuning experiment to durable storage (Ray's SyncConfig).
 
     ``upload_dir``: URI that checkpoints, artifacts and experiment state are mirrored under
-    (``s3://bucket/prefix``, ``gs://...``, ``hdfs://...``, ``file:///...``, any fsspec URI).
+    (``s3://bucket/prefix``, ``gs://...``, ``webhdfs://namenode:9870/...``, ``hdfs://...``,
+    ``file:///...``, any fsspec URI).
     None means workers sync their trial dirs to the head node instead.
     ``syncer``: ``"auto"`` (the fsspec syncer), None or ``"none"`` (disable worker-to-head
     syncing; an error with an upload_dir), a ``Syncer`` instance or
@@ -91,9 +94,11 @@ def installed_backend(scheme: str, uri: str) -> None:
     if scheme not in known_implementations and scheme not in fsspec.available_protocols():
         raise ValueError(
             f"upload_dir {quoted(uri)} has an unknown scheme {quoted(scheme)}; fsspec knows "
-            f"{', '.join(sorted(('s3', 'gs', 'gcs', 'hdfs', 'file', 'memory')))} and others"
+            f"{', '.join(sorted(('s3', 'gs', 'gcs', 'webhdfs', 'hdfs', 'file', 'memory')))} and "
+            "others"
         )
     package = PACKAGE_FOR.get(scheme)
+    advice = f": {contract.SCHEME_ADVICE[scheme]}" if scheme in contract.SCHEME_ADVICE else ""
     try:
         fsspec.get_filesystem_class(scheme)
         # Some fsspec classes import their client only when instantiated (HDFS: pyarrow).
@@ -102,5 +107,20 @@ def installed_backend(scheme: str, uri: str) -> None:
     except ImportError as exc:
         raise ValueError(
             f"upload_dir {quoted(uri)} needs {package or 'the fsspec backend for ' + scheme}, "
-            f"which is not installed ({exc})"
+            f"which is not installed ({exc}){advice}"
         ) from exc
+    if scheme == "hdfs" and find_libhdfs() is None:
+        raise ValueError(
+            f"upload_dir {quoted(uri)} needs {contract.LIBHDFS}, which pyarrow finds in none "
+            f"of {', '.join('$' + d for d in contract.LIBHDFS_DIRS)} nor the library "
+            f"path{advice}"
+        )
+
+
+def find_libhdfs() -> str | None:
+    """Where pyarrow's HDFS client would load libhdfs from, if anywhere."""
+    for var, _, below in (d.partition("/") for d in contract.LIBHDFS_DIRS):
+        directory = os.environ.get(var)
+        if directory and os.path.isfile(os.path.join(directory, below, contract.LIBHDFS)):
+            return os.path.join(directory, below, contract.LIBHDFS)
+    return ctypes.util.find_library("hdfs")

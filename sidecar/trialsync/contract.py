@@ -149,15 +149,30 @@ PACKAGE_FOR = {
     "gs": "gcsfs",
     "gcs": "gcsfs",
     "hdfs": "pyarrow",
+    "webhdfs": "requests",
     "abfs": "adlfs",
     "az": "adlfs",
 }
 #: The extras of the trialsync distribution the default sidecar image installs
 #: (images/sidecar/Dockerfile), and the upload dir schemes they serve: the operator
 #: refuses others unless a SyncConfig names its own image (tests/pods checks these
-#: in the built image).
+#: in the built image). HDFS is served through WebHDFS (plain HTTP to the NameNode's HTTP
+#: port); ``hdfs://`` (pyarrow's client) needs libhdfs and a JVM, which the image has not.
 IMAGE_EXTRAS = ("cloud",)
-IMAGE_SCHEMES = ("s3", "s3a", "gs", "gcs", "file")
+IMAGE_SCHEMES = ("s3", "s3a", "gs", "gcs", "webhdfs", "file")
+#: What to do instead of a scheme the default image cannot serve, said wherever it is refused
+#: (the operator for its image, the sidecar for its own Python).
+SCHEME_ADVICE = {
+    "hdfs": (
+        "for HDFS use webhdfs://namenode:9870/path (WebHDFS at the NameNode's HTTP port; the "
+        "storage option use_https for HTTPS), which the default sidecar image serves: "
+        "hdfs:// goes through pyarrow's HDFS client, which needs libhdfs, a JVM and the "
+        "Hadoop jars"
+    ),
+}
+#: The libhdfs that pyarrow's HDFS client loads, and where it looks for it.
+LIBHDFS = "libhdfs.so"
+LIBHDFS_DIRS = ("ARROW_LIBHDFS_DIR", "HADOOP_HOME/lib/native")
 
 
 # -- the seed's six fields -------------------------------------------------------------------
@@ -175,7 +190,14 @@ _SPACES = (
 _SPACED = "upload_dir must be a non-empty URI without leading or trailing spaces"
 _NO_SCHEME = (
     " has no scheme (scheme://...): use s3://bucket/prefix, gs://bucket/prefix, "
-    "hdfs://namenode/path or file:///absolute/path"
+    "webhdfs://namenode:9870/path or file:///absolute/path"
+)
+#: A WebHDFS upload dir names the NameNode's HTTP host and port (a user may precede them).
+_WEBHDFS_SCHEMES = frozenset({"webhdfs"})
+_NAMENODE = re.compile(r"^([^@/]+@)?[^@/:]+:[0-9]{1,5}$")
+_NO_NAMENODE = (
+    " must name the NameNode's HTTP host and port: webhdfs://namenode:9870/path (without a "
+    "port, fsspec's webhdfs would use 50070, Hadoop 2's)"
 )
 _SYNCER_FORM = (
     " must be 'auto', 'none' or 'package.module:Class' (a trialsync.Syncer subclass shipped "
@@ -204,6 +226,8 @@ def upload_dir_scheme(setting: Setting[Any], uri: str) -> str:
         raise SettingError(f"upload_dir {quoted(uri)} must be an absolute path: file:///abs/path")
     elif scheme == "hdfs" and not rest.strip("/"):
         raise SettingError(f"upload_dir {quoted(uri)} names no path: hdfs://namenode:8020/path")
+    elif scheme in _WEBHDFS_SCHEMES and not _NAMENODE.fullmatch(rest.split("/", 1)[0]):
+        raise SettingError(f"upload_dir {quoted(uri)}{_NO_NAMENODE}")
     if "//" in rest.lstrip("/"):
         raise SettingError(f"upload_dir {quoted(uri)} has an empty path segment ('//')")
     return uri
@@ -252,7 +276,7 @@ def _syncer_rules(setting: Setting[Any]) -> list[CelRule]:
 UPLOAD_DIR: Text[str | None] = Text(
     "upload_dir",
     None,
-    "URI to mirror the root under: s3://, gs://, hdfs://, file://, ...",
+    "URI to mirror the root under: s3://, gs://, webhdfs://, file://, ...",
     crd="uploadDir",
     checker=upload_dir_scheme,
     rules=_upload_dir_rules,

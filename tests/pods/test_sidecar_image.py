@@ -63,3 +63,5 @@ def test_the_image_serves_the_schemes_the_operator_admits_and_no_hdfs(
         s: "served" for s in contract.IMAGE_SCHEMES
     }
     assert "needs pyarrow, which is not installed" in verdicts["hdfs"]
+    # ... and says what to use instead: WebHDFS, one of IMAGE_SCHEMES, served above.
+    assert "for HDFS use webhdfs://namenode:9870/path" in verdicts["hdfs"]

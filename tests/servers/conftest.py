@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import pathlib
 import uuid
 from collections.abc import Iterator
@@ -86,7 +87,7 @@ def s3(seaweedfs: Any) -> Backend:
     )
 
 
-@pytest.fixture(params=["s3", "s3-botocore", "gs", "file"])
+@pytest.fixture(params=["s3", "s3-botocore", "gs", "webhdfs", "file"])
 def backend(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> Backend:
     run = uuid.uuid4().hex[:8]
     if request.param in ("s3", "s3-botocore"):
@@ -104,6 +105,12 @@ def backend(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> Backend:
         server = request.getfixturevalue("fake_gcs")
         bucket = server.make_bucket()
         return Backend("gs", f"gs://{bucket}/run-{run}", server.storage_options(), server.env())
+    if request.param == "webhdfs":
+        server = request.getfixturevalue("hdfs")
+        options = server.storage_options()
+        # A sidecar process takes the same options (the user it acts as) from its environment.
+        env = {"TRIALSYNC_STORAGE_OPTIONS": json.dumps(options)}
+        return Backend("webhdfs", server.url(f"{server.make_dir()}/run-{run}"), options, env)
     remote = tmp_path / "remote"
     remote.mkdir()
     return Backend("file", f"file://{remote}", {}, {})

@@ -44,6 +44,9 @@ URIS = st.one_of(
             "gs://my-bucket/x",
             "gcs://b.c/d",
             "hdfs://namenode:8020/exp",
+            "webhdfs://namenode:9870/exp",
+            "webhdfs://hdfs@namenode:9870/exp",
+            "webhdfs://namenode/exp",
             "file:///data/exp",
             "file://relative",
             "bucket/prefix",
@@ -184,6 +187,7 @@ UPLOAD_DIRS = st.sampled_from(
         "s3a://bucket/a/b",
         "gs://my-bucket/x",
         "gcs://b.c/d",
+        "webhdfs://namenode:9870/exp",
     ]
 )
 #: A custom syncer's name, which needs an upload dir and a sidecar image that ships it.

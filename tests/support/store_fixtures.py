@@ -1,5 +1,5 @@
-"""pytest fixtures of the object stores: ``seaweedfs`` and ``fake_gcs`` (session), and a
-fresh bucket for each test (``s3_bucket``, ``gcs_bucket``). ``stall_proxy_factory`` (from
+"""pytest fixtures of the object stores: ``seaweedfs``, ``fake_gcs`` and ``hdfs`` (session),
+and a fresh bucket for each test (``s3_bucket``, ``gcs_bucket``). ``stall_proxy_factory`` (from
 ``tests.support.fault_proxy``) is re-exported so that ``pytest_plugins`` picks it up."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from localcluster.hdfs_server import HdfsServer, HdfsUnavailable, start_hdfs
 from localcluster.object_stores import (
     GcsBucket,
     GcsServer,
@@ -17,9 +18,10 @@ from localcluster.object_stores import (
     start_fake_gcs,
     start_seaweedfs,
 )
+from tests.support import requirements
 from tests.support.fault_proxy import stall_proxy_factory
 
-__all__ = ["fake_gcs", "gcs_bucket", "s3_bucket", "seaweedfs", "stall_proxy_factory"]
+__all__ = ["fake_gcs", "gcs_bucket", "hdfs", "s3_bucket", "seaweedfs", "stall_proxy_factory"]
 
 _STARTUPS = pytest.StashKey[dict[str, float]]()
 
@@ -44,6 +46,21 @@ def fake_gcs(pytestconfig: pytest.Config) -> Iterator[GcsServer]:
     """A fake-gcs-server for the whole session (started on first use)."""
     server = start_fake_gcs()
     _record_startup(pytestconfig, "fake-gcs-server", server.startup_seconds)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def hdfs(pytestconfig: pytest.Config) -> Iterator[HdfsServer]:
+    """A real HDFS (Hadoop's MiniDFSCluster, WebHDFS on) for the whole session, started on
+    first use; built first if needed (``tools/hdfs.sh``: a JDK and Maven Central)."""
+    try:
+        server = start_hdfs()
+    except HdfsUnavailable as exc:
+        requirements.unavailable(f"the tests' HDFS cannot be built: {exc}")
+    _record_startup(pytestconfig, "hdfs", server.startup_seconds)
     try:
         yield server
     finally:

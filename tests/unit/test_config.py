@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import pathlib
 import re
 import subprocess
 import sys
 
 import pytest
 
-from trialsync import SyncConfig, Syncer
+from trialsync import SyncConfig, Syncer, config
 
 
 def test_defaults_are_the_seeds() -> None:
@@ -26,7 +27,16 @@ def test_defaults_are_the_seeds() -> None:
 
 @pytest.mark.parametrize(
     "uri",
-    ["s3://bucket", "s3://bucket/exp/prefix", "gs://my-bucket/x", "gcs://b.c/d", "file:///data/x"],
+    [
+        "s3://bucket",
+        "s3://bucket/exp/prefix",
+        "gs://my-bucket/x",
+        "gcs://b.c/d",
+        "file:///data/x",
+        "webhdfs://namenode:9870/exp",
+        "webhdfs://alice@namenode.hdfs.svc:9870/exp",
+        "webhdfs://namenode:9870",
+    ],
 )
 def test_supported_upload_dirs_are_valid(uri: str) -> None:
     assert SyncConfig(upload_dir=uri).validate_upload_dir() is True
@@ -60,11 +70,46 @@ def test_a_path_given_to_validate_upload_dir_is_validated_instead_as_in_ray() ->
         ("s3://bucket\n/x", "no valid bucket name"),
         ("c:\\data", "upload_dir 'c:\\\\data' has no scheme"),
         ("az://container/exp", "needs adlfs"),
+        ("webhdfs://namenode/exp", "must name the NameNode's HTTP host and port"),
+        ("webhdfs://namenode/exp", "fsspec's webhdfs would use 50070"),
+        ("webhdfs:///exp", "webhdfs://namenode:9870/path"),
+        ("webhdfs://:9870/exp", "must name the NameNode's HTTP host and port"),
+        ("webhdfs://a@b@nn:9870/exp", "must name the NameNode's HTTP host and port"),
     ],
 )
 def test_invalid_upload_dir_is_refused_with_the_reason(uri: str, says: str) -> None:
     with pytest.raises(ValueError, match=re.escape(says)):
         SyncConfig(upload_dir=uri).validate_upload_dir()
+
+
+def test_hdfs_without_libhdfs_is_refused_saying_to_use_webhdfs(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path
+) -> None:
+    pytest.importorskip("pyarrow")  # the dev extras bring it; the sidecar image has none
+    monkeypatch.delenv("ARROW_LIBHDFS_DIR", raising=False)
+    monkeypatch.delenv("HADOOP_HOME", raising=False)
+    monkeypatch.setattr(config.ctypes.util, "find_library", lambda name: None)
+    with pytest.raises(ValueError, match=r"needs libhdfs\.so") as refused:
+        SyncConfig(upload_dir="hdfs://namenode:8020/exp").validate_upload_dir()
+    assert "for HDFS use webhdfs://namenode:9870/path" in str(refused.value)
+    # pyarrow finds it in ARROW_LIBHDFS_DIR (or $HADOOP_HOME/lib/native): then it is served.
+    (tmp_path / "libhdfs.so").write_bytes(b"")
+    monkeypatch.setenv("ARROW_LIBHDFS_DIR", str(tmp_path))
+    assert SyncConfig(upload_dir="hdfs://namenode:8020/exp").validate_upload_dir()
+
+
+def test_hdfs_without_pyarrow_is_refused_saying_to_use_webhdfs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real = config.importlib.util.find_spec
+    monkeypatch.setattr(
+        config.importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "pyarrow" else real(name, *a),
+    )
+    with pytest.raises(ValueError, match="needs pyarrow, which is not installed") as refused:
+        SyncConfig(upload_dir="hdfs://namenode:8020/exp").validate_upload_dir()
+    assert "for HDFS use webhdfs://namenode:9870/path" in str(refused.value)
 
 
 def test_syncer_none_with_an_upload_dir_is_an_error() -> None:

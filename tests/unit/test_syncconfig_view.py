@@ -47,6 +47,17 @@ def test_a_backend_the_sidecar_image_lacks_is_refused_saying_how_to_fix_it() -> 
     assert view.reason == "SchemeNotServed"
 
 
+def test_hdfs_is_refused_saying_to_use_webhdfs_which_the_image_serves() -> None:
+    view = view_of(_config({"uploadDir": "hdfs://namenode:8020/x"}), SIDECAR)
+    assert "For HDFS use webhdfs://namenode:9870/path" in view.message
+    assert "libhdfs, a JVM" in view.message
+    webhdfs = view_of(_config({"uploadDir": "webhdfs://namenode:9870/x"}), SIDECAR)
+    assert webhdfs.valid, webhdfs.message
+    no_port = view_of(_config({"uploadDir": "webhdfs://namenode/x"}), SIDECAR)
+    assert not no_port.valid
+    assert "must name the NameNode's HTTP host and port" in no_port.message
+
+
 @pytest.mark.parametrize("uri", ["file:///data/checkpoints", "FILE:///x"])
 def test_a_local_path_is_refused_as_one_the_sidecar_cannot_write(uri: str) -> None:
     view = view_of(_config({"uploadDir": uri}), SIDECAR)
@@ -171,6 +182,27 @@ def test_storage_settings_become_fsspec_storage_options() -> None:
         "config_kwargs": {"s3": {"addressing_style": "path"}},
         "use_ssl": False,
         "default_block_size": 5242880,
+    }
+
+
+def test_the_webhdfs_options_the_readme_names_reach_fsspec_as_its_keywords() -> None:
+    # README, "Upload dir schemes": the user, HTTPS and DataNode addresses of WebHDFS.
+    spec = {
+        "uploadDir": "webhdfs://namenode:9870/x",
+        "storage": {
+            "options": {
+                "user": "hdfs",
+                "use_https": "true",
+                "data_proxy": '{"http://dn-0:9864": "http://dn-0.hdfs.svc:9864"}',
+            }
+        },
+    }
+    view = view_of(_config(spec), SIDECAR)
+    assert view.valid, view.message
+    assert json.loads(view.storage_options) == {
+        "user": "hdfs",
+        "use_https": True,
+        "data_proxy": {"http://dn-0:9864": "http://dn-0.hdfs.svc:9864"},
     }
 
 
