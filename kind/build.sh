@@ -22,8 +22,11 @@
 #      CNI and storage manifests (kind/manifests.py), and every image above imported
 #      into the node's containerd (k8s.io namespace, pinned, not unpacked), committed.
 #
-# <key> hashes kind/, tools/build.sh's key (its bin directory) and the Go version;
-# an unchanged input reuses everything (a no-op run takes about a second).
+# <key> hashes kind/ (but the scripts that run a cluster: up.sh, down.sh, forward.py,
+# cluster.yaml), tools/build.sh's key (its bin directory) and the Go version; an unchanged
+# input reuses everything (a no-op run takes about a second). A new node image replaces the
+# others: their images and cache directories are removed (an image a node still runs on
+# is kept).
 #
 # Usage: bash kind/build.sh [--print-image | --print-bin]
 #   Go builds run one package at a time (-p 1) unless TRIALSYNC_BUILD_JOBS says otherwise.
@@ -51,7 +54,9 @@ k8s_version=v1.37.2
 node_bin="$(bash "$repo/tools/build.sh" --node --bin-dir)"
 key="$(
     {
-        cd "$here" && find . -type f ! -name '*.md' | LC_ALL=C sort | xargs cat
+        # what builds the node image: not the scripts that run a cluster from it
+        cd "$here" && find . -type f ! -name '*.md' ! -name up.sh ! -name down.sh \
+            ! -name forward.py ! -name cluster.yaml | LC_ALL=C sort | xargs cat
         echo "$node_bin"
         go env GOVERSION GOOS GOARCH
     } | sha256sum | cut -c1-16
@@ -216,6 +221,15 @@ if ! have_image "$node_image"; then
     podman commit --change 'ENTRYPOINT ["/usr/local/bin/entrypoint", "/sbin/init"]' \
         --change 'CMD []' --change 'STOPSIGNAL SIGRTMIN+3' "$build" "$node_image" >&2
     echo "kind/build.sh: node image $node_image in $((SECONDS - t0)) s" >&2
+    # Each node image is about 1 GB: keep only this one.
+    for old in $(podman images --format '{{.Repository}}:{{.Tag}}' \
+            | grep -E '^localhost/trialsync/kind-(node|base):' | grep -v -- "$key" || true); do
+        podman rmi "$old" >/dev/null 2>&1 || true
+    done
+    for dir in "$cache"/kind/*/; do
+        dir="${dir%/}"
+        [[ "$(basename "$dir")" =~ ^[0-9a-f]{16}$ && "$dir" != "$key_dir" ]] && rm -rf "$dir"
+    done
 fi
 
 case "$print" in

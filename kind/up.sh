@@ -79,6 +79,10 @@ fi
 
 # The apiserver, from the host: a forwarder to the control-plane node's port 6443.
 node_ip="$(podman inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' "$name-control-plane")"
+# Pods and Services, from the namespace (the tests' forwarders dial them from there): through
+# the one node, which masquerades its pods' answers (kind/node's bridge configuration).
+in_net ip route replace 10.244.0.0/16 via "$node_ip"
+in_net ip route replace 10.96.0.0/16 via "$node_ip"
 if [[ -f "$state/forward.pid" ]] && kill -0 "$(cat "$state/forward.pid")" 2>/dev/null; then
     :
 else

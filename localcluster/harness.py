@@ -16,13 +16,14 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
+import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from localcluster import layout
+from localcluster import layout, linux
 from localcluster.control import LocalCluster
 from localcluster.control_plane import Kube
 from localcluster.forwarding import Forwarder, in_netns, listen_loopback
@@ -87,6 +88,19 @@ class Cluster:
         else:
             listener = socket.create_server((host, 0))
         return Forwarder(listener, ("127.0.0.1", port)).start()
+
+    def popen_in_netns(self, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+        """Start a host program in the network where pod IPs are reachable: the local
+        cluster's namespace, or an external cluster's (``netns``)."""
+        if self.local is not None:
+            return self.local.popen_in_netns(argv, **kwargs)
+        if self.netns is None:
+            raise RuntimeError("popen_in_netns() needs the local cluster or a netns")
+        return subprocess.Popen(
+            ["nsenter", f"--net={self.netns}", "--", *argv],
+            preexec_fn=linux.die_with_parent,
+            **kwargs,
+        )
 
     @contextlib.contextmanager
     def forward(self, host: str, port: int) -> Iterator[tuple[str, int]]:

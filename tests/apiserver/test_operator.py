@@ -24,7 +24,7 @@ from tests.support.operator_process import (
 )
 from tests.support.pods import DEFAULTS, SIDECAR, apply, opted_in_pod, sidecars, syncconfig
 from tests.support.sidecar_process import wait_for
-from trialsync import SyncConfig
+from trialsync import SyncConfig, contract
 from trialsync_operator import names
 from trialsync_operator.admission import injection
 from trialsync_operator.reconcile import in_use
@@ -99,7 +99,7 @@ def test_an_opted_in_pod_gets_exactly_what_the_injection_function_says(kube: Kub
     for probe in ("startupProbe", "livenessProbe"):
         assert sidecar[probe]["httpGet"]["path"] == want[probe]["httpGet"]["path"]
     mounts = {m["name"]: m["mountPath"] for m in sidecar["volumeMounts"]}
-    assert mounts["trialsync-trial"] == "/root/ray_results"
+    assert mounts["trialsync-trial"] == contract.TRIAL_MOUNT  # its own path: /root is 0700
     assert mounts["trialsync-tmp"] == "/tmp"
     env = {e["name"]: e.get("value") for e in sidecar["env"]}
     assert env["TRIALSYNC_UPLOAD_DIR"] == "s3://bucket/exp"

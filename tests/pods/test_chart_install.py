@@ -394,7 +394,6 @@ def test_a_prometheus_on_the_node_scrapes_the_operator_and_the_sidecars(
     """A real Prometheus in the node's network scrapes the operator's replicas and an
     injected sidecar at their pod IPs, as an in-cluster Prometheus would: what it holds is
     what they counted (the injection of this test's pod, every checkpoint it published)."""
-    assert cluster.local is not None, "the node's network namespace"
     ns = cluster_namespace
     bucket = apply_s3_syncconfig(cluster, cluster_s3, ns, syncPeriod=SYNC_PERIOD_S)
     operators = [p["status"]["podIP"] for p in _operator_pods(cluster)]
@@ -446,7 +445,7 @@ def test_a_prometheus_on_the_node_scrapes_the_operator_and_the_sidecars(
         "trialsync-operator": [f"{ip}:8080" for ip in operators],
         "trialsync-sidecar": [f"{pod_ip}:{contract.HTTP_PORT}"],
     }
-    prometheus = Prometheus(jobs, workdir, popen=cluster.local.popen_in_netns)
+    prometheus = Prometheus(jobs, workdir, popen=cluster.popen_in_netns)
     try:
         with cluster.forward("127.0.0.1", prometheus.port) as (host, port):
             prometheus.api = f"{host}:{port}"

@@ -31,6 +31,7 @@ from tests.pods.trial_pods import (
 )
 from tests.support.operator_process import Operator
 from tests.support.pods import sidecars, syncconfig
+from trialsync import contract
 from trialsync_operator import names
 
 pytestmark = pytest.mark.timeout(600)
@@ -120,7 +121,7 @@ def test_with_mirror_deletes_the_sidecar_keeps_its_record_on_the_volume_and_mirr
 
     pod = job_pod(cluster, "keep1", ns)
     [sidecar] = sidecars(pod)
-    [trial_mount] = [m for m in sidecar["volumeMounts"] if m["mountPath"] == TRIAL_ROOT]
+    [trial_mount] = [m for m in sidecar["volumeMounts"] if m["mountPath"] == contract.TRIAL_MOUNT]
     assert not trial_mount.get("readOnly")
     events = trainer_events(cluster.logs(pod["metadata"]["name"], ns, "trainer"))
     assert [e["name"] for e in events if e["event"] == "deleted"] == [

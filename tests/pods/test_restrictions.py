@@ -16,14 +16,16 @@ from tests.pods.trial_pods import (
     s3_spec,
     syncconfig_view,
 )
+from trialsync import contract
 from trialsync_operator.admission.injection import NON_ROOT_UID
 
 pytestmark = pytest.mark.timeout(300)
 
 POD_USER = {"runAsUser": 1234, "runAsGroup": 2345, "fsGroup": 2345}
 
-#: Run inside the sidecar container: who it is, what it may do, where it may write.
-INSPECT = """
+#: Run inside the sidecar container: who it is, what it may do, where it may write (the
+#: trial volume: at the sidecar's own path).
+INSPECT = f"""
 import json, os
 status = dict(line.split(":", 1) for line in open("/proc/self/status").read().splitlines())
 def can_write(path):
@@ -34,13 +36,13 @@ def can_write(path):
         return True
     except OSError as exc:
         return exc.strerror
-print(json.dumps({
+print(json.dumps({{
     "uid": os.getuid(), "gid": os.getgid(), "groups": sorted(os.getgroups()),
     "cap_eff": status["CapEff"].strip(), "no_new_privs": status["NoNewPrivs"].strip(),
     "seccomp": status["Seccomp"].strip(),
     "root": can_write("/"), "opt": can_write("/opt/trialsync"),
-    "tmp": can_write("/tmp"), "trial": can_write("/trial"),
-}))
+    "tmp": can_write("/tmp"), "trial": can_write({contract.TRIAL_MOUNT!r}),
+}}))
 """
 
 
