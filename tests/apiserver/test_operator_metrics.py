@@ -268,6 +268,10 @@ def test_each_kind_of_admission_adds_exactly_its_counters(
 
     with_sidecar = opted_in_pod("copied", "exp")
     with_sidecar["spec"]["initContainers"] = [{"name": names.SIDECAR_NAME, "image": "x"}]
+    # Its trainer already mounts a volume where the trial data's emptyDir would go.
+    taken = opted_in_pod("taken", "exp", mount_path="/data")
+    taken["spec"]["containers"][0]["volumeMounts"] = [{"name": "data", "mountPath": "/data"}]
+    taken["spec"]["volumes"] = [{"name": "data", "emptyDir": {}}]
     admitted = {
         "injected": opted_in_pod("injected", "exp"),
         "copied": with_sidecar,
@@ -277,7 +281,7 @@ def test_each_kind_of_admission_adds_exactly_its_counters(
         "ghost": opted_in_pod("ghost", "ghost"),
         "bad": opted_in_pod("bad", "bad"),
         "role": opted_in_pod("role", "exp", **{names.ROLE_ANNOTATION: "boss"}),
-        "clash": opted_in_pod("clash", "exp", mount_path="/tmp"),
+        "taken": taken,
     }
     for name, pod in admitted.items():
         created = _apply(kube, ns, pod)

@@ -157,3 +157,18 @@ def test_a_conflicting_write_is_retried_over_the_object_read_again() -> None:
     types = [c["type"] for c in tracked.status["conditions"]]
     assert types == ["Ready", pod_status.SYNCED]
     assert tracked.resource_version == "8"
+
+
+def _config(name: str) -> dict[str, Any]:
+    return {"metadata": {"namespace": "ml", "name": name, "resourceVersion": "1"}, "spec": {}}
+
+
+def test_a_resync_forgets_only_the_syncconfigs_its_listing_could_hold() -> None:
+    poller = pod_status.PodStatus(None)  # type: ignore[arg-type]
+    poller.observe(_config("kept"))
+    poller.observe(_config("deleted"))
+    listed_at = poller.mark()
+    poller.observe(_config("kept"))  # the resync reconciles what it listed
+    poller.observe(_config("created"))  # created while the resync went through the others
+    poller.retain([("ml", "kept")], listed_at)
+    assert set(poller.configs) == {("ml", "kept"), ("ml", "created")}

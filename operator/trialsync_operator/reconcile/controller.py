@@ -94,12 +94,13 @@ class Controller:
     async def reconcile_all(self) -> None:
         self.reconciler.forget_known()
         seen: list[tuple[str, str]] = []
+        listed_at = self.pod_status.mark()
         for path in self._collections():
             listing = await self.kube.get(path)
             for item in listing.get("items") or []:
                 await self.reconcile(item)
                 seen.append((item["metadata"]["namespace"], item["metadata"]["name"]))
-        self.pod_status.retain(seen)
+        self.pod_status.retain(seen, listed_at)
 
     async def reconcile(self, body: Mapping[str, Any]) -> None:
         """Reconcile one SyncConfig; an API error is logged and left to the next event or

@@ -87,6 +87,8 @@ class Tracked:
     resource_version: str
     generation: int = 0
     task: asyncio.Task[None] | None = None
+    #: When ``observe`` last saw it (``PodStatus.mark``'s sequence).
+    observed: int = 0
 
     @property
     def reconciled(self) -> bool:
@@ -283,6 +285,7 @@ class PodStatus:
         self._http: aiohttp.ClientSession | None = None
         self._gate: asyncio.Semaphore | None = None
         self._running = False
+        self._observations = 0
 
     # -- fed by the controller -------------------------------------------------------------
 
@@ -299,6 +302,8 @@ class PodStatus:
         if tracked is None:
             tracked = Tracked(*key, float(period), upload_dir, {}, "")
             self.configs[key] = tracked
+        self._observations += 1
+        tracked.observed = self._observations
         tracked.period, tracked.upload_dir = float(period), upload_dir
         tracked.status = _mapping(body.get("status"))
         tracked.resource_version = str(metadata.get("resourceVersion") or "")
@@ -307,11 +312,18 @@ class PodStatus:
         if self._running and tracked.task is None:
             tracked.task = asyncio.get_running_loop().create_task(self._poll_forever(tracked))
 
-    def retain(self, keys: Iterable[tuple[str, str]]) -> None:
-        """Only these SyncConfigs exist (a resync listed them): forget the others."""
+    def mark(self) -> int:
+        """A point in the sequence of ``observe`` calls: taken before a resync lists."""
+        return self._observations
+
+    def retain(self, keys: Iterable[tuple[str, str]], since: int) -> None:
+        """Only these SyncConfigs existed when a resync listed them, at ``since``
+        (``mark``): forget the others, but those observed since, which the listing
+        could not hold (created while the resync went through the others)."""
         keep = set(keys)
-        for key in [k for k in self.configs if k not in keep]:
-            self._forget(key)
+        for key, tracked in list(self.configs.items()):
+            if key not in keep and tracked.observed <= since:
+                self._forget(key)
 
     def _forget(self, key: tuple[str, str]) -> None:
         tracked = self.configs.pop(key, None)
