@@ -80,8 +80,17 @@ def _install(kube: Kube, allowed: Sequence[str]) -> None:
 
 @pytest.fixture(scope="module")
 def tenant(kube: Kube) -> Iterator[str]:
-    """The chart installed, and a tenant namespace with a Secret, alice's and bob's Roles."""
+    """The chart installed, and a tenant namespace with a Secret, alice's and bob's Roles.
+    Its operator does not run: on a cluster with a node (kind) it would make the webhook
+    certificate Secret that these tests create as its ServiceAccount."""
     _install(kube, ALLOWED)
+    kube.kubectl("scale", "deployment", f"{FULLNAME}-operator", "-n", RELEASE_NS, "--replicas=0")
+    kube.kubectl(
+        "wait", "--for=delete", "pod", "-n", RELEASE_NS, "--all", "--timeout=60s", check=False
+    )
+    kube.kubectl(
+        "delete", "secret", f"{FULLNAME}-webhook-tls", "-n", RELEASE_NS, "--ignore-not-found"
+    )
     ns = kube.create_namespace(f"tenant-{uuid.uuid4().hex[:8]}")
     secret = {
         "apiVersion": "v1",
