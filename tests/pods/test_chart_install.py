@@ -412,7 +412,21 @@ def test_a_prometheus_on_the_node_scrapes_the_operator_and_the_sidecars(
     checkpoints = 3
     container = trainer(cluster.images.sidecar, trial="t0", checkpoints=checkpoints, then="sleep")
     cluster.apply(training_job("scraped", opted_in("exp"), container), ns)
-    wait_for(lambda: job_pod(cluster, "scraped", ns)["status"].get("podIP"), 120, what="a pod IP")
+    # The Job's pod may not exist yet when the first look comes: none is no IP yet.
+    wait_for(
+        lambda: cluster.kube.kubectl(
+            "get",
+            "pods",
+            "-n",
+            ns,
+            "-l",
+            "job-name=scraped",
+            "-o",
+            "jsonpath={.items[*].status.podIP}",
+        ).stdout.strip(),
+        120,
+        what="a pod IP",
+    )
     pod_ip = job_pod(cluster, "scraped", ns)["status"]["podIP"]
 
     prefix = "results/exp/t0/"
