@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,23 @@ def seaweedfs(workdir: Path) -> Iterator[S3Server]:
         yield server
     finally:
         server.stop()
+
+
+def wait_ready(port: int, process: subprocess.Popen[bytes], log: Path, timeout: float = 60) -> None:
+    """Wait for the sidecar ``process`` on ``port`` to answer /readyz 200; its log tail if
+    it exits or takes longer than ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            url = f"http://127.0.0.1:{port}/readyz"
+            with urllib.request.urlopen(url, timeout=1) as answer:
+                if answer.status == 200:
+                    return
+        except OSError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"the sidecar is not ready:\n{log.read_text()[-3000:]}")
+        time.sleep(0.1)
 
 
 def trialsync_env(server: S3Server) -> dict[str, str]:
@@ -106,7 +124,8 @@ class Landed:
 
 
 def landed(server: S3Server, bucket: str, prefix: str) -> Landed:
-    """What is stored under ``bucket/prefix/``; trialsync's manifests counted apart."""
+    """What is stored under ``bucket/prefix/``; trialsync's manifests counted apart, and
+    the empty ``dir/`` objects pyarrow makes for directories not at all."""
     client = server.client()
     objects = size = manifests = 0
     try:
@@ -117,6 +136,8 @@ def landed(server: S3Server, bucket: str, prefix: str) -> Landed:
             for obj in page.get("Contents", []):
                 if obj["Key"].endswith(MANIFEST_SUFFIX):
                     manifests += 1
+                elif obj["Key"].endswith("/") and not obj["Size"]:
+                    continue
                 else:
                     objects += 1
                     size += int(obj["Size"])

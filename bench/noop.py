@@ -256,6 +256,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             argv, env = peers.s5cmd_cp(server, root, f"s3://{bucket}/s5cmd")
             s5cmd_s = common.timed(argv, env).seconds
             print(f"  first upload (s5cmd cp, for comparison): {s5cmd_s:.1f} s", flush=True)
+            argv, env = peers.rclone_copy(server, root, f"s3://{bucket}/rclone")
+            rclone_s = common.timed(argv, env).seconds
+            print(f"  first upload (rclone copy, for comparison): {rclone_s:.1f} s", flush=True)
 
             def run_peers() -> Any:
                 return {} if args.no_peers else peers_noop(server, root, bucket, "noop", work)
@@ -268,6 +271,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "first_upload_files_per_s": files / seed_s,
         "checkpoints": got.manifests,
         "first_upload_s5cmd_s": s5cmd_s,
+        "first_upload_rclone_s": rclone_s,
+        "first_upload_over_s5cmd_throughput": s5cmd_s / seed_s,
         **engine,
     }
 
@@ -306,7 +311,9 @@ def report(results: dict[str, Any]) -> str:
             f"No-op sync over {results['files']} files "
             f"({results['inotify_watched_dirs']} dirs watched; first upload by trialsync "
             f"{results['first_upload_s']:.1f} s = {results['first_upload_files_per_s']:.0f} "
-            f"files/s; s5cmd cp of the same tree {results['first_upload_s5cmd_s']:.1f} s)",
+            f"files/s; of the same tree, s5cmd cp {results['first_upload_s5cmd_s']:.1f} s and "
+            f"rclone copy {results['first_upload_rclone_s']:.1f} s: trialsync's throughput "
+            f"{results['first_upload_over_s5cmd_throughput']:.2f}x s5cmd's)",
             common.table(["what", "median", "p99/max", "unit"], rows),
         ]
     )

@@ -27,8 +27,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -182,11 +180,7 @@ def with_sidecar(
         stderr=log,
     )
     try:
-        deadline = time.monotonic() + 60
-        while not _ready(port):
-            if sidecar.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError((work / "sidecar.log").read_text()[-3000:])
-            time.sleep(0.1)
+        common.wait_ready(port, sidecar, work / "sidecar.log")
         return run_mode(
             python,
             "trialsync",
@@ -201,14 +195,6 @@ def with_sidecar(
         sidecar.terminate()
         sidecar.wait(timeout=60)
         log.close()
-
-
-def _ready(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as answer:
-            return bool(answer.status == 200)
-    except OSError:
-        return False
 
 
 def summarize(records: list[dict[str, float]]) -> dict[str, float]:

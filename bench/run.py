@@ -20,6 +20,7 @@ from bench import (
     bandwidth,
     common,
     idle,
+    large,
     noop,
     pod_status,
     ray_checkpoint,
@@ -41,6 +42,7 @@ BENCHMARKS = {
     "restore": restore,
     "bandwidth": bandwidth,
     "stores": stores,
+    "large": large,
 }
 QUICK = {
     "size_mib": 128,
@@ -60,6 +62,8 @@ QUICK = {
     "status_rounds": 1,
     "store_size_mib": 64,
     "store_files": 32,
+    "large_mib": 256,
+    "large_repeat": 1,
 }
 
 
@@ -83,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     restore.add_arguments(parser)
     bandwidth.add_arguments(parser)
     stores.add_arguments(parser)
+    large.add_arguments(parser)
     args = parser.parse_args(argv)
     if args.quick:
         for key, value in QUICK.items():

@@ -1,4 +1,5 @@
-"""Upload throughput of one checkpoint: trialsync --once vs s5cmd, rclone and aws s3 cp.
+"""Upload throughput of one checkpoint: trialsync --once vs s5cmd, rclone, aws s3 cp and
+pyarrow (``pyarrow.fs.copy_files`` as Ray 2.60 calls it to upload a checkpoint).
 
 The checkpoint is ``exp/trial_00000/checkpoint_000001/``: four large files plus
 ``--small-files`` files of 2-50 KiB, ``--size-mib`` in all. Every tool uploads it to a fresh
@@ -76,6 +77,10 @@ def _rclone(server: S3Server, src: Path, url: str, _: Path) -> tuple[list[str], 
     return peers.rclone_copy(server, src, url)
 
 
+def _pyarrow(server: S3Server, src: Path, url: str, _: Path) -> tuple[list[str], dict[str, str]]:
+    return peers.pyarrow_copy_files(server, src, url)
+
+
 def _aws(server: S3Server, src: Path, url: str, work: Path) -> tuple[list[str], dict[str, str]]:
     return peers.aws_s3_cp(server, src, url, config_dir=work)
 
@@ -85,6 +90,7 @@ TOOLS: dict[str, Builder] = {
     "s5cmd cp": _s5cmd,
     "rclone copy": _rclone,
     "aws s3 cp": _aws,
+    "pyarrow": _pyarrow,
 }
 
 

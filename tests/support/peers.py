@@ -1,4 +1,5 @@
-"""Command lines for the peer uploaders the benchmarks compare against (s5cmd, rclone, aws).
+"""Command lines for the peer uploaders the benchmarks compare against (s5cmd, rclone, aws,
+and pyarrow as Ray uploads a checkpoint).
 
 Each builder returns ``(argv, env)`` for ``subprocess.run(argv, env=env)``: a recursive
 upload of ``src_dir``'s contents to ``dest_url`` (``s3://bucket/prefix``), so that
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from pathlib import Path
 
 from localcluster.object_stores import S3Server
@@ -137,3 +139,24 @@ def aws_s3_cp(server: S3Server, src_dir: Path, dest_url: str, *, config_dir: Pat
         dest_url,
     ]
     return argv, env
+
+
+# Ray 2.60's upload of a checkpoint (ray.train._internal.storage._pyarrow_fs_copy_files):
+# pyarrow.fs.copy_files to an S3FileSystem, in 64 MiB chunks, one thread (Ray turns
+# threads off for uploads to S3, apache/arrow#32372).
+_PYARROW_UPLOAD = """
+import sys
+from pyarrow import fs
+endpoint, region, source, dest = sys.argv[1:]
+scheme, _, host = endpoint.partition("://")
+s3 = fs.S3FileSystem(endpoint_override=host, region=region, scheme=scheme)
+fs.copy_files(source, dest, destination_filesystem=s3, use_threads=False, chunk_size=64 << 20)
+"""
+
+
+def pyarrow_copy_files(server: S3Server, src_dir: Path, dest_url: str) -> Command:
+    """``pyarrow.fs.copy_files(src_dir, bucket/prefix)`` with Ray 2.60's settings."""
+    bucket, prefix = _split(dest_url)
+    dest = f"{bucket}/{prefix}" if prefix else bucket
+    argv = [sys.executable, "-c", _PYARROW_UPLOAD, server.endpoint_url, server.region]
+    return [*argv, str(src_dir), dest], _env(server)
