@@ -65,6 +65,27 @@ async def test_a_temporary_file_a_dead_writer_left_is_not_listed(hdfs: HdfsServe
         await store.close()
 
 
+async def test_a_listing_deletes_the_temporary_files_of_writers_dead_for_a_day(
+    hdfs: HdfsServer,
+) -> None:
+    path = f"{hdfs.make_dir()}/run"
+    fs = hdfs.filesystem()
+    stale = f"{path}/exp/{webhdfs_io.TEMP_PREFIX}{uuid.uuid4().hex}"
+    fresh = f"{path}/exp/trial/{webhdfs_io.TEMP_PREFIX}{uuid.uuid4().hex}"
+    fs.pipe_file(stale, b"half")
+    fs.pipe_file(fresh, b"being written")
+    fs.pipe_file(f"{path}/exp/kept.json", b"{}")
+    age_ms = int((time.time() - webhdfs_io.STALE_AFTER - 60) * 1000)
+    fs._call("SETTIMES", "put", stale, modificationtime=age_ms)
+    store = RemoteStore(hdfs.url(path), hdfs.storage_options())
+    try:
+        assert set(await store.list("exp")) == {"exp/kept.json"}
+    finally:
+        await store.close()
+    assert not fs.exists(stale)
+    assert fs.cat_file(fresh) == b"being written"  # its writer may still be at work
+
+
 async def test_the_store_acts_as_the_user_its_options_or_its_url_name(
     hdfs: HdfsServer, tmp_path: pathlib.Path
 ) -> None:

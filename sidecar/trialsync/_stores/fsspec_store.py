@@ -369,14 +369,32 @@ class RemoteStore:
                 return {}
             strip = len(c.root) + 1 if c.root else 0
             listing: dict[str, RemoteObject] = {}
+            stale: list[str] = []
             for name, info in found.items():
                 if info.get("type", "file") != "file":
                     continue
                 if self._webhdfs and webhdfs_io.is_temporary(name):
-                    continue  # being written, or left by a writer that died
+                    # Being written, or left by a writer that died: never listed.
+                    if webhdfs_io.is_stale(_remote_object(info).mtime):
+                        stale.append(name)
+                    continue
                 rel = fs._strip_protocol(name)[strip:]
                 listing[rel] = _remote_object(info)
+            if stale:
+                await asyncio.to_thread(self._remove_stale, fs, stale)
             return listing
+
+    def _remove_stale(self, fs: Any, paths: Sequence[str]) -> None:
+        """Delete temporary files whose writers are long gone (best effort: a failure is
+        logged, and the next listing tries again)."""
+        for path in paths:
+            self._count("delete")
+            try:
+                webhdfs_io.delete(fs, fs._strip_protocol(path))
+            except OSError as exc:
+                log.warning("could not delete %s, left by a writer that died: %s", path, exc)
+            else:
+                log.info("deleted %s, left by a writer that died", path)
 
     async def stat(self, rel: str) -> RemoteObject | None:
         """The object at ``rel``: on S3 one listing of at most one key; None if there is
