@@ -142,12 +142,27 @@ def _ready_config(kube: Kube, namespace: str, name: str, spec: dict[str, Any]) -
     )
 
 
+@pytest.fixture
+def opted_out_ns(kube: Kube) -> Iterator[str]:
+    """A namespace labelled out of injection (the webhooks' namespaceSelector)."""
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    kube.create_namespace(name)
+    kube.kubectl("label", "namespace", name, "trialsync.io/injection=disabled")
+    yield name
+    kube.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
 def test_pods_admitted_while_the_operator_was_down_are_reported_within_30_s(
-    kube: Kube, ignoring: Ignoring, ns: str
+    kube: Kube, ignoring: Ignoring, ns: str, opted_out_ns: str
 ) -> None:
     ignoring.operator()
     _ready_config(kube, ns, "exp", {"uploadDir": "s3://bucket/exp"})
     _ready_config(kube, ns, "off", {"syncer": "none"})
+    _ready_config(kube, opted_out_ns, "exp", {"uploadDir": "s3://bucket/exp"})
+    # Opted in, in a namespace the webhook never selects: no sidecar, by design.
+    skipped = _apply(kube, opted_out_ns, opted_in_pod("skipped", "exp"))
+    assert skipped.returncode == 0, skipped.stderr
+    assert not sidecars(_get(kube, opted_out_ns, "pod", "skipped"))
     ignoring.stop()
 
     # Admitted as they are: the webhook cannot be called, and its failurePolicy is Ignore.
@@ -199,6 +214,12 @@ def test_pods_admitted_while_the_operator_was_down_are_reported_within_30_s(
     off = _condition(kube, ns, "off", "MissedInjections")
     assert off is not None
     assert (off["status"], off["reason"]) == ("False", "AllInjected")
+    # The same scans saw the pod of the opted-out namespace, and left it out.
+    assert _missed_events(kube, opted_out_ns) == []
+    out = _condition(kube, opted_out_ns, "exp", "MissedInjections")
+    assert out is not None
+    assert (out["status"], out["reason"]) == ("False", "AllInjected")
+    assert _missed_gauge(_scrape(operator), opted_out_ns) is None
     scraped = _scrape(operator)
     assert scraped["trialsync_operator_leader", frozenset()] == 1.0
     assert _missed_gauge(scraped, ns) == 2.0

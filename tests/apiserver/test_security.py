@@ -437,6 +437,11 @@ def test_the_operator_token_may_still_do_its_work_and_no_more(kube: Kube, tenant
             kube, "create", "-n", tenant, "--dry-run=server", "-f", "-", input=body
         )
 
+    # A namespace's labels (the missed-injection scan's namespaceSelector check): get,
+    # not list.
+    assert OPERATOR_SA.kubectl(kube, "get", "namespace", tenant).returncode == 0
+    assert OPERATOR_SA.kubectl(kube, "get", "namespaces").returncode != 0
+
     probe = dry_run("trialsync.io/head-node")
     assert probe.returncode == 0, probe.stderr
     assert kube.kubectl("get", "secret", "app-config", "-n", tenant, check=False).returncode != 0

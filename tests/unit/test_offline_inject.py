@@ -22,9 +22,9 @@ import yaml
 
 from tests.support.pods import DEFAULTS, TEST_ALLOWED_IMAGES, lookup_for, sidecars
 from trialsync import cli
-from trialsync_operator import names
+from trialsync_operator import names, selectors
 from trialsync_operator.admission import injection, patch
-from trialsync_operator.offline import checks, documents, selectors
+from trialsync_operator.offline import checks, documents
 from trialsync_operator.offline.checks import Facts, Verdict, Webhook, assess
 from trialsync_operator.settings import parse
 

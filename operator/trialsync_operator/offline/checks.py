@@ -19,9 +19,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from trialsync.contract import Mode
-from trialsync_operator import names
+from trialsync_operator import names, selectors
 from trialsync_operator.admission import injection, patch
-from trialsync_operator.offline import selectors
 from trialsync_operator.settings import Settings
 
 JsonDict = dict[str, Any]

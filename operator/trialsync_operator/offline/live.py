@@ -18,7 +18,7 @@ import kubernetes.config
 
 from trialsync_operator import kube, names, settings
 from trialsync_operator.offline.checks import Webhook
-from trialsync_operator.offline.selectors import namespace_refusal
+from trialsync_operator.selectors import namespace_refusal
 
 JsonDict = dict[str, Any]
 _SA_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")

@@ -13,7 +13,12 @@ injections"):
 A pod counts when it carries the opt-in label, is neither finished nor being deleted,
 has no sidecar container, and names a SyncConfig that would inject it now (present,
 valid, syncing, not being deleted) with annotations the webhook would accept: recreating
-it gives it the sidecar. Pods in namespaces the webhooks never select are left out.
+it gives it the sidecar. Pods in namespaces the webhooks never select are left out: the
+system namespaces and the operator's own at once, and any other the pods webhook's
+``namespaceSelector`` leaves out (a namespace labelled ``trialsync.io/injection=disabled``,
+one in the chart's ``webhook.excludeNamespaces``), read from the live
+MutatingWebhookConfiguration and the namespace's labels when a scan finds a candidate
+there. When either cannot be read, the pod is reported: a false alarm is the safer error.
 
 Cheap at scale: a scan is one LIST of the opted-in pods (label selector, from the
 apiserver's watch cache) and one of the SyncConfigs, per watched namespace or once
@@ -38,7 +43,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from trialsync.contract import Mode
-from trialsync_operator import kube, names
+from trialsync_operator import kube, names, selectors
 from trialsync_operator.events import EVENTS, event_body, now, record_event
 from trialsync_operator.metrics import Metrics
 from trialsync_operator.reconcile import in_use
@@ -48,6 +53,8 @@ from trialsync_operator.syncconfig import ConfigView, view_of
 log = logging.getLogger(__name__)
 
 PODS = "api/v1/pods"
+NAMESPACES = "api/v1/namespaces"
+MUTATING = "apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations"
 SYNCCONFIGS = f"apis/{names.API_VERSION}/{names.PLURAL}"
 #: The SyncConfig's condition, its reasons, and the reason of the Event on a pod.
 CONDITION = "MissedInjections"
@@ -270,6 +277,9 @@ class MissedInjections:
             found = missed_pod(body, views, self._excluded, self._annotations_refused)
             if found is not None:
                 missed[found.uid] = found
+        if missed:
+            left_out = await self._left_out({pod.namespace for pod in missed.values()})
+            missed = {uid: pod for uid, pod in missed.items() if pod.namespace not in left_out}
         self._missed = missed
         for pod in missed.values():
             if pod.uid not in self._reported:
@@ -339,6 +349,36 @@ class MissedInjections:
                         self._reported.add(uid)
         except (kube.ApiError, OSError, TimeoutError) as exc:
             log.warning("cannot read the MissedInjection Events recorded before: %s", exc)
+
+    async def _left_out(self, namespaces: Iterable[str]) -> set[str]:
+        """Those of ``namespaces`` the pods webhook's namespaceSelector leaves out; none
+        when the webhook configuration cannot be read."""
+        try:
+            configuration = await self._kube.get(
+                kube.cluster(MUTATING, self._settings.mutating_webhook)
+            )
+        except kube.ApiError as exc:
+            log.info("cannot read the webhook's namespaceSelector: %s", exc)
+            return set()
+        webhooks = _list(configuration.get("webhooks"))
+        pods_webhook = next((w for w in webhooks if w.get("name") == names.POD_WEBHOOK), {})
+        selector = _mapping(pods_webhook.get("namespaceSelector"))
+        if not selector:
+            return set()
+        left_out = set()
+        for namespace in sorted(namespaces):
+            try:
+                found = await self._kube.get(kube.cluster(NAMESPACES, namespace))
+            except kube.ApiError as exc:
+                log.info("cannot read the labels of namespace %s: %s", namespace, exc)
+                continue
+            labels = {
+                str(k): str(v)
+                for k, v in _mapping(_mapping(found.get("metadata")).get("labels")).items()
+            }
+            if selectors.namespace_refusal(selector, namespace, labels) is not None:
+                left_out.add(namespace)
+        return left_out
 
     def _paths(self, kind_path: str) -> list[str]:
         if not self._settings.namespaces:
