@@ -20,6 +20,8 @@ API_VERSION = f"{GROUP}/{VERSION}"
 INJECT_LABEL = f"{GROUP}/inject"
 #: The mutating webhook's name in its configuration (the chart's webhooks.yaml).
 POD_WEBHOOK = f"pods.{GROUP}"
+#: The reason of the Event the operator records on a pod that missed its injection.
+MISSED_INJECTION_REASON = "MissedInjection"
 #: Annotations a pod sets.
 CONFIG_ANNOTATION = f"{GROUP}/config"
 ROLE_ANNOTATION = f"{GROUP}/role"

@@ -561,6 +561,37 @@ def test_check_inject_says_the_operator_is_down_under_failure_policy_ignore(
     code, lines = _check(kube, "trainer", "-n", down)
     assert code == 1
     assert "has 1 ready endpoint(s) now" in _line(lines, "failurePolicy")
+    assert not [line for line in lines if "missed injection:" in line]
+
+    # The Event the operator records on such a pod: check-inject points to it.
+    pod = _get(kube, down, "pod", "trainer")
+    event = {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"name": "trainer.missed", "namespace": down},
+        "involvedObject": {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "name": "trainer",
+            "namespace": down,
+            "uid": pod["metadata"]["uid"],
+        },
+        "reason": names.MISSED_INJECTION_REASON,
+        "message": "pod opted in to trialsync but runs without the sync sidecar",
+        "type": "Warning",
+        "firstTimestamp": "2026-12-01T10:00:00Z",
+        "lastTimestamp": "2026-12-01T10:00:00Z",
+        "count": 1,
+        "source": {"component": "trialsync-operator"},
+    }
+    kube.kubectl("apply", "-f", "-", input=json.dumps(event))
+    code, lines = _check(kube, "trainer", "-n", down)
+    assert code == 1
+    assert _line(lines, "missed injection").startswith(
+        "info    missed injection: the operator recorded Event MissedInjection on this pod at "
+        "2026-12-01T10:00:00Z (kubectl describe pod): a running pod cannot be given the "
+        "sidecar; delete it"
+    )
 
 
 def test_inject_and_check_inject_use_the_settings_of_the_operator_pod(

@@ -127,11 +127,19 @@ class Report:
         return [c.line() for c in self.checks] + [f"verdict: {self.outcome}"]
 
 
-def assess(pod: Mapping[str, Any], namespace: str, facts: Facts, *, live: bool = False) -> Report:
+def assess(
+    pod: Mapping[str, Any],
+    namespace: str,
+    facts: Facts,
+    *,
+    live: bool = False,
+    missed_event: Mapping[str, Any] | None = None,
+) -> Report:
     """Whether the webhook injects ``pod`` created in ``namespace``, step by step.
 
     ``live``: the pod exists (it was admitted); one without the sidecar is explained by
-    what may have kept the webhook from it then."""
+    what may have kept the webhook from it then, and by ``missed_event``, the
+    ``MissedInjection`` Event the operator recorded on it, if any."""
     report = Report()
     meta = _mapping(pod.get("metadata"))
     labels = {str(k): str(v) for k, v in _mapping(meta.get("labels")).items()}
@@ -160,6 +168,8 @@ def assess(pod: Mapping[str, Any], namespace: str, facts: Facts, *, live: bool =
             f"the pod has no {names.SIDECAR_NAME}, though the webhook would inject it now",
         )
         _missed(report, facts)
+        if missed_event is not None:
+            report.add("missed injection", Verdict.INFO, _missed_event(missed_event))
         # The cause, where one is known, rather than the symptom.
         failed = [c for c in report.checks if c.verdict is Verdict.FAIL]
         report.outcome = f"not injected: {failed[-1].name}: {failed[-1].detail}"
@@ -324,6 +334,15 @@ def _missed(report: Report, facts: Facts) -> None:
             "endpoint(s) now); recreate the pod"
         )
     report.add("failurePolicy", Verdict.FAIL, detail)
+
+
+def _missed_event(event: Mapping[str, Any]) -> str:
+    when = event.get("lastTimestamp") or event.get("eventTime") or "an unknown time"
+    return (
+        f"the operator recorded Event {names.MISSED_INJECTION_REASON} on this pod at {when} "
+        "(kubectl describe pod): a running pod cannot be given the sidecar; delete it, and "
+        "recreate it (a Job's or another controller's pod: its controller makes a new one)"
+    )
 
 
 def _condition(ready: Mapping[str, Any] | None) -> str:

@@ -378,20 +378,26 @@ def _check_live(args: argparse.Namespace) -> int:
     namespace = args.namespace_or_default
     facts = facts_for(namespace)
 
-    async def read() -> JsonDict | None:
+    async def read() -> tuple[JsonDict | None, JsonDict | None]:
         from trialsync_operator import kube
+        from trialsync_operator.admission import injection
         from trialsync_operator.offline import live
 
         config, _ = live.load(args.kubeconfig, args.context)
         client = kube.Kube(config)
         try:
-            found: JsonDict | None = await live.Cluster(client).pod(namespace, args.pod)
-            return found
+            cluster = live.Cluster(client)
+            found: JsonDict | None = await cluster.pod(namespace, args.pod)
+            event = None
+            if found is not None and not injection.has_sidecar(found):
+                uid = str((found.get("metadata") or {}).get("uid") or "")
+                event = await cluster.missed_injection(namespace, uid) if uid else None
+            return found, event
         finally:
             await client.close()
 
     try:
-        pod = asyncio.run(read())
+        pod, missed_event = asyncio.run(read())
     except (OSError, TimeoutError) as exc:  # kube.ApiError included: it is no OSError
         raise UsageError(f"reading the pod failed: {exc}") from None
     except Exception as exc:
@@ -400,7 +406,7 @@ def _check_live(args: argparse.Namespace) -> int:
         raise UsageError(f"reading the pod failed: {exc}") from None
     if pod is None:
         raise UsageError(f"pod {namespace}/{args.pod} does not exist")
-    report = assess(pod, namespace, facts, live=True)
+    report = assess(pod, namespace, facts, live=True, missed_event=missed_event)
     _print(report)
     return 0 if report.injected else 1
 

@@ -93,6 +93,19 @@ class Cluster:
             str(k): str(v) for k, v in ((body.get("metadata") or {}).get("labels") or {}).items()
         }
 
+    async def missed_injection(self, namespace: str, uid: str) -> JsonDict | None:
+        """The newest ``MissedInjection`` Event the operator recorded on the pod ``uid``;
+        None when there is none or Events cannot be read."""
+        selector = f"involvedObject.uid={uid},reason={names.MISSED_INJECTION_REASON}"
+        try:
+            listed = await self.kube.get(
+                kube.namespaced("api/v1/events", namespace), params={"fieldSelector": selector}
+            )
+        except kube.ApiError:
+            return None
+        events = [e for e in listed.get("items") or [] if isinstance(e, dict)]
+        return max(events, key=_event_time, default=None)
+
     async def syncconfigs(self, namespace: str) -> dict[str, JsonDict]:
         """The SyncConfigs of ``namespace`` by name (listed once)."""
         if namespace not in self._syncconfigs:
@@ -192,3 +205,7 @@ def _operator_command(pod: Mapping[str, Any]) -> tuple[list[str] | None, dict[st
 def _resolve(arg: str, values: Mapping[str, str]) -> str:
     """``$(VAR)`` in an argument replaced by the variable's value, as the kubelet does."""
     return _REFERENCE.sub(lambda m: values.get(m.group(1), m.group(0)), arg)
+
+
+def _event_time(event: Mapping[str, Any]) -> str:
+    return str(event.get("lastTimestamp") or event.get("eventTime") or "")

@@ -60,7 +60,7 @@ SYNCCONFIGS = f"apis/{names.API_VERSION}/{names.PLURAL}"
 CONDITION = "MissedInjections"
 REASON_FOUND = "PodsWithoutSidecar"
 REASON_NONE = "AllInjected"
-EVENT_REASON = "MissedInjection"
+EVENT_REASON = names.MISSED_INJECTION_REASON
 #: Seconds between scans, and from a pod event that may matter to the scan it triggers
 #: (a burst of pods costs one scan).
 SCAN_INTERVAL = 30.0
