@@ -123,7 +123,11 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         help="seconds between the leader's checks of the certificate (default 30)",
     )
-    a("--mutating-webhook", help="MutatingWebhookConfiguration whose caBundle to keep right")
+    a(
+        "--mutating-webhook",
+        help="MutatingWebhookConfiguration whose caBundle to keep right (its namespaceSelector "
+        "also bounds the missed-injection scan)",
+    )
     a("--validating-webhook", help="ValidatingWebhookConfiguration whose caBundle to keep right")
     a("--service", help="the webhook Service's name (for the certificate's DNS names)")
     a(

@@ -1,5 +1,6 @@
 """The facts of ``checks`` read from a cluster: the webhook configuration, the namespace,
-the SyncConfigs, the operator's settings and whether its Service has ready endpoints.
+the SyncConfigs, the operator's settings, whether its Service has ready endpoints, and a
+pod's ``MissedInjection`` Event.
 
 Reads only (GET and LIST), with the user's own kubeconfig: whatever the user may not
 read is reported as not known rather than guessed.
