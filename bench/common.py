@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import math
@@ -15,7 +16,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -217,3 +218,20 @@ def _fmt(value: object) -> str:
 
 def machine() -> dict[str, Any]:
     return {"cpus": os.cpu_count(), "python": sys.version.split()[0]}
+
+
+def run_alone(
+    name: str,
+    doc: str | None,
+    run: Callable[[argparse.Namespace], dict[str, Any]],
+    report: Callable[[dict[str, Any]], str],
+    *add_arguments: Callable[[argparse.ArgumentParser], None],
+) -> None:
+    """A benchmark run as a script of its own: its options, its run, its table, and its
+    JSON written as ``bench/results/<name>-<timestamp>.json``."""
+    parser = argparse.ArgumentParser(description=doc)
+    for add in add_arguments:
+        add(parser)
+    results = run(parser.parse_args())
+    print(report(results))
+    print(f"results: {write_results(name, results)}")

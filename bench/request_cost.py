@@ -108,11 +108,7 @@ def report(results: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    add_arguments(parser)
-    results = run(parser.parse_args())
-    print(report(results))
-    print(f"results: {common.write_results('requests', results)}")
+    common.run_alone("requests", __doc__, run, report, add_arguments)
 
 
 if __name__ == "__main__":

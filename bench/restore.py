@@ -184,12 +184,7 @@ def main() -> None:
     if sys.argv[1:2] == ["--child"]:
         child(sys.argv[2], sys.argv[3])
         return
-    parser = argparse.ArgumentParser(description=__doc__)
-    throughput.add_arguments(parser)
-    add_arguments(parser)
-    results = run(parser.parse_args())
-    print(report(results))
-    print(f"results: {common.write_results('restore', results)}")
+    common.run_alone("restore", __doc__, run, report, throughput.add_arguments, add_arguments)
 
 
 if __name__ == "__main__":
