@@ -672,7 +672,7 @@ S3_CLIENT = Choice(
 HTTP_ADDR = Address(
     "http_addr", f"0.0.0.0:{HTTP_PORT}", "host:port of /healthz, /readyz, /metrics, POST /sync"
 )
-FILES_IN_FLIGHT = Count("files_in_flight", 32, "concurrent file uploads")
+FILES_IN_FLIGHT = Count("files_in_flight", 64, "concurrent file uploads")
 #: S3 refuses smaller parts (but the last).
 S3_MIN_PART_SIZE = 5 * 2**20
 PART_SIZE = Count(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from trialsync._engine import layout as layout_module
 from trialsync._engine.engine import listing_scopes
 from trialsync._engine.layout import MANIFEST_NAME, Kind, Layout, Placement
 from trialsync._engine.ledger import Ledger
@@ -125,3 +126,21 @@ def test_forgetting_a_checkpoint_drops_its_files_and_its_publication() -> None:
 )
 def test_listing_scopes_cover_every_local_file(local: list[str], scopes: list[str]) -> None:
     assert listing_scopes(local, limit=4) == scopes
+
+
+def test_placements_are_remembered_up_to_a_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(layout_module, "PLACE_CACHE", 3)
+    made = Layout(excludes=("*.tmp",))
+    paths = [
+        "exp/trial_1/checkpoint_000001/model.pt",
+        "exp/trial_1/result.json",
+        "exp/state.json",
+        "exp/trial_1/x.tmp",
+        "exp/trial_1/checkpoint_000001/model.pt",
+    ]
+    answers = [made.place(path) for path in paths]
+    assert answers == [made._place(path) for path in paths]
+    assert answers[0] == Placement(Kind.CHECKPOINT, "exp/trial_1/checkpoint_000001")
+    assert answers[3] is None
+    # The fourth path found the memory full: it started over with that one alone.
+    assert set(made._placed) == {paths[3], paths[4]}

@@ -40,16 +40,34 @@ class Placement:
     checkpoint: str | None = None
 
 
+#: Placements remembered per layout (a scan asks for each file's several times per round);
+#: past this many the memory starts over.
+PLACE_CACHE = 2**18
+
+
 @dataclasses.dataclass(frozen=True)
 class Layout:
     """Classifies root-relative POSIX paths; ``excludes`` are globs matched against them."""
 
     checkpoint_pattern: str = contract.CHECKPOINT_PATTERN.default
     excludes: tuple[str, ...] = ()
+    _placed: dict[str, Placement | None] = dataclasses.field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def place(self, rel: str) -> Placement | None:
         """Return where ``rel`` belongs, or None if it is excluded or ours (a manifest, the
         state dir)."""
+        try:
+            return self._placed[rel]
+        except KeyError:
+            pass
+        if len(self._placed) >= PLACE_CACHE:
+            self._placed.clear()
+        placed = self._placed[rel] = self._place(rel)
+        return placed
+
+    def _place(self, rel: str) -> Placement | None:
         parts = rel.split("/")
         if (
             is_ours(parts[-1])

@@ -49,7 +49,9 @@ from trialsync._util import tasks
 
 log = logging.getLogger(__name__)
 
-FILES_IN_FLIGHT = 16
+FILES_IN_FLIGHT = 64
+#: Threads for the blocking calls of a restore: renames, and writes of parts read whole.
+BLOCKING_THREADS = 32
 CHECKPOINTS_IN_FLIGHT = 4
 MANIFESTS_IN_FLIGHT = 8
 PROGRESS_LOG_INTERVAL = 5.0
@@ -241,8 +243,8 @@ class Restorer:
             },
         )
         reporter = asyncio.create_task(self._report())
-        # The files in flight block in opens and writes: threads for all of them.
-        self._pool = ThreadPoolExecutor(FILES_IN_FLIGHT * 2, thread_name_prefix="restore")
+        # Renames and the writes of parts read whole block: threads of their own.
+        self._pool = ThreadPoolExecutor(BLOCKING_THREADS, thread_name_prefix="restore")
         try:
             await tasks.run_all(
                 [

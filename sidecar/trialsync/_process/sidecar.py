@@ -237,8 +237,8 @@ def restorer_for(settings: Settings, store: Store, metrics: Metrics | None = Non
         scope,
         part_size=settings.part_size,
         # A part read whole (every store but S3 through the lean client, which writes
-        # each chunk as it comes) is held until written: two copies of it at most.
-        parts_in_flight=settings.upload_memory // (2 * settings.part_size),
+        # each chunk as it comes) is held until written: upload_memory in all.
+        parts_in_flight=settings.upload_memory // settings.part_size,
         on_bytes=metrics.restored_bytes.inc if metrics else lambda _: None,
     )
 

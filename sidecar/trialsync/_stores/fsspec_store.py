@@ -338,15 +338,10 @@ class RemoteStore:
 
     async def read_range_into(self, rel: str, start: int, end: int, fd: int) -> int:
         """``WritesRanges``: on S3 through the lean client, each chunk written as it
-        arrives (on the event loop: a write to the page cache is quick); else read whole,
-        then written."""
+        arrives (by a worker thread, ``http1.FilePool``); else read whole, then written."""
         async with self._clients() as c:
             if isinstance(c.s3, s3_client.S3Client):
-
-                def write(offset: int, chunk: bytes) -> None:
-                    local_files.write_at(fd, chunk, start + offset)
-
-                return await c.s3.get_range_into(c.bucket, self._key(c, rel), start, end, write)
+                return await c.s3.get_range_into(c.bucket, self._key(c, rel), start, end, fd)
         data = await self.read_range(rel, start, end)
         await asyncio.to_thread(local_files.write_at, fd, data, start)
         return len(data)

@@ -3,8 +3,10 @@
 botocore spends about 2 ms of CPU on every request (event hooks, serialization, endpoint
 rules) and copies each body twice; on a plain-HTTP endpoint it also SHA-256-hashes every
 payload. Beside a training pod that is CPU taken from the trainer, and on a small node it
-slows the transfer itself. Here a request is an aiohttp call signed with SigV4 in a few
-microseconds, with ``UNSIGNED-PAYLOAD`` (what botocore sends over HTTPS too).
+slows the transfer itself. Here a request is signed with SigV4 in a few microseconds,
+with ``UNSIGNED-PAYLOAD`` (what botocore sends over HTTPS too), and sent over a keep-alive
+``http1`` connection if it is small (a body up to ``UNWATCHED_BODY``, an answer read whole,
+no proxy: a first upload of many small files is mostly such requests), else with aiohttp.
 
 The client is built from the botocore client that s3fs made, so the endpoint, region and
 every credential source botocore knows (environment, profile, web identity, instance
@@ -35,6 +37,7 @@ import ssl
 import urllib.request
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, unquote_plus, urlsplit
@@ -42,14 +45,16 @@ from urllib.parse import quote, unquote_plus, urlsplit
 import aiohttp
 from yarl import URL
 
+from trialsync._stores import http1
 from trialsync._stores.base import RequestCounter, byte_range, ignore_request
-from trialsync._util import backoff, throttle
+from trialsync._util import backoff, local_files, throttle
 from trialsync._util.throttle import Limiter
 
 log = logging.getLogger(__name__)
 
-#: Where a streamed answer goes: ``sink(offset, chunk)``.
-Sink = Callable[[int, bytes], None]
+#: Where a download's body goes: ``(fd, offset of its first byte, [bytes written])``, the
+#: count set by the attempt that succeeded.
+Into = tuple[int, int, list[int]]
 
 UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
@@ -250,6 +255,11 @@ class S3Client:
             total=None, sock_connect=connect_timeout, sock_read=read_timeout
         )
         self._write_timeout = read_timeout if write_timeout is None else write_timeout
+        self._connect_timeout = connect_timeout
+        self._read_timeout = read_timeout
+        self._pools: dict[str, http1.Pool] = {}
+        self._file_pools: dict[str, http1.FilePool] = {}
+        self._threads: ThreadPoolExecutor | None = None
         self._retry_base = retry_base
         self._session: aiohttp.ClientSession | None = None
         # HTTP(S)_PROXY and NO_PROXY, as botocore honours them; read once, since aiohttp's
@@ -322,8 +332,64 @@ class S3Client:
             )
         return self._session
 
+    def _address(self, host: str) -> tuple[str, int, ssl.SSLContext | None]:
+        """Where ``http1`` connects for the Host header ``host``, and its TLS context."""
+        if self._closed:
+            raise RuntimeError(f"the S3 client for {self.endpoint} is closed")
+        context = _lean_context(self._ssl) if self._endpoint.scheme == "https" else None
+        name = URL(f"{self._endpoint.scheme}://{host}")
+        return name.raw_host or "", name.port or 443, context
+
+    def _pool(self, host: str) -> http1.Pool:
+        """The keep-alive connections for small requests to ``host``."""
+        pool = self._pools.get(host)
+        if pool is None:
+            name, port, context = self._address(host)
+            pool = http1.Pool(
+                name, port, context, self._connections, self._connect_timeout, self._read_timeout
+            )
+            self._pools[host] = pool
+        return pool
+
+    def _file_pool(self, host: str) -> http1.FilePool:
+        """The blocking connections for downloads from ``host``."""
+        pool = self._file_pools.get(host)
+        if pool is None:
+            name, port, context = self._address(host)
+            pool = http1.FilePool(name, port, context, self._connect_timeout, self._read_timeout)
+            self._file_pools[host] = pool
+        return pool
+
+    async def _fetch_into(
+        self, host: str, target: str, headers: Mapping[str, str], into: Into
+    ) -> tuple[int, Mapping[str, str], bytes]:
+        """A GET whose successful body a worker thread writes into the file."""
+        fd, start, written = into
+        pool = self._file_pool(host)
+        if self._threads is None:
+            self._threads = ThreadPoolExecutor(self._connections, thread_name_prefix="s3-get")
+        call = http1.Call(http1.request_message("GET", target, headers), fd, start)
+        loop = asyncio.get_running_loop()
+        try:
+            status, answer_headers, error, count = await loop.run_in_executor(
+                self._threads, pool.fetch, call
+            )
+        except asyncio.CancelledError:
+            call.cancel()  # the thread's socket is shut down: it ends at once
+            raise
+        written[0] = count
+        return status, answer_headers, error
+
     async def close(self) -> None:
         self._closed = True
+        for pool in self._pools.values():
+            pool.close()
+        self._pools.clear()
+        for file_pool in self._file_pools.values():
+            file_pool.close()
+        self._file_pools.clear()
+        if self._threads is not None:
+            self._threads.shutdown(wait=False, cancel_futures=True)
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -378,17 +444,11 @@ class S3Client:
         )
         return data
 
-    async def get_range_into(self, bucket: str, key: str, start: int, end: int, sink: Sink) -> int:
-        """Bytes ``start`` to ``end`` (exclusive) of the object, handed to ``sink`` as they
-        arrive (never held whole): ``sink(offset in the range, chunk)``. A retry hands
-        them again from offset 0. Returns how many bytes the last attempt handed over."""
-        received = 0
-
-        def counted(offset: int, chunk: bytes) -> None:
-            nonlocal received
-            sink(offset, chunk)
-            received = offset + len(chunk)
-
+    async def get_range_into(self, bucket: str, key: str, start: int, end: int, fd: int) -> int:
+        """Bytes ``start`` to ``end`` (exclusive) of the object, written to the file ``fd``
+        at the same offsets as they arrive (never held whole). A retry writes them again.
+        Returns how many bytes the last attempt wrote."""
+        written: list[int] = [0]
         await self._request(
             "GET",
             bucket,
@@ -396,9 +456,9 @@ class S3Client:
             {},
             b"",
             extra_headers={"Range": byte_range(start, end)},
-            sink=counted,
+            into=(fd, start, written),
         )
-        return received
+        return written[0]
 
     async def delete_object(self, bucket: str, key: str) -> None:
         """Delete ``key``; a missing key is not an error (S3 answers 204 either way)."""
@@ -461,10 +521,10 @@ class S3Client:
         query: Mapping[str, str],
         body: bytes | memoryview,
         extra_headers: Mapping[str, str] | None = None,
-        sink: Sink | None = None,
+        into: Into | None = None,
     ) -> tuple[Mapping[str, str], bytes]:
         """Send one request; its headers and body. ``extra_headers`` are sent unsigned;
-        with ``sink``, a successful answer's body goes to it instead.
+        with ``into``, a successful answer's body goes to that file instead.
 
         Throttling, 5xx and connection errors are retried up to ``ATTEMPTS`` times in all;
         a bucket in another region is followed once.
@@ -477,9 +537,14 @@ class S3Client:
             region = self._bucket_regions.get(bucket, self.region)
             try:
                 status, headers, data = await self._send(
-                    method, bucket, key, query, body, region, extra_headers, sink
+                    method, bucket, key, query, body, region, extra_headers, into
                 )
-            except (TimeoutError, aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
+            except (
+                TimeoutError,
+                http1.TransportError,
+                aiohttp.ClientConnectionError,
+                aiohttp.ClientPayloadError,
+            ) as exc:
                 if attempt >= ATTEMPTS:
                     raise OSError(f"{where}: {exc or type(exc).__name__}") from exc
                 await self._backoff(attempt, where, exc)
@@ -512,7 +577,7 @@ class S3Client:
         body: bytes | memoryview,
         region: str,
         extra_headers: Mapping[str, str] | None = None,
-        sink: Sink | None = None,
+        into: Into | None = None,
     ) -> tuple[int, Mapping[str, str], bytes]:
         self.on_request(operation_of(method, query))
         base, host, path = self._url(bucket, key, region)
@@ -538,11 +603,20 @@ class S3Client:
         if extra_headers:
             headers.update(extra_headers)
         qs = canonical_query(query)
-        url = URL(f"{base}{path}?{qs}" if qs else f"{base}{path}", encoded=True)
+        target = f"{path}?{qs}" if qs else path
+        if self._proxy is None:
+            if into is not None:  # a download: written by a thread, off the event loop
+                return await self._fetch_into(host, target, headers, into)
+            if len(body) <= UNWATCHED_BODY:
+                # The common case, a small request: without aiohttp's per-request CPU.
+                if len(body):
+                    await self.throttle.take(len(body))
+                return await self._pool(host).request(method, target, headers, body)
+        url = URL(f"{base}{target}", encoded=True)
         session = self._client()
         async with asyncio.timeout(None) as watchdog:
             data: Any = body if len(body) else None
-            if 0 < len(body) <= UNWATCHED_BODY:
+            if 0 < len(body) <= UNWATCHED_BODY:  # through a proxy
                 await self.throttle.take(len(body))
             if len(body) > UNWATCHED_BODY:
                 loop = asyncio.get_running_loop()
@@ -558,11 +632,12 @@ class S3Client:
                 method, url, data=data, headers=headers, allow_redirects=False, proxy=self._proxy
             ) as response:
                 watchdog.reschedule(None)  # the body is sent: read_timeout bounds the rest
-                if sink is not None and response.status < 300:
-                    offset = 0
+                if into is not None and response.status < 300:
+                    fd, start, written = into
+                    written[0] = 0
                     async for chunk in response.content.iter_any():
-                        sink(offset, chunk)
-                        offset += len(chunk)
+                        local_files.write_at(fd, chunk, start + written[0])
+                        written[0] += len(chunk)
                     answer = b""
                 else:
                     answer = await response.read()
@@ -600,6 +675,18 @@ def operation_of(method: str, query: Mapping[str, str]) -> str:
     if method == "DELETE":
         return "multipart_abort" if "uploadId" in query else "delete"
     return "head" if method == "HEAD" else "other"
+
+
+def _lean_context(verify: ssl.SSLContext | bool) -> ssl.SSLContext:
+    """The TLS context of ``http1`` requests for aiohttp's ``ssl`` setting ``verify``."""
+    if isinstance(verify, ssl.SSLContext):
+        return verify
+    if verify:
+        return ssl.create_default_context()
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
 
 
 def env_proxy(endpoint: URL) -> str | None:
