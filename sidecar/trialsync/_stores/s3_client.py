@@ -4,9 +4,11 @@ botocore spends about 2 ms of CPU on every request (event hooks, serialization, 
 rules) and copies each body twice; on a plain-HTTP endpoint it also SHA-256-hashes every
 payload. Beside a training pod that is CPU taken from the trainer, and on a small node it
 slows the transfer itself. Here a request is signed with SigV4 in a few microseconds,
-with ``UNSIGNED-PAYLOAD`` (what botocore sends over HTTPS too), and sent over a keep-alive
-``http1`` connection if it is small (a body up to ``UNWATCHED_BODY``, an answer read whole,
-no proxy: a first upload of many small files is mostly such requests), else with aiohttp.
+with ``UNSIGNED-PAYLOAD`` (what botocore sends over HTTPS too). Without a proxy, a small
+request (a body up to ``UNWATCHED_BODY``: a first upload of many small files is mostly
+such requests) goes over a keep-alive ``http1.Pool`` connection, and a download
+(``get_range_into``) is written into its file by a thread (``http1.FilePool``); the rest
+(larger bodies, anything through a proxy) with aiohttp.
 
 The client is built from the botocore client that s3fs made, so the endpoint, region and
 every credential source botocore knows (environment, profile, web identity, instance
@@ -223,7 +225,7 @@ def sign(
 
 
 class S3Client:
-    """Signed S3 requests over one aiohttp session.
+    """Signed S3 requests over ``http1`` connections and one aiohttp session.
 
     ``credentials`` is a botocore credentials object (frozen on each request, so refreshes
     apply) or None for anonymous access. ``endpoint`` is ``scheme://host[:port]``.
