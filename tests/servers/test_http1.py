@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import pathlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
 
@@ -70,7 +70,7 @@ async def serve() -> AsyncIterator[Serve]:
     ) -> tuple[Server, http1.Pool]:
         server = Server(handler)
         port = await server.start()
-        pool = http1.Pool("127.0.0.1", port, None, limit, 5, read_timeout)
+        pool = http1.Pool(http1.Endpoint("127.0.0.1", port, None, 5, read_timeout), limit)
         made.append((server, pool))
         return server, pool
 
@@ -243,7 +243,7 @@ async def test_a_refused_connection_is_a_transport_error() -> None:
     port = probe.sockets[0].getsockname()[1]
     probe.close()
     await probe.wait_closed()
-    pool = http1.Pool("127.0.0.1", port, None, 1, 5, 5)
+    pool = http1.Pool(http1.Endpoint("127.0.0.1", port, None, 5, 5), 1)
     with pytest.raises(http1.TransportError, match=f"connecting to 127.0.0.1:{port}"):
         await pool.request("GET", "/", HEADERS, b"")
 
@@ -299,7 +299,34 @@ async def fetch(pool: http1.FilePool, call: http1.Call) -> tuple[int, bytes, int
 
 
 def file_pool(server_port: int, read_timeout: float = 5) -> http1.FilePool:
-    return http1.FilePool("127.0.0.1", server_port, None, 5, read_timeout)
+    return http1.FilePool(http1.Endpoint("127.0.0.1", server_port, None, 5, read_timeout))
+
+
+#: Starts a scripted server and a FilePool to it.
+ServeFiles = Callable[..., Awaitable[tuple[Server, http1.FilePool]]]
+
+
+@pytest.fixture
+async def serve_files() -> AsyncIterator[ServeFiles]:
+    made: list[tuple[Server, http1.FilePool]] = []
+
+    async def start(handler: Handler, read_timeout: float = 5) -> tuple[Server, http1.FilePool]:
+        server = Server(handler)
+        made.append((server, file_pool(await server.start(), read_timeout)))
+        return made[-1]
+
+    yield start
+    for server, pool in made:
+        pool.close()
+        server.close()
+
+
+@pytest.fixture
+def target(tmp_path: pathlib.Path) -> Iterator[int]:
+    """A file descriptor of ``tmp_path/f``, open for writing."""
+    fd = os.open(tmp_path / "f", os.O_RDWR | os.O_CREAT)
+    yield fd
+    os.close(fd)
 
 
 def get(target: str) -> bytes:
@@ -307,7 +334,7 @@ def get(target: str) -> bytes:
 
 
 async def test_a_download_lands_at_its_offset_over_one_kept_connection(
-    tmp_path: pathlib.Path,
+    serve_files: ServeFiles, target: int, tmp_path: pathlib.Path
 ) -> None:
     body = os.urandom(3 * http1.RECV_CHUNK + 17)  # more than one read's worth
 
@@ -323,40 +350,28 @@ async def test_a_download_lands_at_its_offset_over_one_kept_connection(
                 writer.write(chunks)
             await writer.drain()
 
-    server = Server(handler)
-    pool = file_pool(await server.start())
-    fd = os.open(tmp_path / "f", os.O_RDWR | os.O_CREAT)
-    try:
-        assert await fetch(pool, http1.Call(get("/b/k"), fd, 10)) == (206, b"", len(body))
-        assert await fetch(pool, http1.Call(get("/b/k2"), fd, 0)) == (206, b"", 5)
-    finally:
-        os.close(fd)
-        pool.close()
-        server.close()
+    server, pool = await serve_files(handler)
+    assert await fetch(pool, http1.Call(get("/b/k"), target, 10)) == (206, b"", len(body))
+    assert await fetch(pool, http1.Call(get("/b/k2"), target, 0)) == (206, b"", 5)
     assert (tmp_path / "f").read_bytes() == b"abcde" + bytes(5) + body
     assert server.accepted == 1
 
 
-async def test_an_error_answer_is_returned_and_nothing_is_written(tmp_path: pathlib.Path) -> None:
+async def test_an_error_answer_is_returned_and_nothing_is_written(
+    serve_files: ServeFiles, target: int, tmp_path: pathlib.Path
+) -> None:
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await server.read_request(reader)
         writer.write(answer("404 Not Found", {"Content-Length": "9"}, b"<Error/>\n"))
         await writer.drain()
 
-    server = Server(handler)
-    pool = file_pool(await server.start())
-    fd = os.open(tmp_path / "f", os.O_RDWR | os.O_CREAT)
-    try:
-        assert await fetch(pool, http1.Call(get("/b/k"), fd, 0)) == (404, b"<Error/>\n", 0)
-    finally:
-        os.close(fd)
-        pool.close()
-        server.close()
+    server, pool = await serve_files(handler)
+    assert await fetch(pool, http1.Call(get("/b/k"), target, 0)) == (404, b"<Error/>\n", 0)
     assert (tmp_path / "f").read_bytes() == b""
 
 
 async def test_a_download_after_the_server_closed_the_idle_connection_goes_at_once(
-    tmp_path: pathlib.Path,
+    serve_files: ServeFiles, target: int, tmp_path: pathlib.Path
 ) -> None:
     # The idle check must not wait for data (the read timeout here is 30 s).
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -364,66 +379,48 @@ async def test_a_download_after_the_server_closed_the_idle_connection_goes_at_on
         writer.write(answer("200 OK", {"Content-Length": "2"}, b"ok"))
         await writer.drain()  # then the connection ends: the server closes it
 
-    server = Server(handler)
-    pool = file_pool(await server.start(), read_timeout=30)
-    fd = os.open(tmp_path / "f", os.O_RDWR | os.O_CREAT)
+    server, pool = await serve_files(handler, read_timeout=30)
     loop = asyncio.get_running_loop()
-    try:
-        await fetch(pool, http1.Call(get("/b/1"), fd, 0))
-        await asyncio.sleep(0.1)
-        started = loop.time()
-        assert await fetch(pool, http1.Call(get("/b/2"), fd, 2)) == (200, b"", 2)
-        assert loop.time() - started < 2
-    finally:
-        os.close(fd)
-        pool.close()
-        server.close()
+    await fetch(pool, http1.Call(get("/b/1"), target, 0))
+    await asyncio.sleep(0.1)
+    started = loop.time()
+    assert await fetch(pool, http1.Call(get("/b/2"), target, 2)) == (200, b"", 2)
+    assert loop.time() - started < 2
     assert server.accepted == 2
     assert (tmp_path / "f").read_bytes() == b"okok"
 
 
 async def test_a_cancelled_download_ends_at_once_and_a_stalled_one_at_the_read_timeout(
-    tmp_path: pathlib.Path,
+    serve_files: ServeFiles, target: int
 ) -> None:
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await server.read_request(reader)
+        await reader.readuntil(b"\r\n\r\n")  # a GET: no body
         writer.write(answer("200 OK", {"Content-Length": "100"}, b"part"))
         await writer.drain()
         await asyncio.sleep(30)  # the rest never comes
 
-    server = Server(handler)
-    pool = file_pool(await server.start(), read_timeout=0.5)
-    fd = os.open(tmp_path / "f", os.O_RDWR | os.O_CREAT)
+    _, pool = await serve_files(handler, read_timeout=0.5)
     loop = asyncio.get_running_loop()
-    try:
-        started = loop.time()
-        with pytest.raises(http1.TransportError, match=r"sent nothing for 0\.5 s"):
-            await fetch(pool, http1.Call(get("/b/1"), fd, 0))
-        assert 0.4 < loop.time() - started < 3
+    started = loop.time()
+    with pytest.raises(http1.TransportError, match=r"sent nothing for 0\.5 s"):
+        await fetch(pool, http1.Call(get("/b/1"), target, 0))
+    assert 0.4 < loop.time() - started < 3
 
-        slow = file_pool(server_port(server), read_timeout=30)
-        call = http1.Call(get("/b/2"), fd, 0)
-        running = asyncio.ensure_future(fetch(slow, call))
-        await asyncio.sleep(0.3)
-        started = loop.time()
-        call.cancel()
-        with pytest.raises(http1.TransportError, match="cancelled"):
-            await running
-        assert loop.time() - started < 2
-    finally:
-        os.close(fd)
-        pool.close()
-        server.close()
+    _, slow = await serve_files(handler, read_timeout=30)
+    call = http1.Call(get("/b/2"), target, 0)
+    running = asyncio.ensure_future(fetch(slow, call))
+    await asyncio.sleep(0.3)
+    started = loop.time()
+    call.cancel()
+    with pytest.raises(http1.TransportError, match="cancelled"):
+        await running
+    assert loop.time() - started < 2
 
 
-def test_nothing_is_written_once_a_call_is_cancelled(tmp_path: pathlib.Path) -> None:
-    fd = os.open(tmp_path / "f", os.O_RDWR | os.O_CREAT)
-    try:
-        call = http1.Call(get("/b/k"), fd, 2)
-        call.write(0, memoryview(b"ab"))
-        call.cancel()
-        with pytest.raises(http1.TransportError, match="cancelled"):
-            call.write(2, memoryview(b"cd"))
-    finally:
-        os.close(fd)
+def test_nothing_is_written_once_a_call_is_cancelled(target: int, tmp_path: pathlib.Path) -> None:
+    call = http1.Call(get("/b/k"), target, 2)
+    call.write(0, memoryview(b"ab"))
+    call.cancel()
+    with pytest.raises(http1.TransportError, match="cancelled"):
+        call.write(2, memoryview(b"cd"))
     assert (tmp_path / "f").read_bytes() == b"\0\0ab"

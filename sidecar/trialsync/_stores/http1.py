@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import os
 import socket
 import ssl
@@ -54,6 +55,26 @@ def request_message(
     return message + body if len(body) else message
 
 
+@dataclasses.dataclass(frozen=True)
+class Endpoint:
+    """Where connections go (TLS with ``ssl_context``) and how long they may wait."""
+
+    host: str
+    port: int
+    ssl_context: ssl.SSLContext | None
+    connect_timeout: float
+    read_timeout: float
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def connect_error(self, exc: OSError) -> TransportError:
+        """What a failed connect raises."""
+        if isinstance(exc, TimeoutError):
+            return TransportError(f"connecting to {self} took over {self.connect_timeout} s")
+        return TransportError(f"connecting to {self}: {exc}")  # refused, DNS, TLS handshake
+
+
 class TransportError(ConnectionError):
     """The connection failed, closed early or answered something that is not HTTP/1.1."""
 
@@ -77,24 +98,12 @@ class _Connection:
 
 
 class Pool:
-    """Keep-alive connections to one ``host``:``port`` (TLS with ``ssl_context``)."""
+    """Keep-alive connections to ``endpoint``, at most ``limit`` of them open at once."""
 
-    def __init__(
-        self,
-        host: str,
-        port: int,
-        ssl_context: ssl.SSLContext | None,
-        limit: int,
-        connect_timeout: float,
-        read_timeout: float,
-    ) -> None:
-        self.host = host
-        self.port = port
-        self._ssl = ssl_context
+    def __init__(self, endpoint: Endpoint, limit: int) -> None:
+        self.endpoint = endpoint
         self._slots = asyncio.Semaphore(limit)
         self._idle: list[_Connection] = []
-        self._connect_timeout = connect_timeout
-        self._read_timeout = read_timeout
         self._closed = False
 
     async def request(
@@ -129,23 +138,20 @@ class Pool:
         return None
 
     async def _connect(self) -> _Connection:
+        where = self.endpoint
         if self._closed:
-            raise TransportError(f"the connections to {self.host}:{self.port} are closed")
+            raise TransportError(f"the connections to {where} are closed")
         try:
-            async with asyncio.timeout(self._connect_timeout):
+            async with asyncio.timeout(where.connect_timeout):
                 reader, writer = await asyncio.open_connection(
-                    self.host,
-                    self.port,
-                    ssl=self._ssl,
-                    server_hostname=self.host if self._ssl is not None else None,
+                    where.host,
+                    where.port,
+                    ssl=where.ssl_context,
+                    server_hostname=where.host if where.ssl_context is not None else None,
                     limit=LINE_LIMIT,
                 )
-        except TimeoutError as exc:
-            raise TransportError(
-                f"connecting to {self.host}:{self.port} took over {self._connect_timeout} s"
-            ) from exc
-        except OSError as exc:  # refused, unreachable, DNS, TLS handshake
-            raise TransportError(f"connecting to {self.host}:{self.port}: {exc}") from exc
+        except OSError as exc:  # TimeoutError too
+            raise where.connect_error(exc) from exc
         return _Connection(reader, writer)
 
     async def _exchange(
@@ -154,7 +160,7 @@ class Pool:
         keep = False
         try:
             connection.writer.write(message)
-            async with asyncio.timeout(self._read_timeout):
+            async with asyncio.timeout(self.endpoint.read_timeout):
                 status, headers, persistent = await self._read_head(connection, reused)
                 data, framed = await self._read_body(connection.reader, method, status, headers)
             keep = persistent and framed
@@ -162,12 +168,12 @@ class Pool:
             raise
         except TimeoutError as exc:
             raise TransportError(
-                f"{self.host}:{self.port} did not answer within {self._read_timeout} s"
+                f"{self.endpoint} did not answer within {self.endpoint.read_timeout} s"
             ) from exc
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
-            raise TransportError(f"{self.host}:{self.port}: {exc or type(exc).__name__}") from exc
+            raise TransportError(f"{self.endpoint}: {exc or type(exc).__name__}") from exc
         except ValueError as exc:  # a malformed length or chunk size
-            raise TransportError(f"{self.host}:{self.port}: a malformed answer: {exc}") from exc
+            raise TransportError(f"{self.endpoint}: a malformed answer: {exc}") from exc
         finally:
             if keep and not self._closed:
                 self._idle.append(connection)
@@ -184,21 +190,21 @@ class Pool:
                 line = await reader.readuntil(b"\r\n")
             except asyncio.IncompleteReadError as exc:
                 if reused and not exc.partial:
-                    raise _Stale(f"{self.host}:{self.port} closed an idle connection") from exc
+                    raise _Stale(f"{self.endpoint} closed an idle connection") from exc
                 raise
             except ConnectionResetError as exc:
                 if reused:
-                    raise _Stale(f"{self.host}:{self.port} reset an idle connection") from exc
+                    raise _Stale(f"{self.endpoint} reset an idle connection") from exc
                 raise
-            version, status = _status_line(line, self.host, self.port)
+            version, status = _status_line(line, str(self.endpoint))
             headers: CIMultiDict[str] = CIMultiDict()
             for _ in range(HEADER_LIMIT):
                 field = await reader.readuntil(b"\r\n")
                 if field == b"\r\n":
                     break
-                _add_field(headers, field, self.host, self.port)
+                _add_field(headers, field, str(self.endpoint))
             else:
-                raise TransportError(f"{self.host}:{self.port}: over {HEADER_LIMIT} headers")
+                raise TransportError(f"{self.endpoint}: over {HEADER_LIMIT} headers")
             if 100 <= status < 200:  # an interim answer (100 Continue): the real one follows
                 continue
             return status, CIMultiDictProxy(headers), _persistent(version, headers)
@@ -225,11 +231,8 @@ class Pool:
                 parts.append(await reader.readexactly(size))
                 if await reader.readexactly(2) != b"\r\n":
                     raise ValueError("a chunk without its CRLF")
-        length = headers.get("Content-Length")
-        if length is not None:
-            count = int(length)
-            if count < 0:
-                raise ValueError(f"Content-Length {count}")
+        count = _content_length(headers)
+        if count is not None:
             return (await reader.readexactly(count) if count else b""), True
         return await reader.read(), False
 
@@ -252,19 +255,8 @@ class FilePool:
     bounds each read, as aiohttp's ``sock_read``.
     """
 
-    def __init__(
-        self,
-        host: str,
-        port: int,
-        ssl_context: ssl.SSLContext | None,
-        connect_timeout: float,
-        read_timeout: float,
-    ) -> None:
-        self.host = host
-        self.port = port
-        self._ssl = ssl_context
-        self._connect_timeout = connect_timeout
-        self._read_timeout = read_timeout
+    def __init__(self, endpoint: Endpoint) -> None:
+        self.endpoint = endpoint
         self._idle: collections.deque[socket.socket] = collections.deque()
         self._closed = False
 
@@ -296,19 +288,16 @@ class FilePool:
         return None
 
     def _connect(self) -> socket.socket:
+        where = self.endpoint
         if self._closed:
-            raise TransportError(f"the connections to {self.host}:{self.port} are closed")
+            raise TransportError(f"the connections to {where} are closed")
         try:
-            sock = socket.create_connection((self.host, self.port), self._connect_timeout)
+            sock = socket.create_connection((where.host, where.port), where.connect_timeout)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if self._ssl is not None:
-                sock = self._ssl.wrap_socket(sock, server_hostname=self.host)
-        except TimeoutError as exc:
-            raise TransportError(
-                f"connecting to {self.host}:{self.port} took over {self._connect_timeout} s"
-            ) from exc
-        except OSError as exc:
-            raise TransportError(f"connecting to {self.host}:{self.port}: {exc}") from exc
+            if where.ssl_context is not None:
+                sock = where.ssl_context.wrap_socket(sock, server_hostname=where.host)
+        except OSError as exc:  # TimeoutError too
+            raise where.connect_error(exc) from exc
         return sock
 
     def _exchange(
@@ -319,14 +308,14 @@ class FilePool:
             raise TransportError("cancelled")
         keep = False
         try:
-            sock.settimeout(self._read_timeout)
+            sock.settimeout(self.endpoint.read_timeout)
             reader = _BlockingReader(sock)
             try:
                 sock.sendall(call.message)
-                status, headers, persistent = _parse_head(reader, self.host, self.port)
+                status, headers, persistent = _parse_head(reader, str(self.endpoint))
             except (EOFError, BrokenPipeError, ConnectionResetError) as exc:
                 if reused and not reader.received:
-                    raise _Stale(f"{self.host}:{self.port} closed an idle connection") from exc
+                    raise _Stale(f"{self.endpoint} closed an idle connection") from exc
                 raise
             if status < 300:
                 written, framed = reader.body(headers, call.write)
@@ -340,12 +329,12 @@ class FilePool:
             raise
         except TimeoutError as exc:
             raise TransportError(
-                f"{self.host}:{self.port} sent nothing for {self._read_timeout} s"
+                f"{self.endpoint} sent nothing for {self.endpoint.read_timeout} s"
             ) from exc
         except (OSError, EOFError, ValueError) as exc:
             if call.cancelled:
                 raise TransportError("cancelled") from exc
-            raise TransportError(f"{self.host}:{self.port}: {exc or type(exc).__name__}") from exc
+            raise TransportError(f"{self.endpoint}: {exc or type(exc).__name__}") from exc
         finally:
             call.detach()
             if keep and not self._closed and not call.cancelled:
@@ -475,11 +464,8 @@ class _BlockingReader:
                 position += size
                 if self.readline() != b"\r\n":
                     raise ValueError("a chunk without its CRLF")
-        length = headers.get("Content-Length")
-        if length is not None:
-            count = int(length)
-            if count < 0:
-                raise ValueError(f"Content-Length {count}")
+        count = _content_length(headers)
+        if count is not None:
             self.copy(count, sink, 0)
             return count, True
         position = 0
@@ -495,19 +481,17 @@ class _BlockingReader:
             position += take
 
 
-def _parse_head(
-    reader: _BlockingReader, host: str, port: int
-) -> tuple[int, CIMultiDictProxy[str], bool]:
+def _parse_head(reader: _BlockingReader, where: str) -> tuple[int, CIMultiDictProxy[str], bool]:
     while True:
-        version, status = _status_line(reader.readline(), host, port)
+        version, status = _status_line(reader.readline(), where)
         headers: CIMultiDict[str] = CIMultiDict()
         for _ in range(HEADER_LIMIT):
             field = reader.readline()
             if field == b"\r\n":
                 break
-            _add_field(headers, field, host, port)
+            _add_field(headers, field, where)
         else:
-            raise TransportError(f"{host}:{port}: over {HEADER_LIMIT} headers")
+            raise TransportError(f"{where}: over {HEADER_LIMIT} headers")
         if 100 <= status < 200:
             continue
         return status, CIMultiDictProxy(headers), _persistent(version, headers)
@@ -516,19 +500,30 @@ def _parse_head(
 # --- parsing, shared ----------------------------------------------------------------------
 
 
-def _status_line(line: bytes, host: str, port: int) -> tuple[bytes, int]:
+def _status_line(line: bytes, where: str) -> tuple[bytes, int]:
     version, _, rest = line.partition(b" ")
     code = rest[:3]
     if not version.startswith(b"HTTP/1.") or not code.isdigit():
-        raise TransportError(f"{host}:{port}: not an HTTP/1.1 answer: {line!r}")
+        raise TransportError(f"{where}: not an HTTP/1.1 answer: {line!r}")
     return version, int(code)
 
 
-def _add_field(headers: CIMultiDict[str], field: bytes, host: str, port: int) -> None:
+def _add_field(headers: CIMultiDict[str], field: bytes, where: str) -> None:
     name, sep, value = field.partition(b":")
     if not sep:
-        raise TransportError(f"{host}:{port}: a bad header: {field!r}")
+        raise TransportError(f"{where}: a bad header: {field!r}")
     headers.add(name.decode("latin-1").strip(), value.decode("latin-1").strip())
+
+
+def _content_length(headers: CIMultiDictProxy[str]) -> int | None:
+    """The body's length if the answer gives one (a malformed one: ValueError)."""
+    length = headers.get("Content-Length")
+    if length is None:
+        return None
+    count = int(length)
+    if count < 0:
+        raise ValueError(f"Content-Length {count}")
+    return count
 
 
 def _persistent(version: bytes, headers: CIMultiDict[str]) -> bool:

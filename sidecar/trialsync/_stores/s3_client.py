@@ -334,32 +334,32 @@ class S3Client:
             )
         return self._session
 
-    def _address(self, host: str) -> tuple[str, int, ssl.SSLContext | None]:
-        """Where ``http1`` connects for the Host header ``host``, and its TLS context."""
+    def _address(self, host: str) -> http1.Endpoint:
+        """Where ``http1`` connects for the Host header ``host``."""
         if self._closed:
             raise RuntimeError(f"the S3 client for {self.endpoint} is closed")
         context = _lean_context(self._ssl) if self._endpoint.scheme == "https" else None
         name = URL(f"{self._endpoint.scheme}://{host}")
-        return name.raw_host or "", name.port or 443, context
+        return http1.Endpoint(
+            name.raw_host or "",
+            name.port or 443,
+            context,
+            self._connect_timeout,
+            self._read_timeout,
+        )
 
     def _pool(self, host: str) -> http1.Pool:
         """The keep-alive connections for small requests to ``host``."""
         pool = self._pools.get(host)
         if pool is None:
-            name, port, context = self._address(host)
-            pool = http1.Pool(
-                name, port, context, self._connections, self._connect_timeout, self._read_timeout
-            )
-            self._pools[host] = pool
+            pool = self._pools[host] = http1.Pool(self._address(host), self._connections)
         return pool
 
     def _file_pool(self, host: str) -> http1.FilePool:
         """The blocking connections for downloads from ``host``."""
         pool = self._file_pools.get(host)
         if pool is None:
-            name, port, context = self._address(host)
-            pool = http1.FilePool(name, port, context, self._connect_timeout, self._read_timeout)
-            self._file_pools[host] = pool
+            pool = self._file_pools[host] = http1.FilePool(self._address(host))
         return pool
 
     async def _fetch_into(
