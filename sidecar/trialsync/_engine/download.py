@@ -3,8 +3,9 @@
 A file of more than one part is read in ``part_size`` ranges, several at once, each
 written at its offset (``os.pwrite``): the parts of every file being restored share one
 bound, ``gate``, which also bounds the memory held (a part is held until it is written).
-A store that can (``WritesRanges``: S3 through the lean client) writes each chunk as it
-arrives, so no part is ever held whole. The file gets its mtime before it is handed
+A store that can (``WritesRanges``: S3 through the lean client, whose worker threads
+write from the socket into the file) writes each chunk as it arrives, so no part is ever
+held whole. The file gets its mtime before it is handed
 back; the caller writes it aside and renames it into place. The blocking
 calls run in ``pool``: a restore keeps many files in flight, more than the default
 executor's few threads.
