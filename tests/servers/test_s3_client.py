@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import os
 import pathlib
+import ssl
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
+import trustme
 from aiohttp import web
 from botocore.credentials import Credentials
 
@@ -261,3 +263,61 @@ async def aiohttp_wrong_region() -> AsyncIterator[tuple[str, list[str]]]:
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     yield f"http://127.0.0.1:{port}", scopes
     await runner.cleanup()
+
+
+async def test_every_path_of_the_client_works_over_tls(
+    seaweedfs: Any, tmp_path: pathlib.Path
+) -> None:
+    """Small requests (http1.Pool), large bodies (aiohttp) and downloads (http1.FilePool),
+    each over TLS to a real S3 server behind a TLS-terminating forwarder, verified against
+    the forwarder's CA; a client that does not trust that CA is refused."""
+    ca = trustme.CA()
+    served = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(served)
+    host, port = seaweedfs.endpoint_url.rsplit("//", 1)[1].split(":")
+
+    async def forward(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(host, int(port))
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(2**16):
+                    dst.write(data)
+                    await dst.drain()
+            except ConnectionError:
+                pass
+            finally:
+                dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    server = await asyncio.start_server(forward, "127.0.0.1", 0, ssl=served)
+    endpoint = f"https://localhost:{server.sockets[0].getsockname()[1]}"
+    trusting = ssl.create_default_context()
+    ca.configure_trust(trusting)
+    credentials = Credentials(seaweedfs.access_key, seaweedfs.secret_key)
+    client = S3Client(endpoint, "us-east-1", credentials, True, ssl_context=trusting)
+    stranger = S3Client(endpoint, "us-east-1", credentials, True, retry_base=0.01)
+    bucket = seaweedfs.make_bucket()
+    large = os.urandom(s3_client.UNWATCHED_BODY * 3 + 5)
+    target = tmp_path / "down"
+    fd = os.open(target, os.O_RDWR | os.O_CREAT)
+    try:
+        await client.put_object(bucket, "small", b"tiny")
+        await client.put_object(bucket, "large", large)
+        assert await client.get_object(bucket, "small") == b"tiny"
+        assert await client.get_range_into(bucket, "large", 0, len(large), fd) == len(large)
+        listed = {item.key: item.size async for item in client.list_objects(bucket, "")}
+        with pytest.raises(OSError, match="CERTIFICATE_VERIFY_FAILED"):
+            await stranger.put_object(bucket, "refused", b"x")
+        # Each of the three transports carried a request.
+        assert client._pools
+        assert client._file_pools
+        assert client._session is not None
+    finally:
+        os.close(fd)
+        await client.close()
+        await stranger.close()
+        server.close()
+    assert listed == {"small": 4, "large": len(large)}
+    assert target.read_bytes() == large
