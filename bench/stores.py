@@ -1,5 +1,6 @@
 """Upload throughput by store: ``trialsync sync --once`` of the same checkpoint to SeaweedFS
-(``s3://``) and to HDFS through WebHDFS (``webhdfs://``, the tests' MiniDFSCluster).
+(``s3://``) and to HDFS (the tests' MiniDFSCluster) both ways: at the NameNode's RPC port
+(``hdfs://``, hdfs-native) and through WebHDFS (``webhdfs://``).
 
 The checkpoint is ``exp/trial_00000/checkpoint_000001/``: ``--store-files`` files of random
 data, ``--store-size-mib`` in all, split evenly. Both servers run on loopback on this machine
@@ -25,7 +26,7 @@ from localcluster.hdfs_server import HdfsServer, start_hdfs
 from localcluster.object_stores import S3Server
 
 CHECKPOINT = "exp/trial_00000/checkpoint_000001"
-STORES = ("s3", "webhdfs")
+STORES = ("s3", "hdfs", "webhdfs")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -64,6 +65,9 @@ def _upload(
     if store == "s3":
         url = f"s3://{bucket}/{run}"
         env = common.trialsync_env(s3)
+    elif store == "hdfs":
+        url = hdfs.url(f"{base}/{run}", "hdfs")
+        env = {**common.trialsync_env(s3), "TRIALSYNC_STORAGE_OPTIONS": "{}"}
     else:
         url = hdfs.url(f"{base}/{run}")
         env = {

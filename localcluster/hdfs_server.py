@@ -75,7 +75,8 @@ def hdfs_build_dir() -> Path:
 
 @dataclass
 class HdfsServer:
-    """A running MiniDFSCluster; clients reach it through WebHDFS on ``http_port``."""
+    """A running MiniDFSCluster; clients reach it through WebHDFS on ``http_port`` and
+    through HDFS's RPC protocol on ``rpc_port``."""
 
     http_port: int
     rpc_port: int
@@ -91,8 +92,11 @@ class HdfsServer:
         """``host:port`` of the NameNode's HTTP server (WebHDFS)."""
         return f"{HOST}:{self.http_port}"
 
-    def url(self, path: str) -> str:
-        """The ``webhdfs://`` URL of an absolute HDFS path."""
+    def url(self, path: str, scheme: str = "webhdfs") -> str:
+        """The ``webhdfs://`` (or ``hdfs://``: the NameNode's RPC port) URL of an absolute
+        HDFS path."""
+        if scheme == "hdfs":
+            return f"hdfs://{HOST}:{self.rpc_port}/{path.lstrip('/')}"
         return f"webhdfs://{self.namenode}/{path.lstrip('/')}"
 
     def storage_options(self) -> dict[str, Any]:

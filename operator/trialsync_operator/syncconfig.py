@@ -94,14 +94,9 @@ class SidecarImage:
             return
         package = PACKAGE_FOR.get(scheme)
         needs = f" (it needs {package})" if package else ""
-        advice = (
-            f" {C.SCHEME_ADVICE[scheme][0].upper()}{C.SCHEME_ADVICE[scheme][1:]}."
-            if (scheme in C.SCHEME_ADVICE)
-            else ""
-        )
         raise SchemeNotServed(
             f"upload_dir {quoted(uri)}: the sidecar image {self.image} cannot serve "
-            f"{scheme}://{needs}; it serves {', '.join(sorted(self.schemes))}.{advice} Use "
+            f"{scheme}://{needs}; it serves {', '.join(sorted(self.schemes))}. Use "
             "one of those, or build a sidecar image with that backend and name it in "
             "spec.sidecar.image"
         )

@@ -9,10 +9,8 @@ module imports no storage client until a backend is checked.
 
 from __future__ import annotations
 
-import ctypes.util
 import dataclasses
 import importlib.util
-import os
 from typing import TYPE_CHECKING, Union
 
 from trialsync import contract
@@ -98,29 +96,14 @@ def installed_backend(scheme: str, uri: str) -> None:
             "others"
         )
     package = PACKAGE_FOR.get(scheme)
-    advice = f": {contract.SCHEME_ADVICE[scheme]}" if scheme in contract.SCHEME_ADVICE else ""
     try:
         fsspec.get_filesystem_class(scheme)
-        # Some fsspec classes import their client only when instantiated (HDFS: pyarrow).
+        # fsspec's own HDFS class (pyarrow's) stands in when hdfs-native, whose client
+        # the store uses, is missing; some import their client only when instantiated.
         if package and importlib.util.find_spec(package) is None:
             raise ImportError(f"No module named {package!r}")
     except ImportError as exc:
         raise ValueError(
             f"upload_dir {quoted(uri)} needs {package or 'the fsspec backend for ' + scheme}, "
-            f"which is not installed ({exc}){advice}"
+            f"which is not installed ({exc})"
         ) from exc
-    if scheme == "hdfs" and find_libhdfs() is None:
-        raise ValueError(
-            f"upload_dir {quoted(uri)} needs {contract.LIBHDFS}, which pyarrow finds in none "
-            f"of {', '.join('$' + d for d in contract.LIBHDFS_DIRS)} nor the library "
-            f"path{advice}"
-        )
-
-
-def find_libhdfs() -> str | None:
-    """Where pyarrow's HDFS client would load libhdfs from, if anywhere."""
-    for var, _, below in (d.partition("/") for d in contract.LIBHDFS_DIRS):
-        directory = os.environ.get(var)
-        if directory and os.path.isfile(os.path.join(directory, below, contract.LIBHDFS)):
-            return os.path.join(directory, below, contract.LIBHDFS)
-    return ctypes.util.find_library("hdfs")

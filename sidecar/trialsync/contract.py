@@ -148,7 +148,7 @@ PACKAGE_FOR = {
     "s3a": "s3fs",
     "gs": "gcsfs",
     "gcs": "gcsfs",
-    "hdfs": "pyarrow",
+    "hdfs": "hdfs_native",
     "webhdfs": "requests",
     "abfs": "adlfs",
     "az": "adlfs",
@@ -156,23 +156,10 @@ PACKAGE_FOR = {
 #: The extras of the trialsync distribution the default sidecar image installs
 #: (images/sidecar/Dockerfile), and the upload dir schemes they serve: the operator
 #: refuses others unless a SyncConfig names its own image (tests/pods checks these
-#: in the built image). HDFS is served through WebHDFS (plain HTTP to the NameNode's HTTP
-#: port); ``hdfs://`` (pyarrow's client) needs libhdfs and a JVM, which the image has not.
+#: in the built image). HDFS is served both ways: ``hdfs://`` by hdfs-native (the
+#: NameNode's RPC port, a client in Rust: no JVM) and ``webhdfs://`` (plain HTTP).
 IMAGE_EXTRAS = ("cloud",)
-IMAGE_SCHEMES = ("s3", "s3a", "gs", "gcs", "webhdfs", "file")
-#: What to do instead of a scheme the default image cannot serve, said wherever it is refused
-#: (the operator for its image, the sidecar for its own Python).
-SCHEME_ADVICE = {
-    "hdfs": (
-        "for HDFS use webhdfs://namenode:9870/path (WebHDFS at the NameNode's HTTP port; the "
-        "storage option use_https for HTTPS), which the default sidecar image serves: "
-        "hdfs:// goes through pyarrow's HDFS client, which needs libhdfs, a JVM and the "
-        "Hadoop jars"
-    ),
-}
-#: The libhdfs that pyarrow's HDFS client loads, and where it looks for it.
-LIBHDFS = "libhdfs.so"
-LIBHDFS_DIRS = ("ARROW_LIBHDFS_DIR", "HADOOP_HOME/lib/native")
+IMAGE_SCHEMES = ("s3", "s3a", "gs", "gcs", "hdfs", "webhdfs", "file")
 
 
 # -- the seed's six fields -------------------------------------------------------------------

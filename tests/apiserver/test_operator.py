@@ -187,11 +187,11 @@ def test_a_pod_naming_a_missing_syncconfig_is_refused_naming_it(kube: Kube, ns: 
 def test_the_validating_webhook_refuses_what_validate_upload_dir_refuses_with_its_message(
     kube: Kube, ns: str
 ) -> None:
-    config = syncconfig("hdfs", {"uploadDir": "hdfs://namenode:8020/exp"})
+    config = syncconfig("azure", {"uploadDir": "abfs://container/exp"})
     refused = _apply(kube, ns, config)
     assert refused.returncode != 0
-    expected = view_of({**config, "metadata": {"name": "hdfs", "namespace": ns}}, SIDECAR).message
-    assert "needs pyarrow" in expected
+    expected = view_of({**config, "metadata": {"name": "azure", "namespace": ns}}, SIDECAR).message
+    assert "needs adlfs" in expected
     assert expected in refused.stderr
     # gs:// is served by the sidecar image even though no gcsfs is beside the operator.
     assert _apply(kube, ns, syncconfig("gcs", {"uploadDir": "gs://bucket/exp"})).returncode == 0
@@ -222,7 +222,7 @@ def test_status_conditions_and_events_follow_validity(kube: Kube, ns: str) -> No
     ).stdout
     kube.kubectl("delete", "validatingwebhookconfiguration", WEBHOOK_NAME)
     try:
-        patch = json.dumps({"spec": {"uploadDir": "hdfs://namenode:8020/exp"}})
+        patch = json.dumps({"spec": {"uploadDir": "abfs://container/exp"}})
         kube.kubectl("patch", "syncconfig", "flip", "-n", ns, "--type=merge", "-p", patch)
     finally:
         restored = json.loads(validating)
@@ -235,7 +235,7 @@ def test_status_conditions_and_events_follow_validity(kube: Kube, ns: str) -> No
         what="Ready=False",
     )
     assert condition["reason"] == "SchemeNotServed"
-    assert "cannot serve hdfs://" in condition["message"]
+    assert "cannot serve abfs://" in condition["message"]
     status = _get(kube, ns, "syncconfig", "flip")["status"]
     assert status["observedGeneration"] == 2
     assert condition["observedGeneration"] == 2
@@ -265,7 +265,7 @@ def test_status_conditions_and_events_follow_validity(kube: Kube, ns: str) -> No
         "Warning/SchemeNotServed": 1,
     }
     [warning] = [e for e in got if e["type"] == "Warning"]
-    assert "cannot serve hdfs://" in warning["message"]
+    assert "cannot serve abfs://" in warning["message"]
     assert warning["involvedObject"]["kind"] == "SyncConfig"
     # A pod naming it while invalid would have been refused; now it is injected again.
     assert _apply(kube, ns, _pod("after", "flip")).returncode == 0
@@ -278,7 +278,7 @@ def test_a_pod_naming_an_invalid_syncconfig_is_refused_with_the_reason(kube: Kub
     kube.kubectl("delete", "validatingwebhookconfiguration", WEBHOOK_NAME)
     try:
         assert (
-            _apply(kube, ns, syncconfig("bad", {"uploadDir": "hdfs://nn:8020/x"})).returncode == 0
+            _apply(kube, ns, syncconfig("bad", {"uploadDir": "abfs://container/x"})).returncode == 0
         )
     finally:
         restored = json.loads(validating)
@@ -600,7 +600,7 @@ def test_an_invalid_syncconfig_can_still_be_labelled_and_deleted_but_not_given_a
     ).stdout
     kube.kubectl("delete", "validatingwebhookconfiguration", WEBHOOK_NAME)
     try:
-        spec = {"uploadDir": "hdfs://namenode:8020/exp"}
+        spec = {"uploadDir": "abfs://container/exp"}
         assert _apply(kube, ns, syncconfig("stale", spec)).returncode == 0
     finally:
         restored = json.loads(validating)
@@ -630,6 +630,6 @@ def test_an_invalid_syncconfig_can_still_be_labelled_and_deleted_but_not_given_a
         30,
         what="the webhook back",
     )
-    assert "cannot serve hdfs://" in refused.stderr
+    assert "cannot serve abfs://" in refused.stderr
     kube.kubectl("label", "syncconfig", "stale", "-n", ns, "team=ml")
     kube.kubectl("delete", "syncconfig", "stale", "-n", ns, "--timeout=30s")

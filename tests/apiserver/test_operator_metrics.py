@@ -276,7 +276,7 @@ def test_each_kind_of_admission_adds_exactly_its_counters(
     _ready_config(kube, ns, "off", {"syncer": "none"})
     # An invalid SyncConfig reaches the cluster only past the webhook: with it away.
     ignoring.stop()
-    assert _apply(kube, ns, syncconfig("bad", {"uploadDir": "hdfs://nn:8020/x"})).returncode == 0
+    assert _apply(kube, ns, syncconfig("bad", {"uploadDir": "abfs://container/x"})).returncode == 0
     operator = ignoring.start()
     wait_for(lambda: _condition(kube, ns, "bad", "Ready"), 30, what="bad's status")
 

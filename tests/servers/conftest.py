@@ -87,7 +87,7 @@ def s3(seaweedfs: Any) -> Backend:
     )
 
 
-@pytest.fixture(params=["s3", "s3-botocore", "gs", "webhdfs", "file"])
+@pytest.fixture(params=["s3", "s3-botocore", "gs", "webhdfs", "hdfs", "file"])
 def backend(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> Backend:
     run = uuid.uuid4().hex[:8]
     if request.param in ("s3", "s3-botocore"):
@@ -111,6 +111,10 @@ def backend(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> Backend:
         # A sidecar process takes the same options (the user it acts as) from its environment.
         env = {"TRIALSYNC_STORAGE_OPTIONS": json.dumps(options)}
         return Backend("webhdfs", server.url(f"{server.make_dir()}/run-{run}"), options, env)
+    if request.param == "hdfs":
+        # HDFS's own RPC protocol (hdfs-native), as the user this process runs as.
+        server = request.getfixturevalue("hdfs")
+        return Backend("hdfs", server.url(f"{server.make_dir()}/run-{run}", "hdfs"), {}, {})
     remote = tmp_path / "remote"
     remote.mkdir()
     return Backend("file", f"file://{remote}", {}, {})

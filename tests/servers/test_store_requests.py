@@ -74,10 +74,10 @@ async def test_each_store_counts_its_requests_by_operation(
             "head": 1,
             "delete": 1,
         }
-    elif backend.name == "webhdfs":
-        # A file goes up in one CREATE under a temporary name (the NameNode's redirect and
-        # the DataNode's PUT, counted as one put), renamed into place (other); one DELETE
-        # per path.
+    elif backend.name in ("webhdfs", "hdfs"):
+        # A file goes up under a temporary name (WebHDFS: one CREATE, the NameNode's
+        # redirect and the DataNode's PUT, counted as one put), renamed into place (other);
+        # one delete per path.
         expected = {"list": 2, "put": 3, "other": 3, "get": 2, "head": 1, "delete": 2}
     else:
         expected = {"list": 2, "put": 3, "get": 2, "head": 1, "delete": 1}

@@ -44,6 +44,7 @@ URIS = st.one_of(
             "gs://my-bucket/x",
             "gcs://b.c/d",
             "hdfs://namenode:8020/exp",
+            "abfs://container/exp",
             "webhdfs://namenode:9870/exp",
             "webhdfs://hdfs@namenode:9870/exp",
             "webhdfs://namenode/exp",
@@ -187,6 +188,7 @@ UPLOAD_DIRS = st.sampled_from(
         "s3a://bucket/a/b",
         "gs://my-bucket/x",
         "gcs://b.c/d",
+        "hdfs://namenode:8020/exp",
         "webhdfs://namenode:9870/exp",
     ]
 )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import pathlib
 import re
 import subprocess
 import sys
@@ -82,34 +81,20 @@ def test_invalid_upload_dir_is_refused_with_the_reason(uri: str, says: str) -> N
         SyncConfig(upload_dir=uri).validate_upload_dir()
 
 
-def test_hdfs_without_libhdfs_is_refused_saying_to_use_webhdfs(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path
-) -> None:
-    pytest.importorskip("pyarrow")  # the dev extras bring it; the sidecar image has none
-    monkeypatch.delenv("ARROW_LIBHDFS_DIR", raising=False)
-    monkeypatch.delenv("HADOOP_HOME", raising=False)
-    monkeypatch.setattr(config.ctypes.util, "find_library", lambda name: None)
-    with pytest.raises(ValueError, match=r"needs libhdfs\.so") as refused:
-        SyncConfig(upload_dir="hdfs://namenode:8020/exp").validate_upload_dir()
-    assert "for HDFS use webhdfs://namenode:9870/path" in str(refused.value)
-    # pyarrow finds it in ARROW_LIBHDFS_DIR (or $HADOOP_HOME/lib/native): then it is served.
-    (tmp_path / "libhdfs.so").write_bytes(b"")
-    monkeypatch.setenv("ARROW_LIBHDFS_DIR", str(tmp_path))
-    assert SyncConfig(upload_dir="hdfs://namenode:8020/exp").validate_upload_dir()
-
-
-def test_hdfs_without_pyarrow_is_refused_saying_to_use_webhdfs(
+def test_hdfs_is_served_by_hdfs_native_and_refused_without_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    assert SyncConfig(upload_dir="hdfs://namenode:8020/exp").validate_upload_dir()
+    # Without hdfs-native, fsspec would still find pyarrow's HDFS class (libhdfs, a JVM):
+    # the store's client is hdfs-native's, so the URI is refused, naming the package.
     real = config.importlib.util.find_spec
     monkeypatch.setattr(
         config.importlib.util,
         "find_spec",
-        lambda name, *a: None if name == "pyarrow" else real(name, *a),
+        lambda name, *a: None if name == "hdfs_native" else real(name, *a),
     )
-    with pytest.raises(ValueError, match="needs pyarrow, which is not installed") as refused:
+    with pytest.raises(ValueError, match="needs hdfs_native, which is not installed"):
         SyncConfig(upload_dir="hdfs://namenode:8020/exp").validate_upload_dir()
-    assert "for HDFS use webhdfs://namenode:9870/path" in str(refused.value)
 
 
 def test_syncer_none_with_an_upload_dir_is_an_error() -> None:

@@ -158,10 +158,10 @@ def test_a_pod_naming_a_missing_syncconfig_is_refused_naming_it(
 
 def test_a_pod_naming_an_invalid_syncconfig_is_refused_with_the_reason() -> None:
     bad = copy.deepcopy(CONFIG)
-    bad["spec"] = {"uploadDir": "hdfs://namenode/x"}
+    bad["spec"] = {"uploadDir": "abfs://container/x"}
     pod = _pod(**{names.MOUNT_PATH_ANNOTATION: "/r"})
     with pytest.raises(
-        injection.Refusal, match=r"SyncConfig ml/exp is invalid: .*cannot serve hdfs"
+        injection.Refusal, match=r"SyncConfig ml/exp is invalid: .*cannot serve abfs"
     ):
         injection.plan(pod, "ml", lookup_for(bad), DEFAULTS)
 

@@ -46,7 +46,7 @@ def _views(*bodies: dict[str, Any]) -> dict[tuple[str, str], ConfigView]:
 VIEWS = _views(
     _config("exp", {"uploadDir": "s3://bucket/exp"}),
     _config("off", {"syncer": "none"}),
-    _config("bad", {"uploadDir": "hdfs://nn:8020/x"}),
+    _config("bad", {"uploadDir": "abfs://container/x"}),
     _config("going", {"uploadDir": "s3://bucket/g"}, deletionTimestamp=NOW),
 )
 
@@ -194,7 +194,7 @@ def _counters(metrics: Metrics) -> dict[tuple[str, str], float]:
 LOOKUP = lookup_for(
     _config("exp", {"uploadDir": "s3://bucket/exp"}),
     _config("off", {"syncer": "none"}),
-    _config("bad", {"uploadDir": "hdfs://nn:8020/x"}),
+    _config("bad", {"uploadDir": "abfs://container/x"}),
 )
 
 

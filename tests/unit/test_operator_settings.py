@@ -18,7 +18,7 @@ def test_defaults() -> None:
     )
     assert s.sidecar.image == "docker.io/trialsync/sidecar:0.1.0"
     assert "gs" in s.sidecar.schemes
-    assert "hdfs" not in s.sidecar.schemes
+    assert "abfs" not in s.sidecar.schemes
     assert s.namespaces == ()
     assert s.leader_election
     # Only the operator's own sidecar image may run, whatever a SyncConfig names.
@@ -54,7 +54,7 @@ def test_every_flag_has_an_environment_fallback() -> None:
         "sidecar_image": "img:1",
         "sidecar_image_pull_policy": "Always",
         "allowed_sidecar_images": "registry.example.com/team/*,me/s:1",
-        "sidecar_schemes": "s3,hdfs",
+        "sidecar_schemes": "s3,abfs",
         "sidecar_resources": (
             '{"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"cpu": "2", "memory": "2Gi"}}'
         ),
@@ -79,7 +79,7 @@ def test_every_flag_has_an_environment_fallback() -> None:
         "admit",
         "debug",
     )
-    assert s.sidecar.schemes == {"s3", "hdfs"}
+    assert s.sidecar.schemes == {"s3", "abfs"}
     assert (s.pod_status, s.pod_status_port) == (False, 19746)
     assert s.sidecar.allowed == ("registry.example.com/team/*", "me/s:1")
     assert s.defaults.image == "img:1"

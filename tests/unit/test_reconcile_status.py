@@ -40,7 +40,7 @@ def test_a_missing_credentials_secret_makes_ready_false_saying_what_pods_meet() 
 @pytest.mark.parametrize(
     ("spec", "reason"),
     [
-        ({"uploadDir": "hdfs://nn/x"}, "SchemeNotServed"),
+        ({"uploadDir": "abfs://container/x"}, "SchemeNotServed"),
         ({"uploadDir": "file:///x"}, "PathNotWritable"),
         ({"syncPeriod": 0}, "InvalidSpec"),
     ],

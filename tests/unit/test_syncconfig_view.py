@@ -40,17 +40,16 @@ def test_a_backend_the_sidecar_image_serves_is_valid_whatever_the_operator_has()
 
 
 def test_a_backend_the_sidecar_image_lacks_is_refused_saying_how_to_fix_it() -> None:
-    view = view_of(_config({"uploadDir": "hdfs://namenode:8020/x"}), SIDECAR)
+    view = view_of(_config({"uploadDir": "abfs://container/x"}), SIDECAR)
     assert not view.valid
-    assert "cannot serve hdfs:// (it needs pyarrow)" in view.message
+    assert "cannot serve abfs:// (it needs adlfs)" in view.message
     assert "spec.sidecar.image" in view.message
     assert view.reason == "SchemeNotServed"
 
 
-def test_hdfs_is_refused_saying_to_use_webhdfs_which_the_image_serves() -> None:
-    view = view_of(_config({"uploadDir": "hdfs://namenode:8020/x"}), SIDECAR)
-    assert "For HDFS use webhdfs://namenode:9870/path" in view.message
-    assert "libhdfs, a JVM" in view.message
+def test_hdfs_is_served_both_ways_by_the_image() -> None:
+    hdfs = view_of(_config({"uploadDir": "hdfs://namenode:8020/x"}), SIDECAR)
+    assert hdfs.valid, hdfs.message
     webhdfs = view_of(_config({"uploadDir": "webhdfs://namenode:9870/x"}), SIDECAR)
     assert webhdfs.valid, webhdfs.message
     no_port = view_of(_config({"uploadDir": "webhdfs://namenode/x"}), SIDECAR)
@@ -76,7 +75,7 @@ def test_an_invalid_spec_has_the_generic_reason_and_a_deleted_one_says_so() -> N
 
 
 def test_a_custom_image_is_trusted_with_its_backends() -> None:
-    spec = {"uploadDir": "hdfs://namenode:8020/x", "sidecar": {"image": "me/sidecar:hdfs"}}
+    spec = {"uploadDir": "abfs://container/x", "sidecar": {"image": "me/sidecar:azure"}}
     assert view_of(_config(spec), SIDECAR).valid
 
 

@@ -1,10 +1,11 @@
 """The remote side: an fsspec filesystem rooted at the upload dir, used asynchronously.
 
 Async backends (s3fs, gcsfs) are driven on the caller's event loop so a sync can be
-cancelled at its timeout; blocking backends (local files, WebHDFS) run in worker threads.
+cancelled at its timeout; blocking backends (local files, HDFS) run in worker threads.
 Local files are always read in worker threads, exactly as scanned (``local_files``).
-WebHDFS writes, reads and deletes go through ``webhdfs_io`` (a file replaced whole, never
-seen in part), its listings and stats through fsspec.
+HDFS writes, reads and deletes go through ``webhdfs_io`` (``webhdfs://``) or
+``hdfs_rpc_io`` (``hdfs://``): a file replaced whole, never seen in part. Their listings
+and stats go through fsspec.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from trialsync._stores import (
     base,
     credentials,
     gcs_upload,
+    hdfs_rpc_io,
+    hdfs_temp,
     s3_client,
     s3_upload,
     webhdfs_io,
@@ -40,6 +43,11 @@ from trialsync._util.throttle import Limiter
 log = logging.getLogger(__name__)
 
 CREDENTIAL_CHECK_INTERVAL = 1.0  # seconds
+#: How HDFS is written, read and deleted, per scheme (each module has ``put_file``,
+#: ``put_bytes``, ``read`` and ``delete``).
+_HDFS_IO = dict.fromkeys(webhdfs_io.PROTOCOLS, webhdfs_io) | dict.fromkeys(
+    hdfs_rpc_io.PROTOCOLS, hdfs_rpc_io
+)
 DELETES_IN_FLIGHT = 16
 COPY_CHUNK = 2**20
 
@@ -104,7 +112,7 @@ class RemoteStore:
         self.is_async = bool(
             getattr(fsspec.get_filesystem_class(self.protocol), "async_impl", False)
         )
-        self._webhdfs = self.protocol in webhdfs_io.PROTOCOLS
+        self._hdfs = _HDFS_IO.get(self.protocol)
 
     @contextlib.asynccontextmanager
     async def _clients(self) -> AsyncIterator[_Clients]:
@@ -178,7 +186,10 @@ class RemoteStore:
         if self.is_async:
             options["asynchronous"] = True
             options["loop"] = asyncio.get_running_loop()
-        fs, root = fsspec.core.url_to_fs(self.upload_dir, **options)
+        if self._hdfs is hdfs_rpc_io:
+            fs, root = hdfs_rpc_io.filesystem(self.upload_dir, self._options)
+        else:
+            fs, root = fsspec.core.url_to_fs(self.upload_dir, **options)
         if self.is_async and hasattr(fs, "set_session"):
             await fs.set_session()
         s3: s3_upload.S3Api | None = None
@@ -272,9 +283,9 @@ class RemoteStore:
                 await gcs_upload.put_file(
                     c.fs, local_path, self._path(c, rel), size, self._part_size, self._count
                 )
-            elif self._webhdfs:
+            elif self._hdfs is not None:
                 await asyncio.to_thread(
-                    webhdfs_io.put_file, c.fs, local_path, self._path(c, rel), size, self._count
+                    self._hdfs.put_file, c.fs, local_path, self._path(c, rel), size, self._count
                 )
             elif not self.is_async:
                 self._count("put")
@@ -297,9 +308,9 @@ class RemoteStore:
             if c.s3 is not None:
                 await c.s3.put_object(c.bucket, self._key(c, rel), data)
                 return
-            if self._webhdfs:
+            if self._hdfs is not None:
                 await asyncio.to_thread(
-                    webhdfs_io.put_bytes, c.fs, self._path(c, rel), data, self._count
+                    self._hdfs.put_bytes, c.fs, self._path(c, rel), data, self._count
                 )
                 return
             self._count("put")
@@ -313,8 +324,8 @@ class RemoteStore:
             if c.s3 is not None:
                 return await c.s3.get_object(c.bucket, self._key(c, rel))
             self._count("get")
-            if self._webhdfs:
-                return await asyncio.to_thread(webhdfs_io.read, c.fs, self._path(c, rel))
+            if self._hdfs is not None:
+                return await asyncio.to_thread(self._hdfs.read, c.fs, self._path(c, rel))
             if self.is_async:
                 data: bytes = await c.fs._cat_file(self._path(c, rel))
                 return data
@@ -326,9 +337,9 @@ class RemoteStore:
             if c.s3 is not None:
                 return await c.s3.get_range(c.bucket, self._key(c, rel), start, end)
             self._count("get")
-            if self._webhdfs:
+            if self._hdfs is not None:
                 return await asyncio.to_thread(
-                    webhdfs_io.read, c.fs, self._path(c, rel), start, end
+                    self._hdfs.read, c.fs, self._path(c, rel), start, end
                 )
             if self.is_async:
                 data: bytes = await c.fs._cat_file(self._path(c, rel), start=start, end=end)
@@ -368,9 +379,9 @@ class RemoteStore:
             for name, info in found.items():
                 if info.get("type", "file") != "file":
                     continue
-                if self._webhdfs and webhdfs_io.is_temporary(name):
+                if self._hdfs is not None and hdfs_temp.is_temporary(name):
                     # Being written, or left by a writer that died: never listed.
-                    if webhdfs_io.is_stale(_remote_object(info).mtime):
+                    if hdfs_temp.is_stale(_remote_object(info).mtime):
                         stale.append(name)
                     continue
                 rel = fs._strip_protocol(name)[strip:]
@@ -380,12 +391,13 @@ class RemoteStore:
             return listing
 
     def _remove_stale(self, fs: Any, paths: Sequence[str]) -> None:
-        """Delete temporary files whose writers are long gone (best effort: a failure is
-        logged, and the next listing tries again)."""
+        """Delete HDFS temporary files whose writers are long gone (best effort: a failure
+        is logged, and the next listing tries again)."""
+        assert self._hdfs is not None
         for path in paths:
             self._count("delete")
             try:
-                webhdfs_io.delete(fs, fs._strip_protocol(path))
+                self._hdfs.delete(fs, fs._strip_protocol(path))
             except OSError as exc:
                 log.warning("could not delete %s, left by a writer that died: %s", path, exc)
             else:
@@ -459,11 +471,12 @@ class RemoteStore:
                 await tasks.bounded(DELETES_IN_FLIGHT, paths, one)
 
     async def _rm(self, fs: Any, paths: Sequence[str]) -> None:
-        if self._webhdfs:
-            # WebHDFS deletes one path a request (fsspec's ``rm`` takes only one).
+        hdfs = self._hdfs
+        if hdfs is not None:
+            # HDFS deletes one path a request (fsspec's ``rm`` takes only one).
             async def one(path: str) -> None:
                 self._count("delete")
-                await asyncio.to_thread(webhdfs_io.delete, fs, path)
+                await asyncio.to_thread(hdfs.delete, fs, path)
 
             await tasks.bounded(DELETES_IN_FLIGHT, paths, one)
             return
@@ -561,8 +574,9 @@ def _check_writable_dir(fs: Any, root: str, url: str) -> None:
 
 def _remote_object(info: Mapping[str, Any]) -> RemoteObject:
     mtime = info.get("LastModified") or info.get("mtime") or info.get("updated")
-    if mtime is None and "modificationTime" in info:  # WebHDFS: milliseconds
-        mtime = info["modificationTime"] / 1000
+    for millis in ("modificationTime", "modification_time"):  # WebHDFS, hdfs-native
+        if mtime is None and millis in info:
+            mtime = info[millis] / 1000
     if isinstance(mtime, datetime.datetime):
         stamp: float | None = mtime.timestamp()
     elif isinstance(mtime, int | float):

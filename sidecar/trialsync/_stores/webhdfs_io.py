@@ -8,13 +8,8 @@ the scanned size) under a temporary name in its directory, which a ``RENAME`` wi
 ``renameoptions=OVERWRITE`` then puts in place in one NameNode operation: a reader sees the
 old file or the new, never a part, as on S3 and GCS, and the manifest a checkpoint is
 published with appears whole. (fsspec's ``mv`` sends a plain ``RENAME``, which does not
-replace an existing file and reports failure only in its JSON, which fsspec ignores.)
-
-A temporary file that a killed process left behind keeps its ``TEMP_PREFIX`` name, which
-``is_temporary`` recognises: listings leave such files out, and delete those last modified
-more than ``STALE_AFTER`` ago (``is_stale``). HDFS sets a file's modification time when it
-is created and when it is closed, so the age of a file still being written is the age of
-its write: a day is far beyond any write a sync's timeout allows.
+replace an existing file and reports failure only in its JSON, which fsspec ignores.) The
+temporary names, and what becomes of those a killed writer left: ``hdfs_temp``.
 
 Blocking (``requests``): the store runs these in worker threads. The ``data_proxy`` option
 (how a client reaches DataNodes by other names than those the NameNode redirects to) applies
@@ -25,35 +20,16 @@ from __future__ import annotations
 
 import contextlib
 import os
-import posixpath
-import time
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
+from trialsync._stores import hdfs_temp
 from trialsync._stores.base import RequestCounter, ignore_request
 from trialsync._util import local_files
 
-#: The name of a file being written starts with this until it is renamed into place.
-TEMP_PREFIX = ".trialsync-part-"
-#: Seconds after which a temporary file's writer is taken to be dead (a day).
-STALE_AFTER = 86400.0
 #: The body of an upload is read and sent a chunk at a time.
 CHUNK = 2**20
 PROTOCOLS = frozenset({"webhdfs"})
-
-
-def is_temporary(path: str) -> bool:
-    """Whether ``path`` is a file being written (or left by a writer that died)."""
-    return posixpath.basename(path).startswith(TEMP_PREFIX)
-
-
-def is_stale(mtime: float | None, now: float | None = None) -> bool:
-    """Whether a temporary file last modified at ``mtime`` (epoch seconds; None: unknown,
-    kept) was left by a writer that died."""
-    if mtime is None:
-        return False
-    return (time.time() if now is None else now) - mtime > STALE_AFTER
 
 
 class _Body:
@@ -77,7 +53,7 @@ def _write(fs: Any, target: str, body: Any, count: RequestCounter) -> None:
     then rename it over ``target``; on failure the temporary file is deleted. ``count`` is
     told of a ``put`` (the CREATE and the data it redirects to) and an ``other`` (the
     RENAME)."""
-    temp = posixpath.join(posixpath.dirname(target), f"{TEMP_PREFIX}{uuid.uuid4().hex}")
+    temp = hdfs_temp.temp_beside(target)
     count("put")
     created = fs._call("CREATE", "put", temp, redirect=False, overwrite="false")
     location = fs._apply_proxy(created.headers["Location"])

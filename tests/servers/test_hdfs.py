@@ -1,6 +1,7 @@
-"""HDFS through WebHDFS, on a real HDFS (the session's MiniDFSCluster): a file is replaced
-whole, never seen in part; a writer's temporary files are never listed; the user the store
-acts as is the one its options or its URL name."""
+"""HDFS both ways, ``webhdfs://`` (HTTP) and ``hdfs://`` (RPC, hdfs-native), on a real HDFS
+(the session's MiniDFSCluster): a file is replaced whole, never seen in part; a writer's
+temporary files are never listed; the user the store acts as is the one its options or its
+URL name; a NameNode that refuses connections fails a call in seconds, with its address."""
 
 from __future__ import annotations
 
@@ -14,19 +15,30 @@ import pytest
 
 from localcluster.hdfs_server import HdfsServer
 from localcluster.processes import free_ports
-from trialsync._stores import webhdfs_io
+from trialsync._stores import hdfs_rpc_io, hdfs_temp
 from trialsync._stores.fsspec_store import RemoteStore
 
 MiB = 2**20
 
 
+@pytest.fixture(params=["webhdfs", "hdfs"])
+def scheme(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def _options(hdfs: HdfsServer, scheme: str) -> dict[str, str]:
+    # hdfs:// acts as this process's user: its ``user`` option would set HADOOP_USER_NAME
+    # for the whole process (the test of users below sets and restores it).
+    return hdfs.storage_options() if scheme == "webhdfs" else {}
+
+
 async def test_a_file_rewritten_is_read_old_or_new_never_in_part(
-    hdfs: HdfsServer, tmp_path: pathlib.Path
+    hdfs: HdfsServer, scheme: str, tmp_path: pathlib.Path
 ) -> None:
     # fsspec's own writes create the file empty and append to it: a reader there would see
-    # b"", then a prefix of the new content.
-    url = hdfs.url(f"{hdfs.make_dir()}/run")
-    store = RemoteStore(url, hdfs.storage_options())
+    # b"", then a prefix of the new content. So do hdfs-native's.
+    path = f"{hdfs.make_dir()}/run"
+    store = RemoteStore(hdfs.url(path, scheme), _options(hdfs, scheme))
     old, new = os.urandom(3 * MiB), os.urandom(24 * MiB)
     (tmp_path / "new.bin").write_bytes(new)
     reads: list[bytes] = []
@@ -47,17 +59,18 @@ async def test_a_file_rewritten_is_read_old_or_new_never_in_part(
     assert all(data in (old, new) for data in reads), sorted({len(d) for d in reads})
     assert reads[-1] == new
     fs = hdfs.filesystem()
-    root = url.split(hdfs.namenode, 1)[1]
     # Nothing left beside it: the temporary file was renamed into place.
-    assert [p.rsplit("/", 1)[1] for p in fs.ls(f"{root}/exp")] == ["state.bin"]
+    assert [p.rsplit("/", 1)[1] for p in fs.ls(f"{path}/exp")] == ["state.bin"]
 
 
-async def test_a_temporary_file_a_dead_writer_left_is_not_listed(hdfs: HdfsServer) -> None:
+async def test_a_temporary_file_a_dead_writer_left_is_not_listed(
+    hdfs: HdfsServer, scheme: str
+) -> None:
     path = f"{hdfs.make_dir()}/run"
     fs = hdfs.filesystem()
-    fs.pipe_file(f"{path}/exp/{webhdfs_io.TEMP_PREFIX}{uuid.uuid4().hex}", b"half")
+    fs.pipe_file(f"{path}/exp/{hdfs_temp.TEMP_PREFIX}{uuid.uuid4().hex}", b"half")
     fs.pipe_file(f"{path}/exp/kept.json", b"{}")
-    store = RemoteStore(hdfs.url(path), hdfs.storage_options())
+    store = RemoteStore(hdfs.url(path, scheme), _options(hdfs, scheme))
     try:
         assert set(await store.list("exp")) == {"exp/kept.json"}
         assert await store.read_bytes("exp/kept.json") == b"{}"
@@ -66,18 +79,18 @@ async def test_a_temporary_file_a_dead_writer_left_is_not_listed(hdfs: HdfsServe
 
 
 async def test_a_listing_deletes_the_temporary_files_of_writers_dead_for_a_day(
-    hdfs: HdfsServer,
+    hdfs: HdfsServer, scheme: str
 ) -> None:
     path = f"{hdfs.make_dir()}/run"
     fs = hdfs.filesystem()
-    stale = f"{path}/exp/{webhdfs_io.TEMP_PREFIX}{uuid.uuid4().hex}"
-    fresh = f"{path}/exp/trial/{webhdfs_io.TEMP_PREFIX}{uuid.uuid4().hex}"
+    stale = f"{path}/exp/{hdfs_temp.TEMP_PREFIX}{uuid.uuid4().hex}"
+    fresh = f"{path}/exp/trial/{hdfs_temp.TEMP_PREFIX}{uuid.uuid4().hex}"
     fs.pipe_file(stale, b"half")
     fs.pipe_file(fresh, b"being written")
     fs.pipe_file(f"{path}/exp/kept.json", b"{}")
-    age_ms = int((time.time() - webhdfs_io.STALE_AFTER - 60) * 1000)
+    age_ms = int((time.time() - hdfs_temp.STALE_AFTER - 60) * 1000)
     fs._call("SETTIMES", "put", stale, modificationtime=age_ms)
-    store = RemoteStore(hdfs.url(path), hdfs.storage_options())
+    store = RemoteStore(hdfs.url(path, scheme), _options(hdfs, scheme))
     try:
         assert set(await store.list("exp")) == {"exp/kept.json"}
     finally:
@@ -87,28 +100,33 @@ async def test_a_listing_deletes_the_temporary_files_of_writers_dead_for_a_day(
 
 
 async def test_the_store_acts_as_the_user_its_options_or_its_url_name(
-    hdfs: HdfsServer, tmp_path: pathlib.Path
+    hdfs: HdfsServer, scheme: str, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # hdfs:// sets HADOOP_USER_NAME for the process: restored after the test.
+    monkeypatch.setenv(hdfs_rpc_io.USER_VARIABLE, "nobody-yet")
     path = hdfs.make_dir()
     (tmp_path / "f").write_bytes(b"x" * 100)
-    by_option = RemoteStore(hdfs.url(f"{path}/a"), {"user": "alice"})
-    by_url = RemoteStore(f"webhdfs://bob@{hdfs.namenode}{path}/b", {})
+    fs = hdfs.filesystem()
+    by_option = RemoteStore(hdfs.url(f"{path}/a", scheme), {"user": "alice"})
     try:
         await by_option.put_file(str(tmp_path / "f"), "f", 100)
+    finally:
+        await by_option.close()
+    assert fs.info(f"{path}/a/f")["owner"] == "alice"
+    address = hdfs.namenode if scheme == "webhdfs" else f"127.0.0.1:{hdfs.rpc_port}"
+    by_url = RemoteStore(f"{scheme}://bob@{address}{path}/b", {})
+    try:
         await by_url.put_bytes("f", b"y")
         assert await by_url.stat("f") is not None
     finally:
-        await by_option.close()
         await by_url.close()
-    fs = hdfs.filesystem()
-    assert fs.info(f"{path}/a/f")["owner"] == "alice"
     assert fs.info(f"{path}/b/f")["owner"] == "bob"
 
 
 async def test_a_listing_reports_size_and_mtime_and_a_missing_file_reads_as_missing(
-    hdfs: HdfsServer,
+    hdfs: HdfsServer, scheme: str
 ) -> None:
-    store = RemoteStore(hdfs.url(f"{hdfs.make_dir()}/run"), hdfs.storage_options())
+    store = RemoteStore(hdfs.url(f"{hdfs.make_dir()}/run", scheme), _options(hdfs, scheme))
     try:
         await store.put_bytes("a/b/c.json", b"12345")
         (listed,) = (await store.list()).values()
@@ -124,6 +142,57 @@ async def test_a_listing_reports_size_and_mtime_and_a_missing_file_reads_as_miss
             await store.read_bytes("a/b/c.json")
     finally:
         await store.close()
+
+
+async def test_a_namenode_that_refuses_connections_fails_a_call_in_seconds(
+    tmp_path: pathlib.Path,
+) -> None:
+    # hdfs-native on its own defaults was still trying after 90 s, in a thread that no
+    # timeout stops; DEFAULT_CONFIG gives up after three tries. The error names the cause
+    # in one line (no Java stack trace) and the store reports it from connect(), at start.
+    (closed,) = free_ports(1)
+    store = RemoteStore(f"hdfs://127.0.0.1:{closed}/exp", {})
+    started = time.monotonic()
+    try:
+        with pytest.raises(OSError, match="Connection refused"):
+            await store.connect()
+    finally:
+        await store.close()
+    assert time.monotonic() - started < 20
+
+
+async def test_a_hadoop_error_is_one_line_of_the_same_type(hdfs: HdfsServer) -> None:
+    # The NameNode's answers carry its Java stack trace.
+    path = hdfs.make_dir()
+    hdfs.filesystem().pipe_file(f"{path}/d/f", b"x")
+    store = RemoteStore(hdfs.url(path, "hdfs"), {})
+    try:
+        with pytest.raises(FileNotFoundError, match="File does not exist") as missing:
+            await store.read_bytes("nothing")
+        with pytest.raises(FileNotFoundError, match="Path is not a file") as directory:
+            await store.read_bytes("d")
+    finally:
+        await store.close()
+    for raised in (missing.value, directory.value):
+        assert "\n" not in str(raised), str(raised)
+        assert isinstance(raised.__cause__, type(raised))  # the whole one, kept as the cause
+        assert "\n" in str(raised.__cause__)
+
+
+def test_hdfs_storage_options_are_hadoop_configuration() -> None:
+    config, user = hdfs_rpc_io.hadoop_config(
+        {"dfs.client.use.datanode.hostname": True, "user": "alice", "x.y": 3}
+    )
+    assert user == "alice"
+    assert config == {
+        **hdfs_rpc_io.DEFAULT_CONFIG,
+        "dfs.client.use.datanode.hostname": "true",
+        "x.y": "3",
+    }
+    overridden, _ = hdfs_rpc_io.hadoop_config({"dfs.client.failover.max.attempts": "15"})
+    assert overridden["dfs.client.failover.max.attempts"] == "15"
+    with pytest.raises(ValueError, match="must be a Hadoop configuration value"):
+        hdfs_rpc_io.hadoop_config({"data_proxy": {"a": "b"}})
 
 
 async def test_data_proxy_rewrites_the_datanode_a_redirect_names(
