@@ -253,19 +253,30 @@ def _read_spec(spec: object) -> dict[str, Any]:
             except SettingError as exc:
                 raise SpecError(f"spec.{field}: {exc}") from None
     out["upload_dir"] = out["upload_dir"] or None
-    out["storage_options"] = json.dumps(_storage_options(spec.get("storage")), sort_keys=True)
+    options = _storage_options(spec.get("storage"), out["upload_dir"])
+    out["storage_options"] = json.dumps(options, sort_keys=True)
     out.update(_credentials(spec.get("credentials")))
     out.update(_sidecar(spec.get("sidecar")))
     return out
 
 
-def _storage_options(storage: object) -> dict[str, Any]:
+def _storage_options(storage: object, upload_dir: str | None) -> dict[str, Any]:
     """fsspec storage options from ``spec.storage`` (endpoint, region, addressing style),
-    checked as the sidecar checks ``TRIALSYNC_STORAGE_OPTIONS``."""
+    checked as the sidecar checks ``TRIALSYNC_STORAGE_OPTIONS``; for an ``hdfs://``
+    upload dir, Hadoop configuration alone."""
     if storage is None:
         return {}
     if not isinstance(storage, Mapping):
         raise SpecError(f"spec.storage must be an object, got {_kind(storage)}")
+    scheme = (upload_dir or "").partition("://")[0].lower()
+    if scheme in C.HADOOP_CONFIG_SCHEMES:
+        for field in ("endpoint", "region", "addressingStyle"):
+            if storage.get(field) is not None:
+                raise SpecError(
+                    f"spec.storage.{field} does not apply to an {scheme}:// upload dir: its "
+                    "NameNode is in the URI, and Hadoop configuration goes in "
+                    "spec.storage.options"
+                )
     options: dict[str, Any] = {}
     extra = storage.get("options", {})
     if not isinstance(extra, Mapping) or not all(
@@ -276,6 +287,8 @@ def _storage_options(storage: object) -> dict[str, Any]:
         options[key] = _json_or_str(value)
     try:
         C.STORAGE_OPTIONS.check(options)
+        if scheme in C.HADOOP_CONFIG_SCHEMES:
+            C.check_hadoop_options(options)
     except SettingError as exc:
         raise SpecError(f"spec.storage.options: {exc}") from None
     endpoint = _opt_str(storage, "endpoint", "spec.storage")

@@ -160,6 +160,19 @@ PACKAGE_FOR = {
 #: NameNode's RPC port, a client in Rust: no JVM) and ``webhdfs://`` (plain HTTP).
 IMAGE_EXTRAS = ("cloud",)
 IMAGE_SCHEMES = ("s3", "s3a", "gs", "gcs", "hdfs", "webhdfs", "file")
+#: Schemes whose storage options are Hadoop configuration: each a single value.
+HADOOP_CONFIG_SCHEMES = frozenset({"hdfs"})
+
+
+def check_hadoop_options(options: Mapping[str, Any]) -> None:
+    """Storage options of an ``hdfs://`` upload dir are Hadoop configuration keys, each
+    with a single value; SettingError (naming the option) otherwise."""
+    for key, value in options.items():
+        if isinstance(value, Mapping | list | tuple) or value is None:
+            raise SettingError(
+                f"storage option {key!r} of an hdfs:// upload dir must be a Hadoop "
+                f"configuration value (a string), got {value!r}"
+            )
 
 
 # -- the seed's six fields -------------------------------------------------------------------

@@ -279,6 +279,9 @@ def valid_specs(draw: st.DrawFn, modes: tuple[str, ...] = ALL_MODES) -> dict[str
     for field, strategy in _VALID_FIELDS.items():
         if draw(st.booleans()):
             spec[field] = draw(strategy)
+    if spec.get("uploadDir", "").startswith("hdfs://") and "storage" in spec:
+        # An hdfs:// upload dir takes Hadoop configuration alone (its NameNode is in it).
+        spec["storage"] = {k: v for k, v in spec["storage"].items() if k == "options"}
     if syncer not in (None, "auto"):
         spec.pop("mirrorDeletes", None)  # it needs the auto syncer
         spec.pop("keepCheckpoints", None)  # so does this

@@ -50,6 +50,13 @@ def test_a_backend_the_sidecar_image_lacks_is_refused_saying_how_to_fix_it() -> 
 def test_hdfs_is_served_both_ways_by_the_image() -> None:
     hdfs = view_of(_config({"uploadDir": "hdfs://namenode:8020/x"}), SIDECAR)
     assert hdfs.valid, hdfs.message
+    # Hadoop configuration in spec.storage.options: single values, passed on as they are.
+    options = {"dfs.client.use.datanode.hostname": "true", "user": "hdfs"}
+    configured = view_of(
+        _config({"uploadDir": "hdfs://namenode:8020/x", "storage": {"options": options}}),
+        SIDECAR,
+    )
+    assert configured.valid, configured.message
     webhdfs = view_of(_config({"uploadDir": "webhdfs://namenode:9870/x"}), SIDECAR)
     assert webhdfs.valid, webhdfs.message
     no_port = view_of(_config({"uploadDir": "webhdfs://namenode/x"}), SIDECAR)
@@ -138,6 +145,14 @@ def test_by_default_only_the_operators_own_image_is_allowed() -> None:
         ({"syncer": "pkg.mod"}, "'package.module:Class'"),
         ({"storage": {"options": {"secret": "hunter2"}}}, "credentials never go in storage"),
         ({"storage": {"endpoint": "minio:9000"}}, "must be an http:// or https:// URL"),
+        (
+            {"uploadDir": "hdfs://nn:8020/x", "storage": {"region": "eu-west-1"}},
+            "spec.storage.region does not apply to an hdfs:// upload dir",
+        ),
+        (
+            {"uploadDir": "hdfs://nn:8020/x", "storage": {"options": {"a.b": '{"c": 1}'}}},
+            "storage option 'a.b' of an hdfs:// upload dir must be a Hadoop configuration",
+        ),
         ({"credentials": {"secretRef": {"name": "a"}, "serviceAccount": {}}}, "not both"),
         ({"excludes": ["a,b"]}, "a glob must not contain ','"),
         ({"checkpointPattern": "a/b"}, "glob of a directory name"),

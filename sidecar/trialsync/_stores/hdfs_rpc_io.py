@@ -35,6 +35,7 @@ import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, ParamSpec, TypeVar
 
+from trialsync import contract
 from trialsync._stores import hdfs_temp
 from trialsync._stores.base import RequestCounter, ignore_request
 from trialsync._util import local_files
@@ -77,16 +78,12 @@ def _first_line(call: Callable[_P, _T]) -> Callable[_P, _T]:
 
 def hadoop_config(options: Mapping[str, Any]) -> tuple[dict[str, str], str | None]:
     """The Hadoop configuration of a store's storage options (``DEFAULT_CONFIG`` under them),
-    and the user they name (``user``), if any. ValueError for an option that is no single
-    value."""
+    and the user they name (``user``), if any. ValueError (``contract.SettingError``) for
+    an option that is no single value."""
+    contract.check_hadoop_options(options)
     config = dict(DEFAULT_CONFIG)
     user = None
     for key, value in options.items():
-        if isinstance(value, Mapping | list | tuple) or value is None:
-            raise ValueError(
-                f"storage option {key!r} of an hdfs:// upload dir must be a Hadoop "
-                f"configuration value (a string), got {value!r}"
-            )
         text = str(value).lower() if isinstance(value, bool) else str(value)
         if key == "user":
             user = text
