@@ -137,11 +137,8 @@ def put_file(
     fs: Any, local_path: str, target: str, size: int, count: RequestCounter = ignore_request
 ) -> None:
     """Write the first ``size`` bytes of ``local_path`` to ``target``, replacing it whole."""
-    fd = local_files.open_for_reading(local_path)
-    try:
+    with local_files.reading(local_path) as fd:
         _write(fs, target, _file_chunks(fd, size, local_path), count)
-    finally:
-        os.close(fd)
 
 
 @_first_line

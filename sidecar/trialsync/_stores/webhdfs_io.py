@@ -19,7 +19,6 @@ to every redirect followed here, as it does in fsspec.
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -74,11 +73,8 @@ def put_file(
     fs: Any, local_path: str, target: str, size: int, count: RequestCounter = ignore_request
 ) -> None:
     """Write the first ``size`` bytes of ``local_path`` to ``target``, replacing it whole."""
-    fd = local_files.open_for_reading(local_path)
-    try:
+    with local_files.reading(local_path) as fd:
         _write(fs, target, _Body(fd, size, local_path), count)
-    finally:
-        os.close(fd)
 
 
 def put_bytes(fs: Any, target: str, data: bytes, count: RequestCounter = ignore_request) -> None:

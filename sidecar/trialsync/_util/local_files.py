@@ -9,10 +9,12 @@ failure of the store. These functions block: call them in a worker thread.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import os
 import stat as stat_mod
+from collections.abc import Iterator
 
 Stat = tuple[int, int]  # (size in bytes, mtime in ns)
 
@@ -61,6 +63,16 @@ def open_for_reading(path: str) -> int:
         return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:
         raise _local(exc, path) from exc
+
+
+@contextlib.contextmanager
+def reading(path: str) -> Iterator[int]:
+    """``path`` open for reading (``open_for_reading``), closed on leaving."""
+    fd = open_for_reading(path)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
 
 
 def pread_exact(fd: int, length: int, offset: int, path: str) -> bytes:
