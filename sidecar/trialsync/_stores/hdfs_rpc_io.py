@@ -7,12 +7,12 @@ its target with overwrite, one NameNode operation: a reader sees the old file or
 never a part, as on S3 and GCS (``hdfs-native``'s fsspec writes in place, visible while
 growing). Reads ask for one range; deletes take one path.
 
-The client is configured as Hadoop's is: ``HADOOP_CONF_DIR`` (``core-site.xml``,
-``hdfs-site.xml``: HA NameNodes, ViewFS mount tables, Kerberos) and the storage options,
-each a Hadoop configuration key (``dfs.client.use.datanode.hostname: "true"``). Here they
-start from ``DEFAULT_CONFIG``: with its own defaults, ``hdfs-native`` was still trying a
-NameNode that refused connections after 90 s, in a thread no timeout can stop; three tries
-fail in about 4 s, and the sync's own retries go on from there.
+The client is configured as Hadoop's is: each storage option is a Hadoop configuration
+key (``dfs.client.use.datanode.hostname: "true"``; ``hdfs-native`` also reads the files
+of ``HADOOP_CONF_DIR`` if set). Here they start from ``DEFAULT_CONFIG``: with its own
+defaults, ``hdfs-native`` was still trying a NameNode that refused connections after
+90 s, in a thread no timeout can stop; three tries fail in about 4 s, and the sync's own
+retries go on from there.
 
 The user it acts as (simple authentication) is ``HADOOP_USER_NAME``, else the process's
 user: ``hdfs-native`` reads the variable whenever it connects. The storage option ``user``,
