@@ -1,7 +1,7 @@
 """HDFS both ways, ``webhdfs://`` (HTTP) and ``hdfs://`` (RPC, hdfs-native), on a real HDFS
 (the session's MiniDFSCluster): a file is replaced whole, never seen in part; a writer's
 temporary files are never listed; the user the store acts as is the one its options or its
-URL name; a NameNode that refuses connections fails a call in seconds, with its address."""
+URL name; a NameNode that refuses connections fails a call in seconds."""
 
 from __future__ import annotations
 
