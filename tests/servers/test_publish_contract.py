@@ -209,7 +209,7 @@ def test_an_unreadable_file_fails_only_its_own_checkpoint_and_artifact(
         (root / rel).chmod(0)  # EACCES: the trainer runs as another user
     args = ["--root", str(root), "--upload-dir", s3.url, "--checkpoint-settle", "1"]
     log = str(tmp_path / "sidecar.log")
-    sidecar = Sidecar.start(args, s3.env, log, preexec_fn=drop_file_privileges)
+    sidecar = Sidecar.start(args, s3.env, log, wrapper=drop_file_privileges())
     sidecars.append(sidecar)
     wait_for(lambda: f"{CKPT1}/{MANIFEST_NAME}" in s3.listing(), 30, what="checkpoint 1")
     wait_for(lambda: sidecar.metric("trialsync_failed_files") == 2, 30, what="the failures")

@@ -2,25 +2,25 @@
 
 from __future__ import annotations
 
-import ctypes
 import os
-
-_PR_CAPBSET_DROP = 24
-_CAP_DAC_OVERRIDE = 1
-_CAP_DAC_READ_SEARCH = 2
-# Loaded here, not in the child: between fork and exec only the prctl calls run.
-_LIBC = ctypes.CDLL(None, use_errno=True)
+import shutil
 
 
-def drop_file_privileges() -> None:
-    """``preexec_fn``: as root, give up reading files whatever their mode.
+def drop_file_privileges() -> list[str]:
+    """An argv prefix that runs a command unable to read files whatever their mode.
 
-    Drops CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH from the bounding set, so after exec
-    the process reads only what the file modes allow: a mode-000 file is unreadable to
-    it, as to any other user. A process that is not root has neither already.
+    As root: ``setpriv`` (util-linux) drops CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH from
+    the bounding set, then execs the command, which reads only what the file modes allow:
+    a mode-000 file is unreadable to it, as to any other user. A process that is not root
+    has neither already: no prefix.
+
+    A program does it, not a ``preexec_fn``: Python code between fork and exec can hang
+    in a process with other threads. The test that uses this hung there once (the child
+    never reached exec), in a CI run whose test process also had hdfs-native's threads.
     """
     if os.geteuid() != 0:
-        return
-    for cap in (_CAP_DAC_OVERRIDE, _CAP_DAC_READ_SEARCH):
-        if _LIBC.prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
-            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+        return []
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        raise RuntimeError("setpriv (util-linux) is needed to drop root's file privileges")
+    return [setpriv, "--bounding-set", "-dac_override,-dac_read_search", "--"]

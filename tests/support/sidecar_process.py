@@ -38,18 +38,17 @@ class Sidecar:
         env: Mapping[str, str],
         log_path: str,
         port: int | None = None,
-        preexec_fn: Callable[[], None] | None = None,
+        wrapper: Sequence[str] = (),
     ) -> None:
         self.port = port or free_port()
         self.log_path = log_path
         self.args = [*args, "--http-addr", f"127.0.0.1:{self.port}"]
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "trialsync.cli", "sync", *self.args],
+            [*wrapper, sys.executable, "-m", "trialsync.cli", "sync", *self.args],
             env={**os.environ, **env},
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            preexec_fn=preexec_fn,
         )
 
     @classmethod
