@@ -28,17 +28,20 @@ class Backend:
     store_options: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @functools.cached_property
-    def _reader(self) -> Any:
-        fs, _ = fsspec.core.url_to_fs(self.url, skip_instance_cache=True, **self.storage_options)
-        return fs
+    def _reader_and_root(self) -> tuple[Any, str]:
+        # Never fsspec's instance cache: a fork whose child runs Python (a preexec_fn)
+        # clears it there, and dropping an hdfs-native client in that child hangs.
+        fs, root = fsspec.core.url_to_fs(self.url, skip_instance_cache=True, **self.storage_options)
+        return fs, str(root).rstrip("/")
 
     def reader(self) -> Any:
         """One client for the test's own reads, with nothing cached from earlier reads."""
-        self._reader.invalidate_cache()
-        return self._reader
+        fs = self._reader_and_root[0]
+        fs.invalidate_cache()
+        return fs
 
     def _root(self) -> str:
-        return str(fsspec.core.url_to_fs(self.url, **self.storage_options)[1]).rstrip("/")
+        return self._reader_and_root[1]
 
     def listing(self) -> dict[str, int]:
         """{root-relative path: size} of every object under the upload dir."""
