@@ -17,12 +17,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import shutil
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -79,17 +76,6 @@ def write_trial(root: Path, total: int, index: int, piece: int | None = None) ->
     return f"exp/trial_{index:05d}"
 
 
-@contextlib.contextmanager
-def tmpfs_dir() -> Iterator[Path]:
-    """A directory in memory (/dev/shm), removed afterwards: the file store, and the trial
-    it uploads, without a disk's rate in the way."""
-    path = Path(tempfile.mkdtemp(prefix="trialsync-bench-bandwidth-", dir="/dev/shm"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
-
 async def upload(url: str, options: dict[str, Any], root: Path, rate: int) -> tuple[int, float]:
     from trialsync._engine.engine import EngineOptions, Round, SyncEngine
     from trialsync._stores.fsspec_store import RemoteStore
@@ -127,7 +113,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with (
         common.scratch("bandwidth") as work,
         common.seaweedfs(work / "seaweedfs") as server,
-        tmpfs_dir() as memory,
+        # The file store, and the trials uploaded, in memory: no disk's rate in the way.
+        common.scratch("bandwidth", parent="/dev/shm") as memory,
     ):
         bucket = server.make_bucket()
         for store in stores:

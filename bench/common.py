@@ -28,9 +28,10 @@ MANIFEST_SUFFIX = "/.trialsync-manifest.json"
 
 
 @contextlib.contextmanager
-def scratch(prefix: str) -> Iterator[Path]:
-    """A temp dir under /tmp, removed afterwards (also on Ctrl-C)."""
-    path = Path(tempfile.mkdtemp(prefix=f"trialsync-bench-{prefix}-", dir="/tmp"))
+def scratch(prefix: str, parent: str = "/tmp") -> Iterator[Path]:
+    """A temp dir under ``parent`` (/tmp; /dev/shm for one in memory), removed afterwards
+    (also on Ctrl-C)."""
+    path = Path(tempfile.mkdtemp(prefix=f"trialsync-bench-{prefix}-", dir=parent))
     try:
         yield path
     finally:

@@ -542,10 +542,8 @@ def _copy_blocking(fs: Any, local_path: str, target: str, size: int) -> None:
     """Copy the first ``size`` bytes of ``local_path`` to ``target``, a chunk at a time."""
     fs.makedirs(posixpath.dirname(target), exist_ok=True)
     with local_files.reading(local_path) as fd, fs.open(target, "wb") as out:
-        for offset in range(0, size, COPY_CHUNK):
-            out.write(
-                local_files.pread_exact(fd, min(COPY_CHUNK, size - offset), offset, local_path)
-            )
+        for chunk in local_files.chunks(fd, size, local_path, COPY_CHUNK):
+            out.write(chunk)
 
 
 def _pipe_blocking(fs: Any, target: str, data: bytes) -> None:

@@ -127,18 +127,13 @@ def _write(fs: Any, target: str, chunks: Iterator[bytes], count: RequestCounter)
         raise
 
 
-def _file_chunks(fd: int, size: int, path: str) -> Iterator[bytes]:
-    for offset in range(0, size, CHUNK):
-        yield local_files.pread_exact(fd, min(CHUNK, size - offset), offset, path)
-
-
 @_first_line
 def put_file(
     fs: Any, local_path: str, target: str, size: int, count: RequestCounter = ignore_request
 ) -> None:
     """Write the first ``size`` bytes of ``local_path`` to ``target``, replacing it whole."""
     with local_files.reading(local_path) as fd:
-        _write(fs, target, _file_chunks(fd, size, local_path), count)
+        _write(fs, target, local_files.chunks(fd, size, local_path, CHUNK), count)
 
 
 @_first_line

@@ -42,9 +42,7 @@ class _Body:
         return self._size
 
     def __iter__(self) -> Iterator[bytes]:
-        for offset in range(0, self._size, CHUNK):
-            length = min(CHUNK, self._size - offset)
-            yield local_files.pread_exact(self._fd, length, offset, self._path)
+        return local_files.chunks(self._fd, self._size, self._path, CHUNK)
 
 
 def _write(fs: Any, target: str, body: Any, count: RequestCounter) -> None:

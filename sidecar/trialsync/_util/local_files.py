@@ -75,6 +75,13 @@ def reading(path: str) -> Iterator[int]:
         os.close(fd)
 
 
+def chunks(fd: int, size: int, path: str, chunk: int) -> Iterator[bytes]:
+    """The first ``size`` bytes of ``fd`` (the file ``path``), ``chunk`` bytes at a time,
+    exactly as scanned (``pread_exact``)."""
+    for offset in range(0, size, chunk):
+        yield pread_exact(fd, min(chunk, size - offset), offset, path)
+
+
 def pread_exact(fd: int, length: int, offset: int, path: str) -> bytes:
     """``length`` bytes at ``offset``; ShortRead if the file ends before."""
     try:
