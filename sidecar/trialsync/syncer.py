@@ -234,7 +234,7 @@ class FsspecSyncer(Syncer):
         time."""
         store = self._store(remote_dir)
         listed = await store.list()
-        gate = asyncio.Semaphore(DOWNLOADS_IN_FLIGHT)
+        gates = download.Gates(DOWNLOADS_IN_FLIGHT)
 
         async def one(rel: str) -> None:
             target = os.path.join(local_dir, rel)
@@ -243,7 +243,7 @@ class FsspecSyncer(Syncer):
             try:
                 size = listed[rel].size
                 await download.fetch(
-                    store, rel, temp, size, contract.PART_SIZE.default, gate, lambda _: None
+                    store, rel, temp, size, contract.PART_SIZE.default, gates, lambda _: None
                 )
                 await asyncio.to_thread(os.replace, temp, target)
             except BaseException:

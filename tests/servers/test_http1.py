@@ -390,12 +390,15 @@ async def test_a_download_after_the_server_closed_the_idle_connection_goes_at_on
     assert (tmp_path / "f").read_bytes() == b"okok"
 
 
+@pytest.mark.parametrize(
+    "length", [100, 4 * http1.SPLICE_LEAST], ids=["read-and-written", "spliced"]
+)
 async def test_a_cancelled_download_ends_at_once_and_a_stalled_one_at_the_read_timeout(
-    serve_files: ServeFiles, target: int
+    serve_files: ServeFiles, target: int, length: int
 ) -> None:
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")  # a GET: no body
-        writer.write(answer("200 OK", {"Content-Length": "100"}, b"part"))
+        writer.write(answer("200 OK", {"Content-Length": str(length)}, b"part"))
         await writer.drain()
         await asyncio.sleep(30)  # the rest never comes
 
@@ -424,3 +427,78 @@ def test_nothing_is_written_once_a_call_is_cancelled(target: int, tmp_path: path
     with pytest.raises(http1.TransportError, match="cancelled"):
         call.write(2, memoryview(b"cd"))
     assert (tmp_path / "f").read_bytes() == b"\0\0ab"
+
+
+@pytest.fixture
+def splices(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The byte counts of every splice(2) made, counted around the real call."""
+    made: list[int] = []
+    real = os.splice
+
+    def counted(*args: object, **kwargs: object) -> int:
+        moved = real(*args, **kwargs)  # type: ignore[arg-type]
+        made.append(moved)
+        return moved
+
+    monkeypatch.setattr(os, "splice", counted)
+    return made
+
+
+async def large_body_server(serve_files: ServeFiles, body: bytes) -> http1.FilePool:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(answer("206 Partial Content", {"Content-Length": str(len(body))}))
+            writer.write(body)
+            await writer.drain()
+
+    _, pool = await serve_files(handler)
+    return pool
+
+
+async def test_a_long_body_is_spliced_into_the_file_a_short_one_written(
+    serve_files: ServeFiles, target: int, tmp_path: pathlib.Path, splices: list[int]
+) -> None:
+    body = os.urandom(3 * http1.SPLICE_LEAST + 5)
+    pool = await large_body_server(serve_files, body)
+    call = http1.Call(get("/b/k"), target, 7)
+    assert await fetch(pool, call) == (206, b"", len(body))
+    assert (tmp_path / "f").read_bytes() == bytes(7) + body
+    # From the socket to the pipe and from the pipe to the file: all but what came with
+    # the answer's head (if any), which was read with it.
+    assert call.splices
+    assert len(body) - http1.RECV_CHUNK <= sum(splices) // 2 <= len(body)
+
+
+async def test_a_file_that_refuses_splice_gets_the_body_read_and_written(
+    serve_files: ServeFiles, tmp_path: pathlib.Path, splices: list[int]
+) -> None:
+    # Linux refuses to splice into a file opened for appending (EINVAL).
+    body = os.urandom(3 * http1.SPLICE_LEAST + 5)
+    pool = await large_body_server(serve_files, body)
+    fd = os.open(tmp_path / "f", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    try:
+        call = http1.Call(get("/b/k"), fd, 0)
+        assert await fetch(pool, call) == (206, b"", len(body))
+    finally:
+        os.close(fd)
+    assert not call.splices
+    assert splices  # from the socket into the pipe, still
+    assert (tmp_path / "f").read_bytes() == body
+
+
+def test_nothing_is_spliced_into_the_file_once_a_call_is_cancelled(
+    target: int, tmp_path: pathlib.Path
+) -> None:
+    read_end, write_end = os.pipe()
+    try:
+        os.write(write_end, b"abcd")
+        call = http1.Call(get("/b/k"), target, 0)
+        call.write_from_pipe(read_end, 2, 0)
+        call.cancel()
+        with pytest.raises(http1.TransportError, match="cancelled"):
+            call.write_from_pipe(read_end, 2, 2)
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+    assert (tmp_path / "f").read_bytes() == b"ab"

@@ -1,15 +1,18 @@
 """What a restore takes: the units a pod owns, a checkpoint's completeness, the owner key
-the webhook derives. Pure logic; the restores themselves run in tests/servers and on the
-node (tests/pods/test_restore_on_the_node.py)."""
+the webhook derives, the download lanes. Pure logic; the restores themselves run in
+tests/servers and on the node (tests/pods/test_restore_on_the_node.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.support.pods import DEFAULTS, lookup_for
+from trialsync._engine import download
 from trialsync._engine.download import parts_of
 from trialsync._engine.layout import MANIFEST_NAME, RESTORING_PREFIX, Layout, owner_marker
 from trialsync._engine.restore import Scope, Unit, complete_files, owned_units
@@ -225,3 +228,48 @@ def test_wrong_restore_annotations_are_refused_saying_which(
 ) -> None:
     with pytest.raises(injection.Refusal, match=says):
         injection.plan(job_pod(**annotations), "ml", lookup_for(CONFIG), DEFAULTS)
+
+
+class HeldStore:
+    """Objects in memory; a read of ``held`` waits until ``release`` is set (``full`` is
+    set once ``waiting`` reads of it have reached ``full_at``)."""
+
+    def __init__(self, objects: dict[str, bytes], held: str, full_at: int) -> None:
+        self.objects = objects
+        self.held = held
+        self.release = asyncio.Event()
+        self.full = asyncio.Event()
+        self.full_at = full_at
+        self.waiting = 0
+
+    def url(self, rel: str) -> str:
+        return f"memory://{rel}"
+
+    async def read_range(self, rel: str, start: int, end: int) -> bytes:
+        if rel == self.held:
+            self.waiting += 1
+            if self.waiting == self.full_at:
+                self.full.set()
+            await self.release.wait()
+        return self.objects[rel][start:end]
+
+
+async def test_a_small_file_is_not_held_behind_a_large_files_parts(tmp_path: Path) -> None:
+    part = download.SMALL_FILE
+    store = HeldStore({"large": bytes(4 * part), "small": b"s" * 100}, "large", full_at=2)
+    gates = download.Gates(parts=2)
+    done: list[int] = []
+    large = asyncio.create_task(
+        download.fetch(store, "large", str(tmp_path / "large"), 4 * part, part, gates, done.append)  # type: ignore[arg-type]
+    )
+    await asyncio.wait_for(store.full.wait(), 5)  # every slot of the parts' lane taken
+    assert gates.parts.locked()
+    small = download.fetch(store, "small", str(tmp_path / "small"), 100, part, gates, done.append)  # type: ignore[arg-type]
+    await asyncio.wait_for(small, 5)
+    assert (tmp_path / "small").read_bytes() == b"s" * 100
+    assert done == [100]
+    assert not large.done()
+    store.release.set()
+    await large
+    assert (tmp_path / "large").stat().st_size == 4 * part
+    assert sorted(done) == [100] + [part] * 4

@@ -2,7 +2,8 @@
 
 A file of more than one part is read in ``part_size`` ranges, several at once, each
 written at its offset (``os.pwrite``): the parts of every file being restored share one
-bound, ``gate``, which also bounds the memory held (a part is held until it is written).
+bound, and small files another (``Gates``), which also bound the memory held (a part is
+held until it is written).
 A store that can (``WritesRanges``: S3 through the lean client, whose worker threads
 write from the socket into the file) writes each chunk as it arrives, so no part is ever
 held whole. The file gets its mtime before it is handed
@@ -22,6 +23,27 @@ from trialsync._stores.base import Store, WritesRanges
 from trialsync._util import local_files, tasks
 
 FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+#: A file up to this size is read whole, in a lane of its own (``Gates``).
+SMALL_FILE = 2**20
+SMALL_FILES_IN_FLIGHT = 32
+
+
+class Gates:
+    """Bounds the reads in flight, in two lanes: the parts of large files, and small files.
+
+    A small file costs the client CPU (a request, a file opened and closed) where a large
+    file's parts cost the kernel and the store: side by side, both keep busy, where small
+    files waiting behind large ones would be left for a tail of their own. Each bound is
+    also one of memory, for a store that returns a read whole (a part, or a small file, is
+    held until written).
+    """
+
+    def __init__(self, parts: int, small_files: int = SMALL_FILES_IN_FLIGHT) -> None:
+        self.parts = asyncio.Semaphore(max(1, parts))
+        self.small_files = asyncio.Semaphore(max(1, small_files))
+
+    def for_size(self, size: int) -> asyncio.Semaphore:
+        return self.small_files if size <= SMALL_FILE else self.parts
 
 
 class ShortRead(OSError):
@@ -39,7 +61,7 @@ async def fetch(
     path: str,
     size: int,
     part_size: int,
-    gate: asyncio.Semaphore,
+    gates: Gates,
     progress: Callable[[int], None],
     pool: Executor | None = None,
     mtime_ns: int | None = None,
@@ -47,6 +69,7 @@ async def fetch(
     """Write the object ``rel`` (``size`` bytes, as listed) to ``path``, made or truncated,
     with ``mtime_ns`` (if given)."""
     loop = asyncio.get_running_loop()
+    gate = gates.for_size(size)
     # Opening a new file and setting its times are metadata calls of microseconds: made
     # here, where a thread hop per small file would cost more than the call.
     fd = os.open(path, FLAGS, 0o666)

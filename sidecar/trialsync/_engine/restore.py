@@ -201,7 +201,7 @@ class Restorer:
         self.scope = scope
         self.part_size = part_size
         self.progress = Progress()
-        self._gate = asyncio.Semaphore(max(1, parts_in_flight))
+        self._gates = download.Gates(parts_in_flight)
         self._on_bytes = on_bytes
         self._pool: Executor | None = None
 
@@ -344,7 +344,7 @@ class Restorer:
             self._on_bytes(count)
 
         await download.fetch(
-            self.store, rel, path, size, self.part_size, self._gate, progress, self._pool, mtime_ns
+            self.store, rel, path, size, self.part_size, self._gates, progress, self._pool, mtime_ns
         )
         self.progress.files_done += 1
 

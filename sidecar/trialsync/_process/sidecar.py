@@ -237,7 +237,8 @@ def restorer_for(settings: Settings, store: Store, metrics: Metrics | None = Non
         scope,
         part_size=settings.part_size,
         # A part read whole (every store but S3 through the lean client, which writes
-        # each chunk as it comes) is held until written: upload_memory in all.
+        # each chunk as it comes) is held until written: upload_memory in all, and the
+        # small files' lane beside it (download.Gates, 32 MiB at most).
         parts_in_flight=settings.upload_memory // settings.part_size,
         on_bytes=metrics.restored_bytes.inc if metrics else lambda _: None,
     )

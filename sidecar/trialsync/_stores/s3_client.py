@@ -300,7 +300,8 @@ class S3Client:
         verify = getattr(getattr(client, "_endpoint", None), "http_session", None)
         verify = getattr(verify, "_verify", True)
         context: ssl.SSLContext | bool = False
-        if verify is not False:
+        if verify is not False and urlsplit(endpoint).scheme == "https":
+            # Loading the CA bundle takes tens of milliseconds: not for a plain endpoint.
             context = ssl.create_default_context(cafile=get_cert_path(verify))
         credentials = getattr(client._request_signer, "_credentials", None)
         if getattr(meta.config, "signature_version", None) is UNSIGNED:
