@@ -7,8 +7,8 @@ fresh directory, timed as a whole process:
 
 - ``trialsync``: the restore a sidecar makes at start (``--restore``; the newest complete
   checkpoint, checked against its manifest, written aside and renamed into place), run
-  alone: ``python -m bench.restore --child``. Its time as a process includes the
-  interpreter's start, the imports and the store's first request (about 0.7 s), which a
+  alone, as a sidecar starts and makes it (``_TRIALSYNC``). Its time as a process includes
+  the interpreter's start, the imports and the store's client (about 0.5 s), which a
   sidecar pays whether it restores or not; the restore's own time is reported too;
 - ``s5cmd cp``: ``s5cmd cp 's3://bucket/prefix/*' dir/`` (its defaults);
 - ``pyarrow``: ``pyarrow.fs.copy_files`` from an ``S3FileSystem``, what Ray uses to
@@ -22,11 +22,9 @@ trialsync at least as fast as s5cmd.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import shutil
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +44,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--restore-repeat", type=int, default=3, help="runs per tool (3)")
 
 
+# One restore of everything under the URL into the dir, as a sidecar starts and makes it.
+# It exits at once: a sidecar goes on syncing, so the interpreter's teardown is no part
+# of its restore.
+_TRIALSYNC = """
+import asyncio, os, sys, time
+from trialsync import cli
+cli.start_without_collecting()
+from trialsync._process.settings import parse
+from trialsync._process.sidecar import build_store, restorer_for
+dest, url = sys.argv[1:]
+settings = parse(["--root", dest, "--upload-dir", url, "--restore"], os.environ)
+cli.started()
+
+async def restore():
+    store = build_store(settings)
+    try:
+        await store.connect()  # a sidecar connects whether it restores or not
+        started = time.perf_counter()
+        await restorer_for(settings, store).run()
+        return time.perf_counter() - started
+    finally:
+        await store.close()
+
+print(f"restored in {asyncio.run(restore()):.3f} s", flush=True)
+os._exit(0)
+"""
+
+
 def _trialsync(server: S3Server, url: str, dest: Path) -> tuple[list[str], dict[str, str]]:
-    argv = [sys.executable, "-m", "bench.restore", "--child", str(dest), url]
+    argv = [sys.executable, "-c", _TRIALSYNC, str(dest), url]
     return argv, common.trialsync_env(server)
 
 
@@ -160,30 +186,7 @@ def report(results: dict[str, Any]) -> str:
     )
 
 
-def child(dest: str, url: str) -> None:
-    """One restore of everything under ``url`` into ``dest``, as a sidecar makes it."""
-    from trialsync._process.settings import parse
-    from trialsync._process.sidecar import build_store, restorer_for
-
-    settings = parse(["--root", dest, "--upload-dir", url, "--restore"], os.environ)
-
-    async def restore() -> float:
-        store = build_store(settings)
-        try:
-            await store.connect()  # a sidecar connects whether it restores or not
-            started = time.perf_counter()
-            await restorer_for(settings, store).run()
-            return time.perf_counter() - started
-        finally:
-            await store.close()
-
-    print(f"restored in {asyncio.run(restore()):.3f} s")
-
-
 def main() -> None:
-    if sys.argv[1:2] == ["--child"]:
-        child(sys.argv[2], sys.argv[3])
-        return
     common.run_alone("restore", __doc__, run, report, throughput.add_arguments, add_arguments)
 
 
