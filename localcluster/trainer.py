@@ -33,7 +33,8 @@ trainer resuming does.
 It prints one JSON line per event on stdout (``kubectl logs`` in a pod), each with its
 ``time`` (``time.time()``):
 
-    {"event": "start", "readyz": 200, "uid": ..., "gid": ...,   the sidecar's /readyz then,
+    {"event": "start", "started": ..., "readyz": 200,          its first instruction's time,
+     "uid": ..., "gid": ...,                                    the sidecar's /readyz then,
      "found": {trial: {checkpoint: {path: sha256}}}}           and what the volume holds
     {"event": "checkpoint", "trial": ..., "name": ..., "files": {relative path: sha256},
      "trigger": 202}                                            (the answer to POST /sync)
@@ -181,13 +182,14 @@ def found_checkpoints(trial_dir: str) -> dict[str, dict[str, str]]:
             for file in names:
                 full = os.path.join(parent, file)
                 with open(full, "rb") as handle:
-                    digest = hashlib.sha256(handle.read()).hexdigest()
+                    digest = hashlib.file_digest(handle, "sha256").hexdigest()
                 files[os.path.relpath(full, trial_dir)] = digest
         found[name] = files
     return found
 
 
 def main(argv: list[str]) -> int:
+    started = time.time()  # the first instruction
     args = parse(argv)
     port = SIDECAR_PORT if args.trigger_port is None else args.trigger_port
     trigger = args.trigger or args.trigger_port is not None
@@ -205,7 +207,7 @@ def main(argv: list[str]) -> int:
     names = [args.trial] if args.trial else [f"trial_{t:05d}" for t in range(args.trials)]
     # What the volume holds at the first instruction: a restored trial's checkpoints.
     found = {t: found_checkpoints(os.path.join(args.root, args.experiment, t)) for t in names}
-    emit("start", readyz=readyz, uid=os.getuid(), gid=os.getgid(), found=found)
+    emit("start", started=started, readyz=readyz, uid=os.getuid(), gid=os.getgid(), found=found)
     resumed = min((len(found[t]) and int(max(found[t])[11:])) for t in names) if args.resume else 0
     rng = random.Random(args.seed if args.seed is not None else "/".join([args.experiment, *names]))
     kept: dict[str, list[str]] = {trial: [] for trial in names}

@@ -1,10 +1,15 @@
 """Restore on start on a real node: a Job's pod is killed after checkpoint 3, and its retry,
 on a fresh emptyDir, finds checkpoint 3 before its trainer's first instruction and goes on
-to checkpoint 6. The operator injects every pod; nothing is set up by hand."""
+to checkpoint 6. And a pod that restores a 1 GiB checkpoint: from its creation to its
+trainer's first instruction. The operator injects every pod; nothing is set up by hand."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import pathlib
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -27,8 +32,9 @@ from tests.pods.trial_pods import (
 )
 from tests.support.operator_process import Operator
 from tests.support.pods import syncconfig
-from tests.support.sidecar_process import wait_for
+from tests.support.sidecar_process import run_once, wait_for
 from trialsync._engine.layout import owner_marker
+from trialsync_operator import names
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -210,6 +216,86 @@ def test_a_workers_retry_restores_from_the_head_node_service(
     files = on_head()
     for index in range(1, 7):
         assert f"{TRIAL}/checkpoint_{index:06d}/{MANIFEST_NAME}" in files
+
+
+MIB = 2**20
+
+
+def large_checkpoint(trial_dir: pathlib.Path, files: int, mib_each: int) -> dict[str, str]:
+    """``checkpoint_000001`` of ``files`` files of ``mib_each`` MiB in ``trial_dir``, each
+    different; its files' sha256 by path relative to ``trial_dir`` (as the trainer lists)."""
+    checkpoint = trial_dir / "checkpoint_000001"
+    checkpoint.mkdir(parents=True)
+    block = os.urandom(8 * MIB)
+    digests = {}
+    for k in range(files):
+        digest = hashlib.sha256()
+        with open(checkpoint / f"model_{k}.pt", "wb") as out:
+            for i in range(mib_each // 8):
+                piece = block[k + i :] + block[: k + i]
+                out.write(piece)
+                digest.update(piece)
+        digests[f"checkpoint_000001/model_{k}.pt"] = digest.hexdigest()
+    return digests
+
+
+def test_a_pod_restoring_1_gib_starts_its_trainer_with_the_checkpoint_whole(
+    cluster: Cluster,
+    operator_beside: Operator,
+    cluster_s3: ClusterS3,
+    cluster_namespace: str,
+    pod_figures: Callable[..., None],
+    tmp_path: pathlib.Path,
+) -> None:
+    ns = cluster_namespace
+    bucket = apply_s3_syncconfig(cluster, cluster_s3, ns, restoreOnStart=True)
+    # Published as a sidecar publishes it (manifest last), from this machine.
+    volume = tmp_path / "volume"
+    expected = large_checkpoint(volume / TRIAL, files=4, mib_each=256)
+    server = cluster_s3.server
+    env = {**server.env(), "TRIALSYNC_STORAGE_OPTIONS": json.dumps(server.sidecar_options())}
+    code, out = run_once(
+        ["--root", str(volume), "--upload-dir", f"s3://{bucket}/results"], env, timeout=600
+    )
+    assert code == 0, out
+    metadata = opted_in("exp")
+    metadata["annotations"][names.RESTORE_PREFIX_ANNOTATION] = TRIAL
+    container = trainer(cluster.images.sidecar, trial="t0", checkpoints=1, resume=True)
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "restored", **metadata},
+        "spec": {
+            "restartPolicy": "Never",
+            "terminationGracePeriodSeconds": 30,
+            "containers": [container],
+        },
+    }
+    created = time.time()
+    cluster.apply(pod, ns)
+    done = cluster.poll_pod(
+        "restored", ns, lambda p: p["status"].get("phase") in ("Succeeded", "Failed"), "done", 300
+    )
+    ended = {
+        c["name"]: c["state"].get("terminated")
+        for c in done["status"].get("initContainerStatuses", [])
+        + done["status"].get("containerStatuses", [])
+    }
+    assert done["status"]["phase"] == "Succeeded", ended
+    start = events_of(cluster, "restored", ns)[0]
+    # Before its first instruction the trainer finds the whole GiB, byte for byte.
+    assert start["readyz"] == 200
+    assert start["found"]["t0"] == {"checkpoint_000001": expected}
+    (finished,) = [
+        r for r in sidecar_records(cluster, "restored", ns) if r.get("msg") == "restore finished"
+    ]
+    assert finished["checkpoints"] == [f"{TRIAL}/checkpoint_000001"]
+    assert finished["bytes"] == 1024 * MIB
+    pod_figures(
+        restored_mib=round(finished["bytes"] / MIB),
+        restore_s=finished["seconds"],
+        created_to_trainer_start_s=round(start["started"] - created, 2),
+    )
 
 
 def objects_with_times(s3: ClusterS3, bucket: str, prefix: str) -> dict[str, tuple[str, str]]:
