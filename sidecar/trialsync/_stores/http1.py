@@ -491,8 +491,8 @@ class _BlockingReader:
 
     def splice(self, count: int, call: Call, position: int) -> None:
         """Move ``count`` bytes to ``call``'s file from ``position`` on: what is buffered
-        written, the rest spliced from the socket through a pipe, never copied through
-        Python (half the CPU of receiving and writing a chunk at a time)."""
+        written, the rest spliced from the socket through a pipe (one copy fewer than
+        receiving and writing, and no Python per chunk)."""
         buffered = min(count, self.pending)
         if buffered:
             self.copy(buffered, call.write, position)
