@@ -15,7 +15,7 @@ from aiohttp import web
 from botocore.credentials import Credentials
 
 from tests.support.fault_proxy import FaultProxy
-from trialsync._stores import s3_client, s3_upload
+from trialsync._stores import http1, s3_client, s3_upload
 from trialsync._stores.s3_client import S3Client, S3Error
 
 
@@ -299,7 +299,8 @@ async def test_every_path_of_the_client_works_over_tls(
     client = S3Client(endpoint, "us-east-1", credentials, True, ssl_context=trusting)
     stranger = S3Client(endpoint, "us-east-1", credentials, True, retry_base=0.01)
     bucket = seaweedfs.make_bucket()
-    large = os.urandom(s3_client.UNWATCHED_BODY * 3 + 5)
+    # Long enough to be spliced on a plain socket: over TLS it is read and written.
+    large = os.urandom(max(s3_client.UNWATCHED_BODY * 3, http1.SPLICE_LEAST * 2) + 5)
     target = tmp_path / "down"
     fd = os.open(target, os.O_RDWR | os.O_CREAT)
     try:

@@ -246,8 +246,9 @@ class Pool:
 # --- ranged reads into a file, on blocking sockets in threads ------------------------------
 
 #: Bytes asked of the socket per read (a received chunk goes to the file before the next);
-#: each worker thread keeps a buffer of this size for all its answers.
-RECV_CHUNK = 2**18
+#: each worker thread keeps a buffer of this size for all its answers, for as long as it
+#: lives (a long body is spliced, and a TLS read gives 16 KiB at most: a small one does).
+RECV_CHUNK = 2**16
 #: A body longer than this, on a plain socket, moves to the file by splice(2) through a
 #: pipe of ``PIPE_SIZE`` bytes (the most Linux lets any process ask for by default).
 SPLICE_LEAST = 2**18
