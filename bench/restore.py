@@ -8,7 +8,7 @@ fresh directory, timed as a whole process:
 - ``trialsync``: the restore a sidecar makes at start (``--restore``; the newest complete
   checkpoint, checked against its manifest, written aside and renamed into place), run
   alone, as a sidecar starts and makes it (``_TRIALSYNC``). Its time as a process includes
-  the interpreter's start, the imports and the store's client (about 0.5 s), which a
+  the interpreter's start, the imports and the store's client (about 0.4 s), which a
   sidecar pays whether it restores or not; the restore's own time is reported too;
 - ``s5cmd cp``: ``s5cmd cp 's3://bucket/prefix/*' dir/`` (its defaults);
 - ``pyarrow``: ``pyarrow.fs.copy_files`` from an ``S3FileSystem``, what Ray uses to

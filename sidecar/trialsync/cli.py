@@ -63,7 +63,7 @@ def start_without_collecting() -> None:
 
 
 def started() -> None:
-    """Freeze what starting made out of every later collection, and collect again."""
+    """Freeze what starting made out of every later collection, and let the collector run."""
     gc.freeze()
     gc.enable()
 
