@@ -1,4 +1,5 @@
-"""Restore throughput of one checkpoint: trialsync's restore vs s5cmd cp and pyarrow.
+"""Restore throughput of one checkpoint: trialsync's restore vs s5cmd cp, rclone, aws s3 cp
+and pyarrow.
 
 The checkpoint is the throughput benchmark's (four large files and ``--small-files``
 small ones, ``--size-mib`` in all), published once by ``trialsync sync --once``. Then, on
@@ -11,6 +12,8 @@ fresh directory, timed as a whole process:
   the interpreter's start, the imports and the store's client (about 0.4 s), which a
   sidecar pays whether it restores or not; the restore's own time is reported too;
 - ``s5cmd cp``: ``s5cmd cp 's3://bucket/prefix/*' dir/`` (its defaults);
+- ``rclone copy`` and ``aws s3 cp --recursive``, tuned as for the upload benchmark
+  (``tests/support/peers.py``);
 - ``pyarrow``: ``pyarrow.fs.copy_files`` from an ``S3FileSystem``, what Ray uses to
   download a checkpoint.
 
@@ -35,7 +38,7 @@ from bench import common, throughput
 from localcluster.object_stores import S3Server
 from tests.support import peers
 
-TOOLS = ("trialsync", "s5cmd cp", "pyarrow")
+TOOLS = ("trialsync", "s5cmd cp", "rclone copy", "aws s3 cp", "pyarrow")
 MANIFEST_NAME = common.MANIFEST_SUFFIX.lstrip("/")
 PREFIX = "published"
 
@@ -107,7 +110,21 @@ def _pyarrow(server: S3Server, url: str, dest: Path) -> tuple[list[str], dict[st
     return argv, {**os.environ, **server.env()}
 
 
-BUILDERS = {"trialsync": _trialsync, "s5cmd cp": _s5cmd, "pyarrow": _pyarrow}
+def _rclone(server: S3Server, url: str, dest: Path) -> tuple[list[str], dict[str, str]]:
+    return peers.rclone_download(server, url, dest)
+
+
+def _aws(server: S3Server, url: str, dest: Path) -> tuple[list[str], dict[str, str]]:
+    return peers.aws_s3_download(server, url, dest, config_dir=dest.parent)
+
+
+BUILDERS = {
+    "trialsync": _trialsync,
+    "s5cmd cp": _s5cmd,
+    "rclone copy": _rclone,
+    "aws s3 cp": _aws,
+    "pyarrow": _pyarrow,
+}
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

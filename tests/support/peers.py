@@ -3,7 +3,8 @@ and pyarrow as Ray uploads a checkpoint).
 
 Each builder returns ``(argv, env)`` for ``subprocess.run(argv, env=env)``: a recursive
 upload of ``src_dir``'s contents to ``dest_url`` (``s3://bucket/prefix``), so that
-``src_dir/a/b`` lands at ``prefix/a/b`` for every tool, tuned for throughput. ``env`` is the
+``src_dir/a/b`` lands at ``prefix/a/b`` for every tool, tuned for throughput; the
+``*_download`` ones the other way. ``env`` is the
 full environment (``os.environ`` plus the server's settings), so credentials and endpoint
 never come from a developer's ~/.aws or ~/.config/rclone.
 """
@@ -66,7 +67,22 @@ def s5cmd_cp(server: S3Server, src_dir: Path, dest_url: str) -> Command:
 
 def rclone_copy(server: S3Server, src_dir: Path, dest_url: str) -> Command:
     """``rclone copy src_dir remote:bucket/prefix`` with 32 transfers and checkers."""
-    bucket, prefix = _split(dest_url)
+    upload = ["--s3-upload-concurrency", "8", "--s3-chunk-size", "8M"]
+    return _rclone(server, str(src_dir), _rclone_path(dest_url), upload)
+
+
+def rclone_download(server: S3Server, src_url: str, dest_dir: Path) -> Command:
+    """``rclone copy remote:bucket/prefix dest_dir`` with 32 transfers and checkers (and
+    its default multi-thread downloads of large files)."""
+    return _rclone(server, _rclone_path(src_url), str(dest_dir), [])
+
+
+def _rclone_path(url: str) -> str:
+    bucket, prefix = _split(url)
+    return f"{RCLONE_REMOTE}:{bucket}/{prefix}" if prefix else f"{RCLONE_REMOTE}:{bucket}"
+
+
+def _rclone(server: S3Server, source: str, dest: str, tuning: list[str]) -> Command:
     name = RCLONE_REMOTE.upper()
     env = _env(server)
     env.update(
@@ -85,17 +101,14 @@ def rclone_copy(server: S3Server, src_dir: Path, dest_url: str) -> Command:
     argv = [
         tool("rclone"),
         "copy",
-        str(src_dir),
-        f"{RCLONE_REMOTE}:{bucket}/{prefix}" if prefix else f"{RCLONE_REMOTE}:{bucket}",
+        source,
+        dest,
         "--transfers",
         "32",
         "--checkers",
         "32",
-        "--s3-upload-concurrency",
-        "8",
-        "--s3-chunk-size",
-        "8M",
-        # Fresh prefix: skip the per-object HEAD that only helps incremental syncs.
+        *tuning,
+        # A fresh destination: skip the per-object check that only helps incremental syncs.
         "--no-check-dest",
         "--no-update-modtime",
         "--retries",
@@ -113,6 +126,15 @@ def aws_s3_cp(server: S3Server, src_dir: Path, dest_url: str, *, config_dir: Pat
 
     The aws CLI takes transfer concurrency only from its config file, so one is written.
     """
+    return _aws_cp(server, str(src_dir), dest_url, config_dir)
+
+
+def aws_s3_download(server: S3Server, src_url: str, dest_dir: Path, *, config_dir: Path) -> Command:
+    """``aws s3 cp --recursive`` from ``src_url`` into ``dest_dir``, tuned as ``aws_s3_cp``."""
+    return _aws_cp(server, src_url, str(dest_dir), config_dir)
+
+
+def _aws_cp(server: S3Server, source: str, dest: str, config_dir: Path) -> Command:
     config = Path(config_dir) / "aws-config"
     config.write_text(
         "[default]\n"
@@ -135,8 +157,8 @@ def aws_s3_cp(server: S3Server, src_dir: Path, dest_url: str, *, config_dir: Pat
         "--no-progress",
         "--endpoint-url",
         server.endpoint_url,
-        str(src_dir),
-        dest_url,
+        source,
+        dest,
     ]
     return argv, env
 
