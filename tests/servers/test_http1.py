@@ -420,6 +420,25 @@ async def test_a_cancelled_download_ends_at_once_and_a_stalled_one_at_the_read_t
     assert loop.time() - started < 2
 
 
+@pytest.mark.parametrize(
+    "length", [1000, 4 * http1.SPLICE_LEAST], ids=["read-and-written", "spliced"]
+)
+async def test_a_body_cut_short_is_a_transport_error_and_its_connection_dropped(
+    serve_files: ServeFiles, target: int, length: int
+) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(answer("206 Partial Content", {"Content-Length": str(length)}))
+        writer.write(os.urandom(length // 2))
+        await writer.drain()  # then the connection ends: half the body never comes
+
+    server, pool = await serve_files(handler)
+    with pytest.raises(http1.TransportError, match="the connection ended"):
+        await fetch(pool, http1.Call(get("/b/k"), target, 0))
+    assert not pool._idle  # never kept for another request
+    assert server.accepted == 1
+
+
 def test_nothing_is_written_once_a_call_is_cancelled(target: int, tmp_path: pathlib.Path) -> None:
     call = http1.Call(get("/b/k"), target, 2)
     call.write(0, memoryview(b"ab"))
