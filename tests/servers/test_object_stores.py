@@ -252,8 +252,7 @@ def test_peer_cli_uploads_a_directory_to_seaweedfs(
         argv, env = peers.pyarrow_copy_files(s3_bucket.server, upload_tree, dest)
     else:
         argv, env = peers.aws_s3_cp(s3_bucket.server, upload_tree, dest, config_dir=tmp_path)
-    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60, check=False)
-    assert proc.returncode == 0, f"{argv}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    run_peer(argv, env)
     _assert_uploaded(s3_bucket, "run1", dir_markers=tool == "pyarrow")
 
 
@@ -262,16 +261,19 @@ def test_peer_cli_downloads_a_prefix_from_seaweedfs(
     tool: str, s3_bucket: S3Bucket, upload_tree: Path, tmp_path: Path
 ) -> None:
     source = f"{s3_bucket.url}/run1"
-    argv, env = peers.s5cmd_cp(s3_bucket.server, upload_tree, source)
-    subprocess.run(argv, env=env, capture_output=True, timeout=60, check=True)
+    run_peer(*peers.s5cmd_cp(s3_bucket.server, upload_tree, source))
     dest = tmp_path / "down"
     if tool == "rclone":
         argv, env = peers.rclone_download(s3_bucket.server, source, dest)
     else:
         argv, env = peers.aws_s3_download(s3_bucket.server, source, dest, config_dir=tmp_path)
+    run_peer(argv, env)
+    assert files_of(dest) == files_of(upload_tree)
+
+
+def run_peer(argv: list[str], env: dict[str, str]) -> None:
     proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 0, f"{argv}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
-    assert files_of(dest) == files_of(upload_tree)
 
 
 def files_of(root: Path) -> dict[str, bytes]:
