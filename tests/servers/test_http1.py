@@ -293,6 +293,12 @@ async def test_a_cancelled_request_does_not_leave_its_connection_for_reuse(serve
 # --- FilePool: downloads written into a file by a thread ---------------------------------
 
 
+#: A body's length: short enough to be read and written, or long enough to be spliced.
+both_ways = pytest.mark.parametrize(
+    "length", [1000, 4 * http1.SPLICE_LEAST], ids=["read-and-written", "spliced"]
+)
+
+
 async def fetch(pool: http1.FilePool, call: http1.Call) -> tuple[int, bytes, int]:
     status, _, error, written = await asyncio.to_thread(pool.fetch, call)
     return status, error, written
@@ -390,9 +396,7 @@ async def test_a_download_after_the_server_closed_the_idle_connection_goes_at_on
     assert (tmp_path / "f").read_bytes() == b"okok"
 
 
-@pytest.mark.parametrize(
-    "length", [100, 4 * http1.SPLICE_LEAST], ids=["read-and-written", "spliced"]
-)
+@both_ways
 async def test_a_cancelled_download_ends_at_once_and_a_stalled_one_at_the_read_timeout(
     serve_files: ServeFiles, target: int, length: int
 ) -> None:
@@ -420,9 +424,7 @@ async def test_a_cancelled_download_ends_at_once_and_a_stalled_one_at_the_read_t
     assert loop.time() - started < 2
 
 
-@pytest.mark.parametrize(
-    "length", [1000, 4 * http1.SPLICE_LEAST], ids=["read-and-written", "spliced"]
-)
+@both_ways
 async def test_a_body_cut_short_is_a_transport_error_and_its_connection_dropped(
     serve_files: ServeFiles, target: int, length: int
 ) -> None:

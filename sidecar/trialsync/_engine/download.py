@@ -70,6 +70,8 @@ async def fetch(
     with ``mtime_ns`` (if given)."""
     loop = asyncio.get_running_loop()
     gate = gates.for_size(size)
+    # A Protocol check costs microseconds: once per file, not per part.
+    ranged = store if isinstance(store, WritesRanges) else None
     # Opening a new file and setting its times are metadata calls of microseconds: made
     # here, where a thread hop per small file would cost more than the call.
     fd = os.open(path, FLAGS, 0o666)
@@ -77,8 +79,8 @@ async def fetch(
 
         async def part(start: int, end: int) -> None:
             async with gate:
-                if isinstance(store, WritesRanges):
-                    got = await store.read_range_into(rel, start, end, fd)
+                if ranged is not None:
+                    got = await ranged.read_range_into(rel, start, end, fd)
                 else:
                     data = await store.read_range(rel, start, end)
                     got = len(data)

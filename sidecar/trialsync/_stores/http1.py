@@ -400,9 +400,7 @@ class Call:
         with self._lock:
             if self.cancelled:
                 raise TransportError("cancelled")
-            while view:
-                done = os.pwrite(self.fd, view, self.offset + position)
-                view, position = view[done:], position + done
+            local_files.write_at(self.fd, view, self.offset + position)
 
     def write_from_pipe(self, pipe: int, count: int, position: int) -> None:
         """Move ``count`` bytes waiting in ``pipe`` to the file at ``position``: by
