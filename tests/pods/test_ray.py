@@ -40,6 +40,9 @@ DOCS = Path(__file__).resolve().parents[2] / "docs" / "ray"
 STORAGE = "/home/ray/ray_results"
 EXPERIMENT = "tune"
 TRIALS = 4
+#: How long a trial's last checkpoint may take to reach the head after Tune returns: the
+#: SyncConfig's period (10 s) and settle time (2 s), and a margin for a busy node.
+HEAD_SEND_WAIT = 30.0
 ITERATIONS = 10
 #: The prefix below the bucket the README's uploadDir names.
 PREFIX = "experiments"
@@ -445,17 +448,32 @@ def test_scenario_3_the_workers_trial_dirs_reach_the_head_pods_volume(
     assert run.returncode == 0, run.stderr[-4000:]
     assert run.summary["errors"] == 0
     assert len(run.summary["trials"]) == TRIALS
-    listing = experiment.exec(
-        ray.head, "ray-head", "find", f"{STORAGE}/{EXPERIMENT}", "-name", "state.json"
-    )
-    received: dict[str, set[int]] = {}
-    for path in listing.split():
-        parts = Path(path).relative_to(f"{STORAGE}/{EXPERIMENT}").parts
-        trial, checkpoint = TRIAL_DIR.match(parts[0]), CHECKPOINT_DIR.match(parts[1])
-        assert trial, path
-        assert checkpoint, path
-        received.setdefault(trial["id"], set()).add(int(checkpoint[1]))
-    if set(received) != set(run.summary["trials"]):
+    ran = set(run.summary["trials"])
+
+    def received_on_head() -> dict[str, set[int]]:
+        listing = experiment.exec(
+            ray.head, "ray-head", "find", f"{STORAGE}/{EXPERIMENT}", "-name", "state.json"
+        )
+        received: dict[str, set[int]] = {}
+        for path in listing.split():
+            parts = Path(path).relative_to(f"{STORAGE}/{EXPERIMENT}").parts
+            trial, checkpoint = TRIAL_DIR.match(parts[0]), CHECKPOINT_DIR.match(parts[1])
+            assert trial, path
+            assert checkpoint, path
+            received.setdefault(trial["id"], set()).add(int(checkpoint[1]))
+        return received
+
+    # Tune returns when its trials end; a worker's sidecar sends the last checkpoint once
+    # it has settled (2 s), and at the latest at its next period (10 s): the test waits
+    # that long, with a margin for a busy node.
+    deadline = time.monotonic() + HEAD_SEND_WAIT
+    while True:
+        received = received_on_head()
+        done = set(received) == ran and all(4 in indexes for indexes in received.values())
+        if done or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    if set(received) != ran:
         # What the sidecars said, to tell a lost send from a late one.
         logs = [
             f"{pod['metadata']['name']}:\n"
@@ -466,9 +484,7 @@ def test_scenario_3_the_workers_trial_dirs_reach_the_head_pods_volume(
             )
             for pod in (ray.head, *ray.workers)
         ]
-        pytest.fail(
-            f"received {sorted(received)}, ran {sorted(run.summary['trials'])}\n" + "\n".join(logs)
-        )
+        pytest.fail(f"received {sorted(received)}, ran {sorted(ran)}\n" + "\n".join(logs))
     # Every trial's last checkpoint (its 9th iteration) is on the head.
     assert all(4 in indexes for indexes in received.values()), received
     # The driver (uid 1000) deleted the older checkpoints the head's sidecar (uid 65532)

@@ -33,6 +33,19 @@ def bucket_of(backend: Backend) -> str:
     return backend.url.removeprefix("s3://").split("/")[0]
 
 
+def parts_uploaded(seaweedfs: Any, bucket: str) -> bool:
+    """Whether some multipart upload in ``bucket`` has a part stored."""
+    client = seaweedfs.client()
+    try:
+        uploads = client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+        return any(
+            client.list_parts(Bucket=bucket, Key=up["Key"], UploadId=up["UploadId"]).get("Parts")
+            for up in uploads
+        )
+    finally:
+        client.close()
+
+
 def multipart_started(seaweedfs: Any, bucket: str) -> bool:
     client = seaweedfs.client()
     try:
@@ -47,26 +60,31 @@ def test_sigterm_with_a_hung_store_exits_within_the_final_sync_timeout(
     tmp_path: pathlib.Path,
     sidecars: list[Sidecar],
     seaweedfs: Any,
-    stall_proxy_factory: Any,
 ) -> None:
-    host, port = seaweedfs.endpoint_url.rsplit("//", 1)[1].split(":")
-    proxy: FaultProxy = stall_proxy_factory(host, int(port))
+    upstream = urlsplit(seaweedfs.endpoint_url)
+    assert upstream.hostname is not None
+    assert upstream.port is not None
     args = [
         *("--root", str(root), "--upload-dir", s3.url, "--checkpoint-settle", "600"),
         *("--part-size", str(5 * MiB), "--final-sync-timeout", str(BUDGET)),
     ]
-    sidecar = Sidecar.start(
-        args, {**s3.env, **endpoint(proxy.endpoint_url)}, str(tmp_path / "s.log")
-    )
-    sidecars.append(sidecar)
-    wait_for(lambda: sidecar.get("/readyz")[0] == 200, 30, what="the first sync")
-    trials.checkpoint(trials.trial(trials.experiment(root)), 1, {"model.pt": 40 * MiB})
-    assert sidecar.post("/sync") == 202
-    wait_for(lambda: multipart_started(seaweedfs, bucket_of(s3)), 30, what="a multipart upload")
-    proxy.stall()  # the store hangs: the upload, and then its abort, never finish
-    started = time.monotonic()
-    code = sidecar.stop(timeout=60)
-    took = time.monotonic() - started
+    # A slow link (2 MiB/s a connection): the upload is still under way when the store hangs.
+    with FaultProxy(upstream.hostname, upstream.port, 0, bytes_per_second=2 * MiB) as proxy:
+        sidecar = Sidecar.start(
+            args, {**s3.env, **endpoint(proxy.endpoint_url)}, str(tmp_path / "s.log")
+        )
+        sidecars.append(sidecar)
+        wait_for(lambda: sidecar.get("/readyz")[0] == 200, 30, what="the first sync")
+        trials.checkpoint(trials.trial(trials.experiment(root)), 1, {"model.pt": 40 * MiB})
+        assert sidecar.post("/sync") == 202
+        # A part in the store: the sidecar has the upload's id, so it has an abort to send.
+        # (An upload merely created may not have its id back yet, and then nothing is
+        # left to abort.)
+        wait_for(lambda: parts_uploaded(seaweedfs, bucket_of(s3)), 30, what="a part stored")
+        proxy.stall()  # the store hangs: the upload, and then its abort, never finish
+        started = time.monotonic()
+        code = sidecar.stop(timeout=60)
+        took = time.monotonic() - started
     assert code == 1  # not durable
     # The final sync, the abort grace and closing all within the budget.
     assert took <= BUDGET + EXIT_MARGIN, f"exited {took:.1f}s after SIGTERM"
