@@ -173,6 +173,10 @@ def test_a_certificate_rotation_fails_no_pod_creation(
     kube.kubectl(
         "apply", "-n", ns, "-f", "-", input=_syncconfig("exp", {"uploadDir": "s3://bucket/x"})
     )
+    # The webhook knows "exp" (from its watch) before pods name it: a pod naming a SyncConfig
+    # the webhook has not seen yet is refused, which is not what this test is about.
+    ca = _ca(kube)
+    wait_for(lambda: _review(operator, ca, ns, "exp").get("patch"), 20, what="exp known")
     before = _served_certificate(operator.webhook_port)
     failures: list[str] = []
     created: list[str] = []

@@ -41,7 +41,7 @@ def test_sigterm_while_a_checkpoint_grows_publishes_it_whole_or_not_at_all(
     rng = random.Random(fault_seed)
     # The growth stops soon after SIGTERM (the checkpoint can settle in time) or only
     # after the budget (it cannot): both outcomes, twice each, in a seeded order.
-    stops = [rng.uniform(0.0, 1.5), rng.uniform(0.0, 1.5)]
+    stops = [rng.uniform(0.0, 1.0), rng.uniform(0.0, 1.0)]
     stops += [rng.uniform(BUDGET + 1, BUDGET + 3), rng.uniform(BUDGET + 1, BUDGET + 3)]
     rng.shuffle(stops)
     outcomes: dict[str, int] = {"published_whole": 0, "withheld": 0}

@@ -1,10 +1,9 @@
 """bandwidth_limit against the real S3 server: a 5 MiB/s limit holds over a few seconds for
 many concurrent uploads, through both S3 clients: never more than 15% over it, and not
-throttled far below it."""
+throttled far below it (tests/unit/test_throttle.py checks the bucket's arithmetic)."""
 
 from __future__ import annotations
 
-import asyncio
 import pathlib
 import time
 
@@ -23,6 +22,18 @@ MiB = 2**20
 RATE = 5 * MiB
 
 
+class Granted:
+    """A limiter that records when it granted how many bytes."""
+
+    def __init__(self, inner: throttle.Limiter) -> None:
+        self.inner = inner
+        self.grants: list[tuple[float, int]] = []
+
+    async def take(self, size: int) -> None:
+        await self.inner.take(size)
+        self.grants.append((time.perf_counter(), size))
+
+
 @pytest.mark.parametrize("botocore", [False, True], ids=["lean", "botocore"])
 async def test_a_limit_holds_for_concurrent_uploads(
     botocore: bool, s3: Backend, root: pathlib.Path
@@ -32,12 +43,9 @@ async def test_a_limit_holds_for_concurrent_uploads(
         files = {"model.pt": 5 * MiB, **{f"shard_{i}": MiB // 4 for i in range(10)}}
         trials.checkpoint(trials.trial(exp, f"trial_{index:05d}"), 1, files)
     total = sum(st[0] for st in scanner.scan(str(root)).values())
+    limiter = Granted(throttle.Throttle(RATE))
     store = RemoteStore(
-        s3.url,
-        s3.storage_options,
-        part_size=5 * MiB,
-        s3_botocore=botocore,
-        limiter=throttle.Throttle(RATE),
+        s3.url, s3.storage_options, part_size=5 * MiB, s3_botocore=botocore, limiter=limiter
     )
     async with running_engine(store, root, "none") as run:
         await run.engine.recover(settle=0)
@@ -48,14 +56,10 @@ async def test_a_limit_holds_for_concurrent_uploads(
     assert len([r for r in s3.listing() if r.endswith(MANIFEST_NAME)]) == 4  # all published
     said = f"{rate / MiB:.2f} MiB/s over {seconds:.1f} s"
     assert rate <= RATE * 1.15, said  # the limit: never more than 15% over it
-    # Below it by at most 25%: the round's time includes publishing four checkpoints,
-    # which a loaded 2-core machine slows (CI once measured 4.22 MiB/s here, -15.5%).
-    assert rate >= RATE * 0.75, said
-
-
-async def test_the_bucket_is_shared_by_concurrent_takers() -> None:
-    bucket = throttle.Throttle(10 * MiB)
-    started = time.perf_counter()
-    await asyncio.gather(*(bucket.take(MiB) for _ in range(20)))
-    seconds = time.perf_counter() - started
-    assert 1.8 <= seconds <= 2.3  # 20 MiB at 10 MiB/s, starting empty
+    # Not far below it while sending: from the first grant to the last (the round's own
+    # time also holds publishing four checkpoints, which a loaded machine slows).
+    assert sum(size for _, size in limiter.grants) >= total  # every byte went through it
+    (first, _), (last, _) = limiter.grants[0], limiter.grants[-1]
+    sent = sum(size for _, size in limiter.grants[1:])
+    granted = sent / (last - first)
+    assert granted >= RATE * 0.75, f"{granted / MiB:.2f} MiB/s granted"

@@ -15,6 +15,7 @@ import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -48,13 +49,26 @@ def _keys(server: S3Server) -> dict[str, str]:
     return {"AWS_ACCESS_KEY_ID": server.access_key, "AWS_SECRET_ACCESS_KEY": server.secret_key}
 
 
-def _published(server: S3Server, bucket: str, prefix: str, checkpoint: Path) -> bool:
-    key = f"{prefix}/{checkpoint.relative_to(checkpoint.parents[2]).as_posix()}/{MANIFEST_NAME}"
-    client = server.client()
-    try:
-        return checkpoint_audit.read_manifest(client, bucket, key) is not None
-    finally:
-        client.close()
+class Published:
+    """Whether a checkpoint's manifest is in the bucket, asked with the server's current
+    keys through one client per keys (a new client per poll costs the machine a lot of the
+    time the sidecar is being timed in)."""
+
+    def __init__(self, server: S3Server, bucket: str, prefix: str) -> None:
+        self.server, self.bucket, self.prefix = server, bucket, prefix
+        self._clients: dict[str, Any] = {}
+
+    def __call__(self, checkpoint: Path) -> bool:
+        rel = checkpoint.relative_to(checkpoint.parents[2]).as_posix()
+        if self.server.access_key not in self._clients:
+            self._clients[self.server.access_key] = self.server.client()
+        client = self._clients[self.server.access_key]
+        key = f"{self.prefix}/{rel}/{MANIFEST_NAME}"
+        return checkpoint_audit.read_manifest(client, self.bucket, key) is not None
+
+    def close(self) -> None:
+        for client in self._clients.values():
+            client.close()
 
 
 def _credential_failures(sidecar: Sidecar) -> float:
@@ -93,8 +107,7 @@ def test_uploads_go_on_after_a_rotation_that_revoked_the_old_keys_and_nothing_is
         checkpoints.append(trials.checkpoint(trial, index, {"model.pt": 300_000, "meta": 100}))
         return checkpoints[-1]
 
-    def published(checkpoint: Path) -> bool:
-        return _published(server, bucket, "runs", checkpoint)
+    published = Published(server, bucket, "runs")
 
     try:
         wait_for(lambda: sidecar.get("/readyz")[0] == 200, 30, what="ready with the old keys")
@@ -124,6 +137,7 @@ def test_uploads_go_on_after_a_rotation_that_revoked_the_old_keys_and_nothing_is
         wait_for(functools.partial(published, after), 30, what="checkpoint 4, new keys")
     finally:
         code = sidecar.stop()
+        published.close()
     assert code == 0, sidecar.log()
 
     client = server.client()

@@ -140,10 +140,14 @@ async def test_a_released_claim_lets_another_worker_take_the_trial_dir_over(
     assert tree(root) == {"exp/t1/a": b"2", "exp/t2/a": b"1"}
 
 
+LEASE = 3.0
+
+
 @pytest.fixture
 async def short_lease(root: pathlib.Path) -> AsyncIterator[Receiver]:
-    """A receiver whose claims lapse after one second without a write."""
-    receiver = await Receiver.start(root, claim_lease=1.0, idle_timeout=10.0)
+    """A receiver whose claims lapse after a few seconds without a write (long enough that a
+    busy machine's stall between two requests does not lapse one)."""
+    receiver = await Receiver.start(root, claim_lease=LEASE, idle_timeout=30.0)
     yield receiver
     await receiver.stop()
 
@@ -155,7 +159,7 @@ async def test_a_lapsed_claim_passes_to_the_next_writer_and_refuses_the_old_hold
     url = short_lease.objects("exp/t/a")
     await request(session, "PUT", url, first, b"1")
     assert (await request(session, "PUT", url, second, b"2"))[0] == 403
-    await asyncio.sleep(1.2)  # no write from the holder for a whole lease
+    await asyncio.sleep(LEASE + 0.3)  # no write from the holder for a whole lease
     assert (await request(session, "PUT", url, second, b"2"))[0] == 201
     status, answer = await request(session, "PUT", url, first, b"3")
     assert status == 403
@@ -169,7 +173,7 @@ async def test_a_claim_does_not_lapse_while_its_holder_uploads(
     first, second = await short_lease.register("first"), await short_lease.register("second")
     length = {"Content-Length": "30"}
     reader, writer = await open_put(short_lease.port, "exp/t/big", first, length, b"x" * 10)
-    await asyncio.sleep(1.5)  # longer than the lease, with the upload in progress
+    await asyncio.sleep(LEASE + 0.5)  # longer than the lease, with the upload in progress
     url = short_lease.objects("exp/t/b")
     assert (await request(session, "PUT", url, second, b"2"))[0] == 403
     writer.write(b"y" * 20)

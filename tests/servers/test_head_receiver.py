@@ -449,8 +449,12 @@ async def test_start_up_removes_temp_files_left_by_a_killed_writer_and_nothing_e
 
 
 async def test_a_second_receiver_on_the_root_waits_and_spares_the_first_ones_uploads(
-    root: pathlib.Path, head: Receiver, auth: dict[str, str]
+    root: pathlib.Path,
 ) -> None:
+    # An idle timeout well past the test's pause: the upload must outlive it, even when a
+    # busy machine stalls this process.
+    head = await Receiver.start(root, idle_timeout=30.0)
+    auth = await head.register()
     rel = "exp/t/model.pt"
     reader, writer = await open_put(head.port, rel, auth, {"Content-Length": "20"}, b"x" * 10)
     for _ in range(100):

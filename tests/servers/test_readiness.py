@@ -4,7 +4,6 @@ the startup probe holds the trainer until its checkpoints can be saved."""
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from pathlib import Path
 
@@ -28,9 +27,12 @@ def test_an_empty_root_is_not_ready_until_the_bucket_exists(
     bucket = f"later-{uuid.uuid4().hex[:8]}"
     sidecar = _start(seaweedfs, f"s3://{bucket}/exp", root, tmp_path / "s.log")
     try:
-        time.sleep(3)  # several recover attempts (backoff at most 1 s)
+        wait_for(
+            lambda: sidecar.log().count("the bucket does not exist") >= 2,
+            30,
+            what="attempts refused for the missing bucket",
+        )
         assert sidecar.get("/readyz")[0] == 503
-        assert "the bucket does not exist" in sidecar.log()
         seaweedfs.make_bucket(bucket)
         wait_for(lambda: sidecar.get("/readyz")[0] == 200, 30, what="ready once the bucket exists")
     finally:
@@ -52,9 +54,12 @@ def test_wrong_credentials_keep_it_unready_and_say_so(
         str(tmp_path / "s.log"),
     )
     try:
-        time.sleep(3)
+        wait_for(
+            lambda: "PermissionError" in sidecar.log() or "SignatureDoesNotMatch" in sidecar.log(),
+            30,
+            what="the wrong credentials refused",
+        )
         assert sidecar.get("/readyz")[0] == 503
-        assert "PermissionError" in sidecar.log() or "SignatureDoesNotMatch" in sidecar.log()
     finally:
         sidecar.stop()
 
@@ -70,8 +75,7 @@ def test_a_file_upload_dir_must_be_a_writable_directory(tmp_path: Path) -> None:
         str(tmp_path / "s.log"),
     )
     try:
-        time.sleep(3)
+        wait_for(lambda: "is not a directory" in sidecar.log(), 30, what="the file refused")
         assert sidecar.get("/readyz")[0] == 503
-        assert "is not a directory" in sidecar.log()
     finally:
         sidecar.stop()

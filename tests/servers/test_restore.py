@@ -193,7 +193,7 @@ def test_a_restore_that_cannot_finish_in_its_timeout_fails_with_a_clear_message(
     port = free_port()  # nothing listens: every attempt fails, and is retried
     args = [
         "--root", str(root), "--upload-dir", "s3://bucket/exp", "--restore",
-        "--restore-timeout", "3", "--max-backoff", "1",
+        "--restore-timeout", "6", "--max-backoff", "1",
         "--storage-option", f"endpoint_url=http://127.0.0.1:{port}",
     ]  # fmt: skip
     env = {"AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s"}
@@ -204,7 +204,7 @@ def test_a_restore_that_cannot_finish_in_its_timeout_fails_with_a_clear_message(
         sidecar.stop()
     log = sidecar.log()
     assert code == 1, log
-    assert "the restore did not finish within restore_timeout=3 s" in log
+    assert "the restore did not finish within restore_timeout=6 s" in log
     assert "Connect call failed" in log or "Cannot connect" in log  # the warnings say why
 
 

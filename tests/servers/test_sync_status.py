@@ -14,7 +14,7 @@ from localcluster.object_stores import S3Bucket, S3Server
 from tests.support.fault_proxy import FaultProxy
 from tests.support.sidecar_process import Sidecar, wait_for
 
-PERIOD = 2
+PERIOD = 5  # long enough that a busy machine does not skip the "pending" state
 SETTLE = 1
 
 

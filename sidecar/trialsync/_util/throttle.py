@@ -21,6 +21,10 @@ class Limiter(Protocol):
         """Wait until ``size`` bytes may be sent, then take them."""
 
 
+#: Bytes short of a take that count as none: far below a byte, far above rounding errors.
+_HAIR = 1e-3
+
+
 class Throttle:
     def __init__(
         self, rate: float, burst: float | None = None, clock: Callable[[], float] = time.monotonic
@@ -47,7 +51,9 @@ class Throttle:
             need = min(float(size), self.burst)
             while True:
                 self._refill()
-                if self._tokens >= need:
+                # A sleep of exactly the deficit can refill to a hair below it (floating
+                # point): that hair is no reason to sleep again.
+                if self._tokens >= need - _HAIR:
                     break
                 await asyncio.sleep((need - self._tokens) / self.rate)
             self._tokens -= size
