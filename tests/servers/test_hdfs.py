@@ -179,6 +179,25 @@ async def test_a_hadoop_error_is_one_line_of_the_same_type(hdfs: HdfsServer) -> 
         assert "\n" in str(raised.__cause__)
 
 
+async def test_a_namenode_error_the_client_passes_on_raw_is_one_line_of_its_java_class(
+    hdfs: HdfsServer,
+) -> None:
+    # Listing below a file: hdfs-native raises a RuntimeError holding the NameNode's
+    # AccessControlException and its whole stack trace.
+    path = hdfs.make_dir()
+    hdfs.filesystem().pipe_file(f"{path}/d/f", b"x")
+    store = RemoteStore(hdfs.url(path, "hdfs"), {})
+    try:
+        with pytest.raises(OSError, match="is not a directory") as raised:
+            await store.list("d/f/x")
+    finally:
+        await store.close()
+    assert str(raised.value) == f"AccessControlException: {path}/d/f (is not a directory)"
+    assert type(raised.value) is OSError  # not a denied permission
+    assert isinstance(raised.value.__cause__, RuntimeError)
+    assert "FSDirectory" in str(raised.value.__cause__)  # the trace, kept as the cause
+
+
 def test_hdfs_storage_options_are_hadoop_configuration() -> None:
     config, user = hdfs_rpc_io.hadoop_config(
         {"dfs.client.use.datanode.hostname": True, "user": "alice", "x.y": 3}

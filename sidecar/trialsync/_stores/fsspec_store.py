@@ -369,6 +369,8 @@ class RemoteStore:
                 if self.is_async:
                     fs.invalidate_cache(base)
                     found = await fs._find(base, detail=True, withdirs=False)
+                elif self._hdfs is not None:
+                    found = await asyncio.to_thread(self._hdfs.find, fs, base)
                 else:
                     found = await asyncio.to_thread(fs.find, base, detail=True, withdirs=False)
             except FileNotFoundError:
@@ -425,6 +427,8 @@ class RemoteStore:
                 if self.is_async:
                     c.fs.invalidate_cache(path)
                     info = await c.fs._info(path)
+                elif self._hdfs is not None:
+                    info = await asyncio.to_thread(self._hdfs.info, c.fs, path)
                 else:
                     info = await asyncio.to_thread(c.fs.info, path)
             except FileNotFoundError:

@@ -20,7 +20,11 @@ or a user in the URL (``hdfs://alice@namenode:8020/path``), sets it for the whol
 a sidecar serves one upload dir.
 
 A Hadoop error's message carries the NameNode's Java stack trace; only its first line is
-kept, in an exception of the same type.
+kept, in an exception of the same type. An error ``hdfs-native`` passes on as it came (a
+``RuntimeError`` reading ``RPCError("<Java class>", "<message and stack trace>")``)
+becomes an ``OSError`` (``PermissionError`` for a denied permission) of the Java class's
+name and the message's first line. Listings and lookups go through ``find`` and ``info``,
+for the same.
 
 Blocking: the store runs these in worker threads.
 """
@@ -31,6 +35,7 @@ import contextlib
 import functools
 import logging
 import os
+import re
 import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, ParamSpec, TypeVar
@@ -56,6 +61,22 @@ _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
 
+#: How ``hdfs-native`` words a NameNode error it does not map: the Java class, then the
+#: message with the stack trace (escaped, as Rust's Debug writes a string).
+_RPC_ERROR = re.compile(r'RPCError\("(?P<java>[\w.$]+)", "(?P<message>(?:[^"\\]|\\.)*)')
+
+
+def rpc_error(exc: RuntimeError) -> OSError | None:
+    """The OSError an ``RPCError`` stands for, in one line; None for another error."""
+    found = _RPC_ERROR.search(str(exc))
+    if found is None:
+        return None
+    java = found["java"].rsplit(".", 1)[-1]
+    message = found["message"].split("\\n", 1)[0].replace('\\"', '"').rstrip()
+    kind = PermissionError if message.startswith("Permission denied") else OSError
+    return kind(f"{java}: {message}")
+
+
 def _first_line(call: Callable[_P, _T]) -> Callable[_P, _T]:
     """``call``, its Hadoop errors cut to their first line (the Java stack trace dropped)."""
 
@@ -63,6 +84,11 @@ def _first_line(call: Callable[_P, _T]) -> Callable[_P, _T]:
     def calling(*args: _P.args, **kwargs: _P.kwargs) -> _T:
         try:
             return call(*args, **kwargs)
+        except RuntimeError as exc:
+            translated = rpc_error(exc)
+            if translated is None:
+                raise
+            raise translated from exc
         except OSError as exc:
             message = str(exc)
             if "\n" not in message:
@@ -156,3 +182,17 @@ def read(fs: Any, path: str, start: int | None = None, end: int | None = None) -
 def delete(fs: Any, path: str) -> None:
     """Delete the file ``path``; one already gone is no error."""
     fs.client.delete(path, False)
+
+
+@_first_line
+def find(fs: Any, path: str) -> dict[str, dict[str, Any]]:
+    """Every file below ``path``, with its details (fsspec's ``find``)."""
+    found: dict[str, dict[str, Any]] = fs.find(path, detail=True, withdirs=False)
+    return found
+
+
+@_first_line
+def info(fs: Any, path: str) -> dict[str, Any]:
+    """The details of ``path`` (fsspec's ``info``); FileNotFoundError if there is none."""
+    details: dict[str, Any] = fs.info(path)
+    return details

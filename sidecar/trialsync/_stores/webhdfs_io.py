@@ -100,3 +100,15 @@ def read(fs: Any, path: str, start: int | None = None, end: int | None = None) -
 def delete(fs: Any, path: str) -> None:
     """Delete the file ``path``; one already gone is no error (WebHDFS answers false)."""
     fs._call("DELETE", "delete", path, recursive="false")
+
+
+def find(fs: Any, path: str) -> dict[str, dict[str, Any]]:
+    """Every file below ``path``, with its details (fsspec's ``find``)."""
+    found: dict[str, dict[str, Any]] = fs.find(path, detail=True, withdirs=False)
+    return found
+
+
+def info(fs: Any, path: str) -> dict[str, Any]:
+    """The details of ``path`` (fsspec's ``info``); FileNotFoundError if there is none."""
+    details: dict[str, Any] = fs.info(path)
+    return details
