@@ -504,6 +504,16 @@ RESTORE_PREFIX: Text[str | None] = Text(
 )
 
 
+def check_restore_prefix(prefix: str) -> None:
+    """SettingError unless ``prefix`` is a path below the upload dir: segments, none of
+    them empty, '.' or '..', and no ':' (the annotation's and the flag's rule)."""
+    if any(part in ("", ".", "..") for part in prefix.split("/")) or ":" in prefix:
+        raise SettingError(
+            f"{prefix!r:.200} must be a path below the upload dir, such as <experiment> or "
+            "<experiment>/<trial> (no leading or trailing '/', no '.', '..', '//' or ':')"
+        )
+
+
 def check_restore(restore: bool, syncer: object) -> None:
     if restore and syncer != "auto":
         raise SettingError(RESTORE_NEEDS_AUTO)

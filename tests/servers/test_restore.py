@@ -4,6 +4,7 @@ again."""
 
 from __future__ import annotations
 
+import os
 import pathlib
 import shutil
 import time
@@ -13,7 +14,7 @@ import pytest
 from localcluster.processes import free_port
 from tests.servers.conftest import Backend
 from tests.support import trials
-from tests.support.sidecar_process import Sidecar, wait_for
+from tests.support.sidecar_process import Sidecar, run_once, wait_for
 from trialsync._engine.layout import MANIFEST_NAME, RESTORING_PREFIX, owner_marker
 
 TOKEN = "test-token-1234"
@@ -110,6 +111,23 @@ def test_a_retried_pod_gets_its_newest_checkpoint_back_and_sends_none_of_it_agai
     assert retry.stop() == 0
     after = backend.listing()
     assert {k: v for k, v in after.items() if "checkpoint_000004" not in k} == before
+
+
+def test_once_syncs_what_is_there_and_says_it_ignores_restore(
+    s3: Backend, tmp_path: pathlib.Path, sidecars: list[Sidecar]
+) -> None:
+    target = ["--upload-dir", s3.url]
+    saved(tmp_path, sidecars, target, s3.env, 1)
+    root = tmp_path / "once"
+    train(root, "exp/trial_00001", range(1, 2))
+    old = time.time() - 60  # settled: --once publishes it
+    for path in root.rglob("*"):
+        os.utime(path, (old, old))
+    code, out = run_once(["--root", str(root), *target, "--restore"], s3.env)
+    assert code == 0, out
+    assert "restore on start ignored with --once" in out
+    assert not (root / TRIAL).exists()  # nothing restored
+    assert f"exp/trial_00001/checkpoint_000001/{MANIFEST_NAME}" in s3.listing()
 
 
 def test_a_checkpoint_without_its_manifest_or_with_a_wrong_file_is_passed_over(

@@ -230,6 +230,29 @@ def test_wrong_restore_annotations_are_refused_saying_which(
         injection.plan(job_pod(**annotations), "ml", lookup_for(CONFIG), DEFAULTS)
 
 
+def test_a_pods_restore_its_syncconfigs_syncer_cannot_serve_is_refused_saying_why() -> None:
+    # A SyncConfig asking for a restore with a custom syncer is refused when applied; a
+    # pod's own annotation asking for one is refused when the pod is created, not left
+    # to a sidecar that cannot start.
+    custom = {
+        **CONFIG,
+        "spec": {
+            **CONFIG["spec"],
+            "syncer": "mypkg.sync:Syncer",
+            "sidecar": {"image": "registry.example.com/trialsync-mypkg:1"},
+        },
+    }
+    asked = job_pod(**{names.RESTORE_ANNOTATION: "true"})
+    with pytest.raises(injection.Refusal, match="restore on start needs syncer 'auto'") as refused:
+        injection.plan(asked, "ml", lookup_for(custom), DEFAULTS)
+    assert names.RESTORE_ANNOTATION in str(refused.value)
+    assert refused.value.reason == injection.REASON_INVALID_ANNOTATIONS
+    # Without the annotation the pod is injected, with no restore.
+    assert "TRIALSYNC_RESTORE" not in env_of(
+        injection.plan(job_pod(), "ml", lookup_for(custom), DEFAULTS)
+    )
+
+
 class HeldStore:
     """Objects in memory; a read of ``held`` waits until ``release`` is set (``full`` is
     set once ``waiting`` reads of it have reached ``full_at``)."""

@@ -202,13 +202,10 @@ def read_request(pod: Mapping[str, Any]) -> PodRequest:
         )
     prefix = _annotation(annotations, names.RESTORE_PREFIX_ANNOTATION) or None
     if prefix is not None:
-        parts = prefix.split("/")
-        if any(part in ("", ".", "..") for part in parts) or ":" in prefix:
-            raise Refusal(
-                f"annotation {names.RESTORE_PREFIX_ANNOTATION}={prefix!r:.200} must be a path "
-                "below the upload dir, such as <experiment> or <experiment>/<trial> (no "
-                "leading '/', no '.', '..' or '//')"
-            )
+        try:
+            contract.check_restore_prefix(prefix)
+        except SettingError as exc:
+            raise Refusal(f"annotation {names.RESTORE_PREFIX_ANNOTATION}={exc}") from exc
         if _annotation(annotations, names.RESTORE_KEY_ANNOTATION):
             raise Refusal(
                 f"annotations {names.RESTORE_KEY_ANNOTATION} and "
@@ -518,6 +515,15 @@ def _restore(
                 "its workers' store, so nothing holds a copy of it to restore from"
             ]
         return None, []
+    if view.syncer != "auto":
+        # Only the pod's annotation gets here: a SyncConfig asking for a restore with
+        # another syncer is refused when it is applied.
+        raise Refusal(
+            f'annotation {names.RESTORE_ANNOTATION}="true" cannot be served by SyncConfig '
+            f"{namespace}/{view.name} (syncer {view.syncer!r}): "
+            f"{contract.RESTORE_NEEDS_AUTO}",
+            REASON_INVALID_ANNOTATIONS,
+        )
     if request.restore_prefix is not None:
         return ("prefix", request.restore_prefix), []
     key = ownership.owner_key(pod, namespace)

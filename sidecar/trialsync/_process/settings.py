@@ -294,14 +294,13 @@ def _check_head_tls(values: Mapping[str, Any], duty: Duty, head_url: str | None)
 
 
 def _relative_prefix(prefix: str) -> str:
-    """``--restore-prefix`` as a path relative to the upload dir: no leading or trailing
-    '/', no '.' or '..' segment."""
+    """``--restore-prefix`` as a path relative to the upload dir (a leading or trailing
+    '/' is dropped; nothing left, '.', '..', '//' or ':' is refused)."""
     clean = prefix.strip("/")
-    if any(part in ("", ".", "..") for part in clean.split("/")) and clean:
-        raise ConfigError(
-            f"--restore-prefix {prefix!r} must be a path below the upload dir "
-            "(<experiment> or <experiment>/<trial>), without '.', '..' or '//'"
-        )
+    try:
+        contract.check_restore_prefix(clean)
+    except SettingError as exc:
+        raise ConfigError(f"--restore-prefix {prefix!r:.200}: {exc}") from exc
     return clean
 
 

@@ -211,6 +211,8 @@ async def run(settings: Settings) -> int:
     shutdown = Shutdown(settings.final_sync_timeout)
     try:
         if settings.once:
+            if settings.restore:
+                log.warning("restore on start ignored with --once: it syncs what is there")
             ok = await _once(settings, scheduler, shutdown)
         else:
             ok = await _serve(settings, engine, scheduler, metrics, shutdown)
