@@ -161,11 +161,16 @@ async def test_a_namenode_that_refuses_connections_fails_a_call_in_seconds(
     assert time.monotonic() - started < 20
 
 
-async def test_a_hadoop_error_is_one_line_of_the_same_type(hdfs: HdfsServer) -> None:
-    # The NameNode's answers carry its Java stack trace.
+def with_a_file(hdfs: HdfsServer) -> tuple[str, RemoteStore]:
+    """A fresh upload dir holding the file ``d/f``, and a store of it."""
     path = hdfs.make_dir()
     hdfs.filesystem().pipe_file(f"{path}/d/f", b"x")
-    store = RemoteStore(hdfs.url(path, "hdfs"), {})
+    return path, RemoteStore(hdfs.url(path, "hdfs"), {})
+
+
+async def test_a_hadoop_error_is_one_line_of_the_same_type(hdfs: HdfsServer) -> None:
+    # The NameNode's answers carry its Java stack trace.
+    _, store = with_a_file(hdfs)
     try:
         with pytest.raises(FileNotFoundError, match="File does not exist") as missing:
             await store.read_bytes("nothing")
@@ -184,9 +189,7 @@ async def test_a_namenode_error_the_client_passes_on_raw_is_one_line_of_its_java
 ) -> None:
     # Listing below a file: hdfs-native raises a RuntimeError holding the NameNode's
     # AccessControlException and its whole stack trace.
-    path = hdfs.make_dir()
-    hdfs.filesystem().pipe_file(f"{path}/d/f", b"x")
-    store = RemoteStore(hdfs.url(path, "hdfs"), {})
+    path, store = with_a_file(hdfs)
     try:
         with pytest.raises(OSError, match="is not a directory") as raised:
             await store.list("d/f/x")
