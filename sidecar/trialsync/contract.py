@@ -509,8 +509,9 @@ def check_restore_prefix(prefix: str) -> None:
     them empty, '.' or '..', and no ':' (the annotation's and the flag's rule)."""
     if any(part in ("", ".", "..") for part in prefix.split("/")) or ":" in prefix:
         raise SettingError(
-            f"{prefix!r:.200} must be a path below the upload dir, such as <experiment> or "
-            "<experiment>/<trial> (no leading or trailing '/', no '.', '..', '//' or ':')"
+            "must be a path below the upload dir, such as <experiment> or "
+            "<experiment>/<trial>: names joined by '/', none of them empty, '.' or '..', "
+            "and no ':'"
         )
 
 

@@ -15,6 +15,7 @@ import pytest
 
 from localcluster.hdfs_server import HdfsServer
 from localcluster.processes import free_ports
+from tests.support.fault_proxy import FaultProxy
 from trialsync._stores import hdfs_rpc_io, hdfs_temp
 from trialsync._stores.fsspec_store import RemoteStore
 
@@ -159,6 +160,32 @@ async def test_a_namenode_that_refuses_connections_fails_a_call_in_seconds(
     finally:
         await store.close()
     assert time.monotonic() - started < 20
+
+
+async def test_a_namenode_that_cannot_be_reached_fails_a_listing_instead_of_emptying_it(
+    hdfs: HdfsServer,
+) -> None:
+    # fsspec's find passes over a directory it cannot list: an empty listing, from which a
+    # restore would bring back nothing and report ready. The store's listings raise.
+    path = hdfs.make_dir()
+    hdfs.filesystem().pipe_file(f"{path}/exp/t/a", b"x")
+    host, port = hdfs.namenode.rsplit(":", 1)
+    with FaultProxy(host, int(port), 0, error_rate=1.0) as failing:  # every answer a 5xx
+        webhdfs = RemoteStore(
+            f"webhdfs://127.0.0.1:{failing.port}/{path.lstrip('/')}", hdfs.storage_options()
+        )
+        try:
+            with pytest.raises(OSError, match="Server Error"):
+                await webhdfs.list()
+        finally:
+            await webhdfs.close()
+    (closed,) = free_ports(1)
+    rpc = RemoteStore(f"hdfs://127.0.0.1:{closed}/exp", {})
+    try:
+        with pytest.raises(OSError, match="Connection refused"):
+            await rpc.list()
+    finally:
+        await rpc.close()
 
 
 def with_a_file(hdfs: HdfsServer) -> tuple[str, RemoteStore]:

@@ -454,24 +454,30 @@ async def test_a_second_receiver_on_the_root_waits_and_spares_the_first_ones_upl
     # An idle timeout well past the test's pause: the upload must outlive it, even when a
     # busy machine stalls this process.
     head = await Receiver.start(root, idle_timeout=30.0)
-    auth = await head.register()
-    rel = "exp/t/model.pt"
-    reader, writer = await open_put(head.port, rel, auth, {"Content-Length": "20"}, b"x" * 10)
-    for _ in range(100):
-        if temp_files(root):
-            break
-        await asyncio.sleep(0.02)
-    second = asyncio.create_task(Receiver.start(root))
-    await asyncio.sleep(0.5)  # a sweep now would remove the upload's temp file
-    assert not second.done(), "a second receiver started on a root another one serves"
-    writer.write(b"y" * 10)
-    status_line = await asyncio.wait_for(reader.readline(), 5)
-    assert status_line.startswith(b"HTTP/1.1 201")
-    writer.close()
-    assert (root / "exp" / "t" / "model.pt").read_bytes() == b"x" * 10 + b"y" * 10
-    await head.stop()
-    receiver = await asyncio.wait_for(second, 10)  # starts once the first one is gone
-    await receiver.stop()
+    second: asyncio.Task[Receiver] | None = None
+    try:
+        auth = await head.register()
+        rel = "exp/t/model.pt"
+        reader, writer = await open_put(head.port, rel, auth, {"Content-Length": "20"}, b"x" * 10)
+        for _ in range(100):
+            if temp_files(root):
+                break
+            await asyncio.sleep(0.02)
+        second = asyncio.create_task(Receiver.start(root))
+        await asyncio.sleep(0.5)  # a sweep now would remove the upload's temp file
+        assert not second.done(), "a second receiver started on a root another one serves"
+        writer.write(b"y" * 10)
+        status_line = await asyncio.wait_for(reader.readline(), 5)
+        assert status_line.startswith(b"HTTP/1.1 201")
+        writer.close()
+        assert (root / "exp" / "t" / "model.pt").read_bytes() == b"x" * 10 + b"y" * 10
+        await head.stop()
+        receiver = await asyncio.wait_for(second, 10)  # starts once the first one is gone
+        await receiver.stop()
+    finally:
+        await head.stop()
+        if second is not None and not second.done():
+            second.cancel()
 
 
 # -- HeadStore --------------------------------------------------------------------------------

@@ -250,10 +250,11 @@ def test_syncing_with_the_head_node_needs_a_token(tmp_path: pathlib.Path) -> Non
         (["--part-size", "1024"], "at least 5 MiB"),
         (["--mirror-deletes", "--syncer", "pkg.mod:Cls"], "mirror_deletes needs syncer 'auto'"),
         # Nothing left of it would restore the whole upload dir, which no one asked for.
-        (["--restore-prefix", "/"], "--restore-prefix '/': '' must be a path below the"),
+        (["--restore-prefix", "/"], "--restore-prefix '/' must be a path below the upload"),
         (["--restore-prefix", "exp//t"], "'exp//t' must be a path below the upload dir"),
         (["--restore-prefix", "exp/../x"], "'exp/../x' must be a path below the upload dir"),
         (["--restore-prefix", "s3:x"], "'s3:x' must be a path below the upload dir"),
+        (["--restore-prefix", "exp/."], "none of them empty, '.' or '..', and no ':'"),
     ],
 )
 def test_bad_flags_say_what_to_fix(tmp_path: pathlib.Path, flags: list[str], says: str) -> None:

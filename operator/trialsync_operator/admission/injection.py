@@ -205,7 +205,10 @@ def read_request(pod: Mapping[str, Any]) -> PodRequest:
         try:
             contract.check_restore_prefix(prefix)
         except SettingError as exc:
-            raise Refusal(f"annotation {names.RESTORE_PREFIX_ANNOTATION}={exc}") from exc
+            raise Refusal(
+                f"annotation {names.RESTORE_PREFIX_ANNOTATION}={prefix!r:.200} {exc} (and "
+                "no leading or trailing '/')"
+            ) from exc
         if _annotation(annotations, names.RESTORE_KEY_ANNOTATION):
             raise Refusal(
                 f"annotations {names.RESTORE_KEY_ANNOTATION} and "

@@ -300,7 +300,7 @@ def _relative_prefix(prefix: str) -> str:
     try:
         contract.check_restore_prefix(clean)
     except SettingError as exc:
-        raise ConfigError(f"--restore-prefix {prefix!r:.200}: {exc}") from exc
+        raise ConfigError(f"--restore-prefix {prefix!r:.200} {exc}") from exc
     return clean
 
 

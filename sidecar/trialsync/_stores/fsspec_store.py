@@ -4,8 +4,9 @@ Async backends (s3fs, gcsfs) are driven on the caller's event loop so a sync can
 cancelled at its timeout; blocking backends (local files, HDFS) run in worker threads.
 Local files are always read in worker threads, exactly as scanned (``local_files``).
 HDFS writes, reads and deletes go through ``webhdfs_io`` (``webhdfs://``) or
-``hdfs_rpc_io`` (``hdfs://``): a file replaced whole, never seen in part. Their listings
-and stats go through fsspec.
+``hdfs_rpc_io`` (``hdfs://``): a file replaced whole, never seen in part; so do their
+listings (every error raised, where fsspec's ``find`` passes over a directory it cannot
+list) and lookups.
 """
 
 from __future__ import annotations
@@ -248,7 +249,10 @@ class RemoteStore:
             return
         self._count("list")
         if not self.is_async:
-            await asyncio.to_thread(_check_writable_dir, c.fs, c.root, self.upload_dir)
+            check = _check_writable_dir
+            if self._hdfs is hdfs_rpc_io:
+                check = hdfs_rpc_io.one_line_errors(check)
+            await asyncio.to_thread(check, c.fs, c.root, self.upload_dir)
             return
         with contextlib.suppress(FileNotFoundError):  # nothing uploaded there yet
             await c.fs._ls(c.root)

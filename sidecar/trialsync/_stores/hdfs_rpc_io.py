@@ -22,9 +22,9 @@ a sidecar serves one upload dir.
 A Hadoop error's message carries the NameNode's Java stack trace; only its first line is
 kept, in an exception of the same type. An error ``hdfs-native`` passes on as it came (a
 ``RuntimeError`` reading ``RPCError("<Java class>", "<message and stack trace>")``)
-becomes an ``OSError`` (``PermissionError`` for a denied permission) of the Java class's
-name and the message's first line. Listings and lookups go through ``find`` and ``info``,
-for the same.
+becomes an ``OSError`` (``PermissionError`` for a denial) of the Java class's name and
+the message's first line (``one_line_errors``). Listings and lookups go through ``find``
+and ``info``, for the same.
 
 Blocking: the store runs these in worker threads.
 """
@@ -64,20 +64,36 @@ _T = TypeVar("_T")
 #: How ``hdfs-native`` words a NameNode error it does not map: the Java class, then the
 #: message with the stack trace (escaped, as Rust's Debug writes a string).
 _RPC_ERROR = re.compile(r'RPCError\("(?P<java>[\w.$]+)", "(?P<message>(?:[^"\\]|\\.)*)')
+_ESCAPE = re.compile(r"\\(u\{[0-9a-fA-F]+\}|.)")
+_ESCAPED = {"n": "\n", "t": "\t", "r": "\r", "0": "\0"}
+#: The Java classes of a refusal of who the client is (or of what it may do).
+_DENIALS = frozenset({"AccessControlException", "AuthorizationException"})
+
+
+def _unescaped(text: str) -> str:
+    def one(found: re.Match[str]) -> str:
+        escape = found[1]
+        if escape.startswith("u{"):
+            return chr(int(escape[2:-1], 16))
+        return _ESCAPED.get(escape, escape)
+
+    return _ESCAPE.sub(one, text)
 
 
 def rpc_error(exc: RuntimeError) -> OSError | None:
-    """The OSError an ``RPCError`` stands for, in one line; None for another error."""
+    """The OSError an ``RPCError`` stands for, in one line; None for another error. A
+    denial is a PermissionError, but the one Hadoop words as an AccessControlException for
+    a path through a file ("... (is not a directory)")."""
     found = _RPC_ERROR.search(str(exc))
     if found is None:
         return None
     java = found["java"].rsplit(".", 1)[-1]
-    message = found["message"].split("\\n", 1)[0].replace('\\"', '"').rstrip()
-    kind = PermissionError if message.startswith("Permission denied") else OSError
-    return kind(f"{java}: {message}")
+    message = _unescaped(found["message"]).split("\n", 1)[0].rstrip()
+    denied = java in _DENIALS and not message.endswith("(is not a directory)")
+    return (PermissionError if denied else OSError)(f"{java}: {message}")
 
 
-def _first_line(call: Callable[_P, _T]) -> Callable[_P, _T]:
+def one_line_errors(call: Callable[_P, _T]) -> Callable[_P, _T]:
     """``call``, its Hadoop errors cut to their first line (the Java stack trace dropped)."""
 
     @functools.wraps(call)
@@ -153,7 +169,7 @@ def _write(fs: Any, target: str, chunks: Iterator[bytes], count: RequestCounter)
         raise
 
 
-@_first_line
+@one_line_errors
 def put_file(
     fs: Any, local_path: str, target: str, size: int, count: RequestCounter = ignore_request
 ) -> None:
@@ -162,13 +178,13 @@ def put_file(
         _write(fs, target, local_files.chunks(fd, size, local_path, CHUNK), count)
 
 
-@_first_line
+@one_line_errors
 def put_bytes(fs: Any, target: str, data: bytes, count: RequestCounter = ignore_request) -> None:
     """Write ``data`` to ``target``, replacing it whole."""
     _write(fs, target, iter((data,)), count)
 
 
-@_first_line
+@one_line_errors
 def read(fs: Any, path: str, start: int | None = None, end: int | None = None) -> bytes:
     """The bytes of ``path`` (from ``start`` to ``end``, if given). FileNotFoundError if
     there is no such file."""
@@ -178,20 +194,31 @@ def read(fs: Any, path: str, start: int | None = None, end: int | None = None) -
         return bytes(reader.read_range(first, max(0, last - first)))
 
 
-@_first_line
+@one_line_errors
 def delete(fs: Any, path: str) -> None:
     """Delete the file ``path``; one already gone is no error."""
     fs.client.delete(path, False)
 
 
-@_first_line
+@one_line_errors
 def find(fs: Any, path: str) -> dict[str, dict[str, Any]]:
-    """Every file below ``path``, with its details (fsspec's ``find``)."""
-    found: dict[str, dict[str, Any]] = fs.find(path, detail=True, withdirs=False)
-    return found
+    """Every file at or below ``path`` (by path: its size and mtime), from one recursive
+    listing. Unlike fsspec's ``find``, which passes over a directory it cannot list, this
+    raises every error: a listing with holes would restore too little, and upload again
+    what the store holds."""
+    return {
+        status.path: {
+            "name": status.path,
+            "type": "file",
+            "size": status.length,
+            "modification_time": status.modification_time,
+        }
+        for status in fs.client.list_status(fs._strip_protocol(path), True)
+        if not status.isdir
+    }
 
 
-@_first_line
+@one_line_errors
 def info(fs: Any, path: str) -> dict[str, Any]:
     """The details of ``path`` (fsspec's ``info``); FileNotFoundError if there is none."""
     details: dict[str, Any] = fs.info(path)

@@ -103,8 +103,26 @@ def delete(fs: Any, path: str) -> None:
 
 
 def find(fs: Any, path: str) -> dict[str, dict[str, Any]]:
-    """Every file below ``path``, with its details (fsspec's ``find``)."""
-    found: dict[str, dict[str, Any]] = fs.find(path, detail=True, withdirs=False)
+    """Every file at or below ``path``, with its details. Unlike fsspec's ``find``, which
+    passes over a directory it cannot list, this raises every error but a directory
+    removed while it lists: a listing with holes would restore too little, and upload
+    again what the store holds."""
+    found: dict[str, dict[str, Any]] = {}
+
+    def walk(directory: str, top: bool) -> None:
+        try:
+            entries = fs.ls(directory, detail=True)
+        except FileNotFoundError:
+            if top:
+                raise
+            return
+        for entry in entries:
+            if entry.get("type") == "directory":
+                walk(entry["name"], False)
+            else:
+                found[entry["name"]] = entry
+
+    walk(path, True)
     return found
 
 

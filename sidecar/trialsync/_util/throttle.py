@@ -21,7 +21,9 @@ class Limiter(Protocol):
         """Wait until ``size`` bytes may be sent, then take them."""
 
 
-#: Bytes short of a take that count as none: far below a byte, far above rounding errors.
+#: Bytes short of a take that count as none: far below a byte. A clock that stands still
+#: for short sleeps (a virtual one, a coarse one) would otherwise have a take sleep again
+#: and again for a rounding error that its refill never makes up.
 _HAIR = 1e-3
 
 
