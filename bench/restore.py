@@ -110,10 +110,6 @@ def _pyarrow(server: S3Server, url: str, dest: Path) -> tuple[list[str], dict[st
     return argv, {**os.environ, **server.env()}
 
 
-def _rclone(server: S3Server, url: str, dest: Path) -> tuple[list[str], dict[str, str]]:
-    return peers.rclone_download(server, url, dest)
-
-
 def _aws(server: S3Server, url: str, dest: Path) -> tuple[list[str], dict[str, str]]:
     return peers.aws_s3_download(server, url, dest, config_dir=dest.parent)
 
@@ -121,7 +117,7 @@ def _aws(server: S3Server, url: str, dest: Path) -> tuple[list[str], dict[str, s
 BUILDERS = {
     "trialsync": _trialsync,
     "s5cmd cp": _s5cmd,
-    "rclone copy": _rclone,
+    "rclone copy": peers.rclone_download,
     "aws s3 cp": _aws,
     "pyarrow": _pyarrow,
 }

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from trialsync._stores.hdfs_rpc_io import rpc_error
 
 TRACE = (
@@ -16,45 +18,55 @@ def raw(java: str, message: str) -> RuntimeError:
     return RuntimeError(f'RPCError("{java}", "{message}{TRACE}")')
 
 
-def test_a_denied_permission_is_a_permission_error_of_one_line() -> None:
-    message = (
-        r"Permission denied: user=alice, access=WRITE, inode=\"/exp\":hdfs:supergroup:drwxr-xr-x"
-    )
-    error = rpc_error(raw("org.apache.hadoop.security.AccessControlException", message))
-    assert type(error) is PermissionError
-    assert str(error) == (
-        "AccessControlException: Permission denied: user=alice, access=WRITE, "
-        'inode="/exp":hdfs:supergroup:drwxr-xr-x'
-    )
-
-
-def test_another_namenode_error_is_an_os_error_named_for_its_class() -> None:
-    java = "org.apache.hadoop.hdfs.protocol.QuotaExceededException"
-    error = rpc_error(raw(java, "The DiskSpace quota of /exp is exceeded"))
-    assert type(error) is OSError
-    assert str(error) == "QuotaExceededException: The DiskSpace quota of /exp is exceeded"
+@pytest.mark.parametrize(
+    ("java", "message", "kind", "says"),
+    [
+        pytest.param(
+            "org.apache.hadoop.security.AccessControlException",
+            r"Permission denied: user=alice, access=WRITE, inode=\"/exp\":hdfs:supergroup:drwx",
+            PermissionError,
+            'AccessControlException: Permission denied: user=alice, access=WRITE, inode="/exp"'
+            ":hdfs:supergroup:drwx",
+            id="a denied permission",
+        ),
+        pytest.param(
+            "org.apache.hadoop.security.authorize.AuthorizationException",
+            "User: svc is not allowed to impersonate alice",
+            PermissionError,
+            "AuthorizationException: User: svc is not allowed to impersonate alice",
+            id="any refusal of who the client is",
+        ),
+        pytest.param(
+            "org.apache.hadoop.security.AccessControlException",
+            "/exp/f (is not a directory)",
+            OSError,
+            "AccessControlException: /exp/f (is not a directory)",
+            id="a path through a file is no denial",
+        ),
+        pytest.param(
+            "org.apache.hadoop.hdfs.protocol.QuotaExceededException",
+            "The DiskSpace quota of /exp is exceeded",
+            OSError,
+            "QuotaExceededException: The DiskSpace quota of /exp is exceeded",
+            id="another error, named for its class",
+        ),
+        pytest.param(
+            # A backslash before an "n" in a path is no line break; \u{..} is a character.
+            "org.apache.hadoop.fs.PathIsNotEmptyDirectoryException",
+            r"`/exp\\new caf\u{e9}` is non empty",
+            OSError,
+            "PathIsNotEmptyDirectoryException: `/exp\\new café` is non empty",
+            id="unescaped before its first line is taken",
+        ),
+    ],
+)
+def test_a_namenode_error_is_one_line_of_its_java_class(
+    java: str, message: str, kind: type[OSError], says: str
+) -> None:
+    error = rpc_error(raw(java, message))
+    assert type(error) is kind
+    assert str(error) == says
 
 
 def test_an_error_that_is_no_rpc_error_is_left_alone() -> None:
     assert rpc_error(RuntimeError("the connection was reset")) is None
-
-
-def test_any_refusal_of_who_the_client_is_is_a_permission_error() -> None:
-    java = "org.apache.hadoop.security.authorize.AuthorizationException"
-    error = rpc_error(raw(java, "User: svc is not allowed to impersonate alice"))
-    assert type(error) is PermissionError
-    assert str(error) == "AuthorizationException: User: svc is not allowed to impersonate alice"
-
-
-def test_a_path_through_a_file_is_no_permission_error() -> None:
-    java = "org.apache.hadoop.security.AccessControlException"
-    error = rpc_error(raw(java, "/exp/f (is not a directory)"))
-    assert type(error) is OSError
-    assert str(error) == "AccessControlException: /exp/f (is not a directory)"
-
-
-def test_the_message_is_unescaped_before_its_first_line_is_taken() -> None:
-    # A backslash before an "n" in a path is no line break; \u{..} is a character.
-    java = "org.apache.hadoop.fs.PathIsNotEmptyDirectoryException"
-    error = rpc_error(raw(java, r"`/exp\\new caf\u{e9}` is non empty"))
-    assert str(error) == "PathIsNotEmptyDirectoryException: `/exp\\new café` is non empty"
